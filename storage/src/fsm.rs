@@ -1,0 +1,595 @@
+//! The replicated state machine: the cluster's tasks and nodes, and the
+//! commands that change them.
+//!
+//! Every manager applies the same committed commands in the same order, so
+//! `apply` must be deterministic: no I/O, no clock, no randomness. Whatever
+//! varies (ids, times) is decided by the manager that builds the command and
+//! carried inside it. The leader decides, the state machine records: a
+//! command that is no longer valid when it is applied (a task already
+//! stopped, a report from a stale placement) is refused with a reason and
+//! changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::*;
+
+/// How many history events a task keeps (the oldest are dropped).
+pub const MAX_EVENTS: usize = 64;
+
+/// A change to the cluster state, as carried by one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Store a new task, `pending`.
+    SubmitTask { task_id: TaskId, spec: TaskSpec, at: Timestamp },
+    /// The user wants the task stopped. A task not placed anywhere completes
+    /// at once; a placed one completes when its node reports it stopped.
+    StopTask { task_id: TaskId, at: Timestamp },
+    /// Place a pending task on a node, with the next generation.
+    PlaceTask { task_id: TaskId, node: String, at: Timestamp },
+    /// Take a task back from its node (node lost, drained): `pending` again.
+    /// `generation` must match, so a late decision cannot undo a newer one.
+    RequeueTask { task_id: TaskId, generation: u64, reason: String, at: Timestamp },
+    /// Record why a pending task is still waiting (the scheduler's verdict).
+    SetPendingReason { task_id: TaskId, reason: Option<String>, at: Timestamp },
+    /// A worker's observation of one of its tasks.
+    ReportTask { node: String, report: TaskReport, at: Timestamp },
+    /// Register a node, or update its capacity and engine health.
+    UpsertNode { name: String, capacity: Resources, engine: EngineStatus, at: Timestamp },
+    /// Change a node's status (ready, down, draining).
+    SetNodeStatus { name: String, status: NodeStatus, at: Timestamp },
+    /// Several commands in one log entry, applied in order.
+    Batch(Vec<Command>),
+}
+
+/// The result of applying a command, returned to whoever proposed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied; nothing to return (membership entries and blanks too).
+    Done,
+    /// Applied; the task as it now is.
+    Task(Box<Task>),
+    /// Not applied, with the reason; nothing changed.
+    Refused(String),
+    /// One result per command of a batch.
+    Batch(Vec<CommandResult>),
+}
+
+impl CommandResult {
+    pub fn is_refused(&self) -> bool {
+        matches!(self, CommandResult::Refused(_))
+    }
+}
+
+/// The cluster's tasks and nodes: the state every manager converges on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub tasks: BTreeMap<TaskId, Task>,
+    pub nodes: BTreeMap<String, Node>,
+    /// Keys changed since the last `take_dirty`, so the store can persist
+    /// only what changed. Not part of the replicated state.
+    #[serde(skip)]
+    dirty: Dirty,
+}
+
+/// Keys touched by `apply` since they were last taken.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dirty {
+    pub tasks: BTreeSet<TaskId>,
+    pub nodes: BTreeSet<String>,
+}
+
+impl ClusterState {
+    /// Applies one command. Deterministic: the same state and command give
+    /// the same result and the same new state on every manager.
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        match command {
+            Command::SubmitTask { task_id, spec, at } => self.submit(*task_id, spec, *at),
+            Command::StopTask { task_id, at } => self.stop(*task_id, *at),
+            Command::PlaceTask { task_id, node, at } => self.place(*task_id, node, *at),
+            Command::RequeueTask { task_id, generation, reason, at } => {
+                self.requeue(*task_id, *generation, reason, *at)
+            }
+            Command::SetPendingReason { task_id, reason, at } => self.set_pending_reason(*task_id, reason, *at),
+            Command::ReportTask { node, report, at } => self.report(node, report, *at),
+            Command::UpsertNode { name, capacity, engine, at } => self.upsert_node(name, *capacity, engine, *at),
+            Command::SetNodeStatus { name, status, at } => self.set_node_status(name, *status, *at),
+            Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
+        }
+    }
+
+    /// The keys changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Resources reserved on `node` by the tasks placed there.
+    pub fn allocated(&self, node: &str) -> Resources {
+        let mut used = Resources::default();
+        for task in self.tasks_on(node) {
+            used.cpu += task.spec.cpu;
+            used.memory += task.spec.memory;
+            used.disk += task.spec.disk;
+        }
+        used
+    }
+
+    /// Non-terminal tasks placed on `node`.
+    pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| !t.state.is_terminal() && t.node.as_deref() == Some(node))
+    }
+
+    fn submit(&mut self, task_id: TaskId, spec: &TaskSpec, at: Timestamp) -> CommandResult {
+        if self.tasks.contains_key(&task_id) {
+            return CommandResult::Refused(format!("task {task_id} already exists"));
+        }
+        let task = Task {
+            id: task_id,
+            spec: spec.clone(),
+            state: TaskState::Pending,
+            desired: DesiredStatus::Run,
+            node: None,
+            generation: 0,
+            restarts: 0,
+            reason: None,
+            health: Health::Unknown,
+            container_id: None,
+            host_ports: BTreeMap::new(),
+            created_at: at,
+            updated_at: at,
+            events: vec![TaskEvent { at, state: TaskState::Pending, node: None, reason: Some("submitted".into()) }],
+        };
+        self.tasks.insert(task_id, task.clone());
+        self.dirty.tasks.insert(task_id);
+        CommandResult::Task(Box::new(task))
+    }
+
+    fn stop(&mut self, task_id: TaskId, at: Timestamp) -> CommandResult {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        self.dirty.tasks.insert(task_id);
+        task.desired = DesiredStatus::Stop;
+        task.updated_at = at;
+        // Nothing runs anywhere for a task that is not placed: it is done.
+        if matches!(task.state, TaskState::Pending | TaskState::Failed) {
+            transition(task, TaskState::Completed, Some("stopped by user".into()), at);
+            task.node = None;
+        }
+        CommandResult::Task(Box::new(task.clone()))
+    }
+
+    fn place(&mut self, task_id: TaskId, node: &str, at: Timestamp) -> CommandResult {
+        if !self.nodes.contains_key(node) {
+            return CommandResult::Refused(format!("no node {node}"));
+        }
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.state != TaskState::Pending || task.desired != DesiredStatus::Run {
+            return CommandResult::Refused(format!("task {task_id} is {} and cannot be placed", task.state));
+        }
+        self.dirty.tasks.insert(task_id);
+        task.generation += 1;
+        task.node = Some(node.to_string());
+        task.container_id = None;
+        task.host_ports.clear();
+        task.health = Health::Unknown;
+        task.restarts = 0;
+        transition(task, TaskState::Scheduled, None, at);
+        CommandResult::Task(Box::new(task.clone()))
+    }
+
+    fn requeue(&mut self, task_id: TaskId, generation: u64, reason: &str, at: Timestamp) -> CommandResult {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.generation != generation {
+            return CommandResult::Refused(format!(
+                "task {task_id} is at generation {}, not {generation}",
+                task.generation
+            ));
+        }
+        if !task.state.can_become(TaskState::Pending) || task.state == TaskState::Pending {
+            return CommandResult::Refused(format!("task {task_id} is {} and cannot be requeued", task.state));
+        }
+        self.dirty.tasks.insert(task_id);
+        if task.desired == DesiredStatus::Stop {
+            // Nobody wants it running: taking it back means it is done.
+            transition(task, TaskState::Completed, Some(reason.to_string()), at);
+        } else {
+            transition(task, TaskState::Pending, Some(reason.to_string()), at);
+        }
+        task.node = None;
+        task.container_id = None;
+        task.host_ports.clear();
+        task.health = Health::Unknown;
+        CommandResult::Task(Box::new(task.clone()))
+    }
+
+    fn set_pending_reason(&mut self, task_id: TaskId, reason: &Option<String>, at: Timestamp) -> CommandResult {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.state != TaskState::Pending {
+            return CommandResult::Refused(format!("task {task_id} is {}, not pending", task.state));
+        }
+        self.dirty.tasks.insert(task_id);
+        task.reason = reason.clone();
+        task.updated_at = at;
+        CommandResult::Done
+    }
+
+    fn report(&mut self, node: &str, report: &TaskReport, at: Timestamp) -> CommandResult {
+        let task_id = report.task_id;
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.node.as_deref() != Some(node) || task.generation != report.generation {
+            return CommandResult::Refused(format!(
+                "stale report for task {task_id} from {node} (generation {})",
+                report.generation
+            ));
+        }
+        let to = match report.state {
+            ObservedState::Starting | ObservedState::Restarting => TaskState::Scheduled,
+            ObservedState::Running => TaskState::Running,
+            ObservedState::Completed => TaskState::Completed,
+            ObservedState::Failed => TaskState::Failed,
+        };
+        if !task.state.can_become(to) {
+            return CommandResult::Refused(format!("task {task_id} cannot go from {} to {to}", task.state));
+        }
+        self.dirty.tasks.insert(task_id);
+        task.restarts = report.restarts;
+        task.health = report.health;
+        if report.container_id.is_some() {
+            task.container_id = report.container_id.clone();
+        }
+        task.host_ports = report.host_ports.clone();
+        if task.state != to {
+            transition(task, to, report.reason.clone(), at);
+        } else {
+            task.reason = report.reason.clone();
+            task.updated_at = at;
+        }
+        if to.is_terminal() {
+            // A finished task holds nothing on its node any more.
+            task.host_ports.clear();
+        }
+        CommandResult::Task(Box::new(task.clone()))
+    }
+
+    fn upsert_node(&mut self, name: &str, capacity: Resources, engine: &EngineStatus, at: Timestamp) -> CommandResult {
+        self.dirty.nodes.insert(name.to_string());
+        let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
+            name: name.to_string(),
+            status: NodeStatus::Ready,
+            capacity,
+            engine_healthy: engine.healthy,
+            engine_error: None,
+            registered_at: at,
+            updated_at: at,
+        });
+        node.capacity = capacity;
+        node.engine_healthy = engine.healthy;
+        node.engine_error = engine.error.clone();
+        node.updated_at = at;
+        // A node that reports again is back, unless an operator drains it.
+        if node.status == NodeStatus::Down {
+            node.status = NodeStatus::Ready;
+        }
+        CommandResult::Done
+    }
+
+    fn set_node_status(&mut self, name: &str, status: NodeStatus, at: Timestamp) -> CommandResult {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return CommandResult::Refused(format!("no node {name}"));
+        };
+        self.dirty.nodes.insert(name.to_string());
+        node.status = status;
+        node.updated_at = at;
+        CommandResult::Done
+    }
+}
+
+/// Moves a task to a new state and records the event. Callers have checked
+/// `can_become`.
+fn transition(task: &mut Task, to: TaskState, reason: Option<String>, at: Timestamp) {
+    debug_assert!(task.state.can_become(to), "{} -> {to}", task.state);
+    task.state = to;
+    task.reason = reason.clone();
+    task.updated_at = at;
+    task.events.push(TaskEvent { at, state: to, node: task.node.clone(), reason });
+    if task.events.len() > MAX_EVENTS {
+        let excess = task.events.len() - MAX_EVENTS;
+        task.events.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    const ALL: [TaskState; 5] =
+        [TaskState::Pending, TaskState::Scheduled, TaskState::Running, TaskState::Completed, TaskState::Failed];
+
+    fn spec() -> TaskSpec {
+        serde_json::from_str(r#"{"name": "echo", "image": "goat-echo:latest", "cpu": 0.5, "memory": 67108864}"#)
+            .unwrap()
+    }
+
+    fn engine() -> EngineStatus {
+        EngineStatus { healthy: true, error: None }
+    }
+
+    fn capacity() -> Resources {
+        Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 34 }
+    }
+
+    /// A state with node `w1` and one submitted task.
+    fn state_with_task() -> (ClusterState, TaskId) {
+        let mut s = ClusterState::default();
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity: capacity(), engine: engine(), at: 1 });
+        s.apply(&Command::UpsertNode { name: "w2".into(), capacity: capacity(), engine: engine(), at: 1 });
+        let id = Uuid::from_u128(7);
+        s.apply(&Command::SubmitTask { task_id: id, spec: spec(), at: 2 });
+        (s, id)
+    }
+
+    fn report(id: TaskId, generation: u64, state: ObservedState) -> TaskReport {
+        TaskReport {
+            task_id: id,
+            generation,
+            state,
+            container_id: Some("c1".into()),
+            exit_code: None,
+            host_ports: BTreeMap::from([(7777, 32768)]),
+            health: Health::Healthy,
+            restarts: 0,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn transition_table_is_exactly_as_documented() {
+        use TaskState::*;
+        let allowed = [
+            (Pending, Scheduled),
+            (Pending, Completed),
+            (Pending, Failed),
+            (Scheduled, Running),
+            (Scheduled, Pending),
+            (Scheduled, Completed),
+            (Scheduled, Failed),
+            (Running, Scheduled),
+            (Running, Pending),
+            (Running, Completed),
+            (Running, Failed),
+            (Failed, Pending),
+        ];
+        for from in ALL {
+            for to in ALL {
+                let expected = from == to || allowed.contains(&(from, to));
+                assert_eq!(from.can_become(to), expected, "{from} -> {to}");
+            }
+        }
+        assert!(Completed.is_terminal() && Failed.is_terminal());
+        assert!(!Pending.is_terminal() && !Scheduled.is_terminal() && !Running.is_terminal());
+    }
+
+    #[test]
+    fn submit_stores_a_pending_task_once() {
+        let (mut s, id) = state_with_task();
+        let task = &s.tasks[&id];
+        assert_eq!(task.state, TaskState::Pending);
+        assert_eq!(task.created_at, 2);
+        assert_eq!(task.events.len(), 1);
+        let again = s.apply(&Command::SubmitTask { task_id: id, spec: spec(), at: 3 });
+        assert!(again.is_refused());
+        assert_eq!(s.tasks[&id].created_at, 2);
+    }
+
+    #[test]
+    fn full_lifecycle_pending_scheduled_running_completed() {
+        let (mut s, id) = state_with_task();
+        let placed = s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        assert!(!placed.is_refused());
+        assert_eq!(s.tasks[&id].state, TaskState::Scheduled);
+        assert_eq!(s.tasks[&id].generation, 1);
+        assert_eq!(s.allocated("w1").memory, 64 << 20);
+
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 4 });
+        let task = &s.tasks[&id];
+        assert_eq!(task.state, TaskState::Running);
+        assert_eq!(task.host_ports[&7777], 32768);
+        assert_eq!(task.container_id.as_deref(), Some("c1"));
+
+        s.apply(&Command::StopTask { task_id: id, at: 5 });
+        assert_eq!(s.tasks[&id].state, TaskState::Running, "stays running until the node confirms");
+        assert_eq!(s.tasks[&id].desired, DesiredStatus::Stop);
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Completed), at: 6 });
+        let task = &s.tasks[&id];
+        assert_eq!(task.state, TaskState::Completed);
+        assert!(task.host_ports.is_empty());
+        assert_eq!(s.allocated("w1"), Resources::default());
+        let states: Vec<_> = task.events.iter().map(|e| e.state).collect();
+        assert_eq!(states, [TaskState::Pending, TaskState::Scheduled, TaskState::Running, TaskState::Completed]);
+    }
+
+    #[test]
+    fn completed_is_terminal() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::StopTask { task_id: id, at: 3 });
+        assert_eq!(s.tasks[&id].state, TaskState::Completed);
+        assert!(s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 4 }).is_refused());
+        assert!(s.apply(&Command::RequeueTask { task_id: id, generation: 0, reason: "x".into(), at: 4 }).is_refused());
+        assert_eq!(s.tasks[&id].state, TaskState::Completed);
+    }
+
+    #[test]
+    fn placement_is_refused_for_unknown_nodes_and_placed_tasks() {
+        let (mut s, id) = state_with_task();
+        assert!(s.apply(&Command::PlaceTask { task_id: id, node: "nope".into(), at: 3 }).is_refused());
+        assert!(s.apply(&Command::PlaceTask { task_id: Uuid::nil(), node: "w1".into(), at: 3 }).is_refused());
+        assert!(!s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 }).is_refused());
+        assert!(s.apply(&Command::PlaceTask { task_id: id, node: "w2".into(), at: 3 }).is_refused());
+        assert_eq!(s.tasks[&id].node.as_deref(), Some("w1"));
+    }
+
+    #[test]
+    fn stale_reports_are_refused() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        // Wrong node.
+        let r =
+            s.apply(&Command::ReportTask { node: "w2".into(), report: report(id, 1, ObservedState::Running), at: 4 });
+        assert!(r.is_refused());
+        // Requeue then re-place on w2: generation 2. The old copy's report is stale.
+        s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "node w1 down".into(), at: 5 });
+        assert_eq!(s.tasks[&id].state, TaskState::Pending);
+        s.apply(&Command::PlaceTask { task_id: id, node: "w2".into(), at: 6 });
+        assert_eq!(s.tasks[&id].generation, 2);
+        let r =
+            s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 7 });
+        assert!(r.is_refused());
+        assert_eq!(s.tasks[&id].state, TaskState::Scheduled);
+    }
+
+    #[test]
+    fn requeue_needs_the_current_generation() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        assert!(s.apply(&Command::RequeueTask { task_id: id, generation: 0, reason: "x".into(), at: 4 }).is_refused());
+        assert!(!s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "x".into(), at: 4 }).is_refused());
+        // Already pending: a second requeue is refused.
+        assert!(s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "x".into(), at: 4 }).is_refused());
+    }
+
+    #[test]
+    fn restarting_goes_back_to_scheduled_and_counts() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 4 });
+        let mut r = report(id, 1, ObservedState::Restarting);
+        r.restarts = 1;
+        r.reason = Some("exited with code 1; restarting in 200ms".into());
+        s.apply(&Command::ReportTask { node: "w1".into(), report: r, at: 5 });
+        let task = &s.tasks[&id];
+        assert_eq!(task.state, TaskState::Scheduled);
+        assert_eq!(task.restarts, 1);
+        assert!(task.reason.as_deref().unwrap().contains("code 1"));
+    }
+
+    #[test]
+    fn failure_is_recorded_with_reason_and_can_be_rescheduled() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        let mut r = report(id, 1, ObservedState::Failed);
+        r.reason = Some("image not found".into());
+        s.apply(&Command::ReportTask { node: "w1".into(), report: r, at: 4 });
+        assert_eq!(s.tasks[&id].state, TaskState::Failed);
+        assert_eq!(s.tasks[&id].reason.as_deref(), Some("image not found"));
+        assert_eq!(s.allocated("w1"), Resources::default());
+        // Failed -> pending: rescheduled elsewhere.
+        let r = s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "reschedule".into(), at: 5 });
+        assert!(!r.is_refused());
+        assert_eq!(s.tasks[&id].state, TaskState::Pending);
+    }
+
+    #[test]
+    fn refused_transitions_change_nothing() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Completed), at: 4 });
+        let before = s.tasks[&id].clone();
+        let r =
+            s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 5 });
+        assert!(r.is_refused());
+        assert_eq!(s.tasks[&id], before);
+    }
+
+    #[test]
+    fn stopping_a_pending_task_completes_it() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::StopTask { task_id: id, at: 3 });
+        assert_eq!(s.tasks[&id].state, TaskState::Completed);
+        assert!(s.apply(&Command::StopTask { task_id: Uuid::nil(), at: 3 }).is_refused());
+    }
+
+    #[test]
+    fn requeue_of_a_stopped_task_completes_it() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::StopTask { task_id: id, at: 4 });
+        s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "node w1 down".into(), at: 5 });
+        assert_eq!(s.tasks[&id].state, TaskState::Completed);
+    }
+
+    #[test]
+    fn pending_reason_only_on_pending_tasks() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::SetPendingReason { task_id: id, reason: Some("no node has 64 GiB".into()), at: 3 });
+        assert_eq!(s.tasks[&id].reason.as_deref(), Some("no node has 64 GiB"));
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        assert!(s.apply(&Command::SetPendingReason { task_id: id, reason: None, at: 4 }).is_refused());
+    }
+
+    #[test]
+    fn nodes_come_back_from_down_but_not_from_draining() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity: capacity(), engine: engine(), at: 1 });
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Down, at: 2 });
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity: capacity(), engine: engine(), at: 3 });
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Ready);
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Draining, at: 4 });
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity: capacity(), engine: engine(), at: 5 });
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Draining);
+        assert!(s.apply(&Command::SetNodeStatus { name: "nope".into(), status: NodeStatus::Down, at: 6 }).is_refused());
+    }
+
+    #[test]
+    fn batches_apply_in_order_and_history_is_bounded() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        let mut flips = Vec::new();
+        for i in 0..100u64 {
+            let state = if i % 2 == 0 { ObservedState::Running } else { ObservedState::Restarting };
+            flips.push(Command::ReportTask { node: "w1".into(), report: report(id, 1, state), at: 10 + i });
+        }
+        let CommandResult::Batch(results) = s.apply(&Command::Batch(flips)) else { panic!() };
+        assert_eq!(results.len(), 100);
+        assert_eq!(s.tasks[&id].events.len(), MAX_EVENTS);
+        assert_eq!(s.tasks[&id].events.last().unwrap().at, 109);
+    }
+
+    #[test]
+    fn apply_is_deterministic_and_tracks_dirty_keys() {
+        let (a, id) = state_with_task();
+        let (b, _) = state_with_task();
+        assert_eq!(a, b);
+        let mut a = a;
+        let dirty = a.take_dirty();
+        assert!(dirty.tasks.contains(&id));
+        assert!(dirty.nodes.contains("w1"));
+        assert_eq!(a.take_dirty(), Dirty::default());
+    }
+
+    #[test]
+    fn commands_roundtrip_through_bincode() {
+        let cfg = bincode::config::standard();
+        let (s, id) = state_with_task();
+        let command = Command::Batch(vec![
+            Command::SubmitTask { task_id: id, spec: s.tasks[&id].spec.clone(), at: 9 },
+            Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 10 },
+        ]);
+        let bytes = bincode::serde::encode_to_vec(&command, cfg).unwrap();
+        let (back, _): (Command, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, command);
+        let bytes = bincode::serde::encode_to_vec(&s, cfg).unwrap();
+        let (back, _): (ClusterState, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back.tasks, s.tasks);
+    }
+}

@@ -1,0 +1,16 @@
+//! Goat's storage layer: the task model and every on-disk store, with no
+//! networking.
+//!
+//! - [`model`]: tasks, nodes and the worker/leader messages (plain data).
+//! - [`validate`]: the rules a submitted task spec must meet.
+//! - [`fsm`]: the replicated state machine, pure and deterministic.
+//! - [`engine`]: the key-value engine trait, with its sled implementation.
+//! - [`raft_log`]: the Raft log and vote, durable before acknowledged.
+//! - [`state_store`]: the state machine's persisted copy and its snapshots.
+
+pub mod duration;
+pub mod fsm;
+pub mod model;
+pub mod validate;
+
+pub use duration::Millis;

@@ -1,0 +1,384 @@
+//! The task model: what a user asks for (`TaskSpec`), what the cluster knows
+//! about it (`Task`), the workers tasks run on (`Node`), and the messages a
+//! worker and the leader exchange (`Heartbeat`, `Assignment`).
+//!
+//! Everything here is plain data. It is serialized two ways: as JSON on the
+//! public API (unknown fields rejected, so a typo is an error), and with
+//! bincode inside Raft entries and snapshots. Bincode is not self-describing,
+//! so these types avoid `skip_serializing_if`, `flatten` and untagged enums.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::duration::Millis;
+
+/// Milliseconds since the Unix epoch. Stamped by the manager that builds a
+/// command, never read from a clock inside the state machine.
+pub type Timestamp = u64;
+
+/// The id of a task: a UUID v4 assigned by the manager that accepts it.
+pub type TaskId = Uuid;
+
+/// What a user submits: the desired shape of one containerized task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Docker-style name: 1–63 characters of `[a-zA-Z0-9_.-]`, starting with
+    /// a letter or digit.
+    pub name: String,
+    /// A local image reference, e.g. `goat-echo:latest`.
+    pub image: String,
+    /// Command and arguments; empty means the image's default.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// CPU reserved, in cores (0.5 = half a core).
+    #[serde(default)]
+    pub cpu: f64,
+    /// Memory reserved and enforced as the container's limit, in bytes.
+    #[serde(default)]
+    pub memory: u64,
+    /// Disk reserved on the node, in bytes (the image included).
+    #[serde(default)]
+    pub disk: u64,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One published port. `host: None` lets the worker's engine pick a free
+/// host port; the chosen port is reported back in the task's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub container: u16,
+    #[serde(default)]
+    pub host: Option<u16>,
+}
+
+/// When a worker restarts a task's container after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Never restart: an exit ends the task (`completed` on 0, else `failed`).
+    Never,
+    /// Restart on a non-zero exit, an OOM kill or a failed health check.
+    #[default]
+    OnFailure,
+    /// Restart on any exit.
+    Always,
+}
+
+/// A task's restart policy, applied by the worker next to the container so
+/// that a crash is repaired even while no manager is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// Restarts allowed before the task is reported `failed`; 0 = unlimited.
+    pub max_attempts: u32,
+    /// Delay before the first restart; doubles each time (with jitter).
+    pub initial_delay: Millis,
+    /// Upper bound of the delay.
+    pub max_delay: Millis,
+    /// A container that has run this long counts as stable: the attempt
+    /// counter and the delay start over.
+    pub reset_after: Millis,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_attempts: 5,
+            initial_delay: Millis(200),
+            max_delay: Millis(30_000),
+            reset_after: Millis(60_000),
+        }
+    }
+}
+
+/// A health check run by the worker next to the task: an HTTP GET of `path`
+/// on the container's `port` (2xx/3xx = healthy), or a TCP connect when
+/// `path` is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Container port to probe.
+    pub port: u16,
+    #[serde(default = "HealthCheck::default_interval")]
+    pub interval: Millis,
+    #[serde(default = "HealthCheck::default_timeout")]
+    pub timeout: Millis,
+    /// Consecutive failures that make the task unhealthy.
+    #[serde(default = "HealthCheck::default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Grace period after start during which failures do not count.
+    #[serde(default)]
+    pub start_period: Millis,
+}
+
+impl HealthCheck {
+    fn default_interval() -> Millis {
+        Millis(1_000)
+    }
+    fn default_timeout() -> Millis {
+        Millis(1_000)
+    }
+    fn default_failure_threshold() -> u32 {
+        3
+    }
+}
+
+/// The lifecycle of a task. See [`TaskState::can_become`] for the allowed
+/// transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Accepted, waiting for a node (`reason` says why, if it waits long).
+    Pending,
+    /// Placed on a node; its container is not (or not yet again) running.
+    Scheduled,
+    /// Its container runs on `node`.
+    Running,
+    /// Stopped on request, or exited 0 under a policy that does not restart.
+    Completed,
+    /// Gave up: restarts ran out, or it could not start (`reason` says why).
+    Failed,
+}
+
+impl TaskState {
+    /// The table of allowed transitions. Staying in the same state is always
+    /// allowed (it is an update of other fields, not a transition).
+    ///
+    /// | from      | to                                                      |
+    /// |-----------|---------------------------------------------------------|
+    /// | pending   | scheduled, completed (stopped), failed                  |
+    /// | scheduled | running, pending (node lost), completed, failed         |
+    /// | running   | scheduled (restarting), pending (node lost), completed, failed |
+    /// | failed    | pending (rescheduled elsewhere)                          |
+    /// | completed | — (terminal)                                            |
+    pub fn can_become(self, to: TaskState) -> bool {
+        use TaskState::*;
+        if self == to {
+            return true;
+        }
+        matches!(
+            (self, to),
+            (Pending, Scheduled | Completed | Failed)
+                | (Scheduled, Running | Pending | Completed | Failed)
+                | (Running, Scheduled | Pending | Completed | Failed)
+                | (Failed, Pending)
+        )
+    }
+
+    /// Completed and failed tasks hold no resources on any node.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the user wants for a task: keep it running, or stop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredStatus {
+    #[default]
+    Run,
+    Stop,
+}
+
+/// The health of a task as its worker's checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No health check, or not yet decided.
+    #[default]
+    Unknown,
+    /// Within its start period.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// One entry of a task's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub at: Timestamp,
+    pub state: TaskState,
+    pub node: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A task as the cluster stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub desired: DesiredStatus,
+    /// The node the task is placed on, if any.
+    pub node: Option<String>,
+    /// Placement generation: bumped at each placement, carried by the
+    /// container's labels, so a copy from an older placement is recognised
+    /// as stale and stopped (fencing).
+    pub generation: u64,
+    /// Restarts of the container on its node, as counted by the worker.
+    pub restarts: u32,
+    /// Why the task is pending or failed, or what it is waiting for.
+    pub reason: Option<String>,
+    pub health: Health,
+    pub container_id: Option<String>,
+    /// Published ports as bound on the node: container port → host port.
+    pub host_ports: BTreeMap<u16, u16>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub events: Vec<TaskEvent>,
+}
+
+/// Resources in the units of `TaskSpec`: cores and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpu: f64,
+    pub memory: u64,
+    pub disk: u64,
+}
+
+impl Resources {
+    /// What a task reserves.
+    pub fn of(spec: &TaskSpec) -> Resources {
+        Resources { cpu: spec.cpu, memory: spec.memory, disk: spec.disk }
+    }
+}
+
+/// A node's standing in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Heartbeating; takes tasks if its engine is healthy.
+    Ready,
+    /// Missed its heartbeat deadline.
+    Down,
+    /// Keeps running what it has, takes nothing new.
+    Draining,
+}
+
+/// A worker as the cluster stores it. Its liveness deadline lives in the
+/// leader's memory, not here: only changes of status go through Raft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub status: NodeStatus,
+    pub capacity: Resources,
+    /// Whether the node's Docker engine answered at its last report.
+    pub engine_healthy: bool,
+    pub engine_error: Option<String>,
+    pub registered_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A task's state as a worker observes it on its engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedState {
+    /// The worker is creating or starting its container.
+    Starting,
+    Running,
+    /// Exited and waiting out its restart delay.
+    Restarting,
+    /// Exited 0 under a policy that does not restart it, or stopped on request.
+    Completed,
+    /// Gave up (attempts exhausted, image missing, ...).
+    Failed,
+}
+
+/// One task's status in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskReport {
+    pub task_id: TaskId,
+    pub generation: u64,
+    pub state: ObservedState,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub host_ports: BTreeMap<u16, u16>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The health of a worker's Docker engine.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineStatus {
+    pub healthy: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What a worker sends every second or so to
+/// `POST /v1/nodes/{name}/heartbeat` (the first one registers the node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub capacity: Resources,
+    #[serde(default)]
+    pub usage: Resources,
+    pub engine: EngineStatus,
+    #[serde(default)]
+    pub tasks: Vec<TaskReport>,
+}
+
+/// One task a node should hold, as the leader answers a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task_id: TaskId,
+    pub generation: u64,
+    pub desired: DesiredStatus,
+    pub spec: TaskSpec,
+}
+
+/// The leader's answer to a heartbeat: the complete list of tasks the node
+/// should hold. A container of a task not listed here (or listed with a
+/// different generation) is stale and must be stopped and removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub assignments: Vec<Assignment>,
+    /// How long until the worker should send its next heartbeat.
+    pub heartbeat_interval: Millis,
+}

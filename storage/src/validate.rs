@@ -1,0 +1,268 @@
+//! Validation of a submitted `TaskSpec`: every rule a well-typed spec must
+//! still meet before the cluster stores it. Each error names its field, in
+//! the JSON path form the API reports (`ports[1].container`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::model::TaskSpec;
+
+/// The largest resources a single task may ask for. Anything above is a typo
+/// (a unit mistake), not a real request.
+pub const MAX_CPU: f64 = 1024.0;
+pub const MAX_MEMORY: u64 = 16 << 40; // 16 TiB
+pub const MAX_DISK: u64 = 1 << 50; // 1 PiB
+
+/// A spec field that breaks a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Checks a Docker-style name: 1–63 chars of `[a-zA-Z0-9_.-]`, first one
+/// alphanumeric. Shared by task and node names.
+pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(FieldError::new(field, "must be 1 to 63 characters long"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(FieldError::new(field, "may contain only letters, digits, '_', '.' and '-'"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(FieldError::new(field, "must start with a letter or a digit"));
+    }
+    Ok(())
+}
+
+/// Returns the first rule the spec breaks, if any.
+pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
+    check_name("name", &spec.name)?;
+
+    let image = spec.image.trim();
+    if image.is_empty() {
+        return Err(FieldError::new("image", "must not be empty"));
+    }
+    if image.len() > 255 || spec.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(FieldError::new("image", "must be an image reference without spaces, at most 255 characters"));
+    }
+    for (i, arg) in spec.cmd.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(FieldError::new(format!("cmd[{i}]"), "must not contain NUL"));
+        }
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(FieldError::new(format!("env.{key}"), "variable names must be non-empty, without '=' or NUL"));
+        }
+        if value.contains('\0') {
+            return Err(FieldError::new(format!("env.{key}"), "must not contain NUL"));
+        }
+    }
+
+    if !spec.cpu.is_finite() || spec.cpu < 0.0 {
+        return Err(FieldError::new("cpu", "must be a non-negative number of cores"));
+    }
+    if spec.cpu > MAX_CPU {
+        return Err(FieldError::new("cpu", format!("{} cores is more than the limit of {MAX_CPU}", spec.cpu)));
+    }
+    if spec.memory > MAX_MEMORY {
+        return Err(FieldError::new("memory", "is more than the limit of 16 TiB (memory is in bytes)"));
+    }
+    if spec.memory != 0 && spec.memory < 6 << 20 {
+        return Err(FieldError::new("memory", "must be 0 (no limit) or at least 6 MiB (memory is in bytes)"));
+    }
+    if spec.disk > MAX_DISK {
+        return Err(FieldError::new("disk", "is more than the limit of 1 PiB (disk is in bytes)"));
+    }
+
+    let mut container_ports = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for (i, port) in spec.ports.iter().enumerate() {
+        if port.container == 0 {
+            return Err(FieldError::new(format!("ports[{i}].container"), "must be between 1 and 65535"));
+        }
+        if !container_ports.insert(port.container) {
+            return Err(FieldError::new(
+                format!("ports[{i}].container"),
+                format!("port {} is listed twice", port.container),
+            ));
+        }
+        if let Some(host) = port.host {
+            if host == 0 {
+                return Err(FieldError::new(
+                    format!("ports[{i}].host"),
+                    "must be between 1 and 65535 (omit it to have one assigned)",
+                ));
+            }
+            if !host_ports.insert(host) {
+                return Err(FieldError::new(format!("ports[{i}].host"), format!("host port {host} is listed twice")));
+            }
+        }
+    }
+
+    let policy = &spec.restart_policy;
+    if policy.max_delay < policy.initial_delay {
+        return Err(FieldError::new("restart_policy.max_delay", "must not be less than initial_delay"));
+    }
+
+    if let Some(check) = &spec.health_check {
+        if check.port == 0 {
+            return Err(FieldError::new("health_check.port", "must be between 1 and 65535"));
+        }
+        if let Some(path) = &check.path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(FieldError::new("health_check.path", "must be an absolute URL path such as \"/health\""));
+            }
+        }
+        if check.interval.0 < 100 {
+            return Err(FieldError::new("health_check.interval", "must be at least 100ms"));
+        }
+        if check.timeout.0 == 0 {
+            return Err(FieldError::new("health_check.timeout", "must be more than 0"));
+        }
+        if check.failure_threshold == 0 {
+            return Err(FieldError::new("health_check.failure_threshold", "must be at least 1"));
+        }
+    }
+
+    for key in spec.labels.keys() {
+        if key.is_empty() || key.len() > 255 {
+            return Err(FieldError::new(format!("labels.{key}"), "label keys must be 1 to 255 characters"));
+        }
+        if key.starts_with("goat.") {
+            return Err(FieldError::new(format!("labels.{key}"), "the goat. prefix is reserved"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HealthCheck, PortMapping};
+    use crate::Millis;
+
+    fn spec() -> TaskSpec {
+        serde_json::from_str(r#"{"name": "echo", "image": "goat-echo:latest"}"#).unwrap()
+    }
+
+    fn field_of(spec: &TaskSpec) -> String {
+        validate_spec(spec).unwrap_err().field
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid() {
+        assert_eq!(validate_spec(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn names_follow_docker_rules() {
+        for bad in ["", "-x", ".x", "a b", "é", &"x".repeat(64)] {
+            let mut s = spec();
+            s.name = bad.to_string();
+            assert_eq!(field_of(&s), "name", "{bad:?}");
+        }
+        for good in ["a", "echo-1", "Echo_2.v3", &"x".repeat(63)] {
+            let mut s = spec();
+            s.name = good.to_string();
+            assert_eq!(validate_spec(&s), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn image_must_be_present() {
+        let mut s = spec();
+        s.image = "  ".into();
+        assert_eq!(field_of(&s), "image");
+        s.image = "a b".into();
+        assert_eq!(field_of(&s), "image");
+    }
+
+    #[test]
+    fn resources_must_be_sane() {
+        let mut s = spec();
+        s.cpu = -1.0;
+        assert_eq!(field_of(&s), "cpu");
+        s.cpu = f64::NAN;
+        assert_eq!(field_of(&s), "cpu");
+        s.cpu = 5000.0;
+        assert_eq!(field_of(&s), "cpu");
+        let mut s = spec();
+        s.memory = u64::MAX;
+        assert_eq!(field_of(&s), "memory");
+        s.memory = 1000;
+        assert_eq!(field_of(&s), "memory");
+        let mut s = spec();
+        s.disk = u64::MAX;
+        assert_eq!(field_of(&s), "disk");
+    }
+
+    #[test]
+    fn ports_are_checked() {
+        let mut s = spec();
+        s.ports = vec![PortMapping { container: 0, host: None }];
+        assert_eq!(field_of(&s), "ports[0].container");
+        s.ports =
+            vec![PortMapping { container: 80, host: Some(8080) }, PortMapping { container: 81, host: Some(8080) }];
+        assert_eq!(field_of(&s), "ports[1].host");
+        s.ports = vec![PortMapping { container: 80, host: None }, PortMapping { container: 80, host: None }];
+        assert_eq!(field_of(&s), "ports[1].container");
+        s.ports = vec![PortMapping { container: 80, host: Some(0) }];
+        assert_eq!(field_of(&s), "ports[0].host");
+    }
+
+    #[test]
+    fn health_checks_are_checked() {
+        let mut s = spec();
+        let good = HealthCheck {
+            path: Some("/health".into()),
+            port: 7777,
+            interval: Millis(1000),
+            timeout: Millis(500),
+            failure_threshold: 3,
+            start_period: Millis(0),
+        };
+        s.health_check = Some(good.clone());
+        assert_eq!(validate_spec(&s), Ok(()));
+        s.health_check = Some(HealthCheck { path: Some("health".into()), ..good.clone() });
+        assert_eq!(field_of(&s), "health_check.path");
+        s.health_check = Some(HealthCheck { interval: Millis(1), ..good.clone() });
+        assert_eq!(field_of(&s), "health_check.interval");
+        s.health_check = Some(HealthCheck { failure_threshold: 0, ..good });
+        assert_eq!(field_of(&s), "health_check.failure_threshold");
+    }
+
+    #[test]
+    fn env_and_labels_are_checked() {
+        let mut s = spec();
+        s.env.insert("A=B".into(), "x".into());
+        assert_eq!(field_of(&s), "env.A=B");
+        let mut s = spec();
+        s.labels.insert("goat.task".into(), "x".into());
+        assert_eq!(field_of(&s), "labels.goat.task");
+    }
+
+    #[test]
+    fn unknown_json_fields_are_rejected() {
+        let err = serde_json::from_str::<TaskSpec>(r#"{"name":"a","image":"b","imgae":"c"}"#).unwrap_err();
+        assert!(err.to_string().contains("imgae"), "{err}");
+        let err = serde_json::from_str::<TaskSpec>(r#"{"name":"a","image":"b","restart_policy":{"max_atempts":3}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("max_atempts"), "{err}");
+    }
+}
