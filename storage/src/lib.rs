@@ -14,3 +14,4 @@ pub mod model;
 pub mod validate;
 
 pub use duration::Millis;
+pub mod worker_state;
