@@ -9,9 +9,12 @@
 //! - [`state_store`]: the state machine's persisted copy and its snapshots.
 
 pub mod duration;
+pub mod engine;
 pub mod fsm;
 pub mod model;
+pub mod raft_log;
+pub mod state_store;
 pub mod validate;
+pub mod worker_state;
 
 pub use duration::Millis;
-pub mod worker_state;
