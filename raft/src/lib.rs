@@ -1,1 +1,64 @@
-pub fn _p() {}
+//! Goat's Raft layer: openraft glued onto Goat's storage, and the transport
+//! between managers.
+//!
+//! - [`TypeConfig`]: what a log entry carries (a storage `Command`), what
+//!   applying one returns (a `CommandResult`), and how nodes are addressed.
+//! - [`log_store`]: openraft's `RaftLogStorage` over the durable `RaftLog`.
+//! - [`state_machine`]: openraft's `RaftStateMachine` over the pure
+//!   `ClusterState`, persisted in the `StateStore`, with snapshots.
+//! - [`network`]: Raft RPCs to peers over HTTP, bincode bodies, cluster token.
+//! - [`service`]: the receiving end of those RPCs (`/raft/*` routes).
+
+use std::io::Cursor;
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod service;
+pub mod state_machine;
+
+pub use goat_storage::fsm::{Command, CommandResult};
+
+openraft::declare_raft_types!(
+    /// Goat's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A manager's id in the Raft group.
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Membership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+
+/// The header that carries the cluster token on internal requests.
+pub const TOKEN_HEADER: &str = "authorization";
+
+/// The value of [`TOKEN_HEADER`] for a token.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The Raft timing Goat runs with: a leader is suspected dead after 150–300 ms
+/// without a heartbeat, so that a failover takes well under a second.
+pub fn raft_config(cluster_name: &str, snapshot_every: u64) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        install_snapshot_timeout: 2_000,
+        max_payload_entries: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: 1_000.min(snapshot_every),
+        snapshot_max_chunk_size: 4 << 20,
+        ..Default::default()
+    }
+}

@@ -121,7 +121,12 @@ impl ClusterState {
     }
 
     fn submit(&mut self, task_id: TaskId, spec: &TaskSpec, at: Timestamp) -> CommandResult {
-        if self.tasks.contains_key(&task_id) {
+        // A retried submission (same id, same spec) is answered with the
+        // stored task: forwarding may resend a command whose answer was lost.
+        if let Some(existing) = self.tasks.get(&task_id) {
+            if existing.spec == *spec {
+                return CommandResult::Task(Box::new(existing.clone()));
+            }
             return CommandResult::Refused(format!("task {task_id} already exists"));
         }
         let task = Task {
@@ -388,7 +393,10 @@ mod tests {
         assert_eq!(task.created_at, 2);
         assert_eq!(task.events.len(), 1);
         let again = s.apply(&Command::SubmitTask { task_id: id, spec: spec(), at: 3 });
-        assert!(again.is_refused());
+        assert!(matches!(again, CommandResult::Task(t) if t.created_at == 2), "a retry is idempotent");
+        let mut other = spec();
+        other.name = "other".into();
+        assert!(s.apply(&Command::SubmitTask { task_id: id, spec: other, at: 3 }).is_refused());
         assert_eq!(s.tasks[&id].created_at, 2);
     }
 

@@ -1,0 +1,143 @@
+//! openraft's log storage over Goat's durable [`RaftLog`].
+//!
+//! Entries and log ids are bincode-encoded here; durability, ordering and
+//! group commit are the `RaftLog`'s job. Storage calls that may touch the
+//! disk run on tokio's blocking pool, so the Raft core never waits on sled.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use goat_storage::raft_log::RaftLog;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
+
+use crate::codec::{decode, encode};
+use crate::{LogId, NodeId, StorageError, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+#[derive(Clone)]
+pub struct LogStore {
+    log: RaftLog,
+}
+
+impl LogStore {
+    pub fn new(log: RaftLog) -> LogStore {
+        LogStore { log }
+    }
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn logs_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, verb, e)
+}
+
+/// Runs a storage call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| logs_err(ErrorVerb::Write, e))?
+}
+
+fn decode_opt<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StorageError> {
+    bytes.map(|b| decode(&b).map_err(|e| logs_err(ErrorVerb::Read, e))).transpose()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let log = self.log.clone();
+        blocking(move || {
+            let rows = log.range(from, to, usize::MAX).map_err(|e| logs_err(ErrorVerb::Read, e))?;
+            rows.into_iter().map(|(_, bytes)| decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, e))).collect()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let log = self.log.clone();
+        blocking(move || {
+            let last_purged_log_id: Option<LogId> =
+                decode_opt(log.last_purged().map_err(|e| logs_err(ErrorVerb::Read, e))?)?;
+            let last = log.last().map_err(|e| logs_err(ErrorVerb::Read, e))?;
+            let last_log_id = match last {
+                Some((_, bytes)) => Some(decode::<Entry>(&bytes).map_err(|e| logs_err(ErrorVerb::Read, e))?.log_id),
+                None => last_purged_log_id,
+            };
+            Ok(LogState { last_purged_log_id, last_log_id })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let (log, bytes) = (self.log.clone(), encode(vote));
+        blocking(move || log.save_vote(bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        let log = self.log.clone();
+        blocking(move || decode_opt(log.vote().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let (log, bytes) = (self.log.clone(), encode(&committed));
+        blocking(move || log.save_committed(bytes).map_err(|e| logs_err(ErrorVerb::Write, e))).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let log = self.log.clone();
+        blocking(move || {
+            let committed: Option<Option<LogId>> =
+                decode_opt(log.committed().map_err(|e| logs_err(ErrorVerb::Read, e))?)?;
+            Ok(committed.flatten())
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
+        let log = self.log.clone();
+        blocking(move || {
+            log.append(rows, Box::new(move |result| callback.log_io_completed(result)))
+                .map_err(|e| logs_err(ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let log = self.log.clone();
+        blocking(move || log.truncate(log_id.index).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let log = self.log.clone();
+        blocking(move || log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
+    }
+}
