@@ -1,0 +1,303 @@
+//! The public HTTP API (`/v1`, JSON) and the managers' internal routes
+//! (`/internal`, bincode, token required). Every manager serves all of it:
+//! writes are proposed through the leader, reads are linearizable unless the
+//! client asks for `?stale=true`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use goat_raft::{codec, Command, CommandResult};
+use goat_storage::model::{Task, TaskSpec, TaskState};
+use goat_storage::validate::validate_spec;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::cluster::{InternalStatus, Manager, ProposeError};
+use super::error::ApiError;
+use super::json::{parse, MAX_BODY_BYTES};
+use super::nodes;
+use crate::clock::now_ms;
+
+type Shared = State<Arc<Manager>>;
+
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/tasks", post(submit_task).get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
+        .route("/v1/nodes", get(nodes::list_nodes))
+        .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
+        .route("/internal/read-index", post(internal_read_index))
+        .route("/internal/status", get(internal_status))
+        .fallback(not_found)
+        .with_state(manager)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// `?stale=true` reads from local state without asking the leader.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOptions {
+    #[serde(default)]
+    pub stale: bool,
+    /// For `GET /v1/tasks`: only tasks in this state.
+    #[serde(default)]
+    pub state: Option<TaskState>,
+}
+
+pub fn read_options(
+    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
+) -> Result<ReadOptions, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))
+}
+
+/// Makes this manager's state current unless the client accepts stale data.
+pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), ApiError> {
+    if options.stale {
+        Ok(())
+    } else {
+        manager.linearize().await
+    }
+}
+
+#[derive(Serialize)]
+struct HealthView {
+    status: &'static str,
+    id: u64,
+    role: &'static str,
+    leader: Option<u64>,
+    term: u64,
+    last_applied: Option<u64>,
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+async fn health(State(m): Shared) -> Json<HealthView> {
+    let metrics = m.raft.metrics().borrow().clone();
+    Json(HealthView {
+        status: "ok",
+        id: m.id,
+        role: role_name(metrics.state),
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        last_applied: metrics.last_applied.map(|l| l.index),
+    })
+}
+
+#[derive(Serialize)]
+struct MemberView {
+    id: u64,
+    addr: String,
+    role: &'static str,
+    voter: bool,
+    /// The member's last applied index, as far as this manager knows: its
+    /// own exactly; on the leader, each follower's replicated index.
+    last_applied: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    id: u64,
+    leader: Option<u64>,
+    term: u64,
+    members: Vec<MemberView>,
+}
+
+async fn cluster(State(m): Shared) -> Json<ClusterView> {
+    let metrics = m.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| {
+            let role = if Some(*id) == metrics.current_leader {
+                "leader"
+            } else if voters.contains(id) {
+                "follower"
+            } else {
+                "learner"
+            };
+            let last_applied = if *id == m.id {
+                metrics.last_applied.map(|l| l.index)
+            } else {
+                metrics.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index)
+            };
+            MemberView { id: *id, addr: node.addr.clone(), role, voter: voters.contains(id), last_applied }
+        })
+        .collect();
+    Json(ClusterView { id: m.id, leader: metrics.current_leader, term: metrics.current_term, members })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    id: u64,
+    addr: String,
+}
+
+/// Adds a manager: first as a learner that catches up, then as a voter.
+async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let raw = body.as_ref().map(|b| b.clone()).unwrap_or_default();
+    let member: NewMember = parse(body)?;
+    if member.id == 0 {
+        return Err(ApiError::field("invalid_field", "id", "must be a positive integer"));
+    }
+    if member.addr.trim().is_empty() || member.addr.contains('/') {
+        return Err(ApiError::field("invalid_field", "addr", "must be HOST:PORT"));
+    }
+    if !m.is_leader() {
+        return forwarded(&m, reqwest::Method::POST, "/v1/cluster/members", raw).await;
+    }
+    let node = BasicNode { addr: member.addr.clone() };
+    m.raft.add_learner(member.id, node, true).await.map_err(|e| ApiError::conflict(e.to_string()))?;
+    let change = ChangeMembers::AddVoterIds([member.id].into());
+    m.raft.change_membership(change, false).await.map_err(|e| ApiError::conflict(e.to_string()))?;
+    tracing::info!(member = member.id, addr = %member.addr, "added a manager");
+    Ok((StatusCode::OK, Json(serde_json::json!({"id": member.id, "addr": member.addr, "voter": true}))).into_response())
+}
+
+/// Removes a manager from the group (voter or learner).
+async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::field("invalid_field", "id", "must be a positive integer"))?;
+    if !m.is_leader() {
+        return forwarded(&m, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), Bytes::new()).await;
+    }
+    let metrics = m.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&id).is_none() {
+        return Err(ApiError::not_found(format!("no manager {id}")));
+    }
+    let is_voter = membership.voter_ids().any(|v| v == id);
+    let change =
+        if is_voter { ChangeMembers::RemoveVoters([id].into()) } else { ChangeMembers::RemoveNodes([id].into()) };
+    m.raft.change_membership(change, false).await.map_err(|e| ApiError::conflict(e.to_string()))?;
+    tracing::info!(member = id, "removed a manager");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Relays a request to the leader and its answer back.
+pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
+    let (status, bytes) = m.forward_to_leader(method, path, body).await?;
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+fn task_of(result: CommandResult) -> Result<Task, ApiError> {
+    match result {
+        CommandResult::Task(task) => Ok(*task),
+        CommandResult::Refused(reason) => Err(ApiError::conflict(reason)),
+        other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+async fn submit_task(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let spec: TaskSpec = parse(body)?;
+    validate_spec(&spec)?;
+    let task_id = Uuid::new_v4();
+    let span = tracing::info_span!("submit", task = %task_id, name = %spec.name);
+    let _enter = span.enter();
+    let task = task_of(m.propose(Command::SubmitTask { task_id, spec, at: now_ms() }).await?)?;
+    m.placement_kick.notify_one();
+    let location = format!("/v1/tasks/{}", task.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response())
+}
+
+fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::field("invalid_field", "id", format!("{id:?} is not a task id (a UUID)")))
+}
+
+async fn list_tasks(
+    State(m): Shared,
+    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    let options = read_options(query)?;
+    consistent(&m, &options).await?;
+    let applied = m.state.read();
+    let tasks = applied.state.tasks.values().filter(|t| options.state.is_none_or(|s| t.state == s)).cloned().collect();
+    Ok(Json(tasks))
+}
+
+async fn get_task(
+    State(m): Shared,
+    Path(id): Path<String>,
+    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Task>, ApiError> {
+    let id = parse_task_id(&id)?;
+    let options = read_options(query)?;
+    consistent(&m, &options).await?;
+    let applied = m.state.read();
+    applied.state.tasks.get(&id).cloned().map(Json).ok_or_else(|| ApiError::not_found(format!("no task {id}")))
+}
+
+async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_task_id(&id)?;
+    let task = match m.propose(Command::StopTask { task_id: id, at: now_ms() }).await? {
+        CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no task {id}"))),
+        other => task_of(other)?,
+    };
+    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+}
+
+/// A follower's forwarded command, proposed here if this manager leads.
+async fn internal_propose(State(m): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if !m.token_ok(&headers) {
+        return ApiError::unauthorized().into_response();
+    }
+    let command: Command = match codec::decode(&body) {
+        Ok(c) => c,
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
+    };
+    let answer: Result<CommandResult, ProposeError> = if m.is_leader() {
+        let result = m.propose_locally(command).await;
+        if result.is_ok() {
+            m.placement_kick.notify_one();
+        }
+        result
+    } else {
+        Err(ProposeError::NotLeader)
+    };
+    codec::encode(&answer).into_response()
+}
+
+async fn internal_read_index(State(m): Shared, headers: HeaderMap) -> Response {
+    if !m.token_ok(&headers) {
+        return ApiError::unauthorized().into_response();
+    }
+    match m.read_index().await {
+        Ok(index) => codec::encode(&index).into_response(),
+        Err(ProposeError::NotLeader) => {
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "not the leader").into_response()
+        }
+        Err(ProposeError::Failed(e)) => ApiError::unavailable(e).into_response(),
+    }
+}
+
+async fn internal_status(State(m): Shared, headers: HeaderMap) -> Response {
+    if !m.token_ok(&headers) {
+        return ApiError::unauthorized().into_response();
+    }
+    let initialized = m.raft.is_initialized().await.unwrap_or(false);
+    Json(InternalStatus { id: m.id, initialized }).into_response()
+}

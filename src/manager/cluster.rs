@@ -1,0 +1,314 @@
+//! The write and read paths that make any manager as good as the leader.
+//!
+//! **Writes.** Every change is a `Command`. The manager that receives a
+//! request builds the command (id, timestamp included) and proposes it: the
+//! leader appends it to the Raft log; a follower forwards the encoded command
+//! to the leader's `/internal/propose`. Commands are idempotent under retry
+//! (a resubmitted task with the same id returns the stored task), so while a
+//! leader election is under way the proposer simply retries, for a bounded
+//! time, against whoever leads next. Past that, 503 with `Retry-After`.
+//!
+//! **Reads.** Linearizable by default: the leader confirms it still leads
+//! (openraft's read index) and waits until its state machine has applied up
+//! to it; a follower asks the leader for that read index, then waits until
+//! its own state machine has caught up, and answers from local state.
+//! `?stale=true` skips all that and answers from local state at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use goat_raft::state_machine::SharedState;
+use goat_raft::{bearer, codec, Command, CommandResult, NodeId, Raft, TOKEN_HEADER};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::error::ApiError;
+use super::ManagerArgs;
+
+/// One manager's handle on its Raft node and state, shared by the HTTP
+/// handlers and the leader loops.
+pub struct Manager {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub http: reqwest::Client,
+    /// `Bearer <token>`, as internal requests carry it.
+    pub bearer: String,
+    pub leader_wait: Duration,
+    pub node_down_after: Duration,
+    /// When each node last sent a heartbeat to this manager. Meaningful on
+    /// the leader only; rebuilt from heartbeats after a failover.
+    pub last_seen: Mutex<HashMap<String, Instant>>,
+    /// Wakes the placement loop (a task was submitted, a node reported).
+    pub placement_kick: Notify,
+}
+
+/// Why a proposal failed, as `/internal/propose` reports it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ProposeError {
+    /// This manager does not lead (any more): try the current leader.
+    NotLeader,
+    Failed(String),
+}
+
+impl Manager {
+    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerArgs) -> Manager {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(300))
+            .tcp_nodelay(true)
+            .build()
+            .expect("building the HTTP client (no TLS, no system configuration involved)");
+        Manager {
+            id,
+            raft,
+            state,
+            http,
+            bearer: bearer(&args.token),
+            leader_wait: args.leader_wait.as_duration(),
+            node_down_after: args.node_down_after.as_duration(),
+            last_seen: Mutex::new(HashMap::new()),
+            placement_kick: Notify::new(),
+        }
+    }
+
+    pub fn token_ok(&self, headers: &HeaderMap) -> bool {
+        goat_raft::service::token_matches(headers, &self.bearer)
+    }
+
+    /// The leader this manager knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id)
+    }
+
+    /// Commits `command` through whoever leads, waiting (bounded) through
+    /// an election. Returns the state machine's result.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut last_error = String::from("no leader elected yet");
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.propose_locally(command.clone()).await,
+                Some((leader, addr)) => self.propose_remotely(leader, &addr, &command).await,
+                None => Err(ProposeError::NotLeader),
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(ProposeError::NotLeader) => {}
+                Err(ProposeError::Failed(e)) => last_error = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!(
+                    "no leader accepted the write within {:?}: {last_error}",
+                    self.leader_wait
+                )));
+            }
+            self.wait_for_leader_change(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Appends `command` to the Raft log on this manager, if it leads.
+    pub async fn propose_locally(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    async fn propose_remotely(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        command: &Command,
+    ) -> Result<CommandResult, ProposeError> {
+        let body = self.internal_call(addr, "propose", codec::encode(command)).await.map_err(|e| {
+            tracing::debug!(leader, error = %e, "forwarding a write failed");
+            ProposeError::Failed(format!("leader {leader} at {addr}: {e}"))
+        })?;
+        let answer: Result<CommandResult, ProposeError> =
+            codec::decode(&body).map_err(|e| ProposeError::Failed(format!("undecodable answer from leader: {e}")))?;
+        answer
+    }
+
+    /// Waits until this manager's state reflects every write committed
+    /// before the call (a linearizable read point).
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut last_error = String::from("no leader elected yet");
+        loop {
+            let read_index = match self.leader() {
+                Some((leader, _)) if leader == self.id => match self.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        last_error = e.to_string();
+                        None
+                    }
+                },
+                Some((_, addr)) => match self.internal_call(&addr, "read-index", Vec::new()).await {
+                    Ok(body) => match codec::decode::<Option<u64>>(&body) {
+                        Ok(index) => Some(index),
+                        Err(e) => {
+                            last_error = e.to_string();
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        last_error = e;
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let Some(index) = read_index {
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                return match self.raft.wait(Some(left)).applied_index_at_least(index, "linearizable read").await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(ApiError::unavailable(format!("this manager is not caught up: {e}"))),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!("no leader to confirm a linearizable read: {last_error}")));
+            }
+            self.wait_for_leader_change(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The leader's side of a follower's read: confirm leadership, return
+    /// the index the follower must have applied.
+    pub async fn read_index(&self) -> Result<Option<u64>, ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index)),
+            Err(RaftError::APIError(_)) => Err(ProposeError::NotLeader),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// POSTs to another manager's `/internal/{route}` with the token.
+    async fn internal_call(&self, addr: &str, route: &str, body: Vec<u8>) -> Result<Bytes, String> {
+        let response = self
+            .http
+            .post(format!("http://{addr}/internal/{route}"))
+            .header(TOKEN_HEADER, &self.bearer)
+            .timeout(Duration::from_secs(5))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        if status != StatusCode::OK {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+        }
+        Ok(bytes)
+    }
+
+    /// Sends an HTTP request on to the leader as it came (for requests only
+    /// the leader can serve, such as heartbeats), waiting through elections.
+    pub async fn forward_to_leader(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
+        let deadline = Instant::now() + self.leader_wait;
+        loop {
+            if let Some((leader, addr)) = self.leader().filter(|(leader, _)| *leader != self.id) {
+                let sent = self
+                    .http
+                    .request(method.clone(), format!("http://{addr}{path_and_query}"))
+                    .header(TOKEN_HEADER, &self.bearer)
+                    .header("content-type", "application/json")
+                    .header("x-goat-forwarded-by", self.id.to_string())
+                    .timeout(Duration::from_secs(10))
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() != StatusCode::MISDIRECTED_REQUEST => {
+                        let status = StatusCode::from_u16(response.status().as_u16())
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        let bytes = response.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+                        return Ok((status, bytes));
+                    }
+                    Ok(_) => tracing::debug!(leader, "leader moved on while forwarding"),
+                    Err(e) => tracing::debug!(leader, error = %e, "forwarding to the leader failed"),
+                }
+            } else if self.is_leader() {
+                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_forwarded", "this manager leads"));
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::unavailable("no leader reachable"));
+            }
+            self.wait_for_leader_change(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sleeps until the Raft metrics change or `at_most` passes.
+    async fn wait_for_leader_change(&self, at_most: Duration) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(at_most, metrics.changed()).await;
+    }
+}
+
+/// Bootstraps a new cluster, once. Only the lowest id of `--peers` does it,
+/// only if its own store is empty, and only if no peer already belongs to an
+/// initialized cluster (a manager whose data was wiped rejoins instead).
+pub async fn bootstrap(manager: std::sync::Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>, advertise: String) {
+    let initialized = manager.raft.is_initialized().await.unwrap_or(true);
+    if initialized {
+        tracing::info!("store holds a cluster already: not bootstrapping");
+        return;
+    }
+    let members = if peers.is_empty() { BTreeMap::from([(manager.id, BasicNode { addr: advertise })]) } else { peers };
+    if members.keys().next() != Some(&manager.id) {
+        tracing::info!("waiting to be contacted by the cluster's leader");
+        return;
+    }
+    for (id, node) in members.iter().filter(|(id, _)| **id != manager.id) {
+        let url = format!("http://{}/internal/status", node.addr);
+        let answer = manager
+            .http
+            .get(url)
+            .header(TOKEN_HEADER, &manager.bearer)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await;
+        if let Ok(response) = answer {
+            if let Ok(status) = response.json::<InternalStatus>().await {
+                if status.initialized {
+                    tracing::info!(
+                        peer = id,
+                        "a peer already belongs to a cluster: joining it instead of bootstrapping"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+    match manager.raft.initialize(members).await {
+        Ok(()) => tracing::info!("bootstrapped a new cluster"),
+        Err(e) => tracing::warn!(error = %e, "bootstrap skipped"),
+    }
+}
+
+/// What `/internal/status` tells a peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InternalStatus {
+    pub id: NodeId,
+    pub initialized: bool,
+}

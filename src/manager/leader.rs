@@ -1,0 +1,183 @@
+//! The loops that run on the leader, and only there.
+//!
+//! `supervise` watches this manager's Raft role. When it becomes leader it
+//! starts every loop under one cancellation token; when it stops leading —
+//! deposed, partitioned, shutting down — it cancels that token, and every
+//! loop ends. (Swarm once kept one loop running on a deposed leader.) The
+//! loops keep nothing that cannot be rebuilt from the store: a new leader
+//! starts from the replicated state and fresh liveness deadlines.
+//!
+//! - placement: puts pending tasks on nodes (see `crate::scheduler`);
+//! - liveness: marks nodes whose heartbeats stopped `down`, after giving
+//!   every node a full deadline from the moment this manager took over, so a
+//!   leader change never marks a healthy node down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use goat_raft::{Command, CommandResult};
+use goat_storage::model::{DesiredStatus, NodeStatus, TaskState};
+use openraft::ServerState;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::Manager;
+use crate::clock::now_ms;
+use crate::scheduler::Scheduler;
+
+/// Placements committed per Raft entry, at most.
+const PLACEMENT_BATCH: usize = 1_000;
+
+pub async fn supervise(manager: Arc<Manager>) {
+    let mut metrics = manager.raft.metrics();
+    let mut running: Option<CancellationToken> = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow_and_update();
+            m.state == ServerState::Leader && m.current_leader == Some(manager.id)
+        };
+        match (leading, running.is_some()) {
+            (true, false) => {
+                let token = CancellationToken::new();
+                let term = manager.raft.metrics().borrow().current_term;
+                tracing::info!(term, "became leader: starting the control loops");
+                tokio::spawn(placement_loop(manager.clone(), token.clone()));
+                tokio::spawn(liveness_loop(manager.clone(), token.clone()));
+                running = Some(token);
+            }
+            (false, true) => {
+                tracing::info!("no longer leader: stopping the control loops");
+                if let Some(token) = running.take() {
+                    token.cancel();
+                }
+            }
+            _ => {}
+        }
+        if metrics.changed().await.is_err() {
+            if let Some(token) = running.take() {
+                token.cancel();
+            }
+            return;
+        }
+    }
+}
+
+/// Whether the leader currently believes `node` alive: heard from within the
+/// deadline, or not yet due (every node gets a full deadline from `since`).
+fn alive(last_seen: &HashMap<String, Instant>, node: &str, since: Instant, deadline: Duration) -> bool {
+    let heard = last_seen.get(node).copied().unwrap_or(since).max(since);
+    heard.elapsed() < deadline
+}
+
+async fn placement_loop(manager: Arc<Manager>, cancel: CancellationToken) {
+    let since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = manager.placement_kick.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if let Err(e) = place_pending(&manager, since).await {
+            tracing::warn!(error = %e.body.error, "placement round failed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One placement round: every pending task that fits gets a node; the
+/// others get (or keep) a reason.
+async fn place_pending(manager: &Manager, since: Instant) -> Result<(), super::error::ApiError> {
+    let commands = {
+        let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let applied = manager.state.read();
+        let state = &applied.state;
+        let mut pending: Vec<_> =
+            state.tasks.values().filter(|t| t.state == TaskState::Pending && t.desired == DesiredStatus::Run).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.sort_by_key(|t| (t.created_at, t.id));
+        let mut scheduler = Scheduler::new(state, |node| alive(&seen, node, since, manager.node_down_after));
+        let at = now_ms();
+        let mut commands = Vec::new();
+        for task in pending {
+            match scheduler.place(&task.spec) {
+                Ok(node) => {
+                    tracing::info!(task = %task.id, node = %node, "placing task");
+                    commands.push(Command::PlaceTask { task_id: task.id, node, at });
+                }
+                Err(reason) if task.reason.as_deref() != Some(reason.as_str()) => {
+                    tracing::info!(task = %task.id, %reason, "task stays pending");
+                    commands.push(Command::SetPendingReason { task_id: task.id, reason: Some(reason), at });
+                }
+                Err(_) => {}
+            }
+        }
+        commands
+    };
+    for chunk in commands.chunks(PLACEMENT_BATCH) {
+        let result = manager.propose(Command::Batch(chunk.to_vec())).await?;
+        if let CommandResult::Batch(results) = result {
+            let refused = results.iter().filter(|r| r.is_refused()).count();
+            if refused > 0 {
+                tracing::debug!(refused, "some placements were refused (state moved on)");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
+    let since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let down: Vec<String> = {
+            let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
+            let applied = manager.state.read();
+            applied
+                .state
+                .nodes
+                .values()
+                .filter(|n| n.status != NodeStatus::Down)
+                .filter(|n| !alive(&seen, &n.name, since, manager.node_down_after))
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        if down.is_empty() {
+            continue;
+        }
+        let at = now_ms();
+        for name in &down {
+            tracing::warn!(node = %name, "node missed its heartbeat deadline: marking it down");
+        }
+        let commands =
+            down.into_iter().map(|name| Command::SetNodeStatus { name, status: NodeStatus::Down, at }).collect();
+        if let Err(e) = manager.propose(Command::Batch(commands)).await {
+            tracing::warn!(error = %e.body.error, "could not mark nodes down");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_leader_gives_every_node_a_full_deadline() {
+        let deadline = Duration::from_millis(200);
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        let seen = HashMap::from([("old".to_string(), long_ago)]);
+        // Leader just took over: even a node last seen long ago is not due.
+        assert!(alive(&seen, "old", Instant::now(), deadline));
+        assert!(alive(&seen, "never-seen", Instant::now(), deadline));
+        // A leader that has led for a while: the old node is overdue.
+        let since = Instant::now() - Duration::from_secs(1);
+        assert!(!alive(&seen, "old", since, deadline));
+        assert!(!alive(&seen, "never-seen", since, deadline));
+        let fresh = HashMap::from([("w".to_string(), Instant::now())]);
+        assert!(alive(&fresh, "w", since, deadline));
+    }
+}

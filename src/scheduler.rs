@@ -1,0 +1,233 @@
+//! Where tasks go: Nomad-style feasibility filters, then ranking.
+//!
+//! Pure functions over a snapshot of the cluster state: no I/O, no clock.
+//! The leader's placement loop builds a [`Scheduler`] from the applied state
+//! and the set of nodes it currently believes alive, asks it for a node per
+//! pending task, and commits the answers through Raft. Placements made in one
+//! round are charged to their node at once, so a round never overcommits.
+//!
+//! This first version ranks feasible nodes by bin-packing (the fullest node
+//! that still fits wins, ties by name); the control-loop issue adds E-PVM and
+//! spread.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use goat_storage::fsm::ClusterState;
+use goat_storage::model::{NodeStatus, Resources, TaskSpec};
+
+/// What is left on one node.
+#[derive(Debug, Clone)]
+struct Room {
+    capacity: Resources,
+    free: Resources,
+    host_ports: BTreeSet<u16>,
+}
+
+/// A placement round over a fixed view of the cluster.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    rooms: BTreeMap<String, Room>,
+}
+
+/// Why a task fits nowhere, in words an operator can act on.
+pub type Unplaceable = String;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+impl Scheduler {
+    /// Builds a round from `state`, considering only nodes for which
+    /// `eligible(name)` holds (alive as far as the leader knows), that are
+    /// ready and whose engine is healthy.
+    pub fn new(state: &ClusterState, eligible: impl Fn(&str) -> bool) -> Scheduler {
+        let mut rooms = BTreeMap::new();
+        for node in state.nodes.values() {
+            if node.status != NodeStatus::Ready || !node.engine_healthy || !eligible(&node.name) {
+                continue;
+            }
+            rooms.insert(
+                node.name.clone(),
+                Room { capacity: node.capacity, free: node.capacity, host_ports: BTreeSet::new() },
+            );
+        }
+        for task in state.tasks.values().filter(|t| !t.state.is_terminal()) {
+            let Some(room) = task.node.as_ref().and_then(|n| rooms.get_mut(n)) else { continue };
+            charge(room, &task.spec);
+        }
+        Scheduler { rooms }
+    }
+
+    /// Picks a node for `spec` and charges it, or says why none fits.
+    pub fn place(&mut self, spec: &TaskSpec) -> Result<String, Unplaceable> {
+        let best = self
+            .rooms
+            .iter()
+            .filter(|(_, room)| fits(room, spec))
+            .max_by(|(a_name, a), (b_name, b)| {
+                // Bin-pack: least free memory after placement first; ties by
+                // name, reversed so that the alphabetically first wins.
+                let a_left = a.free.memory.saturating_sub(spec.memory);
+                let b_left = b.free.memory.saturating_sub(spec.memory);
+                b_left.cmp(&a_left).then_with(|| b_name.cmp(a_name))
+            })
+            .map(|(name, _)| name.clone());
+        match best {
+            Some(name) => {
+                if let Some(room) = self.rooms.get_mut(&name) {
+                    charge(room, spec);
+                }
+                Ok(name)
+            }
+            None => Err(self.explain(spec)),
+        }
+    }
+
+    /// The first resource that no node has enough of.
+    fn explain(&self, spec: &TaskSpec) -> Unplaceable {
+        if self.rooms.is_empty() {
+            return "no ready node with a healthy engine".into();
+        }
+        let largest = |f: fn(&Room) -> f64| self.rooms.values().map(f).fold(0.0, f64::max);
+        let mem = largest(|r| r.free.memory as f64);
+        if (spec.memory as f64) > mem {
+            return format!(
+                "no node has {:.1} GiB free memory (largest: {:.1} GiB)",
+                spec.memory as f64 / GIB,
+                mem / GIB
+            );
+        }
+        let cpu = largest(|r| r.free.cpu);
+        if spec.cpu > cpu + 1e-9 {
+            return format!("no node has {:.2} free cpu cores (largest: {:.2})", spec.cpu, cpu);
+        }
+        let disk = largest(|r| r.free.disk as f64);
+        if (spec.disk as f64) > disk {
+            return format!("no node has {:.1} GiB free disk (largest: {:.1} GiB)", spec.disk as f64 / GIB, disk / GIB);
+        }
+        let ports: Vec<String> = spec.ports.iter().filter_map(|p| p.host).map(|p| p.to_string()).collect();
+        if !ports.is_empty() {
+            return format!("no node has host port(s) {} free", ports.join(", "));
+        }
+        "no node has enough cpu, memory and disk at once".into()
+    }
+}
+
+fn fits(room: &Room, spec: &TaskSpec) -> bool {
+    spec.cpu <= room.free.cpu + 1e-9
+        && spec.memory <= room.free.memory
+        && spec.disk <= room.free.disk
+        && spec.ports.iter().filter_map(|p| p.host).all(|port| !room.host_ports.contains(&port))
+        && room.capacity.cpu > 0.0
+}
+
+fn charge(room: &mut Room, spec: &TaskSpec) {
+    room.free.cpu -= spec.cpu;
+    room.free.memory = room.free.memory.saturating_sub(spec.memory);
+    room.free.disk = room.free.disk.saturating_sub(spec.disk);
+    room.host_ports.extend(spec.ports.iter().filter_map(|p| p.host));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_storage::fsm::Command;
+    use goat_storage::model::EngineStatus;
+    use uuid::Uuid;
+
+    const GB: u64 = 1 << 30;
+
+    fn spec(cpu: f64, memory: u64, host_port: Option<u16>) -> TaskSpec {
+        let mut s: TaskSpec = serde_json::from_str(r#"{"name":"t","image":"i"}"#).unwrap();
+        s.cpu = cpu;
+        s.memory = memory;
+        if let Some(p) = host_port {
+            s.ports = vec![goat_storage::model::PortMapping { container: 80, host: Some(p) }];
+        }
+        s
+    }
+
+    fn cluster(nodes: &[(&str, f64, u64)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (name, cpu, memory) in nodes {
+            s.apply(&Command::UpsertNode {
+                name: name.to_string(),
+                capacity: Resources { cpu: *cpu, memory: *memory, disk: 100 * GB },
+                engine: EngineStatus { healthy: true, error: None },
+                at: 0,
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn an_empty_cluster_places_nothing() {
+        let mut sched = Scheduler::new(&ClusterState::default(), |_| true);
+        assert_eq!(sched.place(&spec(0.1, 0, None)).unwrap_err(), "no ready node with a healthy engine");
+    }
+
+    #[test]
+    fn bin_packs_and_never_overcommits() {
+        let s = cluster(&[("a", 2.0, 4 * GB), ("b", 2.0, 2 * GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        // b is fuller after placement: it wins while it fits.
+        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "b");
+        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "b");
+        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "a");
+        assert_eq!(sched.place(&spec(0.5, 3 * GB, None)).unwrap(), "a");
+        let err = sched.place(&spec(0.5, GB, None)).unwrap_err();
+        assert!(err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn ties_go_to_the_first_name() {
+        let s = cluster(&[("b", 2.0, GB), ("a", 2.0, GB)]);
+        assert_eq!(Scheduler::new(&s, |_| true).place(&spec(0.1, 0, None)).unwrap(), "a");
+    }
+
+    #[test]
+    fn reasons_name_the_short_resource() {
+        let s = cluster(&[("a", 2.0, 4 * GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        let err = sched.place(&spec(0.1, 64 * GB, None)).unwrap_err();
+        assert_eq!(err, "no node has 64.0 GiB free memory (largest: 4.0 GiB)");
+        let err = sched.place(&spec(8.0, GB, None)).unwrap_err();
+        assert!(err.contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn host_ports_conflict() {
+        let s = cluster(&[("a", 4.0, 4 * GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        assert!(sched.place(&spec(0.1, 0, Some(7777))).is_ok());
+        let err = sched.place(&spec(0.1, 0, Some(7777))).unwrap_err();
+        assert!(err.contains("7777"), "{err}");
+        assert!(sched.place(&spec(0.1, 0, Some(7778))).is_ok());
+    }
+
+    #[test]
+    fn skips_ineligible_down_draining_and_unhealthy_nodes() {
+        let mut s = cluster(&[("a", 2.0, GB), ("b", 2.0, GB), ("c", 2.0, GB), ("d", 2.0, GB)]);
+        s.apply(&Command::SetNodeStatus { name: "b".into(), status: NodeStatus::Down, at: 1 });
+        s.apply(&Command::SetNodeStatus { name: "c".into(), status: NodeStatus::Draining, at: 1 });
+        s.apply(&Command::UpsertNode {
+            name: "d".into(),
+            capacity: Resources { cpu: 2.0, memory: GB, disk: GB },
+            engine: EngineStatus { healthy: false, error: Some("down".into()) },
+            at: 1,
+        });
+        let mut sched = Scheduler::new(&s, |n| n != "a");
+        assert!(sched.place(&spec(0.1, 0, None)).is_err());
+        let mut sched = Scheduler::new(&s, |_| true);
+        assert_eq!(sched.place(&spec(0.1, 0, None)).unwrap(), "a");
+    }
+
+    #[test]
+    fn existing_placements_are_charged() {
+        let mut s = cluster(&[("a", 2.0, 2 * GB)]);
+        let id = Uuid::from_u128(1);
+        s.apply(&Command::SubmitTask { task_id: id, spec: spec(1.5, GB, None), at: 1 });
+        s.apply(&Command::PlaceTask { task_id: id, node: "a".into(), at: 2 });
+        let mut sched = Scheduler::new(&s, |_| true);
+        assert!(sched.place(&spec(1.0, 0, None)).unwrap_err().contains("cpu"));
+        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "a");
+    }
+}
