@@ -74,7 +74,8 @@ impl TaskRecord {
     }
 }
 
-/// The worker's local store.
+/// The worker's local store. Cheap to clone: clones share the database.
+#[derive(Clone)]
 pub struct WorkerStore {
     db: sled::Db,
     tasks: sled::Tree,

@@ -1,1 +1,184 @@
-pub fn _p() {}
+//! The Goat worker: runs the tasks the leader places on this node, in Docker
+//! containers, and reports on them.
+//!
+//! Layering, from the engine up:
+//!
+//! - [`runtime`]: the container engine behind a small trait (Docker via
+//!   bollard; an in-memory fake in tests).
+//! - [`restart`]: the restart policy, pure.
+//! - [`health`]: health checks: pure counting plus the probing tasks.
+//! - [`reconcile`]: the pure decision logic: assignments + observed
+//!   containers + local records → engine actions and task reports.
+//! - [`agent`]: the loops that observe, act and heartbeat.
+//!
+//! The local on-disk state (restart records, last assignments) lives in
+//! `goat_storage::worker_state`.
+
+pub mod agent;
+pub mod health;
+pub mod reconcile;
+pub mod restart;
+pub mod runtime;
+
+#[cfg(test)]
+mod reconcile_tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use goat_storage::model::{EngineStatus, Resources};
+use goat_storage::worker_state::WorkerStore;
+use goat_storage::Millis;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::agent::{HeartbeatConfig, Status, Supervisor};
+use crate::runtime::{ContainerRuntime, DockerRuntime};
+
+/// `goat worker` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// This node's name, unique in the cluster.
+    #[arg(long, env = "GOAT_NODE_NAME")]
+    pub name: String,
+    /// Managers to heartbeat to, HOST:PORT,HOST:PORT,... (any of them will do).
+    #[arg(long, env = "GOAT_MANAGERS", value_delimiter = ',', required = true)]
+    pub managers: Vec<String>,
+    /// Directory of the worker's local state.
+    #[arg(long, default_value = "goat-worker-data")]
+    pub data_dir: PathBuf,
+    /// The cluster's shared token.
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Offer at most this many cores (default: all).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Offer at most this much memory, in bytes or with a K/M/G suffix.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Offer at most this much disk, in bytes or with a K/M/G suffix.
+    #[arg(long, value_parser = parse_bytes)]
+    pub disk: Option<u64>,
+    /// The Docker engine's unix socket.
+    #[arg(long, env = "GOAT_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    pub docker_socket: String,
+    /// Heartbeat period until a manager says otherwise ("1s", "500ms").
+    #[arg(long, default_value = "1s", value_parser = Millis::parse)]
+    pub heartbeat_interval: Millis,
+}
+
+/// "512M", "2G", "1024" → bytes (binary multiples).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("invalid size {text:?}: expected e.g. 512M, 2G, 1048576"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {text:?}: use K, M, G or T")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Runs the worker until SIGINT or SIGTERM. The containers keep running
+/// when the worker stops; a restarted worker adopts them.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.name.is_empty(), "--name must not be empty");
+    anyhow::ensure!(!args.managers.is_empty(), "--managers must list at least one manager");
+    let span = tracing::info_span!("worker", node = %args.name);
+    async move {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+        let store = WorkerStore::open(&args.data_dir)
+            .with_context(|| format!("opening the worker state in {}", args.data_dir.display()))?;
+        let capacity = agent::limit_capacity(agent::detect_capacity(&args.data_dir), args.cpus, args.memory, args.disk);
+        tracing::info!(?capacity, managers = ?args.managers, socket = %args.docker_socket, "worker starting");
+
+        // Until a manager answers, run what we were last told to run.
+        let remembered = store.assignments().context("reading the remembered assignments")?;
+        if let Some(list) = &remembered {
+            tracing::info!(tasks = list.len(), "resuming the remembered assignments");
+        }
+        let (assign_tx, assign_rx) = watch::channel(remembered);
+        let status = Arc::new(Mutex::new(Status {
+            engine: EngineStatus { healthy: false, error: Some("not checked yet".into()) },
+            reports: Vec::new(),
+            usage: Resources::default(),
+        }));
+
+        let runtime = Arc::new(DockerRuntime::new(&args.docker_socket));
+        if let Err(error) = runtime.ping().await {
+            tracing::warn!(%error, "container engine not reachable yet; will keep trying");
+        }
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let supervisor =
+            Supervisor::new(args.name.clone(), runtime.clone(), store.clone(), assign_rx, status.clone(), exit_rx)?;
+        let config = HeartbeatConfig {
+            node: args.name.clone(),
+            managers: args.managers.clone(),
+            token: args.token.clone(),
+            capacity,
+            interval: args.heartbeat_interval.as_duration().max(Duration::from_millis(100)),
+        };
+        let save = move |list: &[goat_storage::model::Assignment]| {
+            if let Err(e) = store.set_assignments(list) {
+                tracing::error!(error = %e, "could not persist the assignments");
+            }
+        };
+        let watcher = tokio::spawn(agent::watch_exits(runtime.clone(), args.name.clone(), exit_tx).in_current_span());
+        let heartbeat = tokio::spawn(agent::heartbeat_loop(config, status, save, assign_tx).in_current_span());
+        let supervise = tokio::spawn(supervisor.run().in_current_span());
+
+        shutdown_signal().await;
+        tracing::info!("worker stopping; containers keep running");
+        watcher.abort();
+        heartbeat.abort();
+        supervise.abort();
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1k"), Ok(1024));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5X").is_err());
+    }
+}

@@ -1,0 +1,668 @@
+//! The container runtime: the only place the worker talks to Docker.
+//!
+//! [`ContainerRuntime`] is the small set of operations the worker needs
+//! (create+start, start again, stop, remove, list its own containers, watch
+//! exits, ping), expressed in Goat's terms: a [`Container`] is a task's
+//! container as observed, found through its labels. [`DockerRuntime`] is the
+//! implementation over the Docker Engine API (bollard). Everything above this
+//! module (reconcile, agent) sees only the trait, so the decision logic is
+//! tested against an in-memory fake.
+//!
+//! Every Goat container carries three labels: `goat.task` (task id),
+//! `goat.node` (worker name) and `goat.generation` (placement generation).
+//! Labels, not names, are the source of truth: they are what the worker
+//! lists on start to adopt what it left running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use goat_storage::model::{PortMapping, TaskId, TaskSpec};
+use tokio::sync::{mpsc, Mutex};
+
+pub const LABEL_TASK: &str = "goat.task";
+pub const LABEL_NODE: &str = "goat.node";
+pub const LABEL_GENERATION: &str = "goat.generation";
+
+/// Why a runtime operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached at all (socket missing, connection
+    /// refused, timeout): nothing is known about the containers.
+    #[error("container engine unreachable: {0}")]
+    Unavailable(String),
+    /// The image is neither present nor pullable.
+    #[error("image not found: {0}")]
+    ImageNotFound(String),
+    /// The container does not exist (any more).
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// The engine answered with an error.
+    #[error("container engine error: {0}")]
+    Engine(String),
+}
+
+impl RuntimeError {
+    /// Errors that say nothing about the task, only about the engine.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RuntimeError::Unavailable(_))
+    }
+}
+
+/// What the worker asks the engine to run for one task placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    /// Memory limit in bytes; 0 = none.
+    pub memory: u64,
+    /// CPU limit in billionths of a core; 0 = none.
+    pub nano_cpus: u64,
+}
+
+impl ContainerConfig {
+    /// The container for placement `generation` of a task on `node`.
+    pub fn for_task(node: &str, task_id: TaskId, generation: u64, spec: &TaskSpec) -> ContainerConfig {
+        let mut labels = spec.labels.clone();
+        labels.insert(LABEL_TASK.into(), task_id.to_string());
+        labels.insert(LABEL_NODE.into(), node.to_string());
+        labels.insert(LABEL_GENERATION.into(), generation.to_string());
+        ContainerConfig {
+            name: container_name(&spec.name, task_id, generation),
+            image: spec.image.clone(),
+            cmd: spec.cmd.clone(),
+            env: spec.env.clone(),
+            labels,
+            ports: spec.ports.clone(),
+            memory: spec.memory,
+            nano_cpus: (spec.cpu.max(0.0) * 1e9).round() as u64,
+        }
+    }
+}
+
+/// The deterministic name of a placement's container: one name per
+/// (task, generation), so the engine itself refuses a duplicate.
+pub fn container_name(task_name: &str, task_id: TaskId, generation: u64) -> String {
+    let id = task_id.simple().to_string();
+    format!("goat-{task_name}-{}-g{generation}", &id[..8])
+}
+
+/// A task's container as observed on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub task_id: TaskId,
+    pub generation: u64,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    /// The engine's error when it could not start the container.
+    pub error: Option<String>,
+    /// Unix ms of the current (or last) start, if it ever started.
+    pub started_at: Option<u64>,
+    /// The engine's raw "finished at" stamp: with the id it names one exit.
+    pub finished_at: String,
+    pub finished_at_ms: Option<u64>,
+    /// Container port → host port, as bound.
+    pub host_ports: BTreeMap<u16, u16>,
+    /// The container's address on its network, when it has one.
+    pub ip: Option<IpAddr>,
+}
+
+impl Container {
+    /// A key naming this container's last exit, stable across observations.
+    pub fn exit_key(&self) -> String {
+        format!("{}@{}", self.id, self.finished_at)
+    }
+}
+
+/// The operations the worker needs from a container engine.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Is the engine reachable and answering?
+    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// All of this node's Goat containers, running or not.
+    fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    /// Creates and starts a container (ensuring the image first); its id.
+    fn create_and_start(&self, config: &ContainerConfig) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Starts an existing, exited container again.
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Stops a container (SIGTERM, then SIGKILL after `grace`), keeping it.
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Stops and removes a container; removing a missing one is not an error.
+    fn remove(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Sends the id of each of this node's containers that exits, until the
+    /// engine's event stream ends or fails.
+    fn watch_exits(
+        &self,
+        node: &str,
+        exits: mpsc::UnboundedSender<String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}
+
+/// [`ContainerRuntime`] over the Docker Engine API on a unix socket.
+///
+/// The client is made lazily and dropped when the engine is unreachable, so
+/// a worker started before its engine (or outliving an engine restart)
+/// reconnects and renegotiates the API version by itself.
+pub struct DockerRuntime {
+    socket: String,
+    client: Mutex<Option<Docker>>,
+}
+
+/// How long one engine request may take before the engine counts as down.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl DockerRuntime {
+    pub fn new(socket: &str) -> DockerRuntime {
+        let socket = socket.strip_prefix("unix://").unwrap_or(socket).to_string();
+        DockerRuntime { socket, client: Mutex::new(None) }
+    }
+
+    /// The connected client, connecting and negotiating the API version if
+    /// needed. Bollard speaks a newer API than Docker 20.10 (1.41) by
+    /// default; negotiation makes it use the engine's version.
+    async fn client(&self) -> Result<Docker, RuntimeError> {
+        let mut guard = self.client.lock().await;
+        if let Some(docker) = guard.as_ref() {
+            return Ok(docker.clone());
+        }
+        let docker = Docker::connect_with_unix(&self.socket, REQUEST_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
+            .map_err(|e| RuntimeError::Unavailable(format!("{}: {e}", self.socket)))?;
+        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+            .await
+            .map_err(|_| RuntimeError::Unavailable(format!("{}: version negotiation timed out", self.socket)))?
+            .map_err(|e| RuntimeError::Unavailable(format!("{}: {e}", self.socket)))?;
+        *guard = Some(docker.clone());
+        Ok(docker)
+    }
+
+    /// Classifies an error, forgetting the client if the engine is gone.
+    async fn fail(&self, error: BollardError) -> RuntimeError {
+        let error = classify(error);
+        if error.is_unavailable() {
+            *self.client.lock().await = None;
+        }
+        error
+    }
+
+    async fn inspect(&self, docker: &Docker, id: &str) -> Result<Option<Container>, RuntimeError> {
+        match docker.inspect_container(id, None).await {
+            Ok(info) => Ok(container_from_inspect(&info)),
+            Err(e) => match self.fail(e).await {
+                RuntimeError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Makes sure `image` is present: inspected locally first; pulled only
+    /// when missing (which fails on a machine without a registry).
+    async fn ensure_image(&self, docker: &Docker, image: &str) -> Result<(), RuntimeError> {
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match self.fail(e).await {
+                RuntimeError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        tracing::info!(image, "image not present locally, trying to pull it");
+        let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+        let pull = async {
+            let mut stream = docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                item?;
+            }
+            Ok::<(), BollardError>(())
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => match self.fail(e).await {
+                RuntimeError::Unavailable(msg) => Err(RuntimeError::Unavailable(msg)),
+                other => {
+                    tracing::warn!(image, error = %other, "pull failed");
+                    Err(RuntimeError::ImageNotFound(image.to_string()))
+                }
+            },
+            Err(_) => Err(RuntimeError::ImageNotFound(image.to_string())),
+        }
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(e).await),
+            Err(_) => {
+                *self.client.lock().await = None;
+                Err(RuntimeError::Unavailable("ping timed out".into()))
+            }
+        }
+    }
+
+    async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={node}")])]);
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let summaries = match docker.list_containers(Some(options)).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        // The list lacks exit codes and addresses: inspect each one. A
+        // container removed in between is simply skipped.
+        let mut out = Vec::new();
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            if let Some(container) = self.inspect(&docker, &id).await? {
+                out.push(container);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_and_start(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
+        let docker = self.client().await?;
+        self.ensure_image(&docker, &config.image).await?;
+        let options = CreateContainerOptions { name: Some(config.name.clone()), ..Default::default() };
+        let created = match docker.create_container(Some(options), create_body(config)).await {
+            Ok(created) => created,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        if let Err(e) = docker.start_container(&created.id, None).await {
+            // Keep the created container: the next observation sees it
+            // exited (with the engine's error) and the restart policy
+            // decides, exactly as for a container that crashed at once.
+            return Err(self.fail(e).await);
+        }
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        match docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let options = StopContainerOptions { t: Some(grace.as_secs().max(1) as i32), signal: None };
+        match docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.fail(e).await {
+                // 304: already stopped.
+                RuntimeError::Engine(msg) if msg.starts_with("304") => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        match self.stop(id, grace).await {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let docker = self.client().await?;
+        let options = RemoveContainerOptions { force: true, v: true, link: false };
+        match docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.fail(e).await {
+                RuntimeError::NotFound(_) => Ok(()),
+                // 409: removal already in progress.
+                RuntimeError::Engine(msg) if msg.starts_with("409") => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn watch_exits(&self, node: &str, exits: mpsc::UnboundedSender<String>) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["die".to_string()]),
+            ("label".to_string(), vec![format!("{LABEL_NODE}={node}")]),
+        ]);
+        let options = EventsOptions { filters: Some(filters), ..Default::default() };
+        let mut stream = docker.events(Some(options));
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => return Err(self.fail(e).await),
+            };
+            if let Some(id) = event.actor.and_then(|a| a.id) {
+                if exits.send(id).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The engine's create request for a container config. Docker's own restart
+/// policy is `no`: Goat decides restarts.
+fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
+    let mut bindings = HashMap::new();
+    let mut exposed = Vec::new();
+    for port in &config.ports {
+        let key = format!("{}/tcp", port.container);
+        exposed.push(key.clone());
+        // An empty host port lets the engine pick a free one.
+        let host_port = port.host.map(|p| p.to_string()).unwrap_or_default();
+        bindings.insert(key, Some(vec![PortBinding { host_ip: None, host_port: Some(host_port) }]));
+    }
+    let host_config = HostConfig {
+        port_bindings: Some(bindings),
+        memory: (config.memory > 0).then(|| i64::try_from(config.memory).unwrap_or(i64::MAX)),
+        nano_cpus: (config.nano_cpus > 0).then(|| i64::try_from(config.nano_cpus).unwrap_or(i64::MAX)),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(config.image.clone()),
+        cmd: (!config.cmd.is_empty()).then(|| config.cmd.clone()),
+        env: Some(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        exposed_ports: Some(exposed),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// Reads a Goat container out of an inspect answer; `None` if it lacks the
+/// labels (not one of ours) or an id.
+fn container_from_inspect(info: &bollard::models::ContainerInspectResponse) -> Option<Container> {
+    let id = info.id.clone()?;
+    let labels = info.config.as_ref()?.labels.as_ref()?;
+    let task_id = labels.get(LABEL_TASK)?.parse().ok()?;
+    let generation = labels.get(LABEL_GENERATION)?.parse().ok()?;
+    let state = info.state.clone().unwrap_or_default();
+    let mut host_ports = BTreeMap::new();
+    let mut ip = None;
+    if let Some(net) = &info.network_settings {
+        for (key, bindings) in net.ports.iter().flatten() {
+            let Some(container_port) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
+            let host = bindings.iter().flatten().find_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()));
+            if let Some(host) = host {
+                host_ports.insert(container_port, host);
+            }
+        }
+        ip = net
+            .networks
+            .iter()
+            .flatten()
+            .find_map(|(_, endpoint)| endpoint.ip_address.as_deref().filter(|s| !s.is_empty())?.parse().ok());
+    }
+    let finished_at = state.finished_at.clone().unwrap_or_default();
+    Some(Container {
+        id,
+        task_id,
+        generation,
+        running: state.running.unwrap_or(false),
+        exit_code: state.exit_code,
+        oom_killed: state.oom_killed.unwrap_or(false),
+        error: state.error.filter(|e| !e.is_empty()),
+        started_at: state.started_at.as_deref().and_then(parse_timestamp_ms),
+        finished_at_ms: parse_timestamp_ms(&finished_at),
+        finished_at,
+        host_ports,
+        ip,
+    })
+}
+
+fn classify(error: BollardError) -> RuntimeError {
+    match error {
+        BollardError::DockerResponseServerError { status_code: 404, message } => RuntimeError::NotFound(message),
+        BollardError::DockerResponseServerError { status_code, message } => {
+            RuntimeError::Engine(format!("{status_code}: {message}"))
+        }
+        BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
+            RuntimeError::Engine(error.to_string())
+        }
+        other => RuntimeError::Unavailable(other.to_string()),
+    }
+}
+
+/// Parses the engine's RFC 3339 UTC stamps ("2024-05-01T12:34:56.789Z") into
+/// Unix milliseconds. The engine's "never" (year 1) and anything unreadable
+/// give `None`.
+pub fn parse_timestamp_ms(text: &str) -> Option<u64> {
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Only UTC ("Z") is produced by the engine; an offset is applied anyway.
+    let (clock, offset_secs) = if let Some(clock) = time.strip_suffix('Z') {
+        (clock, 0)
+    } else {
+        let pos = time.rfind(['+', '-'])?;
+        let (clock, offset) = time.split_at(pos);
+        let sign = if offset.starts_with('-') { -1 } else { 1 };
+        let (h, m) = offset[1..].split_once(':')?;
+        (clock, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (t.next()??, t.next()??, t.next()??);
+    let millis: i64 = format!("{:0<3}", frac.get(..3.min(frac.len())).unwrap_or("")).parse().ok()?;
+    // Days since the epoch of a proleptic Gregorian date (Howard Hinnant).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + m * 60 + s - offset_secs;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! An in-memory engine for unit tests: containers are records that tests
+    //! can make exit, and every call is logged.
+
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct FakeRuntime {
+        pub state: StdMutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    pub struct FakeState {
+        pub containers: Vec<(ContainerConfig, Container)>,
+        pub calls: Vec<String>,
+        pub down: bool,
+        pub missing_images: Vec<String>,
+        pub next_id: u32,
+        /// The fake's clock, Unix ms.
+        pub now: u64,
+    }
+
+    impl FakeRuntime {
+        pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut state)
+        }
+
+        /// Makes a container exit with `code`.
+        pub fn exit(&self, id: &str, code: i64) {
+            self.with(|s| {
+                let now = s.now;
+                for (_, c) in s.containers.iter_mut().filter(|(_, c)| c.id == id) {
+                    c.running = false;
+                    c.exit_code = Some(code);
+                    c.finished_at = format!("t{now}");
+                    c.finished_at_ms = Some(now);
+                }
+            });
+        }
+
+        pub fn running_ids(&self) -> Vec<String> {
+            self.with(|s| s.containers.iter().filter(|(_, c)| c.running).map(|(_, c)| c.id.clone()).collect())
+        }
+
+        fn check(&self, call: String) -> Result<(), RuntimeError> {
+            self.with(|s| {
+                s.calls.push(call);
+                if s.down {
+                    Err(RuntimeError::Unavailable("fake engine is down".into()))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    impl ContainerRuntime for FakeRuntime {
+        async fn ping(&self) -> Result<(), RuntimeError> {
+            self.check("ping".into())
+        }
+
+        async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+            self.check("list".into())?;
+            Ok(self.with(|s| {
+                s.containers
+                    .iter()
+                    .filter(|(cfg, _)| cfg.labels.get(LABEL_NODE).map(String::as_str) == Some(node))
+                    .map(|(_, c)| c.clone())
+                    .collect()
+            }))
+        }
+
+        async fn create_and_start(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
+            self.check(format!("create {}", config.name))?;
+            self.with(|s| {
+                if s.missing_images.contains(&config.image) {
+                    return Err(RuntimeError::ImageNotFound(config.image.clone()));
+                }
+                if s.containers.iter().any(|(cfg, _)| cfg.name == config.name) {
+                    return Err(RuntimeError::Engine(format!("409: name {} in use", config.name)));
+                }
+                s.next_id += 1;
+                let id = format!("c{}", s.next_id);
+                let container = Container {
+                    id: id.clone(),
+                    task_id: config.labels[LABEL_TASK].parse().expect("fake: task label"),
+                    generation: config.labels[LABEL_GENERATION].parse().expect("fake: generation label"),
+                    running: true,
+                    exit_code: None,
+                    oom_killed: false,
+                    error: None,
+                    started_at: Some(s.now),
+                    finished_at: String::new(),
+                    finished_at_ms: None,
+                    host_ports: config.ports.iter().map(|p| (p.container, p.host.unwrap_or(40_000))).collect(),
+                    ip: None,
+                };
+                s.containers.push((config.clone(), container));
+                Ok(id)
+            })
+        }
+
+        async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+            self.check(format!("start {id}"))?;
+            self.with(|s| {
+                let now = s.now;
+                let (_, c) = s
+                    .containers
+                    .iter_mut()
+                    .find(|(_, c)| c.id == id)
+                    .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+                c.running = true;
+                c.started_at = Some(now);
+                Ok(())
+            })
+        }
+
+        async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+            self.check(format!("stop {id}"))?;
+            let exists = self.with(|s| s.containers.iter().any(|(_, c)| c.id == id));
+            if !exists {
+                return Err(RuntimeError::NotFound(id.to_string()));
+            }
+            let running = self.with(|s| s.containers.iter().any(|(_, c)| c.id == id && c.running));
+            if running {
+                self.exit(id, 143);
+            }
+            Ok(())
+        }
+
+        async fn remove(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+            self.check(format!("remove {id}"))?;
+            self.with(|s| s.containers.retain(|(_, c)| c.id != id));
+            Ok(())
+        }
+
+        async fn watch_exits(&self, _node: &str, _exits: mpsc::UnboundedSender<String>) -> Result<(), RuntimeError> {
+            std::future::pending().await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_engine_timestamps() {
+        assert_eq!(parse_timestamp_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamp_ms("1970-01-02T00:00:01.5Z"), Some(86_401_500));
+        assert_eq!(parse_timestamp_ms("2024-05-01T12:34:56.123456789Z"), Some(1_714_566_896_123));
+        assert_eq!(parse_timestamp_ms("2024-05-01T14:34:56.123+02:00"), Some(1_714_566_896_123));
+        assert_eq!(parse_timestamp_ms("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_timestamp_ms(""), None);
+        assert_eq!(parse_timestamp_ms("garbage"), None);
+    }
+
+    #[test]
+    fn container_names_are_deterministic() {
+        let id: TaskId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert_eq!(container_name("web", id, 3), "goat-web-01234567-g3");
+    }
+
+    #[test]
+    fn config_carries_labels_and_limits() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "echo", "image": "goat-echo:latest", "cpu": 0.5, "memory": 1048576,
+            "ports": [{"container": 7777, "host": 7777}, {"container": 80}],
+            "labels": {"team": "a"}
+        }))
+        .unwrap();
+        let id = TaskId::new_v4();
+        let cfg = ContainerConfig::for_task("n1", id, 2, &spec);
+        assert_eq!(cfg.nano_cpus, 500_000_000);
+        assert_eq!(cfg.labels[LABEL_TASK], id.to_string());
+        assert_eq!(cfg.labels[LABEL_NODE], "n1");
+        assert_eq!(cfg.labels[LABEL_GENERATION], "2");
+        assert_eq!(cfg.labels["team"], "a");
+        let body = create_body(&cfg);
+        let host = body.host_config.unwrap();
+        let bindings = host.port_bindings.unwrap();
+        assert_eq!(bindings["7777/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("7777"));
+        assert_eq!(bindings["80/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some(""));
+        assert_eq!(host.memory, Some(1_048_576));
+        assert_eq!(host.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
+    }
+}
