@@ -83,6 +83,10 @@ struct HealthView {
     leader: Option<u64>,
     term: u64,
     last_applied: Option<u64>,
+    /// The last log index covered by this manager's latest snapshot.
+    snapshot: Option<u64>,
+    /// The last log index purged from this manager's log.
+    purged: Option<u64>,
 }
 
 fn role_name(state: ServerState) -> &'static str {
@@ -104,6 +108,8 @@ async fn health(State(m): Shared) -> Json<HealthView> {
         leader: metrics.current_leader,
         term: metrics.current_term,
         last_applied: metrics.last_applied.map(|l| l.index),
+        snapshot: metrics.snapshot.map(|l| l.index),
+        purged: metrics.purged.map(|l| l.index),
     })
 }
 

@@ -25,6 +25,10 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::field("bad_json", "", "request body is empty: expected a JSON object"));
     }
+    // serde would accept a struct written as an array; the API takes objects.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::field("bad_json", "", "request body must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -70,6 +74,8 @@ mod tests {
         let e = parse_spec(r#"{"name":"a","#).unwrap_err();
         assert_eq!(e.body.code, "bad_json");
         let e = parse_spec("").unwrap_err();
+        assert_eq!(e.body.code, "bad_json");
+        let e = parse_spec(r#"["a", "b"]"#).unwrap_err();
         assert_eq!(e.body.code, "bad_json");
         let e = parse_spec(r#"{"name":"a","image":"b"} {}"#).unwrap_err();
         assert_eq!(e.body.code, "bad_json");

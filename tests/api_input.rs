@@ -1,0 +1,116 @@
+//! Bad input to the API: every malformed request gets a 4xx with a JSON body
+//! naming the problem, nothing is stored, nothing already stored is lost, and
+//! internal routes refuse requests without the cluster token.
+
+mod common;
+
+use common::{spec, Cluster};
+use serde_json::{json, Value};
+
+async fn post_raw(cluster: &Cluster, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = cluster
+        .http
+        .post(format!("{}/v1/tasks", cluster.url(1)))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("every error is JSON");
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_with_the_field_named() {
+    let cluster = Cluster::start(1, &[]).await;
+    let kept = cluster.submit(1, &spec("kept")).await;
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"image": "x"}), ""),
+        (json!({"name": "", "image": "x"}), "name"),
+        (json!({"name": "bad name", "image": "x"}), "name"),
+        (json!({"name": "a", "image": ""}), "image"),
+        (json!({"name": "a", "image": "x", "cpu": -1}), "cpu"),
+        (json!({"name": "a", "image": "x", "cpu": "two"}), "cpu"),
+        (json!({"name": "a", "image": "x", "cpu": 1e9}), "cpu"),
+        (json!({"name": "a", "image": "x", "memory": -1}), "memory"),
+        (json!({"name": "a", "image": "x", "memory": 1e30}), "memory"),
+        (json!({"name": "a", "image": "x", "memory": 1u64 << 60}), "memory"),
+        (json!({"name": "a", "image": "x", "ports": [{"container": 0}]}), "ports[0].container"),
+        (json!({"name": "a", "image": "x", "ports": [{"container": 65536}]}), "ports[0].container"),
+        (json!({"name": "a", "image": "x", "ports": [{"container": 80, "host": 70000}]}), "ports[0].host"),
+        (json!({"name": "a", "image": "x", "imgae": "typo"}), "imgae"),
+        (json!({"name": "a", "image": "x", "restart_policy": {"condition": "sometimes"}}), "restart_policy.condition"),
+        (json!({"name": "a", "image": "x", "health_check": {"port": 80, "interval": "soon"}}), "health_check.interval"),
+        (json!(["not", "an", "object"]), ""),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = post_raw(&cluster, body.to_string()).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
+        if field.is_empty() {
+            assert!(answer["field"].is_null() || answer["field"] == "", "{body} -> {answer}");
+        } else {
+            assert_eq!(answer["field"], field, "{body} -> {answer}");
+        }
+    }
+
+    for raw in ["", "{", "{\"name\": \"a\",}", "null", "\u{0}"] {
+        let (status, answer) = post_raw(&cluster, raw.to_string()).await;
+        assert_eq!(status, 400, "{raw:?} -> {answer}");
+    }
+
+    // Over 1 MiB: 413, with a JSON body.
+    let huge = json!({"name": "a", "image": "x", "env": {"BIG": "x".repeat(2 << 20)}}).to_string();
+    let (status, answer) = post_raw(&cluster, huge).await;
+    assert_eq!(status, 413, "{answer}");
+
+    // Bad ids on the task routes.
+    let response = cluster.http.get(format!("{}/v1/tasks/not-a-uuid", cluster.url(1))).send().await.expect("GET");
+    assert_eq!(response.status(), 400);
+    let missing = format!("{}/v1/tasks/{}", cluster.url(1), uuid::Uuid::new_v4());
+    assert_eq!(cluster.http.get(&missing).send().await.expect("GET").status(), 404);
+    assert_eq!(cluster.http.delete(&missing).send().await.expect("DELETE").status(), 404);
+    let response = cluster.http.get(format!("{}/v1/tasks?stale=maybe", cluster.url(1))).send().await.expect("GET");
+    assert_eq!(response.status(), 400);
+    let response = cluster.http.get(format!("{}/v1/nope", cluster.url(1))).send().await.expect("GET");
+    assert_eq!(response.status(), 404);
+
+    // Nothing was stored, nothing was lost.
+    let tasks = cluster.tasks(1, false).await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["id"], kept["id"]);
+    assert_eq!(cluster.health(1).await["status"], "ok", "the manager is still up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_routes_need_the_cluster_token() {
+    let cluster = Cluster::start(1, &[]).await;
+    let before = cluster.health(1).await;
+    for route in ["/raft/vote", "/raft/append", "/raft/snapshot", "/internal/propose", "/internal/read-index"] {
+        for token in [None, Some("Bearer wrong")] {
+            let mut request = cluster.http.post(format!("{}{route}", cluster.url(1))).body(vec![1, 2, 3]);
+            if let Some(token) = token {
+                request = request.header("authorization", token);
+            }
+            let status = request.send().await.expect("POST").status();
+            assert_eq!(status, 401, "{route} with {token:?}");
+        }
+    }
+    let heartbeat = json!({"capacity": {"cpu": 1.0, "memory": 1, "disk": 1}, "engine": {"healthy": true}});
+    let status = cluster
+        .http
+        .post(format!("{}/v1/nodes/w1/heartbeat", cluster.url(1)))
+        .json(&heartbeat)
+        .send()
+        .await
+        .expect("POST")
+        .status();
+    assert_eq!(status, 401);
+    let after = cluster.health(1).await;
+    assert_eq!(before["term"], after["term"], "no request reached Raft");
+    let nodes: Vec<Value> =
+        cluster.http.get(format!("{}/v1/nodes", cluster.url(1))).send().await.expect("GET").json().await.expect("json");
+    assert!(nodes.is_empty(), "no node registered without the token");
+}

@@ -1,0 +1,87 @@
+//! The replicated task store end to end: three real `goat manager`
+//! processes on loopback, real sled files, real Raft over HTTP.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{spec, Cluster};
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+
+fn ids(tasks: &[Value]) -> BTreeSet<String> {
+    tasks.iter().map(|t| t["id"].as_str().expect("task id").to_string()).collect()
+}
+
+async fn submit_many(cluster: &Cluster, through: u64, prefix: &str, n: usize) -> BTreeSet<String> {
+    stream::iter(0..n)
+        .map(|i| async move { cluster.submit(through, &spec(&format!("{prefix}-{i}"))).await })
+        .buffer_unordered(16)
+        .map(|task| task["id"].as_str().expect("id").to_string())
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_survive_leader_kill_and_a_restarted_manager_catches_up() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = cluster.follower(leader);
+
+    // 200 tasks through a follower: it forwards every write to the leader.
+    let acknowledged = submit_many(&cluster, follower, "t", 200).await;
+    assert_eq!(acknowledged.len(), 200);
+    for id in 1..=3 {
+        // Linearizable reads: each manager answers with every acknowledged task.
+        let tasks = cluster.tasks(id, false).await;
+        assert_eq!(ids(&tasks), acknowledged, "manager {id}");
+    }
+
+    // SIGKILL the leader: a new one is elected from the survivors.
+    cluster.kill(leader);
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    for id in cluster.alive_ids() {
+        assert_eq!(ids(&cluster.tasks(id, false).await), acknowledged, "manager {id} after failover");
+    }
+
+    // New writes succeed through either survivor.
+    let mut all = acknowledged.clone();
+    for id in cluster.alive_ids() {
+        let task = cluster.submit(id, &spec(&format!("after-{id}"))).await;
+        all.insert(task["id"].as_str().expect("id").to_string());
+    }
+
+    // The killed manager restarts from its data directory and catches up.
+    cluster.spawn(leader);
+    cluster.wait_task_count(leader, all.len(), Duration::from_secs(20)).await;
+    assert_eq!(ids(&cluster.tasks(leader, true).await), all);
+    assert_eq!(cluster.wait_leader(Duration::from_secs(10)).await, new_leader, "a restart does not disturb the leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manager_that_was_down_catches_up_by_snapshot() {
+    // Snapshots every 50 entries; the log is purged behind them.
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "50"]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let lagging = cluster.follower(leader);
+    cluster.kill(lagging);
+
+    // Well over one snapshot's worth of entries while it is down.
+    let acknowledged = submit_many(&cluster, leader, "s", 300).await;
+    let health = cluster.health(leader).await;
+    let purged = health["purged"].as_u64().expect("the leader purged its log");
+    assert!(purged > 100, "leader purged up to {purged}");
+
+    cluster.spawn(lagging);
+    cluster.wait_task_count(lagging, 300, Duration::from_secs(30)).await;
+    assert_eq!(ids(&cluster.tasks(lagging, true).await), acknowledged);
+    let health = cluster.health(lagging).await;
+    assert!(health["snapshot"].as_u64().is_some(), "the lagging manager installed a snapshot: {health}");
+
+    // And it keeps up with what comes next.
+    let more = cluster.submit(leader, &spec("after")).await;
+    cluster.wait_task_count(lagging, 301, Duration::from_secs(10)).await;
+    assert!(ids(&cluster.tasks(lagging, true).await).contains(more["id"].as_str().expect("id")));
+}
