@@ -2,6 +2,8 @@
 //! data directory, killed with SIGKILL and restarted from that directory.
 #![allow(dead_code)]
 
+pub mod worker;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

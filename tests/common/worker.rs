@@ -1,0 +1,273 @@
+//! Worker-side test harness: real `goat worker` processes against the real
+//! Docker engine, a unix-socket proxy in front of the engine that a test can
+//! cut, and polling helpers. Every container a worker made is removed when
+//! its `WorkerProc` is dropped (found by the `goat.node` label).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use super::{goat_bin, Cluster, TOKEN};
+
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Builds `goat-echo:latest` (and `goat:latest`) once per test binary.
+pub fn ensure_images() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/build-images.sh");
+        let status = Command::new("bash").arg(script).status().expect("run deploy/build-images.sh");
+        assert!(status.success(), "deploy/build-images.sh failed");
+    });
+}
+
+/// A name unique to this test run, usable as a node or task name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A `goat worker` process with its own data dir.
+pub struct WorkerProc {
+    pub name: String,
+    pub dir: PathBuf,
+    pub managers: Vec<String>,
+    pub socket: String,
+    pub child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl WorkerProc {
+    pub fn start(name: &str, managers: Vec<String>, socket: &str) -> WorkerProc {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut w = WorkerProc {
+            name: name.to_string(),
+            dir: tmp.path().join("worker"),
+            managers,
+            socket: socket.to_string(),
+            child: None,
+            _tmp: tmp,
+        };
+        w.spawn();
+        w
+    }
+
+    /// A worker heartbeating to every manager of `cluster`.
+    pub fn for_cluster(name: &str, cluster: &Cluster, socket: &str) -> WorkerProc {
+        let managers = cluster.managers.iter().map(|m| m.addr.clone()).collect();
+        WorkerProc::start(name, managers, socket)
+    }
+
+    /// Starts (or restarts) the process on the same data dir.
+    pub fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log");
+        let child = Command::new(goat_bin())
+            .args(["worker", "--name", &self.name, "--managers", &self.managers.join(","), "--token", TOKEN])
+            .args(["--docker-socket", &self.socket])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env("RUST_LOG", "info,goat_worker=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn goat worker");
+        self.child = Some(child);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("worker.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Ids of this worker's containers, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        docker_ids(&self.name)
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+        let ids = docker_ids(&self.name);
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).stdout(Stdio::null()).status();
+        }
+    }
+}
+
+fn docker_ids(node: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", &format!("label=goat.node={node}")])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
+/// `docker inspect -f <format> <id>`, trimmed; `None` if it does not exist.
+pub fn docker_inspect(id: &str, format: &str) -> Option<String> {
+    let out = Command::new("docker").args(["inspect", "-f", format, id]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A unix-socket proxy to the Docker engine that a test can cut and restore,
+/// to simulate the engine going away under a running worker.
+pub struct EngineProxy {
+    pub path: PathBuf,
+    accept: Option<JoinHandle<()>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl EngineProxy {
+    pub fn start() -> EngineProxy {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut proxy =
+            EngineProxy { path: tmp.path().join("docker.sock"), accept: None, conns: Default::default(), _tmp: tmp };
+        proxy.resume();
+        proxy
+    }
+
+    pub fn socket(&self) -> String {
+        self.path.to_string_lossy().to_string()
+    }
+
+    /// (Re)opens the socket and forwards every connection to the engine.
+    pub fn resume(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("bind proxy socket");
+        let conns = self.conns.clone();
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut engine) = UnixStream::connect(DOCKER_SOCKET).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+                conns.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+            }
+        }));
+    }
+
+    /// Cuts the engine off: closes the socket and every open connection.
+    pub fn cut(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        for conn in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            conn.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// Polls `GET /v1/tasks/{id}` on any live manager until `pred` holds.
+pub async fn wait_task(
+    cluster: &Cluster,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    loop {
+        for m in cluster.alive_ids() {
+            let url = format!("{}/v1/tasks/{id}", cluster.url(m));
+            if let Ok(resp) = cluster.http.get(url).send().await {
+                if let Ok(task) = resp.json::<Value>().await {
+                    if pred(&task) {
+                        return task;
+                    }
+                    last = task;
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "task {id} not {what} within {timeout:?}; last seen: {last:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `GET /v1/nodes` until node `name` satisfies `pred`.
+pub async fn wait_node(
+    cluster: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    loop {
+        for m in cluster.alive_ids() {
+            let url = format!("{}/v1/nodes", cluster.url(m));
+            let Ok(resp) = cluster.http.get(url).send().await else { continue };
+            let Ok(nodes) = resp.json::<Vec<Value>>().await else { continue };
+            if let Some(node) = nodes.into_iter().find(|n| n["name"] == name) {
+                if pred(&node) {
+                    return node;
+                }
+                last = node;
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {name} not {what} within {timeout:?}; last seen: {last:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The host port the task's container port is published on.
+pub fn host_port(task: &Value, container_port: u16) -> Option<u16> {
+    task["host_ports"][container_port.to_string()].as_u64().and_then(|p| u16::try_from(p).ok())
+}
+
+/// A plain HTTP client that never goes through a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("client")
+}
+
+/// Waits until `POST http://127.0.0.1:{port}/` echoes `body`.
+pub async fn wait_echo(port: u16, body: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let url = format!("http://127.0.0.1:{port}/");
+        if let Ok(resp) = client().post(&url).body(body.to_string()).send().await {
+            if resp.status() == 200 && resp.text().await.ok().as_deref() == Some(body) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no echo on port {port} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,140 @@
+//! The worker's failure modes end to end: its own crash, its engine going
+//! away, and the loss of the leader manager. Real managers, real worker
+//! processes, the real Docker engine.
+//!
+//! Deadlines are generous: they bound convergence, they do not measure speed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::worker::{
+    docker_inspect, ensure_images, host_port, unique, wait_echo, wait_node, wait_task, EngineProxy, WorkerProc,
+    DOCKER_SOCKET,
+};
+use common::Cluster;
+use serde_json::{json, Value};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const BODY: &str = r#"{"Msg":"Hello, world!"}"#;
+
+/// An echo task with an engine-chosen host port.
+fn echo_spec() -> Value {
+    json!({
+        "name": unique("echo"),
+        "image": "goat-echo:latest",
+        "cpu": 0.1,
+        "memory": 64 << 20,
+        "ports": [{"container": 7777}],
+        "health_check": {"path": "/health", "port": 7777, "interval": "500ms", "timeout": "500ms",
+                         "failure_threshold": 3, "start_period": "2s"},
+        "restart_policy": {"condition": "on-failure", "max_attempts": 0, "initial_delay": "200ms",
+                           "max_delay": "2s", "reset_after": "1m"}
+    })
+}
+
+async fn start_echo(cluster: &Cluster) -> (String, Value) {
+    let task = cluster.submit(1, &echo_spec()).await;
+    let id = task["id"].as_str().expect("task id").to_string();
+    let running =
+        wait_task(cluster, &id, "running", CONVERGE, |t| t["state"] == "running" && t["health"] == "healthy").await;
+    (id, running)
+}
+
+/// SIGKILL the worker: the container keeps answering. Start the worker
+/// again: it adopts the same container (same id, same start time), no
+/// restart, no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_worker_adopts_its_containers() {
+    ensure_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let node = unique("w-adopt");
+    let mut worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
+    let (id, running) = start_echo(&cluster).await;
+    let port = host_port(&running, 7777).expect("published port");
+    let container = running["container_id"].as_str().expect("container id").to_string();
+    let started = docker_inspect(&container, "{{.State.StartedAt}}").expect("inspect");
+    wait_echo(port, BODY, CONVERGE).await;
+
+    worker.kill();
+    wait_echo(port, BODY, CONVERGE).await;
+
+    worker.spawn();
+    // Let the restarted worker run several rounds and heartbeats.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
+    assert!(worker.alive(), "worker exited:\n{}", worker.log());
+    assert_eq!(task["container_id"].as_str(), Some(container.as_str()));
+    assert_eq!(task["restarts"].as_u64(), Some(0), "{task:#}");
+    assert_eq!(worker.containers(), vec![container.clone()], "no duplicate, no orphan");
+    assert_eq!(docker_inspect(&container, "{{.State.StartedAt}}").as_deref(), Some(started.as_str()));
+    wait_echo(port, BODY, CONVERGE).await;
+}
+
+/// The engine goes away under the worker: the worker stays up and reports
+/// it; when the engine is back, it re-adopts what survived and recreates
+/// what was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_rides_out_an_engine_outage() {
+    ensure_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let mut proxy = EngineProxy::start();
+    let node = unique("w-engine");
+    let mut worker = WorkerProc::for_cluster(&node, &cluster, &proxy.socket());
+    let (a, running_a) = start_echo(&cluster).await;
+    let (b, running_b) = start_echo(&cluster).await;
+    let container_a = running_a["container_id"].as_str().expect("container id").to_string();
+    let container_b = running_b["container_id"].as_str().expect("container id").to_string();
+
+    proxy.cut();
+    let down =
+        wait_node(&cluster, &node, "reporting its engine down", CONVERGE, |n| n["engine_healthy"] == false).await;
+    assert!(down["engine_error"].as_str().is_some_and(|e| !e.is_empty()), "{down:#}");
+    // Meanwhile one container is lost (removed behind Goat's back).
+    let status = std::process::Command::new("docker").args(["rm", "-f", &container_b]).status().expect("docker rm");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(worker.alive(), "worker exited while its engine was down:\n{}", worker.log());
+
+    proxy.resume();
+    wait_node(&cluster, &node, "reporting its engine back", CONVERGE, |n| n["engine_healthy"] == true).await;
+    let task_a = wait_task(&cluster, &a, "running", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(task_a["container_id"].as_str(), Some(container_a.as_str()), "survivor re-adopted");
+    let task_b = wait_task(&cluster, &b, "running again", CONVERGE, |t| {
+        t["state"] == "running" && t["container_id"].as_str().is_some_and(|c| c != container_b)
+    })
+    .await;
+    let port_b = host_port(&task_b, 7777).expect("published port");
+    wait_echo(port_b, BODY, CONVERGE).await;
+    let port_a = host_port(&task_a, 7777).expect("published port");
+    wait_echo(port_a, BODY, CONVERGE).await;
+}
+
+/// Killing the leader manager does not disturb the worker: its container
+/// keeps running and it keeps reporting (to the new leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_carries_on_when_the_leader_dies() {
+    ensure_images();
+    let mut cluster = Cluster::start(3, &[]).await;
+    let node = unique("w-leader");
+    let mut worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
+    let (id, running) = start_echo(&cluster).await;
+    let port = host_port(&running, 7777).expect("published port");
+    let container = running["container_id"].as_str().expect("container id").to_string();
+
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    cluster.kill(leader);
+    wait_echo(port, BODY, CONVERGE).await;
+    cluster.wait_leader(CONVERGE).await;
+
+    // A crash now is repaired and reported through the new leader.
+    let _ = common::worker::client().post(format!("http://127.0.0.1:{port}/crash")).send().await;
+    let task = wait_task(&cluster, &id, "restarted under the new leader", CONVERGE, |t| {
+        t["state"] == "running" && t["restarts"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert_eq!(task["container_id"].as_str(), Some(container.as_str()));
+    assert!(worker.alive(), "worker exited:\n{}", worker.log());
+    let port = host_port(&task, 7777).expect("published port");
+    wait_echo(port, BODY, CONVERGE).await;
+}
