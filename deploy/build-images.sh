@@ -22,7 +22,7 @@ echo "==> building the static goat binary ($TARGET)"
 (
   cd "$ROOT"
   RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR" \
-    cargo build --release --locked --bin goat --target "$TARGET"
+    cargo build --release --bin goat --target "$TARGET"
 )
 
 # A dynamically linked binary would not start FROM scratch: refuse it.

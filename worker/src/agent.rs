@@ -255,8 +255,15 @@ impl<R: ContainerRuntime> Supervisor<R> {
         for report in reports {
             let old = status.reports.iter().find(|r| r.task_id == report.task_id);
             if old.map(|o| (o.state, o.restarts, &o.reason)) != Some((report.state, report.restarts, &report.reason)) {
+                // While restarting, say when: the growing backoff is visible in the log.
+                let retry_in_ms = self
+                    .records
+                    .get(&report.task_id)
+                    .and_then(|r| r.next_start_at)
+                    .filter(|_| report.state == ObservedState::Restarting)
+                    .map(|at| at.saturating_sub(unix_ms()));
                 tracing::info!(task = %report.task_id, state = ?report.state, restarts = report.restarts,
-                    reason = report.reason.as_deref().unwrap_or(""), "task state");
+                    reason = report.reason.as_deref().unwrap_or(""), ?retry_in_ms, "task state");
             }
         }
         status.engine = EngineStatus { healthy: true, error: None };

@@ -106,16 +106,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             tracing::info!(tasks = list.len(), "resuming the remembered assignments");
         }
         let (assign_tx, assign_rx) = watch::channel(remembered);
-        let status = Arc::new(Mutex::new(Status {
-            engine: EngineStatus { healthy: false, error: Some("not checked yet".into()) },
-            reports: Vec::new(),
-            usage: Resources::default(),
-        }));
-
+        // The first heartbeat already tells whether the engine answers.
         let runtime = Arc::new(DockerRuntime::new(&args.docker_socket));
-        if let Err(error) = runtime.ping().await {
-            tracing::warn!(%error, "container engine not reachable yet; will keep trying");
-        }
+        let engine = match runtime.ping().await {
+            Ok(()) => EngineStatus { healthy: true, error: None },
+            Err(error) => {
+                tracing::warn!(%error, "container engine not reachable yet; will keep trying");
+                EngineStatus { healthy: false, error: Some(error.to_string()) }
+            }
+        };
+        let status = Arc::new(Mutex::new(Status { engine, reports: Vec::new(), usage: Resources::default() }));
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let supervisor =
             Supervisor::new(args.name.clone(), runtime.clone(), store.clone(), assign_rx, status.clone(), exit_rx)?;
