@@ -46,14 +46,16 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// The Raft timing Goat runs with: a leader is suspected dead after 150–300 ms
-/// without a heartbeat, so that a failover takes well under a second.
+/// The Raft timing Goat runs with. A follower that hears nothing from the
+/// leader for 120–200 ms (randomized) stands for election; openraft's leader
+/// lease makes the others refuse votes until `election_timeout_max` has
+/// passed since their last heartbeat, so a failover takes roughly 200–400 ms.
 pub fn raft_config(cluster_name: &str, snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: 30,
+        election_timeout_min: 120,
+        election_timeout_max: 200,
         install_snapshot_timeout: 2_000,
         max_payload_entries: 1_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),

@@ -13,9 +13,16 @@
 //! to it; a follower asks the leader for that read index, then waits until
 //! its own state machine has caught up, and answers from local state.
 //! `?stale=true` skips all that and answers from local state at once.
+//!
+//! **Batching.** openraft 0.9 makes every client write durable on its own
+//! before it takes the next one, so one log entry per request would cap the
+//! cluster at one fsync per write. The leader's [`Batcher`] instead gathers
+//! the proposals that arrive while earlier ones are in flight into one
+//! `Command::Batch` entry (group commit above Raft) and hands each caller its
+//! own result back. Under no load a batch is one command and costs nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -25,16 +32,88 @@ use goat_raft::{bearer, codec, Command, CommandResult, NodeId, Raft, TOKEN_HEADE
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::error::ApiError;
 use super::ManagerArgs;
+
+/// Proposals waiting for the batcher, each with where its result goes.
+type Proposal = (Command, oneshot::Sender<Result<CommandResult, ProposeError>>);
+
+/// Commands in one batched log entry, at most.
+const MAX_BATCH: usize = 512;
+/// Batched entries in flight in Raft at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Gathers concurrent proposals into batched log entries.
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Batcher {
+    pub fn start(raft: Raft) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_loop(raft, rx));
+        Batcher { tx }
+    }
+
+    /// Proposes `command` in the next batch and waits for its own result.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((command, tx)).map_err(|_| ProposeError::Failed("the batcher has stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Failed("the batcher dropped the proposal".into()))?
+    }
+}
+
+async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a slot before draining: proposals pile up meanwhile and
+        // go out together.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(proposal) => batch.push(proposal),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let results = if commands.len() == 1 {
+                let command = commands.into_iter().next().expect("one command");
+                vec![client_write(&raft, command).await]
+            } else {
+                let n = commands.len();
+                match client_write(&raft, Command::Batch(commands)).await {
+                    Ok(CommandResult::Batch(results)) if results.len() == n => results.into_iter().map(Ok).collect(),
+                    Ok(other) => vec![Err(ProposeError::Failed(format!("unexpected batch result {other:?}"))); n],
+                    Err(e) => vec![Err(e); n],
+                }
+            };
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        });
+    }
+}
+
+async fn client_write(raft: &Raft, command: Command) -> Result<CommandResult, ProposeError> {
+    match raft.client_write(command).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
+        Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
 
 /// One manager's handle on its Raft node and state, shared by the HTTP
 /// handlers and the leader loops.
 pub struct Manager {
     pub id: NodeId,
     pub raft: Raft,
+    pub batcher: Batcher,
     pub state: SharedState,
     pub http: reqwest::Client,
     /// `Bearer <token>`, as internal requests carry it.
@@ -49,7 +128,7 @@ pub struct Manager {
 }
 
 /// Why a proposal failed, as `/internal/propose` reports it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ProposeError {
     /// This manager does not lead (any more): try the current leader.
     NotLeader,
@@ -65,6 +144,7 @@ impl Manager {
             .expect("building the HTTP client (no TLS, no system configuration involved)");
         Manager {
             id,
+            batcher: Batcher::start(raft.clone()),
             raft,
             state,
             http,
@@ -123,11 +203,7 @@ impl Manager {
 
     /// Appends `command` to the Raft log on this manager, if it leads.
     pub async fn propose_locally(&self, command: Command) -> Result<CommandResult, ProposeError> {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
-            Err(e) => Err(ProposeError::Failed(e.to_string())),
-        }
+        self.batcher.propose(command).await
     }
 
     async fn propose_remotely(
@@ -268,7 +344,7 @@ impl Manager {
 /// Bootstraps a new cluster, once. Only the lowest id of `--peers` does it,
 /// only if its own store is empty, and only if no peer already belongs to an
 /// initialized cluster (a manager whose data was wiped rejoins instead).
-pub async fn bootstrap(manager: std::sync::Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>, advertise: String) {
+pub async fn bootstrap(manager: Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>, advertise: String) {
     let initialized = manager.raft.is_initialized().await.unwrap_or(true);
     if initialized {
         tracing::info!("store holds a cluster already: not bootstrapping");

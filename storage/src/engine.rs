@@ -155,3 +155,32 @@ mod tests {
         assert_eq!(e.last(Tree::State).unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod flush_cost {
+    use super::*;
+
+    /// Not a test: prints what one small durable write costs on this disk.
+    /// `cargo test -p goat-storage --release -- --ignored flush_cost --nocapture`
+    #[test]
+    #[ignore]
+    fn print_flush_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SledEngine::open(dir.path()).unwrap();
+        let n = 500u64;
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            e.write(Tree::Log, vec![(i.to_be_bytes().to_vec(), Some(vec![0u8; 300]))]).unwrap();
+            e.flush().unwrap();
+        }
+        let per = start.elapsed() / n as u32;
+        let f = std::fs::File::create(dir.path().join("raw")).unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            use std::io::Write;
+            (&f).write_all(&[0u8; 300]).unwrap();
+            f.sync_data().unwrap();
+        }
+        println!("sled write+flush: {per:?}; raw write+fdatasync: {:?}", start.elapsed() / n as u32);
+    }
+}

@@ -200,3 +200,28 @@ mod tests {
         assert_eq!(order, (1..=50).collect::<Vec<_>>());
     }
 }
+
+#[cfg(test)]
+mod append_cost {
+    use super::*;
+    use crate::engine::SledEngine;
+
+    /// Not a test: prints what one append costs until it is acknowledged durable.
+    /// `cargo test -p goat-storage --release -- --ignored append_cost --nocapture`
+    #[test]
+    #[ignore]
+    fn print_append_cost() {
+        let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
+        let log = RaftLog::new(Arc::new(SledEngine::open(dir.path()).unwrap()));
+        let mut samples = Vec::new();
+        for i in 1..=300u64 {
+            let start = std::time::Instant::now();
+            let (tx, rx) = std::sync::mpsc::channel();
+            log.append(vec![(i, vec![7u8; 400])], Box::new(move |r| tx.send(r.is_ok()).unwrap())).unwrap();
+            assert!(rx.recv().unwrap());
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        println!("append until durable: p50 {:?} p99 {:?}", samples[150], samples[297]);
+    }
+}

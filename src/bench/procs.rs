@@ -1,0 +1,266 @@
+//! The clusters a benchmark runs against, as local processes on loopback:
+//! three `goat manager`s (this very binary), or three etcd members. Both
+//! expose the same small interface, so every measurement runs the same code
+//! against both.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::load::RequestMaker;
+
+/// A three-member cluster under test.
+pub trait BenchCluster: RequestMaker {
+    fn name(&self) -> &'static str;
+    fn members(&self) -> usize;
+    fn client_url(&self, member: usize) -> String;
+    /// The member that leads now, if one does.
+    fn leader(&self, http: &reqwest::Client) -> impl std::future::Future<Output = Option<usize>> + Send;
+    fn kill(&mut self, member: usize);
+    fn start(&mut self, member: usize) -> anyhow::Result<()>;
+    /// The request that counts as "a write was accepted", sent to `member`.
+    fn write_to(&self, http: &reqwest::Client, member: usize, i: usize) -> reqwest::RequestBuilder;
+    fn set_load_member(&mut self, member: usize);
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    Ok(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name))?)
+}
+
+/// A task spec of about `size` bytes of JSON.
+pub fn task_body(size: usize, i: usize) -> Value {
+    let mut spec = json!({"name": format!("bench-{i}"), "image": "goat-echo:latest", "cpu": 0.01, "memory": 8 << 20});
+    let current = spec.to_string().len() + r#","labels":{"pad":""}"#.len();
+    spec["labels"] = json!({"pad": "x".repeat(size.saturating_sub(current))});
+    spec
+}
+
+pub struct GoatCluster {
+    dir: PathBuf,
+    addrs: Vec<String>,
+    peers: String,
+    children: Vec<Option<Child>>,
+    size: usize,
+    target: usize,
+}
+
+impl GoatCluster {
+    pub fn start(dir: &Path, size: usize) -> anyhow::Result<GoatCluster> {
+        let addrs: Vec<String> =
+            (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let mut cluster =
+            GoatCluster { dir: dir.join("goat"), addrs, peers, children: vec![None, None, None], size, target: 0 };
+        for member in 0..3 {
+            cluster.start(member)?;
+        }
+        Ok(cluster)
+    }
+}
+
+impl RequestMaker for GoatCluster {
+    fn request(&self, http: &reqwest::Client, client: usize, i: usize) -> reqwest::RequestBuilder {
+        self.write_to(http, self.target, client * 1_000_000 + i)
+    }
+}
+
+impl BenchCluster for GoatCluster {
+    fn name(&self) -> &'static str {
+        "goat"
+    }
+    fn members(&self) -> usize {
+        3
+    }
+    fn client_url(&self, member: usize) -> String {
+        format!("http://{}", self.addrs[member])
+    }
+    async fn leader(&self, http: &reqwest::Client) -> Option<usize> {
+        for member in 0..3 {
+            if self.children[member].is_none() {
+                continue;
+            }
+            let url = format!("{}/v1/health", self.client_url(member));
+            let Ok(response) = http.get(url).timeout(Duration::from_millis(300)).send().await else { continue };
+            let Ok(health) = response.json::<Value>().await else { continue };
+            if health["role"] == "leader" {
+                return Some(member);
+            }
+        }
+        None
+    }
+    fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.children[member].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    fn start(&mut self, member: usize) -> anyhow::Result<()> {
+        let data = self.dir.join(format!("m{}", member + 1));
+        let log = log_file(&self.dir, &format!("m{}.log", member + 1))?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["manager", "--id", &(member + 1).to_string(), "--listen", &self.addrs[member]])
+            .args(["--peers", &self.peers, "--token", "bench"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting goat manager")?;
+        self.children[member] = Some(child);
+        Ok(())
+    }
+    fn write_to(&self, http: &reqwest::Client, member: usize, i: usize) -> reqwest::RequestBuilder {
+        http.post(format!("{}/v1/tasks", self.client_url(member))).json(&task_body(self.size, i))
+    }
+    fn set_load_member(&mut self, member: usize) {
+        self.target = member;
+    }
+}
+
+impl Drop for GoatCluster {
+    fn drop(&mut self) {
+        for member in 0..3 {
+            self.kill(member);
+        }
+    }
+}
+
+pub struct EtcdCluster {
+    binary: PathBuf,
+    dir: PathBuf,
+    client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    value: String,
+    target: usize,
+}
+
+impl EtcdCluster {
+    /// Starts three etcd members with their default timing (heartbeat
+    /// 100 ms, election 1 s), each on its own data directory.
+    pub fn start(binary: &Path, dir: &Path, size: usize) -> anyhow::Result<EtcdCluster> {
+        if !binary.exists() {
+            bail!("{} not found: install Debian's etcd-server (deploy/install-deps.sh does)", binary.display());
+        }
+        let client_ports = (0..3).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
+        let peer_ports = (0..3).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
+        // The same payload size as a Goat task: key + value ≈ `size`.
+        let value = base64::engine::general_purpose::STANDARD.encode("x".repeat(size.saturating_sub(24)));
+        let mut cluster = EtcdCluster {
+            binary: binary.to_path_buf(),
+            dir: dir.join("etcd"),
+            client_ports,
+            peer_ports,
+            children: vec![None, None, None],
+            value,
+            target: 0,
+        };
+        for member in 0..3 {
+            cluster.start(member)?;
+        }
+        Ok(cluster)
+    }
+}
+
+impl RequestMaker for EtcdCluster {
+    fn request(&self, http: &reqwest::Client, client: usize, i: usize) -> reqwest::RequestBuilder {
+        self.write_to(http, self.target, client * 1_000_000 + i)
+    }
+}
+
+impl BenchCluster for EtcdCluster {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+    fn members(&self) -> usize {
+        3
+    }
+    fn client_url(&self, member: usize) -> String {
+        format!("http://127.0.0.1:{}", self.client_ports[member])
+    }
+    async fn leader(&self, http: &reqwest::Client) -> Option<usize> {
+        for member in 0..3 {
+            if self.children[member].is_none() {
+                continue;
+            }
+            let url = format!("{}/v3/maintenance/status", self.client_url(member));
+            let Ok(response) = http.post(url).body("{}").timeout(Duration::from_millis(300)).send().await else {
+                continue;
+            };
+            let Ok(status) = response.json::<Value>().await else { continue };
+            if status["leader"].is_string() && status["leader"] == status["header"]["member_id"] {
+                return Some(member);
+            }
+        }
+        None
+    }
+    fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.children[member].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    fn start(&mut self, member: usize) -> anyhow::Result<()> {
+        let name = format!("e{}", member + 1);
+        let peer = |m: usize| format!("http://127.0.0.1:{}", self.peer_ports[m]);
+        let initial = (0..3).map(|m| format!("e{}={}", m + 1, peer(m))).collect::<Vec<_>>().join(",");
+        let client = self.client_url(member);
+        let log = log_file(&self.dir, &format!("{name}.log"))?;
+        let child = Command::new(&self.binary)
+            .args(["--name", &name, "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer(member), "--initial-advertise-peer-urls", &peer(member)])
+            .args(["--initial-cluster", &initial, "--initial-cluster-token", "goat-bench"])
+            .args(["--initial-cluster-state", "new", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(self.dir.join(&name))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd")?;
+        self.children[member] = Some(child);
+        Ok(())
+    }
+    fn write_to(&self, http: &reqwest::Client, member: usize, i: usize) -> reqwest::RequestBuilder {
+        let key = base64::engine::general_purpose::STANDARD.encode(format!("bench/{i:012}"));
+        http.post(format!("{}/v3/kv/put", self.client_url(member))).json(&json!({"key": key, "value": self.value}))
+    }
+    fn set_load_member(&mut self, member: usize) {
+        self.target = member;
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in 0..3 {
+            self.kill(member);
+        }
+    }
+}
+
+/// Waits until the cluster has a leader.
+pub async fn wait_leader<C: BenchCluster>(
+    cluster: &C,
+    http: &reqwest::Client,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(leader) = cluster.leader(http).await {
+            return Ok(leader);
+        }
+        if Instant::now() > deadline {
+            bail!("{}: no leader within {timeout:?}", cluster.name());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
