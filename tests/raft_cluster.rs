@@ -14,10 +14,12 @@ fn ids(tasks: &[Value]) -> BTreeSet<String> {
     tasks.iter().map(|t| t["id"].as_str().expect("task id").to_string()).collect()
 }
 
-async fn submit_many(cluster: &Cluster, through: u64, prefix: &str, n: usize) -> BTreeSet<String> {
+/// Submits `n` tasks, `concurrency` at a time (concurrent writes are
+/// batched into fewer log entries; sequential ones make one entry each).
+async fn submit_many(cluster: &Cluster, through: u64, prefix: &str, n: usize, concurrency: usize) -> BTreeSet<String> {
     stream::iter(0..n)
         .map(|i| async move { cluster.submit(through, &spec(&format!("{prefix}-{i}"))).await })
-        .buffer_unordered(16)
+        .buffer_unordered(concurrency)
         .map(|task| task["id"].as_str().expect("id").to_string())
         .collect()
         .await
@@ -30,7 +32,7 @@ async fn tasks_survive_leader_kill_and_a_restarted_manager_catches_up() {
     let follower = cluster.follower(leader);
 
     // 200 tasks through a follower: it forwards every write to the leader.
-    let acknowledged = submit_many(&cluster, follower, "t", 200).await;
+    let acknowledged = submit_many(&cluster, follower, "t", 200, 16).await;
     assert_eq!(acknowledged.len(), 200);
     for id in 1..=3 {
         // Linearizable reads: each manager answers with every acknowledged task.
@@ -68,8 +70,9 @@ async fn a_manager_that_was_down_catches_up_by_snapshot() {
     let lagging = cluster.follower(leader);
     cluster.kill(lagging);
 
-    // Well over one snapshot's worth of entries while it is down.
-    let acknowledged = submit_many(&cluster, leader, "s", 300).await;
+    // Well over one snapshot's worth of entries while it is down (one at a
+    // time, so that each is its own log entry).
+    let acknowledged = submit_many(&cluster, leader, "s", 300, 1).await;
     let health = cluster.health(leader).await;
     let purged = health["purged"].as_u64().expect("the leader purged its log");
     assert!(purged > 100, "leader purged up to {purged}");
