@@ -34,6 +34,11 @@ fi
 CONTEXT="$(mktemp -d)"
 trap 'rm -rf "$CONTEXT"' EXIT
 cp "$BIN" "$CONTEXT/goat"
+# The release profile keeps line tables for backtraces; an image does not
+# need them (strip is deterministic, so the docker cache still hits).
+if command -v strip >/dev/null 2>&1; then
+  strip "$CONTEXT/goat"
+fi
 
 build() {
   local tag="$1" dockerfile="$2"
