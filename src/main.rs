@@ -7,6 +7,7 @@
 
 mod bench;
 mod clock;
+mod echo;
 mod manager;
 mod scheduler;
 
@@ -32,6 +33,10 @@ enum LogFormat {
 enum Command {
     /// Run a manager.
     Manager(manager::ManagerArgs),
+    /// Run a worker.
+    Worker(goat_worker::WorkerArgs),
+    /// Run the echo application (POST / answers the request body).
+    Echo(echo::EchoArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -74,6 +79,8 @@ async fn main() {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Manager(args) => manager::run(args).await,
+        Command::Worker(args) => goat_worker::run(args).await,
+        Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     };
     if let Err(e) = result {
