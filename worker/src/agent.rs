@@ -474,6 +474,111 @@ pub fn limit_capacity(detected: Resources, cpus: Option<f64>, memory: Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-trick HTTP server: answers every request with `status` and
+    /// `body`, and keeps the raw requests it got.
+    async fn fake_manager(status: &'static str, body: String) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0;
+                // Read until the headers and the announced body are in.
+                loop {
+                    let Ok(m) = s.read(&mut buf[n..]).await else { break };
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if n >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                log.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        (addr, seen)
+    }
+
+    fn status() -> Arc<Mutex<Status>> {
+        Arc::new(Mutex::new(Status {
+            engine: EngineStatus { healthy: true, error: None },
+            reports: vec![],
+            usage: Resources::default(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn heartbeat_moves_past_dead_and_failing_managers() {
+        // Nothing listens on the first; the second answers 503; the third works.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let (failing, failing_seen) = fake_manager("503 Service Unavailable", "{}".into()).await;
+        let reply = serde_json::json!({"assignments": [], "heartbeat_interval": "100ms"}).to_string();
+        let (good, good_seen) = fake_manager("200 OK", reply).await;
+        let config = HeartbeatConfig {
+            node: "n1".into(),
+            managers: vec![dead, failing, good],
+            token: "secret".into(),
+            capacity: Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 30 },
+            interval: Duration::from_millis(100),
+        };
+        let (tx, mut rx) = watch::channel(None);
+        let stored = Arc::new(Mutex::new(None));
+        let keep = stored.clone();
+        let task = tokio::spawn(heartbeat_loop(config, status(), move |a| *keep.lock().unwrap() = Some(a.len()), tx));
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|a| a.is_some())).await.unwrap().unwrap();
+        task.abort();
+        assert_eq!(*stored.lock().unwrap(), Some(0));
+        assert!(!failing_seen.lock().unwrap().is_empty());
+        let request = good_seen.lock().unwrap()[0].clone();
+        assert!(request.starts_with("POST /v1/nodes/n1/heartbeat "), "{request}");
+        assert!(request.to_ascii_lowercase().contains("authorization: bearer secret"), "{request}");
+        let body = &request[request.find("\r\n\r\n").unwrap() + 4..];
+        let hb: Heartbeat = serde_json::from_str(body).unwrap();
+        assert_eq!(hb.capacity.cpu, 2.0);
+        assert!(hb.engine.healthy);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_not_accepted_and_retried_slowly() {
+        let (refusing, seen) = fake_manager("401 Unauthorized", "{}".into()).await;
+        let config = HeartbeatConfig {
+            node: "n1".into(),
+            managers: vec![refusing],
+            token: "wrong".into(),
+            capacity: Resources::default(),
+            interval: Duration::from_millis(50),
+        };
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        task.abort();
+        assert!(rx.borrow().is_none(), "a refused node has no assignments");
+        // One try, then it waits UNAUTHORIZED_RETRY instead of hammering.
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn meminfo() {
