@@ -488,8 +488,7 @@ mod tests {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut n = 0;
                 // Read until the headers and the announced body are in.
-                loop {
-                    let Ok(m) = s.read(&mut buf[n..]).await else { break };
+                while let Ok(m) = s.read(&mut buf[n..]).await {
                     if m == 0 {
                         break;
                     }
