@@ -3,9 +3,15 @@
 //! Entries and log ids are bincode-encoded here; durability, ordering and
 //! group commit are the `RaftLog`'s job. Storage calls that may touch the
 //! disk run on tokio's blocking pool, so the Raft core never waits on sled.
+//!
+//! The newest entries are also kept decoded in memory ([`TailCache`]): the
+//! leader's replication streams read what was just appended, and serving
+//! that from memory saves a blocking-pool hop and a decode per round trip.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use goat_storage::raft_log::RaftLog;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -16,14 +22,54 @@ use crate::{LogId, NodeId, StorageError, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
+/// How many of the newest entries stay decoded in memory.
+const TAIL_CACHE_ENTRIES: usize = 4096;
+
+/// The newest log entries, decoded, mirroring the log's tail: appends add to
+/// it, truncation and purge remove from it, so whatever it holds is exactly
+/// what the log holds at those indexes.
+#[derive(Default)]
+struct TailCache {
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl TailCache {
+    fn insert(&mut self, entries: &[Entry]) {
+        for e in entries {
+            self.entries.insert(e.log_id.index, e.clone());
+        }
+        while self.entries.len() > TAIL_CACHE_ENTRIES {
+            self.entries.pop_first();
+        }
+    }
+
+    /// The entries `from..to`, if the cache holds every one of them.
+    fn range(&self, from: u64, to: Option<u64>) -> Option<Vec<Entry>> {
+        let first = *self.entries.keys().next()?;
+        let last = *self.entries.keys().next_back()?;
+        let to = to.unwrap_or(last + 1);
+        if from < first || to > last + 1 || from >= to {
+            return None;
+        }
+        Some(self.entries.range(from..to).map(|(_, e)| e.clone()).collect())
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     log: RaftLog,
+    tail: Arc<Mutex<TailCache>>,
 }
 
 impl LogStore {
     pub fn new(log: RaftLog) -> LogStore {
-        LogStore { log }
+        LogStore { log, tail: Arc::default() }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, TailCache> {
+        // The cache holds no invariant a panic could break half-way that a
+        // reader would trust: entries are whole or absent.
+        self.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -61,6 +107,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.tail().range(from, to) {
+            return Ok(entries);
+        }
         let log = self.log.clone();
         blocking(move || {
             let rows = log.range(from, to, usize::MAX).map_err(|e| logs_err(ErrorVerb::Read, e))?;
@@ -122,7 +171,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let rows: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
+        self.tail().insert(&entries);
         let log = self.log.clone();
         blocking(move || {
             log.append(rows, Box::new(move |result| callback.log_io_completed(result)))
@@ -132,11 +183,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail().entries.retain(|index, _| *index < log_id.index);
         let log = self.log.clone();
         blocking(move || log.truncate(log_id.index).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail().entries.retain(|index, _| *index > log_id.index);
         let log = self.log.clone();
         blocking(move || log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
     }
