@@ -138,3 +138,61 @@ async fn the_worker_carries_on_when_the_leader_dies() {
     let port = host_port(&task, 7777).expect("published port");
     wait_echo(port, BODY, CONVERGE).await;
 }
+
+/// With every manager down, the worker still repairs its tasks: a crash is
+/// restarted locally, and a restarted worker recreates a lost container from
+/// the assignments it remembers. When the managers are back, the counts are
+/// reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
+    ensure_images();
+    let mut cluster = Cluster::start(3, &[]).await;
+    let node = unique("w-alone");
+    let mut worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
+    let port = common::free_port();
+    let mut spec = echo_spec();
+    spec["ports"] = json!([{"container": 7777, "host": port}]);
+    let task = cluster.submit(1, &spec).await;
+    let id = task["id"].as_str().expect("task id").to_string();
+    let running =
+        wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running" && t["health"] == "healthy").await;
+    let container = running["container_id"].as_str().expect("container id").to_string();
+    wait_echo(port, BODY, CONVERGE).await;
+
+    for id in cluster.alive_ids() {
+        cluster.kill(id);
+    }
+    // A crash with no manager anywhere: restarted in place by the worker.
+    let started = docker_inspect(&container, "{{.State.StartedAt}}").expect("inspect");
+    let _ = common::worker::client().post(format!("http://127.0.0.1:{port}/crash")).send().await;
+    let deadline = std::time::Instant::now() + CONVERGE;
+    while docker_inspect(&container, "{{.State.StartedAt}}").as_deref() == Some(started.as_str()) {
+        assert!(std::time::Instant::now() < deadline, "not restarted without managers:\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_echo(port, BODY, CONVERGE).await;
+
+    // The worker dies and its container is lost; the restarted worker
+    // recreates it from the assignments it stored, still without managers.
+    worker.kill();
+    let status = std::process::Command::new("docker").args(["rm", "-f", &container]).status().expect("docker rm");
+    assert!(status.success());
+    worker.spawn();
+    wait_echo(port, BODY, CONVERGE).await;
+    let containers = worker.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_ne!(containers[0], container);
+
+    // Managers back: the task is reported with the restart counted.
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_leader(CONVERGE).await;
+    let task = wait_task(&cluster, &id, "reported again", CONVERGE, |t| {
+        t["state"] == "running"
+            && t["restarts"].as_u64().unwrap_or(0) >= 1
+            && t["container_id"] == containers[0].as_str()
+    })
+    .await;
+    assert_eq!(task["node"], node.as_str());
+}
