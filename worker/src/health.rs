@@ -94,9 +94,14 @@ pub struct Wanted {
     pub targets: Vec<SocketAddr>,
 }
 
+/// Verdicts by container id, each tagged with the start time of the run it
+/// judges: a late write from an aborted probe of an earlier run of the same
+/// container can then never pass for a verdict on the current run.
+type Verdicts = Arc<Mutex<BTreeMap<String, (u64, Health)>>>;
+
 /// Runs the probes and keeps the verdicts by container id.
 pub struct Monitor {
-    verdicts: Arc<Mutex<BTreeMap<String, Health>>>,
+    verdicts: Verdicts,
     /// Woken when a container turns unhealthy, so reconciliation acts at once.
     changed: Arc<Notify>,
     probes: BTreeMap<String, (Wanted, JoinHandle<()>)>,
@@ -114,9 +119,14 @@ impl Monitor {
         Monitor { verdicts: Arc::default(), changed, probes: BTreeMap::new(), client }
     }
 
-    /// The current verdicts.
+    /// The verdicts on the runs being probed now.
     pub fn verdicts(&self) -> BTreeMap<String, Health> {
-        self.verdicts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        verdicts
+            .iter()
+            .filter(|(id, (started_at, _))| self.probes.get(*id).is_some_and(|(w, _)| w.started_at == *started_at))
+            .map(|(id, (_, health))| (id.clone(), *health))
+            .collect()
     }
 
     /// Starts probing new containers and stops probing gone ones.
@@ -158,12 +168,7 @@ impl Drop for Monitor {
     }
 }
 
-async fn run_probe(
-    wanted: Wanted,
-    client: reqwest::Client,
-    verdicts: Arc<Mutex<BTreeMap<String, Health>>>,
-    changed: Arc<Notify>,
-) {
+async fn run_probe(wanted: Wanted, client: reqwest::Client, verdicts: Verdicts, changed: Arc<Notify>) {
     let mut tracker = Tracker::default();
     let mut preferred = 0usize;
     let interval = wanted.check.interval.as_duration().max(Duration::from_millis(50));
@@ -181,7 +186,10 @@ async fn run_probe(
         let since_start = Duration::from_millis(crate::agent::unix_ms().saturating_sub(wanted.started_at));
         let before = tracker.health;
         let health = tracker.record(&wanted.check, ok, since_start);
-        verdicts.lock().unwrap_or_else(|e| e.into_inner()).insert(wanted.container_id.clone(), health);
+        verdicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(wanted.container_id.clone(), (wanted.started_at, health));
         if health != before {
             tracing::info!(?health, failures = tracker.failures, "health changed");
             changed.notify_one();
@@ -283,6 +291,31 @@ mod tests {
         assert_eq!(t, vec!["172.17.0.2:7777".parse().unwrap(), "127.0.0.1:17777".parse().unwrap()]);
         let unpublished = HealthCheck { port: 9000, ..check(1, 0) };
         assert_eq!(targets(&c, &unpublished), vec!["172.17.0.2:9000".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn monitor_reports_only_on_the_current_run() {
+        // Nothing listens on port 1: every TCP probe fails.
+        let check = HealthCheck { path: None, port: 1, ..check(1, 0) };
+        let wanted = |started_at| Wanted {
+            container_id: "c1".into(),
+            task_id: goat_storage::model::TaskId::new_v4(),
+            check: check.clone(),
+            started_at,
+            targets: vec!["127.0.0.1:1".parse().unwrap()],
+        };
+        let changed = Arc::new(Notify::new());
+        let mut monitor = Monitor::new(changed.clone());
+        monitor.sync(vec![wanted(1)]);
+        tokio::time::timeout(Duration::from_secs(5), changed.notified()).await.unwrap();
+        assert_eq!(monitor.verdicts().get("c1"), Some(&Health::Unhealthy));
+        // The same container started again: the old verdict does not count.
+        monitor.sync(vec![wanted(2)]);
+        assert_eq!(monitor.verdicts().get("c1"), None);
+        // Gone: nothing is probed or reported.
+        monitor.sync(vec![]);
+        assert!(monitor.verdicts().is_empty());
+        assert!(monitor.probes.is_empty());
     }
 
     #[tokio::test]
