@@ -32,6 +32,9 @@ pub struct Scheduler {
 /// Why a task fits nowhere, in words an operator can act on.
 pub type Unplaceable = String;
 
+/// The reason given when no node can take any task.
+pub const NO_NODES: &str = "no ready node with a healthy engine";
+
 const GIB: f64 = (1u64 << 30) as f64;
 
 impl Scheduler {
@@ -49,11 +52,17 @@ impl Scheduler {
                 Room { capacity: node.capacity, free: node.capacity, host_ports: BTreeSet::new() },
             );
         }
-        for task in state.tasks.values().filter(|t| !t.state.is_terminal()) {
-            let Some(room) = task.node.as_ref().and_then(|n| rooms.get_mut(n)) else { continue };
-            charge(room, &task.spec);
+        for (name, room) in rooms.iter_mut() {
+            for task in state.tasks_on(name) {
+                charge(room, &task.spec);
+            }
         }
         Scheduler { rooms }
+    }
+
+    /// Whether any node can take anything at all.
+    pub fn has_nodes(&self) -> bool {
+        !self.rooms.is_empty()
     }
 
     /// Picks a node for `spec` and charges it, or says why none fits.
@@ -84,7 +93,7 @@ impl Scheduler {
     /// The first resource that no node has enough of.
     fn explain(&self, spec: &TaskSpec) -> Unplaceable {
         if self.rooms.is_empty() {
-            return "no ready node with a healthy engine".into();
+            return NO_NODES.into();
         }
         let largest = |f: fn(&Room) -> f64| self.rooms.values().map(f).fold(0.0, f64::max);
         let mem = largest(|r| r.free.memory as f64);

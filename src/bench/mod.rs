@@ -141,11 +141,8 @@ async fn measure<C: BenchCluster>(
         let took = loop {
             let member = survivors[i % survivors.len()];
             i += 1;
-            let attempt = cluster
-                .write_to(http, member, 900_000_000 + kill * 10_000 + i)
-                .timeout(ATTEMPT_TIMEOUT)
-                .send()
-                .await;
+            let attempt =
+                cluster.write_to(http, member, 900_000_000 + kill * 10_000 + i).timeout(ATTEMPT_TIMEOUT).send().await;
             if matches!(&attempt, Ok(r) if r.status().is_success()) {
                 break killed_at.elapsed();
             }

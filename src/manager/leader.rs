@@ -17,16 +17,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goat_raft::{Command, CommandResult};
-use goat_storage::model::{DesiredStatus, NodeStatus, TaskState};
+use goat_storage::model::NodeStatus;
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
 use crate::clock::now_ms;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, NO_NODES};
 
 /// Placements committed per Raft entry, at most.
 const PLACEMENT_BATCH: usize = 1_000;
+/// Placement rounds start at most this often: submissions arriving in
+/// between are placed together.
+const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(20);
 
 pub async fn supervise(manager: Arc<Manager>) {
     let mut metrics = manager.raft.metrics();
@@ -81,6 +84,7 @@ async fn placement_loop(manager: Arc<Manager>, cancel: CancellationToken) {
             tracing::warn!(error = %e.body.error, "placement round failed");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        tokio::time::sleep(MIN_ROUND_INTERVAL).await;
     }
 }
 
@@ -91,16 +95,17 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<(), super::e
         let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state.read();
         let state = &applied.state;
-        let mut pending: Vec<_> =
-            state.tasks.values().filter(|t| t.state == TaskState::Pending && t.desired == DesiredStatus::Run).collect();
-        if pending.is_empty() {
+        if state.pending_tasks().next().is_none() {
             return Ok(());
         }
-        pending.sort_by_key(|t| (t.created_at, t.id));
         let mut scheduler = Scheduler::new(state, |node| alive(&seen, node, since, manager.node_down_after));
         let at = now_ms();
         let mut commands = Vec::new();
-        for task in pending {
+        for task in state.pending_tasks() {
+            if !scheduler.has_nodes() && task.reason.as_deref() == Some(NO_NODES) {
+                // Nothing can be placed anywhere and the task already says so.
+                continue;
+            }
             match scheduler.place(&task.spec) {
                 Ok(node) => {
                     tracing::info!(task = %task.id, node = %node, "placing task");

@@ -63,7 +63,12 @@ impl CommandResult {
 }
 
 /// The cluster's tasks and nodes: the state every manager converges on.
+///
+/// Besides the replicated data it keeps two derived indexes (never
+/// serialized, rebuilt on load) so that the leader's loops and the
+/// heartbeat path cost what they touch, not the size of the store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredState")]
 pub struct ClusterState {
     pub tasks: BTreeMap<TaskId, Task>,
     pub nodes: BTreeMap<String, Node>,
@@ -71,6 +76,72 @@ pub struct ClusterState {
     /// only what changed. Not part of the replicated state.
     #[serde(skip)]
     dirty: Dirty,
+    #[serde(skip)]
+    index: Index,
+}
+
+/// The serialized form of `ClusterState`: its data without the indexes.
+#[derive(Deserialize)]
+struct StoredState {
+    tasks: BTreeMap<TaskId, Task>,
+    nodes: BTreeMap<String, Node>,
+}
+
+impl From<StoredState> for ClusterState {
+    fn from(stored: StoredState) -> ClusterState {
+        ClusterState::from_parts(stored.tasks, stored.nodes)
+    }
+}
+
+/// Derived lookups, maintained by `apply`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Index {
+    /// Tasks waiting for a node, oldest first.
+    pending: BTreeSet<(Timestamp, TaskId)>,
+    /// Non-terminal tasks placed on each node.
+    by_node: BTreeMap<String, BTreeSet<TaskId>>,
+}
+
+/// Where one task appears in the index.
+#[derive(Debug, Clone, PartialEq)]
+struct IndexKey {
+    pending: Option<(Timestamp, TaskId)>,
+    node: Option<String>,
+}
+
+impl IndexKey {
+    fn of(task: &Task) -> IndexKey {
+        let waiting = task.state == TaskState::Pending && task.desired == DesiredStatus::Run;
+        IndexKey {
+            pending: waiting.then_some((task.created_at, task.id)),
+            node: if task.state.is_terminal() { None } else { task.node.clone() },
+        }
+    }
+}
+
+impl Index {
+    fn remove(&mut self, id: TaskId, key: &IndexKey) {
+        if let Some(p) = key.pending {
+            self.pending.remove(&p);
+        }
+        if let Some(node) = &key.node {
+            if let Some(set) = self.by_node.get_mut(node) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.by_node.remove(node);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, id: TaskId, key: IndexKey) {
+        if let Some(p) = key.pending {
+            self.pending.insert(p);
+        }
+        if let Some(node) = key.node {
+            self.by_node.entry(node).or_default().insert(id);
+        }
+    }
 }
 
 /// Keys touched by `apply` since they were last taken.
@@ -80,10 +151,57 @@ pub struct Dirty {
     pub nodes: BTreeSet<String>,
 }
 
+impl Command {
+    /// The task a (non-batch) command changes, if any.
+    fn task_id(&self) -> Option<TaskId> {
+        match self {
+            Command::SubmitTask { task_id, .. }
+            | Command::StopTask { task_id, .. }
+            | Command::PlaceTask { task_id, .. }
+            | Command::RequeueTask { task_id, .. }
+            | Command::SetPendingReason { task_id, .. } => Some(*task_id),
+            Command::ReportTask { report, .. } => Some(report.task_id),
+            Command::UpsertNode { .. } | Command::SetNodeStatus { .. } | Command::Batch(_) => None,
+        }
+    }
+}
+
 impl ClusterState {
+    /// A state from its data, with its indexes built.
+    pub fn from_parts(tasks: BTreeMap<TaskId, Task>, nodes: BTreeMap<String, Node>) -> ClusterState {
+        let mut index = Index::default();
+        for (id, task) in &tasks {
+            index.add(*id, IndexKey::of(task));
+        }
+        ClusterState { tasks, nodes, dirty: Dirty::default(), index }
+    }
+
     /// Applies one command. Deterministic: the same state and command give
     /// the same result and the same new state on every manager.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
+        let touched = command.task_id();
+        let before = touched.and_then(|id| self.tasks.get(&id).map(IndexKey::of));
+        let result = self.apply_one(command);
+        if let Some(id) = touched {
+            let after = self.tasks.get(&id).map(IndexKey::of);
+            if before != after {
+                if let Some(key) = &before {
+                    self.index.remove(id, key);
+                }
+                if let Some(key) = after {
+                    self.index.add(id, key);
+                }
+            }
+        }
+        result
+    }
+
+    /// Pending tasks that want to run, oldest first.
+    pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
+        self.index.pending.iter().filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    fn apply_one(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::SubmitTask { task_id, spec, at } => self.submit(*task_id, spec, *at),
             Command::StopTask { task_id, at } => self.stop(*task_id, *at),
@@ -586,6 +704,25 @@ mod tests {
     }
 
     #[test]
+    fn indexes_follow_every_change_and_are_rebuilt_on_load() {
+        let (mut s, id) = state_with_task();
+        assert_eq!(s.pending_tasks().map(|t| t.id).collect::<Vec<_>>(), [id]);
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        assert_eq!(s.pending_tasks().count(), 0);
+        assert_eq!(s.tasks_on("w1").count(), 1);
+        s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "w1 down".into(), at: 4 });
+        assert_eq!(s.tasks_on("w1").count(), 0);
+        assert_eq!(s.pending_tasks().count(), 1);
+        s.apply(&Command::PlaceTask { task_id: id, node: "w2".into(), at: 5 });
+        let rebuilt = ClusterState::from_parts(s.tasks.clone(), s.nodes.clone());
+        assert_eq!(rebuilt.index, s.index);
+        s.apply(&Command::StopTask { task_id: id, at: 6 });
+        s.apply(&Command::ReportTask { node: "w2".into(), report: report(id, 2, ObservedState::Completed), at: 7 });
+        assert_eq!(s.tasks_on("w2").count(), 0);
+        assert!(s.index.by_node.is_empty() && s.index.pending.is_empty());
+    }
+
+    #[test]
     fn commands_roundtrip_through_bincode() {
         let cfg = bincode::config::standard();
         let (s, id) = state_with_task();
@@ -599,5 +736,6 @@ mod tests {
         let bytes = bincode::serde::encode_to_vec(&s, cfg).unwrap();
         let (back, _): (ClusterState, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         assert_eq!(back.tasks, s.tasks);
+        assert_eq!(back.index, s.index, "indexes are rebuilt on decode");
     }
 }

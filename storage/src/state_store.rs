@@ -11,6 +11,7 @@
 //! `ClusterState`) lives in the same tree, so it is what a lagging follower
 //! is sent and what the log is purged behind.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::engine::{Engine, EngineError, Op, Result, Tree};
@@ -65,16 +66,17 @@ impl StateStore {
     /// Loads the persisted state and its applied position (None when the
     /// store is new).
     pub fn load(&self) -> Result<(ClusterState, Option<Vec<u8>>)> {
-        let mut state = ClusterState::default();
+        let mut tasks = BTreeMap::new();
         for (_, bytes) in self.engine.scan(Tree::State, &[TASK_PREFIX], Some(&[TASK_PREFIX + 1]), usize::MAX)? {
             let task: Task = decode(Tree::State, &bytes)?;
-            state.tasks.insert(task.id, task);
+            tasks.insert(task.id, task);
         }
+        let mut nodes = BTreeMap::new();
         for (_, bytes) in self.engine.scan(Tree::State, &[NODE_PREFIX], Some(&[NODE_PREFIX + 1]), usize::MAX)? {
             let node: Node = decode(Tree::State, &bytes)?;
-            state.nodes.insert(node.name.clone(), node);
+            nodes.insert(node.name.clone(), node);
         }
-        Ok((state, self.engine.get(Tree::State, APPLIED)?))
+        Ok((ClusterState::from_parts(tasks, nodes), self.engine.get(Tree::State, APPLIED)?))
     }
 
     /// Writes what changed since the last save, with the applied position,
@@ -161,8 +163,8 @@ mod tests {
         assert_eq!(loaded.tasks, state.tasks);
         assert_eq!(loaded.nodes, state.nodes);
 
-        let mut smaller = ClusterState::default();
-        smaller.tasks.insert(ids[0], state.tasks[&ids[0]].clone());
+        let smaller =
+            ClusterState::from_parts(BTreeMap::from([(ids[0], state.tasks[&ids[0]].clone())]), BTreeMap::new());
         store.replace(&smaller, b"applied-9".to_vec()).unwrap();
         let (loaded, applied) = store.load().unwrap();
         assert_eq!(applied, Some(b"applied-9".to_vec()));
