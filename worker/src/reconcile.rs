@@ -18,7 +18,7 @@
 //! generation differs from the assignment's, belongs to an older placement
 //! and is removed. A worker that never heard from a manager removes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use goat_storage::model::{Assignment, DesiredStatus, Health, ObservedState, TaskId, TaskReport};
@@ -328,9 +328,4 @@ fn classify_exit(c: &Container, health_killed: Option<&str>) -> Exit {
 
 fn min_some(a: Option<u64>, b: u64) -> Option<u64> {
     Some(a.map_or(b, |a| a.min(b)))
-}
-
-/// The task ids the plan's reports mention, for tests and logging.
-pub fn reported(plan: &Plan) -> BTreeSet<TaskId> {
-    plan.reports.iter().map(|r| r.task_id).collect()
 }
