@@ -319,6 +319,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn monitor_falls_back_to_the_next_address() {
+        // The container address is unreachable (port 1); the host port works.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let working = listener.local_addr().unwrap();
+        tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+        let check = HealthCheck { path: None, port: 7777, ..check(1, 0) };
+        let changed = Arc::new(Notify::new());
+        let mut monitor = Monitor::new(changed.clone());
+        monitor.sync(vec![Wanted {
+            container_id: "c1".into(),
+            task_id: goat_storage::model::TaskId::new_v4(),
+            check,
+            started_at: 1,
+            targets: vec!["127.0.0.1:1".parse().unwrap(), working],
+        }]);
+        tokio::time::timeout(Duration::from_secs(5), changed.notified()).await.unwrap();
+        assert_eq!(monitor.verdicts().get("c1"), Some(&Health::Healthy));
+    }
+
+    #[tokio::test]
     async fn probes_http_and_tcp() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
