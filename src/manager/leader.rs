@@ -30,6 +30,8 @@ const PLACEMENT_BATCH: usize = 1_000;
 /// Placement rounds start at most this often: submissions arriving in
 /// between are placed together.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(20);
+/// While no node can take anything, rounds only refresh reasons.
+const NO_NODES_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn supervise(manager: Arc<Manager>) {
     let mut metrics = manager.raft.metrics();
@@ -80,25 +82,38 @@ async fn placement_loop(manager: Arc<Manager>, cancel: CancellationToken) {
             _ = manager.placement_kick.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        if let Err(e) = place_pending(&manager, since).await {
-            tracing::warn!(error = %e.body.error, "placement round failed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match place_pending(&manager, since).await {
+            Ok(Round::Done) => tokio::time::sleep(MIN_ROUND_INTERVAL).await,
+            // With no node to place on, only reasons can change: no hurry.
+            Ok(Round::NoNodes) => tokio::time::sleep(NO_NODES_ROUND_INTERVAL).await,
+            Err(e) => {
+                tracing::warn!(error = %e.body.error, "placement round failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        tokio::time::sleep(MIN_ROUND_INTERVAL).await;
     }
+}
+
+/// How a placement round went.
+enum Round {
+    Done,
+    /// No node can take any task.
+    NoNodes,
 }
 
 /// One placement round: every pending task that fits gets a node; the
 /// others get (or keep) a reason.
-async fn place_pending(manager: &Manager, since: Instant) -> Result<(), super::error::ApiError> {
+async fn place_pending(manager: &Manager, since: Instant) -> Result<Round, super::error::ApiError> {
+    let round;
     let commands = {
         let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state.read();
         let state = &applied.state;
         if state.pending_tasks().next().is_none() {
-            return Ok(());
+            return Ok(Round::Done);
         }
         let mut scheduler = Scheduler::new(state, |node| alive(&seen, node, since, manager.node_down_after));
+        round = if scheduler.has_nodes() { Round::Done } else { Round::NoNodes };
         let at = now_ms();
         let mut commands = Vec::new();
         for task in state.pending_tasks() {
@@ -108,11 +123,11 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<(), super::e
             }
             match scheduler.place(&task.spec) {
                 Ok(node) => {
-                    tracing::info!(task = %task.id, node = %node, "placing task");
+                    tracing::debug!(task = %task.id, node = %node, "placing task");
                     commands.push(Command::PlaceTask { task_id: task.id, node, at });
                 }
                 Err(reason) if task.reason.as_deref() != Some(reason.as_str()) => {
-                    tracing::info!(task = %task.id, %reason, "task stays pending");
+                    tracing::debug!(task = %task.id, %reason, "task stays pending");
                     commands.push(Command::SetPendingReason { task_id: task.id, reason: Some(reason), at });
                 }
                 Err(_) => {}
@@ -120,6 +135,10 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<(), super::e
         }
         commands
     };
+    let placed = commands.iter().filter(|c| matches!(c, Command::PlaceTask { .. })).count();
+    if placed > 0 {
+        tracing::info!(placed, "placement round");
+    }
     for chunk in commands.chunks(PLACEMENT_BATCH) {
         let result = manager.propose(Command::Batch(chunk.to_vec())).await?;
         if let CommandResult::Batch(results) = result {
@@ -129,7 +148,7 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<(), super::e
             }
         }
     }
-    Ok(())
+    Ok(round)
 }
 
 async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
