@@ -41,9 +41,15 @@ if command -v strip >/dev/null 2>&1; then
 fi
 
 build() {
-  local tag="$1" dockerfile="$2"
+  local tag="$1" dockerfile="$2" old new
   echo "==> building image $tag"
+  old="$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
   docker build --quiet --tag "$tag" --file "$ROOT/deploy/images/$dockerfile" "$CONTEXT" >/dev/null
+  new="$(docker image inspect --format '{{.Id}}' "$tag")"
+  # Drop the image this tag replaced, unless a container still uses it.
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    docker image rm "$old" >/dev/null 2>&1 || true
+  fi
   docker image inspect --format "    $tag {{.Id}} {{.Size}} bytes" "$tag"
 }
 
