@@ -24,6 +24,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_sled() -> Result<(), StorageError> {
-    Suite::test_all(SledStoreBuilder)
+fn openraft_storage_suite_passes_on_sled() {
+    if let Err(e) = Suite::test_all(SledStoreBuilder) {
+        panic!("openraft storage suite failed on the sled store: {e}");
+    }
 }

@@ -33,7 +33,7 @@ impl Millis {
             _ => return Err(format!("invalid duration unit {unit:?} in {text:?}: use ms, s, m or h")),
         };
         let ms = value * scale;
-        if !ms.is_finite() || ms < 0.0 || ms > 365.0 * 86_400_000.0 {
+        if !ms.is_finite() || !(0.0..=365.0 * 86_400_000.0).contains(&ms) {
             return Err(format!("duration {text:?} is out of range"));
         }
         Ok(Millis(ms.round() as u64))
@@ -43,11 +43,11 @@ impl Millis {
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        if ms != 0 && ms % 3_600_000 == 0 {
+        if ms != 0 && ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms != 0 && ms % 60_000 == 0 {
+        } else if ms != 0 && ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms != 0 && ms % 1_000 == 0 {
+        } else if ms != 0 && ms.is_multiple_of(1_000) {
             write!(f, "{}s", ms / 1_000)
         } else {
             write!(f, "{ms}ms")
