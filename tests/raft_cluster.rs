@@ -88,3 +88,56 @@ async fn a_manager_that_was_down_catches_up_by_snapshot() {
     cluster.wait_task_count(lagging, 301, Duration::from_secs(10)).await;
     assert!(ids(&cluster.tasks(lagging, true).await).contains(more["id"].as_str().expect("id")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn managers_are_added_and_removed_at_run_time() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let before = submit_many(&cluster, leader, "m", 20, 4).await;
+
+    // A fourth manager starts empty, with no --peers: it waits to be added.
+    let new_addr = format!("127.0.0.1:{}", common::free_port());
+    let new_dir = cluster.managers[0].dir.with_file_name("m4");
+    cluster.managers.push(common::ManagerProc { id: 4, addr: new_addr.clone(), dir: new_dir, child: None });
+    cluster.spawn_without_peers(4);
+    let follower = cluster.follower(leader);
+    let response = cluster
+        .http
+        .post(format!("{}/v1/cluster/members", cluster.url(follower)))
+        .json(&serde_json::json!({"id": 4, "addr": new_addr}))
+        .send()
+        .await
+        .expect("POST members");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    let view: Value =
+        cluster.http.get(format!("{}/v1/cluster", cluster.url(leader))).send().await.unwrap().json().await.unwrap();
+    let members = view["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4, "{view}");
+    assert!(members.iter().any(|m| m["id"] == 4 && m["voter"] == true), "{view}");
+    cluster.wait_task_count(4, 20, Duration::from_secs(10)).await;
+    assert_eq!(ids(&cluster.tasks(4, false).await), before, "the new manager serves linearizable reads");
+
+    // Remove it again: three voters remain and writes go on.
+    let response =
+        cluster.http.delete(format!("{}/v1/cluster/members/4", cluster.url(leader))).send().await.expect("DELETE");
+    assert_eq!(response.status(), 204);
+    let view: Value =
+        cluster.http.get(format!("{}/v1/cluster", cluster.url(leader))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["members"].as_array().map(|m| m.len()), Some(3), "{view}");
+    cluster.kill(4);
+    cluster.submit(leader, &spec("after-removal")).await;
+
+    // Bad requests are refused with the field named.
+    let response = cluster
+        .http
+        .post(format!("{}/v1/cluster/members", cluster.url(leader)))
+        .json(&serde_json::json!({"id": 0, "addr": "x:1"}))
+        .send()
+        .await
+        .expect("POST members");
+    assert_eq!(response.status(), 400);
+    let response =
+        cluster.http.delete(format!("{}/v1/cluster/members/77", cluster.url(leader))).send().await.expect("DELETE");
+    assert_eq!(response.status(), 404);
+}

@@ -341,16 +341,22 @@ impl Manager {
     }
 }
 
-/// Bootstraps a new cluster, once. Only the lowest id of `--peers` does it,
+/// Bootstraps a new cluster, once. A manager started without `--peers`
+/// never does (it waits to be added); a single-manager cluster lists itself.
+/// Only the lowest id of `--peers` does it,
 /// only if its own store is empty, and only if no peer already belongs to an
 /// initialized cluster (a manager whose data was wiped rejoins instead).
-pub async fn bootstrap(manager: Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>, advertise: String) {
+pub async fn bootstrap(manager: Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>) {
     let initialized = manager.raft.is_initialized().await.unwrap_or(true);
     if initialized {
         tracing::info!("store holds a cluster already: not bootstrapping");
         return;
     }
-    let members = if peers.is_empty() { BTreeMap::from([(manager.id, BasicNode { addr: advertise })]) } else { peers };
+    if peers.is_empty() {
+        tracing::info!("no --peers: waiting to be added to a cluster (POST /v1/cluster/members)");
+        return;
+    }
+    let members = peers;
     if members.keys().next() != Some(&manager.id) {
         tracing::info!("waiting to be contacted by the cluster's leader");
         return;

@@ -53,9 +53,10 @@ pub struct ManagerArgs {
     /// Where the manager keeps its data.
     #[arg(long, env = "GOAT_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// The initial members: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. The lowest
-    /// id bootstraps a new cluster; others wait to be contacted. Omit it to
-    /// start a manager that will be added with `POST /v1/cluster/members`.
+    /// The initial members: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (a
+    /// single-manager cluster lists only itself). The lowest id bootstraps a
+    /// new cluster; others wait to be contacted. Omit it to start a manager
+    /// that will be added with `POST /v1/cluster/members`.
     #[arg(long, env = "GOAT_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// The cluster token, required on every internal request.
@@ -119,7 +120,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         .context("starting raft")?;
 
     let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args));
-    tokio::spawn(cluster::bootstrap(manager.clone(), peers, advertise));
+    tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
 
     let app = api::router(manager.clone()).merge(goat_raft::service::router(raft.clone(), &args.token));

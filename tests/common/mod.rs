@@ -79,12 +79,25 @@ impl Cluster {
     /// Starts (or restarts) manager `id` from its data directory.
     pub fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
+        self.spawn_with_peers(id, Some(peers));
+    }
+
+    /// Starts manager `id` without `--peers`: it waits to be added.
+    pub fn spawn_without_peers(&mut self, id: u64) {
+        self.spawn_with_peers(id, None);
+    }
+
+    fn spawn_with_peers(&mut self, id: u64, peers: Option<String>) {
         let extra = self.extra_args.clone();
         let m = self.proc_mut(id);
         std::fs::create_dir_all(&m.dir).expect("data dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(m.dir.join("manager.log")).expect("log");
-        let child = Command::new(goat_bin())
-            .args(["manager", "--id", &id.to_string(), "--listen", &m.addr, "--peers", &peers, "--token", TOKEN])
+        let mut command = Command::new(goat_bin());
+        command.args(["manager", "--id", &id.to_string(), "--listen", &m.addr, "--token", TOKEN]);
+        if let Some(peers) = &peers {
+            command.args(["--peers", peers]);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(&m.dir)
             .args(&extra)
