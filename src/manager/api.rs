@@ -37,6 +37,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{name}/drain", axum::routing::put(nodes::drain))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
         .route("/internal/read-index", post(internal_read_index))

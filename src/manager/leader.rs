@@ -22,6 +22,7 @@ use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
+use super::nodes::requeue_commands;
 use crate::clock::now_ms;
 use crate::scheduler::{Scheduler, NO_NODES};
 
@@ -174,14 +175,20 @@ async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
             continue;
         }
         let at = now_ms();
-        for name in &down {
-            tracing::warn!(node = %name, "node missed its heartbeat deadline: marking it down");
+        let mut commands = Vec::new();
+        {
+            let applied = manager.state.read();
+            for name in down {
+                let moved = requeue_commands(&applied.state, &name, &format!("node {name} is down"), at);
+                tracing::warn!(node = %name, tasks = moved.len(), "node missed its heartbeat deadline: marking it down, moving its tasks");
+                commands.push(Command::SetNodeStatus { name, status: NodeStatus::Down, at });
+                commands.extend(moved);
+            }
         }
-        let commands =
-            down.into_iter().map(|name| Command::SetNodeStatus { name, status: NodeStatus::Down, at }).collect();
         if let Err(e) = manager.propose(Command::Batch(commands)).await {
             tracing::warn!(error = %e.body.error, "could not mark nodes down");
         }
+        manager.placement_kick.notify_one();
     }
 }
 

@@ -85,6 +85,18 @@ fn report_differs(task: &Task, report: &TaskReport) -> bool {
         || (report.container_id.is_some() && task.container_id != report.container_id)
 }
 
+/// Takes every task back from `node` (lost or drained) so that the
+/// placement loop puts it elsewhere. Each command carries the task's current
+/// generation: if the task moved meanwhile, the state machine refuses it.
+/// When the node comes back, its copies are no longer in its assignments and
+/// its worker stops them (fencing by generation).
+pub fn requeue_commands(state: &ClusterState, node: &str, reason: &str, at: Timestamp) -> Vec<Command> {
+    state
+        .tasks_on(node)
+        .map(|t| Command::RequeueTask { task_id: t.id, generation: t.generation, reason: reason.to_string(), at })
+        .collect()
+}
+
 /// Every task `name` should hold: those placed on it and not finished.
 pub fn assignments(state: &ClusterState, name: &str) -> Vec<Assignment> {
     state
@@ -127,6 +139,23 @@ pub async fn heartbeat(
         heartbeat_interval: HEARTBEAT_INTERVAL,
     };
     Ok(Json(reply).into_response())
+}
+
+/// `PUT /v1/nodes/{name}/drain`: the node takes no new tasks and its tasks
+/// are moved to other nodes.
+pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    if !m.state.read().state.nodes.contains_key(&name) {
+        return Err(ApiError::not_found(format!("no node {name}")));
+    }
+    let at = now_ms();
+    let mut commands = vec![Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Draining, at }];
+    commands.extend(requeue_commands(&m.state.read().state, &name, &format!("node {name} is draining"), at));
+    m.propose(Command::Batch(commands)).await?;
+    m.placement_kick.notify_one();
+    tracing::info!(node = %name, "draining node");
+    let node = m.state.read().state.nodes.get(&name).cloned();
+    Ok((StatusCode::OK, Json(node)).into_response())
 }
 
 #[derive(Serialize)]
@@ -235,6 +264,27 @@ mod tests {
         let mut beat = hb(vec![]);
         beat.engine = EngineStatus { healthy: false, error: Some("connection refused".into()) };
         assert!(matches!(heartbeat_commands(&s, "w1", &beat, 3)[..], [Command::UpsertNode { .. }]));
+    }
+
+    #[test]
+    fn requeue_moves_every_live_task_of_a_node_and_fences_old_copies() {
+        let (mut s, id) = placed();
+        let commands = requeue_commands(&s, "w1", "node w1 is down", 5);
+        assert_eq!(commands.len(), 1);
+        for c in &commands {
+            assert!(!s.apply(c).is_refused());
+        }
+        assert_eq!(s.tasks[&id].state, TaskState::Pending);
+        assert!(assignments(&s, "w1").is_empty(), "the old copy is no longer assigned");
+        // Placed again elsewhere: a report from the old copy is stale.
+        for c in heartbeat_commands(&s, "w2", &hb(vec![]), 6) {
+            s.apply(&c);
+        }
+        s.apply(&Command::PlaceTask { task_id: id, node: "w2".into(), at: 7 });
+        assert!(heartbeat_commands(&s, "w1", &hb(vec![running(id, 1)]), 8)
+            .iter()
+            .all(|c| !matches!(c, Command::ReportTask { .. })));
+        assert!(requeue_commands(&s, "w1", "again", 9).is_empty());
     }
 
     #[test]

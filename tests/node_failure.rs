@@ -1,0 +1,153 @@
+//! Losing a worker: the leader marks it down after its heartbeat deadline
+//! and moves its tasks to another worker; when it comes back its stale
+//! copies are stopped, so at most one copy of a task runs. Draining moves
+//! tasks off a node on purpose. Real managers, real workers sharing the
+//! machine's Docker engine (each with its own node name).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::worker::{ensure_images, host_port, unique, wait_echo, wait_node, wait_task, WorkerProc, DOCKER_SOCKET};
+use common::Cluster;
+use serde_json::{json, Value};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const BODY: &str = r#"{"Msg":"Hello, world!"}"#;
+
+/// Managers that mark a silent node down after 3 s.
+async fn cluster() -> Cluster {
+    Cluster::start(3, &["--node-down-after", "3s"]).await
+}
+
+fn echo_spec() -> Value {
+    json!({
+        "name": unique("echo"),
+        "image": "goat-echo:latest",
+        "cpu": 0.1,
+        "memory": 64 << 20,
+        "ports": [{"container": 7777}],
+        "health_check": {"path": "/health", "port": 7777, "interval": "500ms", "start_period": "2s"}
+    })
+}
+
+/// Running containers of task `id` on this engine, whatever node made them.
+fn running_copies(id: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=goat.task={id}")])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+fn signal(worker: &WorkerProc, sig: &str) {
+    let pid = worker.child.as_ref().expect("worker running").id();
+    let status = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+/// Waits until the task runs healthy on a node other than `not_on`.
+async fn wait_moved(cluster: &Cluster, id: &str, not_on: &str) -> Value {
+    let not_on = not_on.to_string();
+    wait_task(cluster, id, "running elsewhere", CONVERGE, move |t| {
+        t["state"] == "running" && t["health"] == "healthy" && t["node"] != not_on.as_str()
+    })
+    .await
+}
+
+/// Waits until at most one copy of the task runs, and returns how many do.
+async fn settle_copies(id: &str) -> usize {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let n = running_copies(id);
+        if n <= 1 || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_machine_s_tasks_run_elsewhere_and_are_not_duplicated_when_it_returns() {
+    ensure_images();
+    let cluster = cluster().await;
+    let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
+    let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    let task = cluster.submit(1, &echo_spec()).await;
+    let id = task["id"].as_str().expect("id").to_string();
+    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
+    let node = first["node"].as_str().expect("node").to_string();
+    let (lost, other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
+
+    // The machine dies: its worker and its containers are gone.
+    lost.kill();
+    for c in lost.containers() {
+        let _ = Command::new("docker").args(["rm", "-f", &c]).output();
+    }
+    let moved = wait_moved(&cluster, &id, &lost.name).await;
+    assert_eq!(moved["node"].as_str(), Some(other.name.as_str()));
+    assert!(moved["generation"].as_u64() > first["generation"].as_u64());
+    wait_node(&cluster, &lost.name, "down", CONVERGE, |n| n["status"] == "down").await;
+    wait_echo(host_port(&moved, 7777).expect("port"), BODY, CONVERGE).await;
+
+    // It comes back: after convergence nothing is duplicated. (Before it
+    // hears from a manager, a restarted worker may restore what its local
+    // store says it runs; the leader's answer then fences that copy.)
+    lost.spawn();
+    wait_node(&cluster, &lost.name, "ready again", CONVERGE, |n| n["status"] == "ready").await;
+    assert_eq!(settle_copies(&id).await, 1, "at most one running copy after convergence");
+    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(task["node"], moved["node"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_worker_s_stale_copies_are_stopped_when_it_returns() {
+    ensure_images();
+    let cluster = cluster().await;
+    let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
+    let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    let task = cluster.submit(1, &echo_spec()).await;
+    let id = task["id"].as_str().expect("id").to_string();
+    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
+    let node = first["node"].as_str().expect("node").to_string();
+    let (cut, _other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
+
+    // The managers stop hearing from it; its container keeps running.
+    signal(cut, "-STOP");
+    let moved = wait_moved(&cluster, &id, &cut.name).await;
+    assert_eq!(running_copies(&id), 2, "the cut-off copy still runs during the partition");
+
+    // Back: its copy is stale (older generation) and is stopped.
+    signal(cut, "-CONT");
+    assert_eq!(settle_copies(&id).await, 1, "at most one running copy after convergence");
+    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(task["node"], moved["node"]);
+    wait_echo(host_port(&task, 7777).expect("port"), BODY, CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_a_node_moves_its_tasks() {
+    ensure_images();
+    let cluster = cluster().await;
+    let a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
+    let b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    let task = cluster.submit(1, &echo_spec()).await;
+    let id = task["id"].as_str().expect("id").to_string();
+    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
+    let node = first["node"].as_str().expect("node").to_string();
+
+    let response =
+        cluster.http.put(format!("{}/v1/nodes/{node}/drain", cluster.url(2))).send().await.expect("PUT drain");
+    assert_eq!(response.status(), 200);
+    wait_node(&cluster, &node, "draining", CONVERGE, |n| n["status"] == "draining").await;
+    wait_moved(&cluster, &id, &node).await;
+    assert_eq!(settle_copies(&id).await, 1);
+    let response =
+        cluster.http.put(format!("{}/v1/nodes/no-such-node/drain", cluster.url(2))).send().await.expect("PUT drain");
+    assert_eq!(response.status(), 404);
+}
