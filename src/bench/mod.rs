@@ -7,9 +7,14 @@
 //! the leader to the first accepted write, for three Goat managers and for
 //! three etcd members (Debian's etcd-server, writing through its HTTP JSON
 //! gateway, payloads of the same size).
+//!
+//! `goat bench tasks` measures task startup on the real Docker engine: N echo
+//! tasks through three managers and a worker, against the same containers
+//! started directly on the engine and against Docker Swarm (see `tasks`).
 
 mod load;
 mod procs;
+mod tasks;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use goat_storage::Millis;
 
 use load::{run_load, LoadResult};
 use procs::{wait_leader, BenchCluster, EtcdCluster, GoatCluster};
+pub use tasks::TasksBenchArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -31,6 +37,8 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// The replicated store: writes/s, latency and failover, Goat vs etcd.
     Raft(RaftBenchArgs),
+    /// Tasks on the real engine: N echo tasks, Goat vs raw Docker vs Swarm.
+    Tasks(TasksBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -64,6 +72,7 @@ pub struct RaftBenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchKind::Raft(args) => raft_bench(args).await,
+        BenchKind::Tasks(args) => tasks::tasks_bench(args).await,
     }
 }
 

@@ -67,6 +67,58 @@ impl GoatCluster {
     }
 }
 
+impl GoatCluster {
+    /// The managers' client addresses, HOST:PORT.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// The cluster's shared token.
+    pub fn token(&self) -> &'static str {
+        "bench"
+    }
+}
+
+/// A `goat worker` process (this very binary) heartbeating to `managers`,
+/// on the real Docker engine. Killed on drop; its containers are the
+/// caller's to remove (they carry `goat.node=<name>`).
+pub struct GoatWorker {
+    child: Option<Child>,
+}
+
+impl GoatWorker {
+    pub fn start(
+        name: &str,
+        managers: &[String],
+        token: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<GoatWorker> {
+        let data = dir.join(name);
+        let log = log_file(dir, &format!("{name}.log"))?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["worker", "--name", name, "--managers", &managers.join(","), "--token", token])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting goat worker")?;
+        Ok(GoatWorker { child: Some(child) })
+    }
+}
+
+impl Drop for GoatWorker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl RequestMaker for GoatCluster {
     fn request(&self, http: &reqwest::Client, client: usize, i: usize) -> reqwest::RequestBuilder {
         self.write_to(http, self.target, client * 1_000_000 + i)
