@@ -1,0 +1,139 @@
+//! Placement through the leader's control loops, with real managers and
+//! workers: a task that fits nowhere waits with a reason and is placed once
+//! room appears; a leader killed during a burst of submissions neither loses
+//! nor double-places a task, and the new leader marks no healthy node down.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::worker::{ensure_images, unique, wait_node, wait_task, WorkerProc, DOCKER_SOCKET};
+use common::{goat_bin, Cluster, TOKEN};
+use futures::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// A worker that reports less memory than the machine has.
+struct SmallWorker {
+    name: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallWorker {
+    fn start(cluster: &Cluster, name: &str, memory: &str) -> SmallWorker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let managers: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
+        let child = Command::new(goat_bin())
+            .args(["worker", "--name", name, "--managers", &managers.join(","), "--token", TOKEN])
+            .args(["--docker-socket", DOCKER_SOCKET, "--memory", memory])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn goat worker");
+        SmallWorker { name: name.to_string(), child, _dir: dir }
+    }
+}
+
+impl Drop for SmallWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let out =
+            Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=goat.node={}", self.name)]).output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+fn sleeper(name: &str, memory: u64) -> Value {
+    json!({"name": name, "image": "goat-echo:latest", "cpu": 0.01, "memory": memory, "ports": [{"container": 7777}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_too_big_for_every_node_waits_with_a_reason_until_room_appears() {
+    ensure_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let small = SmallWorker::start(&cluster, &unique("small"), "256MiB");
+    wait_node(&cluster, &small.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+
+    let task = cluster.submit(1, &sleeper(&unique("big"), 1 << 30)).await;
+    let id = task["id"].as_str().expect("id").to_string();
+    let pending = wait_task(&cluster, &id, "pending with a reason", CONVERGE, |t| {
+        t["state"] == "pending" && t["reason"].as_str().is_some_and(|r| r.contains("memory"))
+    })
+    .await;
+    let reason = pending["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("1.0 GiB"), "{reason}");
+
+    // A node with room joins: the task is placed there.
+    let big = SmallWorker::start(&cluster, &unique("big"), "2GiB");
+    let placed = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(placed["node"].as_str(), Some(big.name.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
+    ensure_images();
+    let mut cluster = Cluster::start(3, &[]).await;
+    let worker = WorkerProc::for_cluster(&unique("burst"), &cluster, DOCKER_SOCKET);
+    wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let followers: Vec<u64> = cluster.alive_ids().into_iter().filter(|id| *id != leader).collect();
+
+    // 20 submissions through the followers; the leader dies in the middle.
+    let prefix = unique("burst");
+    let submit = |i: usize| {
+        let cluster = &cluster;
+        let through = followers[i % followers.len()];
+        let spec = sleeper(&format!("{prefix}-{i}"), 64 << 20);
+        async move {
+            let response =
+                cluster.http.post(format!("{}/v1/tasks", cluster.url(through))).json(&spec).send().await.ok()?;
+            if response.status() != 201 {
+                return None;
+            }
+            let task: Value = response.json().await.ok()?;
+            task["id"].as_str().map(str::to_string)
+        }
+    };
+    let first: Vec<Option<String>> = stream::iter(0..10).map(submit).buffer_unordered(8).collect().await;
+    let mut acknowledged: BTreeSet<String> = first.into_iter().flatten().collect();
+    // Kill the leader while the next half is in flight.
+    let second = stream::iter(10..20).map(submit).buffer_unordered(8).collect::<Vec<Option<String>>>();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    let (second, ()) = tokio::join!(second, kill);
+    cluster.kill(leader);
+    acknowledged.extend(second.into_iter().flatten());
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+
+    // Every acknowledged task exists and ends up running exactly once.
+    for id in &acknowledged {
+        let task = wait_task(&cluster, id, "running", 2 * CONVERGE, |t| t["state"] == "running").await;
+        assert_eq!(task["generation"].as_u64(), Some(1), "placed once: {task:#}");
+    }
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=goat.node={}", worker.name)])
+        .output()
+        .expect("docker ps");
+    let running = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count();
+    let all: Vec<Value> = cluster.tasks(new_leader, false).await;
+    let ours = all.iter().filter(|t| t["spec"]["name"].as_str().is_some_and(|n| n.starts_with(&prefix))).count();
+    assert!(acknowledged.len() >= 10, "the first half was acknowledged before the kill");
+    assert_eq!(running, ours, "one container per stored task, no duplicates");
+
+    // The new leader did not mark the healthy worker down.
+    let node = wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    assert_eq!(node["status"], "ready");
+}
