@@ -6,14 +6,23 @@
 //! pending task, and commits the answers through Raft. Placements made in one
 //! round are charged to their node at once, so a round never overcommits.
 //!
-//! This first version ranks feasible nodes by bin-packing (the fullest node
-//! that still fits wins, ties by name); the control-loop issue adds E-PVM and
-//! spread.
+//! Ranking is chosen per task (`strategy`) or per cluster (`goat manager
+//! --scheduler`): bin-pack (the fullest node that still fits), spread (the
+//! emptiest), or E-PVM (the node where the task raises the cluster's cost
+//! the least). Ties go to the alphabetically first node, so every manager
+//! would choose alike.
+//!
+//! E-PVM scores a node by the marginal cost of the task on it:
+//! `Σ_r LIEB^(load_r after) − LIEB^(load_r before)` over cpu, memory and disk,
+//! where `load_r` is the reserved fraction of the node's resource. In the
+//! book's version the cpu terms cancel out (it used the same cpu load before
+//! and after), so cpu never counted; here the task's own cpu is part of the
+//! "after" load.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use goat_storage::fsm::ClusterState;
-use goat_storage::model::{NodeStatus, Resources, TaskSpec};
+use goat_storage::model::{NodeStatus, Resources, Strategy, TaskSpec};
 
 /// What is left on one node.
 #[derive(Debug, Clone)]
@@ -65,19 +74,17 @@ impl Scheduler {
         !self.rooms.is_empty()
     }
 
-    /// Picks a node for `spec` and charges it, or says why none fits.
-    pub fn place(&mut self, spec: &TaskSpec) -> Result<String, Unplaceable> {
+    /// Picks a node for `spec` and charges it, or says why none fits. The
+    /// task's own strategy wins over `default`.
+    pub fn place(&mut self, spec: &TaskSpec, default: Strategy) -> Result<String, Unplaceable> {
+        let strategy = spec.strategy.unwrap_or(default);
         let best = self
             .rooms
             .iter()
             .filter(|(_, room)| fits(room, spec))
-            .max_by(|(a_name, a), (b_name, b)| {
-                // Bin-pack: least free memory after placement first; ties by
-                // name, reversed so that the alphabetically first wins.
-                let a_left = a.free.memory.saturating_sub(spec.memory);
-                let b_left = b.free.memory.saturating_sub(spec.memory);
-                b_left.cmp(&a_left).then_with(|| b_name.cmp(a_name))
-            })
+            .map(|(name, room)| (name, score(strategy, room, spec)))
+            // Highest score; on a tie the alphabetically first name.
+            .max_by(|(a_name, a), (b_name, b)| a.total_cmp(b).then_with(|| b_name.cmp(a_name)))
             .map(|(name, _)| name.clone());
         match best {
             Some(name) => {
@@ -117,6 +124,39 @@ impl Scheduler {
             return format!("no node has host port(s) {} free", ports.join(", "));
         }
         "no node has enough cpu, memory and disk at once".into()
+    }
+}
+
+/// The E-PVM base: a resource's cost grows as LIEB^load.
+const LIEB: f64 = 1.539_600_717_839_002;
+
+/// Fraction of `capacity` in use when `free` is left (0 for an empty resource).
+fn load(capacity: f64, free: f64) -> f64 {
+    if capacity <= 0.0 {
+        0.0
+    } else {
+        ((capacity - free) / capacity).clamp(0.0, 1.0)
+    }
+}
+
+/// (before, after) load of each resource of `room` if `spec` is placed there.
+fn loads(room: &Room, spec: &TaskSpec) -> [(f64, f64); 3] {
+    let (cap, free) = (room.capacity, room.free);
+    [
+        (load(cap.cpu, free.cpu), load(cap.cpu, free.cpu - spec.cpu)),
+        (load(cap.memory as f64, free.memory as f64), load(cap.memory as f64, free.memory as f64 - spec.memory as f64)),
+        (load(cap.disk as f64, free.disk as f64), load(cap.disk as f64, free.disk as f64 - spec.disk as f64)),
+    ]
+}
+
+/// How much `strategy` likes placing `spec` on `room`: higher is better.
+fn score(strategy: Strategy, room: &Room, spec: &TaskSpec) -> f64 {
+    let loads = loads(room, spec);
+    let mean_after = loads.iter().map(|(_, after)| after).sum::<f64>() / loads.len() as f64;
+    match strategy {
+        Strategy::BinPack => mean_after,
+        Strategy::Spread => -mean_after,
+        Strategy::Epvm => -loads.iter().map(|(before, after)| LIEB.powf(*after) - LIEB.powf(*before)).sum::<f64>(),
     }
 }
 
@@ -167,10 +207,71 @@ mod tests {
         s
     }
 
+    impl Scheduler {
+        fn place_default(&mut self, spec: &TaskSpec) -> Result<String, Unplaceable> {
+            self.place(spec, Strategy::BinPack)
+        }
+    }
+
+    #[test]
+    fn spread_picks_the_emptiest_node_and_alternates() {
+        let s = cluster(&[("a", 2.0, 4 * GB), ("b", 2.0, 4 * GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        let placed: Vec<String> =
+            (0..4).map(|_| sched.place(&spec(0.5, GB, None), Strategy::Spread).unwrap()).collect();
+        assert_eq!(placed, ["a", "b", "a", "b"]);
+        // Bin-pack on the same start fills one node first.
+        let mut sched = Scheduler::new(&s, |_| true);
+        let placed: Vec<String> =
+            (0..4).map(|_| sched.place(&spec(0.5, GB, None), Strategy::BinPack).unwrap()).collect();
+        assert_eq!(placed, ["a", "a", "a", "a"]);
+    }
+
+    #[test]
+    fn epvm_counts_cpu() {
+        // Same memory everywhere; a is busy on cpu, b is not. With the book's
+        // defect (cpu terms cancelling) both would tie and a would win by name.
+        let mut s = cluster(&[("a", 4.0, 8 * GB), ("b", 4.0, 8 * GB)]);
+        let id = Uuid::from_u128(9);
+        s.apply(&Command::SubmitTask { task_id: id, spec: spec(3.0, GB, None), at: 1 });
+        s.apply(&Command::PlaceTask { task_id: id, node: "a".into(), at: 1 });
+        let mut sched = Scheduler::new(&s, |_| true);
+        let mut on_b = spec(0.5, GB, None);
+        on_b.memory = 0;
+        assert_eq!(sched.place(&on_b, Strategy::Epvm).unwrap(), "b");
+    }
+
+    #[test]
+    fn epvm_prefers_the_node_where_cost_rises_least() {
+        let s = cluster(&[("big", 8.0, 16 * GB), ("small", 2.0, 2 * GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        assert_eq!(sched.place(&spec(1.0, GB, None), Strategy::Epvm).unwrap(), "big");
+    }
+
+    #[test]
+    fn a_task_s_own_strategy_wins_over_the_default() {
+        let s = cluster(&[("a", 2.0, 4 * GB), ("b", 2.0, 4 * GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        assert_eq!(sched.place(&spec(0.5, GB, None), Strategy::BinPack).unwrap(), "a");
+        let mut spread = spec(0.5, GB, None);
+        spread.strategy = Some(Strategy::Spread);
+        assert_eq!(sched.place(&spread, Strategy::BinPack).unwrap(), "b");
+    }
+
+    #[test]
+    fn every_strategy_breaks_ties_by_name_and_handles_empty_clusters() {
+        for strategy in [Strategy::BinPack, Strategy::Spread, Strategy::Epvm] {
+            let s = cluster(&[("c", 2.0, GB), ("a", 2.0, GB), ("b", 2.0, GB)]);
+            assert_eq!(Scheduler::new(&s, |_| true).place(&spec(0.1, 0, None), strategy).unwrap(), "a");
+            let empty = ClusterState::default();
+            assert_eq!(Scheduler::new(&empty, |_| true).place(&spec(0.1, 0, None), strategy).unwrap_err(), NO_NODES);
+        }
+    }
+
     #[test]
     fn an_empty_cluster_places_nothing() {
         let mut sched = Scheduler::new(&ClusterState::default(), |_| true);
-        assert_eq!(sched.place(&spec(0.1, 0, None)).unwrap_err(), "no ready node with a healthy engine");
+        assert_eq!(sched.place_default(&spec(0.1, 0, None)).unwrap_err(), "no ready node with a healthy engine");
     }
 
     #[test]
@@ -178,27 +279,27 @@ mod tests {
         let s = cluster(&[("a", 2.0, 4 * GB), ("b", 2.0, 2 * GB)]);
         let mut sched = Scheduler::new(&s, |_| true);
         // b is fuller after placement: it wins while it fits.
-        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "b");
-        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "b");
-        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "a");
-        assert_eq!(sched.place(&spec(0.5, 3 * GB, None)).unwrap(), "a");
-        let err = sched.place(&spec(0.5, GB, None)).unwrap_err();
+        assert_eq!(sched.place_default(&spec(0.5, GB, None)).unwrap(), "b");
+        assert_eq!(sched.place_default(&spec(0.5, GB, None)).unwrap(), "b");
+        assert_eq!(sched.place_default(&spec(0.5, GB, None)).unwrap(), "a");
+        assert_eq!(sched.place_default(&spec(0.5, 3 * GB, None)).unwrap(), "a");
+        let err = sched.place_default(&spec(0.5, GB, None)).unwrap_err();
         assert!(err.contains("memory"), "{err}");
     }
 
     #[test]
     fn ties_go_to_the_first_name() {
         let s = cluster(&[("b", 2.0, GB), ("a", 2.0, GB)]);
-        assert_eq!(Scheduler::new(&s, |_| true).place(&spec(0.1, 0, None)).unwrap(), "a");
+        assert_eq!(Scheduler::new(&s, |_| true).place_default(&spec(0.1, 0, None)).unwrap(), "a");
     }
 
     #[test]
     fn reasons_name_the_short_resource() {
         let s = cluster(&[("a", 2.0, 4 * GB)]);
         let mut sched = Scheduler::new(&s, |_| true);
-        let err = sched.place(&spec(0.1, 64 * GB, None)).unwrap_err();
+        let err = sched.place_default(&spec(0.1, 64 * GB, None)).unwrap_err();
         assert_eq!(err, "no node has 64.0 GiB free memory (largest: 4.0 GiB)");
-        let err = sched.place(&spec(8.0, GB, None)).unwrap_err();
+        let err = sched.place_default(&spec(8.0, GB, None)).unwrap_err();
         assert!(err.contains("cpu"), "{err}");
     }
 
@@ -206,10 +307,10 @@ mod tests {
     fn host_ports_conflict() {
         let s = cluster(&[("a", 4.0, 4 * GB)]);
         let mut sched = Scheduler::new(&s, |_| true);
-        assert!(sched.place(&spec(0.1, 0, Some(7777))).is_ok());
-        let err = sched.place(&spec(0.1, 0, Some(7777))).unwrap_err();
+        assert!(sched.place_default(&spec(0.1, 0, Some(7777))).is_ok());
+        let err = sched.place_default(&spec(0.1, 0, Some(7777))).unwrap_err();
         assert!(err.contains("7777"), "{err}");
-        assert!(sched.place(&spec(0.1, 0, Some(7778))).is_ok());
+        assert!(sched.place_default(&spec(0.1, 0, Some(7778))).is_ok());
     }
 
     #[test]
@@ -224,9 +325,9 @@ mod tests {
             at: 1,
         });
         let mut sched = Scheduler::new(&s, |n| n != "a");
-        assert!(sched.place(&spec(0.1, 0, None)).is_err());
+        assert!(sched.place_default(&spec(0.1, 0, None)).is_err());
         let mut sched = Scheduler::new(&s, |_| true);
-        assert_eq!(sched.place(&spec(0.1, 0, None)).unwrap(), "a");
+        assert_eq!(sched.place_default(&spec(0.1, 0, None)).unwrap(), "a");
     }
 
     #[test]
@@ -236,7 +337,7 @@ mod tests {
         s.apply(&Command::SubmitTask { task_id: id, spec: spec(1.5, GB, None), at: 1 });
         s.apply(&Command::PlaceTask { task_id: id, node: "a".into(), at: 2 });
         let mut sched = Scheduler::new(&s, |_| true);
-        assert!(sched.place(&spec(1.0, 0, None)).unwrap_err().contains("cpu"));
-        assert_eq!(sched.place(&spec(0.5, GB, None)).unwrap(), "a");
+        assert!(sched.place_default(&spec(1.0, 0, None)).unwrap_err().contains("cpu"));
+        assert_eq!(sched.place_default(&spec(0.5, GB, None)).unwrap(), "a");
     }
 }

@@ -120,6 +120,8 @@ pub struct Manager {
     pub bearer: String,
     pub leader_wait: Duration,
     pub node_down_after: Duration,
+    /// How tasks without a strategy of their own are placed.
+    pub default_strategy: goat_storage::model::Strategy,
     /// When each node last sent a heartbeat to this manager. Meaningful on
     /// the leader only; rebuilt from heartbeats after a failover.
     pub last_seen: Mutex<HashMap<String, Instant>>,
@@ -151,6 +153,7 @@ impl Manager {
             bearer: bearer(&args.token),
             leader_wait: args.leader_wait.as_duration(),
             node_down_after: args.node_down_after.as_duration(),
+            default_strategy: args.scheduler,
             last_seen: Mutex::new(HashMap::new()),
             placement_kick: Notify::new(),
         }

@@ -122,7 +122,7 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<Round, super
                 // Nothing can be placed anywhere and the task already says so.
                 continue;
             }
-            match scheduler.place(&task.spec) {
+            match scheduler.place(&task.spec, manager.default_strategy) {
                 Ok(node) => {
                     tracing::debug!(task = %task.id, node = %node, "placing task");
                     commands.push(Command::PlaceTask { task_id: task.id, node, at });

@@ -30,6 +30,7 @@ use goat_raft::network::Network;
 use goat_raft::state_machine::StateMachine;
 use goat_raft::{raft_config, NodeId, Raft};
 use goat_storage::engine::SledEngine;
+use goat_storage::model::Strategy;
 use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
 use goat_storage::Millis;
@@ -68,9 +69,18 @@ pub struct ManagerArgs {
     /// How long a forwarded write or a read waits for a leader before 503.
     #[arg(long, env = "GOAT_LEADER_WAIT", default_value = "5s", value_parser = Millis::parse)]
     pub leader_wait: Millis,
+    /// How to rank nodes for tasks that do not choose: bin-pack, spread or epvm.
+    #[arg(long, env = "GOAT_SCHEDULER", default_value = "bin-pack", value_parser = parse_strategy)]
+    pub scheduler: Strategy,
     /// A node that has not sent a heartbeat for this long is marked down.
     #[arg(long, env = "GOAT_NODE_DOWN_AFTER", default_value = "10s", value_parser = Millis::parse)]
     pub node_down_after: Millis,
+}
+
+/// Parses `--scheduler` with the same names as a task's `strategy`.
+fn parse_strategy(name: &str) -> Result<Strategy, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| format!("unknown strategy {name:?}: use bin-pack, spread or epvm"))
 }
 
 /// Parses `--peers` entries `ID=HOST:PORT`.

@@ -55,6 +55,24 @@ pub struct TaskSpec {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// How to rank the nodes the task fits on; absent = the cluster's
+    /// default (`goat manager --scheduler`).
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+}
+
+/// How the scheduler ranks the nodes a task fits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The fullest node that fits: keeps whole nodes free for big tasks.
+    #[default]
+    BinPack,
+    /// The emptiest node: spreads load and the blast radius of a lost node.
+    Spread,
+    /// Enhanced PVM: the node where the task raises the cluster's cost the
+    /// least, with a cost exponential in each resource's load.
+    Epvm,
 }
 
 /// One published port. `host: None` lets the worker's engine pick a free
