@@ -9,6 +9,7 @@ mod bench;
 mod clock;
 mod echo;
 mod manager;
+mod reschedule;
 mod scheduler;
 
 use clap::{Parser, Subcommand};

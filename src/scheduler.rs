@@ -74,6 +74,24 @@ impl Scheduler {
         !self.rooms.is_empty()
     }
 
+    /// Like [`Scheduler::place`], but keeps off `avoid` (the node a task
+    /// failed on) whenever another node fits.
+    pub fn place_avoiding(
+        &mut self,
+        spec: &TaskSpec,
+        default: Strategy,
+        avoid: Option<&str>,
+    ) -> Result<String, Unplaceable> {
+        if let Some((name, room)) = avoid.and_then(|a| self.rooms.remove_entry(a)) {
+            let elsewhere = self.place(spec, default);
+            self.rooms.insert(name, room);
+            if elsewhere.is_ok() {
+                return elsewhere;
+            }
+        }
+        self.place(spec, default)
+    }
+
     /// Picks a node for `spec` and charges it, or says why none fits. The
     /// task's own strategy wins over `default`.
     pub fn place(&mut self, spec: &TaskSpec, default: Strategy) -> Result<String, Unplaceable> {
@@ -266,6 +284,16 @@ mod tests {
             let empty = ClusterState::default();
             assert_eq!(Scheduler::new(&empty, |_| true).place(&spec(0.1, 0, None), strategy).unwrap_err(), NO_NODES);
         }
+    }
+
+    #[test]
+    fn a_failed_node_is_avoided_while_another_fits() {
+        let s = cluster(&[("a", 2.0, 4 * GB), ("b", 2.0, GB)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        assert_eq!(sched.place_avoiding(&spec(0.5, GB, None), Strategy::Spread, Some("a")).unwrap(), "b");
+        // b is full now: a is better than nothing.
+        assert_eq!(sched.place_avoiding(&spec(0.5, GB, None), Strategy::Spread, Some("a")).unwrap(), "a");
+        assert_eq!(sched.place_avoiding(&spec(0.1, 0, None), Strategy::Spread, None).unwrap(), "a");
     }
 
     #[test]

@@ -137,3 +137,37 @@ async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
     let node = wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
     assert_eq!(node["status"], "ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy_runs_out() {
+    ensure_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let a = SmallWorker::start(&cluster, &unique("ra"), "4GiB");
+    let b = SmallWorker::start(&cluster, &unique("rb"), "4GiB");
+    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+
+    // Fails at startup everywhere: one restart, then one reschedule.
+    let spec = json!({
+        "name": unique("flaky"), "image": "goat-echo:latest", "cpu": 0.01, "memory": 64 << 20,
+        "env": {"ECHO_FAIL_STARTUP": "1"},
+        "restart_policy": {"max_attempts": 1, "initial_delay": "100ms", "max_delay": "100ms"},
+        "reschedule_policy": {"attempts": 1, "delay": "500ms", "max_delay": "1s", "interval": "1h"}
+    });
+    let task = cluster.submit(1, &spec).await;
+    let id = task["id"].as_str().expect("id").to_string();
+    let rescheduled = wait_task(&cluster, &id, "failed after a reschedule", CONVERGE, |t| {
+        t["state"] == "failed" && t["reschedules"].as_array().is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    let first_node = rescheduled["failed_on"].as_str().expect("failed_on").to_string();
+    assert_ne!(rescheduled["node"].as_str(), Some(first_node.as_str()), "the second try avoided the node it failed on");
+    assert_eq!(rescheduled["generation"].as_u64(), Some(2));
+    // The policy is spent: it stays failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = wait_task(&cluster, &id, "still failed", CONVERGE, |t| t["state"] == "failed").await;
+    assert_eq!(after["generation"].as_u64(), Some(2));
+    let states: Vec<&str> =
+        after["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    assert!(states.windows(2).any(|w| w == ["failed", "pending"]), "{states:?}");
+}

@@ -99,7 +99,10 @@ async fn startup_failure_is_retried_then_fails_with_a_reason() {
         "memory": 64 << 20,
         "env": {"ECHO_FAIL_STARTUP": "1"},
         "restart_policy": {"condition": "on-failure", "max_attempts": 3, "initial_delay": "100ms",
-                           "max_delay": "1s", "reset_after": "1m"}
+                           "max_delay": "1s", "reset_after": "1m"},
+        // This test is about the worker giving up; the leader's rescheduling
+        // is tested in tests/scheduling.rs.
+        "reschedule_policy": {"attempts": 0}
     });
     let task = cluster.submit(1, &spec).await;
     let id = task["id"].as_str().expect("task id").to_string();
@@ -123,7 +126,8 @@ async fn a_missing_image_fails_with_a_reason() {
     let node = unique("w-img");
     let _worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
     let image = format!("{}:latest", unique("goat-nonexistent"));
-    let spec = json!({"name": unique("ghost"), "image": image, "cpu": 0.1, "memory": 16 << 20});
+    let spec = json!({"name": unique("ghost"), "image": image, "cpu": 0.1, "memory": 16 << 20,
+                      "reschedule_policy": {"attempts": 0}});
     let task = cluster.submit(1, &spec).await;
     let id = task["id"].as_str().expect("task id").to_string();
     let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t["state"] == "failed").await;

@@ -8,6 +8,8 @@
 //! starts from the replicated state and fresh liveness deadlines.
 //!
 //! - placement: puts pending tasks on nodes (see `crate::scheduler`);
+//! - rescheduling: gives tasks that failed on a node another chance
+//!   elsewhere, under their reschedule policy (see `crate::reschedule`);
 //! - liveness: marks nodes whose heartbeats stopped `down`, after giving
 //!   every node a full deadline from the moment this manager took over, so a
 //!   leader change never marks a healthy node down.
@@ -49,6 +51,7 @@ pub async fn supervise(manager: Arc<Manager>) {
                 tracing::info!(term, "became leader: starting the control loops");
                 tokio::spawn(placement_loop(manager.clone(), token.clone()));
                 tokio::spawn(liveness_loop(manager.clone(), token.clone()));
+                tokio::spawn(reschedule_loop(manager.clone(), token.clone()));
                 running = Some(token);
             }
             (false, true) => {
@@ -122,7 +125,7 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<Round, super
                 // Nothing can be placed anywhere and the task already says so.
                 continue;
             }
-            match scheduler.place(&task.spec, manager.default_strategy) {
+            match scheduler.place_avoiding(&task.spec, manager.default_strategy, task.failed_on.as_deref()) {
                 Ok(node) => {
                     tracing::debug!(task = %task.id, node = %node, "placing task");
                     commands.push(Command::PlaceTask { task_id: task.id, node, at });
@@ -150,6 +153,25 @@ async fn place_pending(manager: &Manager, since: Instant) -> Result<Round, super
         }
     }
     Ok(round)
+}
+
+/// Gives failed tasks another chance elsewhere, as their policy allows.
+async fn reschedule_loop(manager: Arc<Manager>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let commands = crate::reschedule::due(&manager.state.read().state, now_ms());
+        if commands.is_empty() {
+            continue;
+        }
+        tracing::info!(tasks = commands.len(), "rescheduling failed tasks");
+        match manager.propose(Command::Batch(commands)).await {
+            Ok(_) => manager.placement_kick.notify_one(),
+            Err(e) => tracing::warn!(error = %e.body.error, "could not reschedule failed tasks"),
+        }
+    }
 }
 
 async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {

@@ -17,6 +17,8 @@ use crate::model::*;
 
 /// How many history events a task keeps (the oldest are dropped).
 pub const MAX_EVENTS: usize = 64;
+/// How many reschedule times a task keeps.
+pub const MAX_RESCHEDULES_KEPT: usize = 16;
 
 /// A change to the cluster state, as carried by one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ pub enum Command {
     /// Take a task back from its node (node lost, drained): `pending` again.
     /// `generation` must match, so a late decision cannot undo a newer one.
     RequeueTask { task_id: TaskId, generation: u64, reason: String, at: Timestamp },
+    /// Place a failed task again (its reschedule policy allows it): it
+    /// becomes `pending`, remembering the node it failed on.
+    RescheduleTask { task_id: TaskId, generation: u64, at: Timestamp },
     /// Record why a pending task is still waiting (the scheduler's verdict).
     SetPendingReason { task_id: TaskId, reason: Option<String>, at: Timestamp },
     /// A worker's observation of one of its tasks.
@@ -100,6 +105,8 @@ struct Index {
     pending: BTreeSet<(Timestamp, TaskId)>,
     /// Non-terminal tasks placed on each node.
     by_node: BTreeMap<String, BTreeSet<TaskId>>,
+    /// Failed tasks that still want to run.
+    failed: BTreeSet<TaskId>,
 }
 
 /// Where one task appears in the index.
@@ -107,6 +114,7 @@ struct Index {
 struct IndexKey {
     pending: Option<(Timestamp, TaskId)>,
     node: Option<String>,
+    failed: bool,
 }
 
 impl IndexKey {
@@ -115,12 +123,16 @@ impl IndexKey {
         IndexKey {
             pending: waiting.then_some((task.created_at, task.id)),
             node: if task.state.is_terminal() { None } else { task.node.clone() },
+            failed: task.state == TaskState::Failed && task.desired == DesiredStatus::Run,
         }
     }
 }
 
 impl Index {
     fn remove(&mut self, id: TaskId, key: &IndexKey) {
+        if key.failed {
+            self.failed.remove(&id);
+        }
         if let Some(p) = key.pending {
             self.pending.remove(&p);
         }
@@ -135,6 +147,9 @@ impl Index {
     }
 
     fn add(&mut self, id: TaskId, key: IndexKey) {
+        if key.failed {
+            self.failed.insert(id);
+        }
         if let Some(p) = key.pending {
             self.pending.insert(p);
         }
@@ -159,6 +174,7 @@ impl Command {
             | Command::StopTask { task_id, .. }
             | Command::PlaceTask { task_id, .. }
             | Command::RequeueTask { task_id, .. }
+            | Command::RescheduleTask { task_id, .. }
             | Command::SetPendingReason { task_id, .. } => Some(*task_id),
             Command::ReportTask { report, .. } => Some(report.task_id),
             Command::UpsertNode { .. } | Command::SetNodeStatus { .. } | Command::Batch(_) => None,
@@ -209,6 +225,7 @@ impl ClusterState {
             Command::RequeueTask { task_id, generation, reason, at } => {
                 self.requeue(*task_id, *generation, reason, *at)
             }
+            Command::RescheduleTask { task_id, generation, at } => self.reschedule(*task_id, *generation, *at),
             Command::SetPendingReason { task_id, reason, at } => self.set_pending_reason(*task_id, reason, *at),
             Command::ReportTask { node, report, at } => self.report(node, report, *at),
             Command::UpsertNode { name, capacity, engine, at } => self.upsert_node(name, *capacity, engine, *at),
@@ -261,6 +278,8 @@ impl ClusterState {
             host_ports: BTreeMap::new(),
             created_at: at,
             updated_at: at,
+            reschedules: Vec::new(),
+            failed_on: None,
             events: vec![TaskEvent { at, state: TaskState::Pending, node: None, reason: Some("submitted".into()) }],
         };
         self.tasks.insert(task_id, task.clone());
@@ -276,7 +295,9 @@ impl ClusterState {
         task.desired = DesiredStatus::Stop;
         task.updated_at = at;
         // Nothing runs anywhere for a task that is not placed: it is done.
-        if matches!(task.state, TaskState::Pending | TaskState::Failed) {
+        // (A failed task stays failed: that is what happened to it; with
+        // desired `stop` it is never rescheduled.)
+        if task.state == TaskState::Pending {
             transition(task, TaskState::Completed, Some("stopped by user".into()), at);
             task.node = None;
         }
@@ -329,6 +350,33 @@ impl ClusterState {
         task.host_ports.clear();
         task.health = Health::Unknown;
         CommandResult::Task(Box::new(task.clone()))
+    }
+
+    fn reschedule(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> CommandResult {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.state != TaskState::Failed || task.generation != generation || task.desired != DesiredStatus::Run {
+            return CommandResult::Refused(format!("task {task_id} is not a failed task at generation {generation}"));
+        }
+        self.dirty.tasks.insert(task_id);
+        let node = task.node.take();
+        let reason = format!("rescheduled after failing on {}", node.as_deref().unwrap_or("its node"));
+        task.failed_on = node;
+        task.reschedules.push(at);
+        if task.reschedules.len() > MAX_RESCHEDULES_KEPT {
+            task.reschedules.remove(0);
+        }
+        task.container_id = None;
+        task.host_ports.clear();
+        task.health = Health::Unknown;
+        transition(task, TaskState::Pending, Some(reason), at);
+        CommandResult::Task(Box::new(task.clone()))
+    }
+
+    /// Failed tasks that still want to run, for the rescheduler.
+    pub fn failed_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
+        self.index.failed.iter().filter_map(|id| self.tasks.get(id))
     }
 
     fn set_pending_reason(&mut self, task_id: TaskId, reason: &Option<String>, at: Timestamp) -> CommandResult {
@@ -646,6 +694,18 @@ mod tests {
     }
 
     #[test]
+    fn stopping_a_failed_task_keeps_it_failed_and_out_of_rescheduling() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Failed), at: 4 });
+        assert_eq!(s.failed_tasks().count(), 1);
+        assert!(!s.apply(&Command::StopTask { task_id: id, at: 5 }).is_refused());
+        assert_eq!(s.tasks[&id].state, TaskState::Failed);
+        assert_eq!(s.tasks[&id].desired, DesiredStatus::Stop);
+        assert_eq!(s.failed_tasks().count(), 0);
+    }
+
+    #[test]
     fn requeue_of_a_stopped_task_completes_it() {
         let (mut s, id) = state_with_task();
         s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
@@ -720,6 +780,25 @@ mod tests {
         s.apply(&Command::ReportTask { node: "w2".into(), report: report(id, 2, ObservedState::Completed), at: 7 });
         assert_eq!(s.tasks_on("w2").count(), 0);
         assert!(s.index.by_node.is_empty() && s.index.pending.is_empty());
+    }
+
+    #[test]
+    fn only_failed_tasks_that_want_to_run_are_rescheduled() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        assert!(s.apply(&Command::RescheduleTask { task_id: id, generation: 1, at: 4 }).is_refused());
+        let mut r = report(id, 1, ObservedState::Failed);
+        r.reason = Some("exit code 1 (gave up after 5 restarts)".into());
+        s.apply(&Command::ReportTask { node: "w1".into(), report: r, at: 5 });
+        assert_eq!(s.failed_tasks().count(), 1);
+        assert!(s.apply(&Command::RescheduleTask { task_id: id, generation: 0, at: 6 }).is_refused());
+        assert!(!s.apply(&Command::RescheduleTask { task_id: id, generation: 1, at: 6 }).is_refused());
+        let task = &s.tasks[&id];
+        assert_eq!(task.state, TaskState::Pending);
+        assert_eq!(task.failed_on.as_deref(), Some("w1"));
+        assert_eq!(task.reschedules, [6]);
+        assert_eq!(s.failed_tasks().count(), 0);
+        assert_eq!(s.pending_tasks().count(), 1);
     }
 
     #[test]

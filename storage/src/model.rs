@@ -52,6 +52,8 @@ pub struct TaskSpec {
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     #[serde(default)]
+    pub reschedule_policy: ReschedulePolicy,
+    #[serde(default)]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -124,6 +126,26 @@ impl Default for RestartPolicy {
             max_delay: Millis(30_000),
             reset_after: Millis(60_000),
         }
+    }
+}
+
+/// What the leader does with a task that failed on its node (restarts ran
+/// out, image missing): place it again, preferably on another node, at most
+/// `attempts` times within `interval`, waiting `delay` (doubling up to
+/// `max_delay`) after each failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReschedulePolicy {
+    /// Reschedules allowed within `interval`; 0 = a failed task stays failed.
+    pub attempts: u32,
+    pub interval: Millis,
+    pub delay: Millis,
+    pub max_delay: Millis,
+}
+
+impl Default for ReschedulePolicy {
+    fn default() -> Self {
+        ReschedulePolicy { attempts: 3, interval: Millis(3_600_000), delay: Millis(5_000), max_delay: Millis(60_000) }
     }
 }
 
@@ -280,6 +302,10 @@ pub struct Task {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub events: Vec<TaskEvent>,
+    /// When the leader rescheduled the task after failures (newest last).
+    pub reschedules: Vec<Timestamp>,
+    /// The node the task last failed on: placement avoids it if it can.
+    pub failed_on: Option<String>,
 }
 
 /// Resources in the units of `TaskSpec`: cores and bytes.

@@ -120,6 +120,11 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         return Err(FieldError::new("restart_policy.max_delay", "must not be less than initial_delay"));
     }
 
+    let reschedule = &spec.reschedule_policy;
+    if reschedule.max_delay < reschedule.delay {
+        return Err(FieldError::new("reschedule_policy.max_delay", "must not be less than delay"));
+    }
+
     if let Some(check) = &spec.health_check {
         if check.port == 0 {
             return Err(FieldError::new("health_check.port", "must be between 1 and 65535"));
