@@ -42,6 +42,10 @@ pub struct TasksBenchArgs {
     /// Crashes for the crash → serving again measurement (per system).
     #[arg(long, default_value_t = 5)]
     pub crashes: usize,
+    /// Cores reserved and enforced (NanoCpus, a CFS quota) per container, in
+    /// all three systems. A tiny quota also throttles the container's start.
+    #[arg(long, default_value_t = 0.01)]
+    pub cpu: f64,
     /// The echo image (must exist locally: deploy/build-images.sh).
     #[arg(long, default_value = "goat-echo:latest")]
     pub image: String,
@@ -62,8 +66,7 @@ pub struct TasksBenchArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Reservations and limits of every echo container, in all three systems.
-const CPU: f64 = 0.01;
+/// Memory reservation and limit of every echo container, in all three systems.
 const MEMORY: u64 = 16 << 20;
 const ECHO_PORT: u16 = 7777;
 const NODE: &str = "bench-worker";
@@ -171,7 +174,7 @@ async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArg
     remove_labeled(docker, RAW_LABEL, args.timeout.as_duration()).await?;
     let deadline = Instant::now() + args.timeout.as_duration();
     let started = Instant::now();
-    let runs = (0..args.tasks).map(|i| raw_one(docker, http, &args.image, i, started, deadline));
+    let runs = (0..args.tasks).map(|i| raw_one(docker, http, args, i, started, deadline));
     let mut running = Vec::new();
     let mut healthy = Vec::new();
     for r in join_all(runs).await {
@@ -206,7 +209,7 @@ async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArg
 async fn raw_one(
     docker: &Docker,
     http: &reqwest::Client,
-    image: &str,
+    args: &TasksBenchArgs,
     i: usize,
     origin: Instant,
     deadline: Instant,
@@ -218,13 +221,13 @@ async fn raw_one(
             Some(vec![PortBinding { host_ip: None, host_port: Some(String::new()) }]),
         )])),
         memory: Some(MEMORY as i64),
-        nano_cpus: Some((CPU * 1e9) as i64),
+        nano_cpus: Some((args.cpu * 1e9) as i64),
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         ..Default::default()
     };
     let (label_key, label_value) = RAW_LABEL.split_once('=').unwrap_or((RAW_LABEL, ""));
     let body = ContainerCreateBody {
-        image: Some(image.to_string()),
+        image: Some(args.image.clone()),
         labels: Some(HashMap::from([(label_key.to_string(), label_value.to_string())])),
         exposed_ports: Some(vec![key.clone()]),
         host_config: Some(host_config),
@@ -333,7 +336,7 @@ async fn wait_node_ready(http: &reqwest::Client, url: &str, args: &TasksBenchArg
         if let Some(node) = nodes.iter().find(|n| n["name"] == NODE && n["status"] == "ready") {
             let cpu = node["capacity"]["cpu"].as_f64().unwrap_or(0.0);
             let memory = node["capacity"]["memory"].as_u64().unwrap_or(0);
-            let (want_cpu, want_memory) = (CPU * args.tasks as f64, MEMORY * args.tasks as u64);
+            let (want_cpu, want_memory) = (args.cpu * args.tasks as f64, MEMORY * args.tasks as u64);
             anyhow::ensure!(
                 cpu >= want_cpu && memory >= want_memory,
                 "the worker offers {cpu} cores and {memory} B; {} tasks need {want_cpu} cores and {want_memory} B",
@@ -352,7 +355,7 @@ fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {
     json!({
         "name": format!("bench-echo-{i}"),
         "image": args.image,
-        "cpu": CPU,
+        "cpu": args.cpu,
         "memory": MEMORY,
         "ports": [{"container": ECHO_PORT}],
         "health_check": {"path": "/health", "port": ECHO_PORT, "interval": "500ms"},
@@ -742,7 +745,7 @@ async fn swarm_measure(http: &reqwest::Client, args: &TasksBenchArgs, result: &m
     wait_service_containers_gone(SWARM_CRASH_SERVICE, pre).await?;
 
     let replicas = args.tasks.to_string();
-    let cpu = CPU.to_string();
+    let cpu = args.cpu.to_string();
     let memory = format!("{}m", MEMORY >> 20);
     let mut start = StartResult::default();
     let started = Instant::now();
@@ -898,7 +901,7 @@ async fn swarm_crashes(http: &reqwest::Client, args: &TasksBenchArgs) -> anyhow:
 }
 
 async fn create_crash_service(args: &TasksBenchArgs, publish: &str) -> anyhow::Result<()> {
-    let cpu = CPU.to_string();
+    let cpu = args.cpu.to_string();
     let memory = format!("{}m", MEMORY >> 20);
     docker_cli(&[
         "service",
@@ -938,9 +941,10 @@ fn report(results: &[SystemResult], args: &TasksBenchArgs) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {} echo containers at once on one engine ({}, cpu {CPU}, memory {} MiB, host port assigned)\n",
+        "### {} echo containers at once on one engine ({}, cpu {}, memory {} MiB, host port assigned)\n",
         args.tasks,
         args.image,
+        args.cpu,
         MEMORY >> 20
     );
     let raw = results.iter().find(|r| r.name == "raw engine").and_then(|r| r.start.as_ref());
@@ -1012,6 +1016,7 @@ mod tests {
         let args = TasksBenchArgs {
             tasks: 50,
             crashes: 5,
+            cpu: 0.01,
             image: "goat-echo:latest".into(),
             no_raw: false,
             no_swarm: false,
