@@ -14,6 +14,7 @@
 
 mod load;
 mod procs;
+mod scale;
 mod tasks;
 
 use std::fmt::Write as _;
@@ -39,6 +40,8 @@ pub enum BenchKind {
     Raft(RaftBenchArgs),
     /// Tasks on the real engine: N echo tasks, Goat vs raw Docker vs Swarm.
     Tasks(TasksBenchArgs),
+    /// Placement throughput with thousands of simulated nodes (no Docker).
+    Scheduler(scale::SchedulerBenchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -72,6 +75,7 @@ pub struct RaftBenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchKind::Raft(args) => raft_bench(args).await,
+        BenchKind::Scheduler(args) => scale::run(args).await,
         BenchKind::Tasks(args) => tasks::tasks_bench(args).await,
     }
 }

@@ -51,15 +51,30 @@ pub struct GoatCluster {
     children: Vec<Option<Child>>,
     size: usize,
     target: usize,
+    /// Extra `goat manager` flags for every member.
+    extra: Vec<String>,
 }
 
 impl GoatCluster {
     pub fn start(dir: &Path, size: usize) -> anyhow::Result<GoatCluster> {
+        GoatCluster::start_with(dir, size, &[])
+    }
+
+    /// Starts three managers with `extra` flags each.
+    pub fn start_with(dir: &Path, size: usize, extra: &[&str]) -> anyhow::Result<GoatCluster> {
         let addrs: Vec<String> =
             (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-        let mut cluster =
-            GoatCluster { dir: dir.join("goat"), addrs, peers, children: vec![None, None, None], size, target: 0 };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = GoatCluster {
+            dir: dir.join("goat"),
+            addrs,
+            peers,
+            children: vec![None, None, None],
+            size,
+            target: 0,
+            extra,
+        };
         for member in 0..3 {
             cluster.start(member)?;
         }
@@ -68,6 +83,11 @@ impl GoatCluster {
 }
 
 impl GoatCluster {
+    /// The managers' process ids (None for a member that is down).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.children.iter().map(|c| c.as_ref().map(|c| c.id())).collect()
+    }
+
     /// The managers' client addresses, HOST:PORT.
     pub fn addrs(&self) -> &[String] {
         &self.addrs
@@ -161,6 +181,7 @@ impl BenchCluster for GoatCluster {
         let child = Command::new(std::env::current_exe()?)
             .args(["manager", "--id", &(member + 1).to_string(), "--listen", &self.addrs[member]])
             .args(["--peers", &self.peers, "--token", "bench"])
+            .args(&self.extra)
             .arg("--data-dir")
             .arg(&data)
             .env("RUST_LOG", "warn")

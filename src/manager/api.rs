@@ -35,6 +35,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/tasks", post(submit_task).get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
+        .route("/v1/stats", get(stats))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/drain", axum::routing::put(nodes::drain))
@@ -229,6 +230,27 @@ async fn submit_task(State(m): Shared, body: Result<Bytes, BytesRejection>) -> R
     m.placement_kick.notify_one();
     let location = format!("/v1/tasks/{}", task.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response())
+}
+
+/// `GET /v1/stats`: how many tasks are in each state and nodes in each
+/// status, without listing them.
+async fn stats(
+    State(m): Shared,
+    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let options = read_options(query)?;
+    consistent(&m, &options).await?;
+    let applied = m.state.read();
+    let mut tasks = std::collections::BTreeMap::<&str, usize>::new();
+    for task in applied.state.tasks.values() {
+        *tasks.entry(task.state.as_str()).or_default() += 1;
+    }
+    let mut nodes = std::collections::BTreeMap::<String, usize>::new();
+    for node in applied.state.nodes.values() {
+        let status = serde_json::to_value(node.status).ok().and_then(|v| v.as_str().map(str::to_string));
+        *nodes.entry(status.unwrap_or_default()).or_default() += 1;
+    }
+    Ok(Json(serde_json::json!({"tasks": tasks, "nodes": nodes, "last_applied": applied.last_applied.map(|l| l.index)})))
 }
 
 fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {

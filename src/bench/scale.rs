@@ -1,0 +1,258 @@
+//! `goat bench scheduler`: placement throughput with many simulated nodes.
+//!
+//! No Docker is involved: the benchmark plays the workers itself, sending
+//! the heartbeats a worker would. Each round: three managers; N nodes
+//! register with an unhealthy engine (so nothing can be placed yet); T tasks
+//! are submitted and wait `pending`; then every node reports a healthy
+//! engine and the leader places all T tasks. Placement throughput is T over
+//! the time from the first node turning healthy to the last task placed.
+//! Finally every node acknowledges its placements as running in one more
+//! heartbeat, and the managers' resident memory is read from /proc.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::stream::{self, StreamExt};
+use goat_storage::model::{EngineStatus, Heartbeat, HeartbeatReply, ObservedState, Resources, TaskReport};
+use serde_json::{json, Value};
+
+use super::procs::{wait_leader, BenchCluster, GoatCluster};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchedulerBenchArgs {
+    /// Simulated node counts, one round each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub nodes: Vec<usize>,
+    /// Tasks placed in each round.
+    #[arg(long, default_value_t = 100_000)]
+    pub tasks: usize,
+    /// Concurrent requests when submitting and heartbeating.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Also write the report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+struct Round {
+    nodes: usize,
+    tasks: usize,
+    submit: Duration,
+    flip: Duration,
+    place: Duration,
+    ack: Duration,
+    rss_mib: Vec<f64>,
+}
+
+pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(60)).build()?;
+    let mut rounds = Vec::new();
+    for &nodes in &args.nodes {
+        let temp = tempfile::tempdir()?;
+        // Simulated nodes heartbeat only when the benchmark says so: keep
+        // them from being marked down meanwhile.
+        let cluster = GoatCluster::start_with(temp.path(), 0, &["--node-down-after", "1h"])?;
+        let round = measure(&cluster, &http, nodes, &args).await?;
+        eprintln!(
+            "{nodes} nodes: {} tasks placed in {:?} ({:.0}/s); acknowledged in {:?}; managers' RSS {:?} MiB",
+            round.tasks,
+            round.place,
+            round.tasks as f64 / round.place.as_secs_f64(),
+            round.ack,
+            round.rss_mib
+        );
+        rounds.push(round);
+    }
+    let report = report(&rounds);
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn node_name(i: usize) -> String {
+    format!("sim-{i:05}")
+}
+
+fn heartbeat(engine_healthy: bool, tasks: Vec<TaskReport>) -> Heartbeat {
+    Heartbeat {
+        capacity: Resources { cpu: 64.0, memory: 256 << 30, disk: 1 << 40 },
+        usage: Resources::default(),
+        engine: EngineStatus {
+            healthy: engine_healthy,
+            error: (!engine_healthy).then(|| "simulated: not ready yet".to_string()),
+        },
+        tasks,
+    }
+}
+
+/// Sends one heartbeat for each of `nodes` nodes, `concurrency` at a time;
+/// `reports` gives each node's task reports from its last assignments.
+async fn heartbeat_all(
+    http: &reqwest::Client,
+    url: &str,
+    nodes: usize,
+    concurrency: usize,
+    healthy: bool,
+    reports: &BTreeMap<String, Vec<TaskReport>>,
+) -> anyhow::Result<BTreeMap<String, HeartbeatReply>> {
+    let replies: Vec<anyhow::Result<(String, HeartbeatReply)>> = stream::iter(0..nodes)
+        .map(|i| {
+            let name = node_name(i);
+            let beat = heartbeat(healthy, reports.get(&name).cloned().unwrap_or_default());
+            async move {
+                let response = http
+                    .post(format!("{url}/v1/nodes/{name}/heartbeat"))
+                    .header("authorization", "Bearer bench")
+                    .json(&beat)
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    bail!("heartbeat of {name}: {}", response.status());
+                }
+                Ok((name, response.json::<HeartbeatReply>().await?))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    replies.into_iter().collect()
+}
+
+async fn stats(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    Ok(http.get(format!("{url}/v1/stats?stale=true")).send().await?.json().await?)
+}
+
+/// Waits until `count(stats) >= want`, polling every 50 ms.
+async fn wait_count(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    want: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = stats(http, url).await?;
+        let have = s["tasks"][what].as_u64().unwrap_or(0) as usize;
+        if have >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {have} of {want} tasks {what} after {timeout:?}: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn measure(
+    cluster: &GoatCluster,
+    http: &reqwest::Client,
+    nodes: usize,
+    args: &SchedulerBenchArgs,
+) -> anyhow::Result<Round> {
+    let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
+    let url = cluster.client_url(leader);
+    let none = BTreeMap::new();
+    heartbeat_all(http, &url, nodes, args.concurrency, false, &none).await?;
+
+    let started = Instant::now();
+    let submitted: Vec<bool> = stream::iter(0..args.tasks)
+        .map(|i| {
+            let spec = json!({"name": format!("t{i}"), "image": "goat-echo:latest", "cpu": 0.01});
+            let url = &url;
+            async move {
+                let r = http.post(format!("{url}/v1/tasks")).json(&spec).send().await;
+                matches!(r, Ok(r) if r.status() == 201)
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let submit = started.elapsed();
+    let ok = submitted.iter().filter(|s| **s).count();
+    if ok != args.tasks {
+        bail!("{} of {} submissions failed", args.tasks - ok, args.tasks);
+    }
+    wait_count(http, &url, "pending", args.tasks, Duration::from_secs(120)).await?;
+
+    let flip_started = Instant::now();
+    heartbeat_all(http, &url, nodes, args.concurrency, true, &none).await?;
+    let flip = flip_started.elapsed();
+    wait_count(http, &url, "scheduled", args.tasks, Duration::from_secs(600)).await?;
+    let place = flip_started.elapsed();
+
+    // Every node learns its assignments and reports them running.
+    let ack_started = Instant::now();
+    let replies = heartbeat_all(http, &url, nodes, args.concurrency, true, &none).await?;
+    let reports: BTreeMap<String, Vec<TaskReport>> = replies
+        .into_iter()
+        .map(|(name, reply)| {
+            let reports = reply
+                .assignments
+                .into_iter()
+                .map(|a| TaskReport {
+                    task_id: a.task_id,
+                    generation: a.generation,
+                    state: ObservedState::Running,
+                    container_id: Some(format!("sim-{}", a.task_id)),
+                    exit_code: None,
+                    host_ports: BTreeMap::new(),
+                    health: Default::default(),
+                    restarts: 0,
+                    reason: None,
+                })
+                .collect();
+            (name, reports)
+        })
+        .collect();
+    heartbeat_all(http, &url, nodes, args.concurrency, true, &reports).await?;
+    wait_count(http, &url, "running", args.tasks, Duration::from_secs(600)).await?;
+    let ack = ack_started.elapsed();
+
+    let rss_mib = cluster.pids().into_iter().flatten().map(rss_mib).collect();
+    Ok(Round { nodes, tasks: args.tasks, submit, flip, place, ack, rss_mib })
+}
+
+fn report(rounds: &[Round]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### Placement with simulated nodes (three managers on loopback)\n");
+    let _ = writeln!(
+        out,
+        "| nodes | tasks | submit (tasks/s) | nodes turned healthy in | all placed after | placements/s | all acknowledged running after | managers' RSS (MiB) |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rounds {
+        let rss: Vec<String> = r.rss_mib.iter().map(|m| format!("{m:.0}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.0} | {:.2} s | {} |",
+            r.nodes,
+            r.tasks,
+            r.tasks as f64 / r.submit.as_secs_f64(),
+            r.flip.as_secs_f64(),
+            r.place.as_secs_f64(),
+            r.tasks as f64 / r.place.as_secs_f64(),
+            r.ack.as_secs_f64(),
+            rss.join(", ")
+        );
+    }
+    let _ =
+        writeln!(out, "\nTarget: 5,000 placements/s on this 2-core machine (Nomad's C2M: ~1,500/s on 6,100 hosts).");
+    out
+}
