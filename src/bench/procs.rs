@@ -27,6 +27,14 @@ pub trait BenchCluster: RequestMaker {
     fn set_load_member(&mut self, member: usize);
 }
 
+/// SIGKILLs a member's process, if it runs, and reaps it.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -170,10 +178,7 @@ impl BenchCluster for GoatCluster {
         None
     }
     fn kill(&mut self, member: usize) {
-        if let Some(mut child) = self.children[member].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.children[member]);
     }
     fn start(&mut self, member: usize) -> anyhow::Result<()> {
         let data = self.dir.join(format!("m{}", member + 1));
@@ -278,10 +283,7 @@ impl BenchCluster for EtcdCluster {
         None
     }
     fn kill(&mut self, member: usize) {
-        if let Some(mut child) = self.children[member].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.children[member]);
     }
     fn start(&mut self, member: usize) -> anyhow::Result<()> {
         let name = format!("e{}", member + 1);

@@ -71,13 +71,7 @@ pub fn heartbeat_commands(state: &ClusterState, name: &str, hb: &Heartbeat, at: 
 }
 
 fn report_differs(task: &Task, report: &TaskReport) -> bool {
-    let state = match report.state {
-        ObservedState::Starting | ObservedState::Restarting => TaskState::Scheduled,
-        ObservedState::Running => TaskState::Running,
-        ObservedState::Completed => TaskState::Completed,
-        ObservedState::Failed => TaskState::Failed,
-    };
-    task.state != state
+    task.state != report.state.task_state()
         || task.restarts != report.restarts
         || task.health != report.health
         || task.host_ports != report.host_ports

@@ -403,12 +403,7 @@ impl ClusterState {
                 report.generation
             ));
         }
-        let to = match report.state {
-            ObservedState::Starting | ObservedState::Restarting => TaskState::Scheduled,
-            ObservedState::Running => TaskState::Running,
-            ObservedState::Completed => TaskState::Completed,
-            ObservedState::Failed => TaskState::Failed,
-        };
+        let to = report.state.task_state();
         if !task.state.can_become(to) {
             return CommandResult::Refused(format!("task {task_id} cannot go from {} to {to}", task.state));
         }

@@ -365,6 +365,18 @@ pub enum ObservedState {
     Failed,
 }
 
+impl ObservedState {
+    /// The task state a worker's observation stands for.
+    pub fn task_state(self) -> TaskState {
+        match self {
+            ObservedState::Starting | ObservedState::Restarting => TaskState::Scheduled,
+            ObservedState::Running => TaskState::Running,
+            ObservedState::Completed => TaskState::Completed,
+            ObservedState::Failed => TaskState::Failed,
+        }
+    }
+}
+
 /// One task's status in a heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
