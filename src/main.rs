@@ -4,8 +4,11 @@
 //! - `goat worker`: the agent that runs tasks as Docker containers.
 //! - `goat echo`: the echo application used as Goat's first workload.
 //! - `goat bench`: benchmarks against a running cluster.
+//! - `goat dev`, `run`, `status`, `stop`, `nodes`, `node`, `members`,
+//!   `snapshot`: the operator's commands (see `cli`).
 
 mod bench;
+mod cli;
 mod clock;
 mod echo;
 mod manager;
@@ -20,6 +23,10 @@ struct Cli {
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, global = true, env = "GOAT_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// A TOML file of `goat manager` or `goat worker` settings (flag > GOAT_*
+    /// environment variable > file > default).
+    #[arg(long, global = true, env = "GOAT_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +47,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Operator(cli::OperatorCommand),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -76,9 +85,18 @@ pub async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let argv = match cli::config::apply(std::env::args_os().collect(), &Cli::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("goat: {e}");
+            std::process::exit(cli::exit::USAGE);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_tracing(cli.log_format);
     let result = match cli.command {
+        Command::Operator(command) => std::process::exit(cli::main(command).await),
         Command::Manager(args) => manager::run(args).await,
         Command::Worker(args) => goat_worker::run(args).await,
         Command::Echo(args) => echo::run(args).await,

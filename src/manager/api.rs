@@ -40,6 +40,11 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/drain", axum::routing::put(nodes::drain))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/v1/snapshot", get(super::snapshot::save))
+        .route(
+            "/v1/snapshot/restore",
+            post(super::snapshot::restore).layer(DefaultBodyLimit::max(super::snapshot::MAX_RESTORE_BYTES)),
+        )
         .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
         .route("/internal/read-index", post(internal_read_index))
         .route("/internal/status", get(internal_status))

@@ -10,6 +10,7 @@
 //! - [`api`]: the public HTTP API.
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
 //! - [`leader`]: the loops that run on the leader only.
+//! - [`snapshot`]: backup and restore of the cluster state.
 
 pub mod api;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod json;
 pub mod leader;
 pub mod nodes;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

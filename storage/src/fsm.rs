@@ -46,6 +46,9 @@ pub enum Command {
     SetNodeStatus { name: String, status: NodeStatus, at: Timestamp },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
+    /// Replace every task and node with a backup's (`goat snapshot
+    /// restore`, see `crate::backup`). Refused if an id or name repeats.
+    Restore { tasks: Vec<Task>, nodes: Vec<Node> },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -177,7 +180,10 @@ impl Command {
             | Command::RescheduleTask { task_id, .. }
             | Command::SetPendingReason { task_id, .. } => Some(*task_id),
             Command::ReportTask { report, .. } => Some(report.task_id),
-            Command::UpsertNode { .. } | Command::SetNodeStatus { .. } | Command::Batch(_) => None,
+            Command::UpsertNode { .. }
+            | Command::SetNodeStatus { .. }
+            | Command::Batch(_)
+            | Command::Restore { .. } => None,
         }
     }
 }
@@ -231,7 +237,24 @@ impl ClusterState {
             Command::UpsertNode { name, capacity, engine, at } => self.upsert_node(name, *capacity, engine, *at),
             Command::SetNodeStatus { name, status, at } => self.set_node_status(name, *status, *at),
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
+            Command::Restore { tasks, nodes } => self.restore(tasks, nodes),
         }
+    }
+
+    /// Replaces the whole state; every key before and after is dirty, so the
+    /// store deletes what the backup does not hold.
+    fn restore(&mut self, tasks: &[Task], nodes: &[Node]) -> CommandResult {
+        let new_tasks: BTreeMap<TaskId, Task> = tasks.iter().map(|t| (t.id, t.clone())).collect();
+        let new_nodes: BTreeMap<String, Node> = nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
+        if new_tasks.len() != tasks.len() || new_nodes.len() != nodes.len() {
+            return CommandResult::Refused("the backup lists a task id or a node name twice".into());
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.tasks.extend(self.tasks.keys().chain(new_tasks.keys()).copied());
+        dirty.nodes.extend(self.nodes.keys().chain(new_nodes.keys()).cloned());
+        *self = ClusterState::from_parts(new_tasks, new_nodes);
+        self.dirty = dirty;
+        CommandResult::Done
     }
 
     /// The keys changed since the last call.

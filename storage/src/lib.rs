@@ -7,7 +7,9 @@
 //! - [`engine`]: the key-value engine trait, with its sled implementation.
 //! - [`raft_log`]: the Raft log and vote, durable before acknowledged.
 //! - [`state_store`]: the state machine's persisted copy and its snapshots.
+//! - [`backup`]: saved copies of the cluster state (`goat snapshot`).
 
+pub mod backup;
 pub mod duration;
 pub mod engine;
 pub mod fsm;

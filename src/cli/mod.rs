@@ -1,0 +1,258 @@
+//! The operator's side of the `goat` binary: commands that talk to a running
+//! cluster over its HTTP API (`run`, `status`, `stop`, `nodes`, `node drain`,
+//! `members`, `snapshot`), `goat dev` (a whole local cluster in the
+//! foreground), and the TOML configuration of `goat manager`/`goat worker`.
+//!
+//! - [`client`]: HTTP to any manager of a list, with failover.
+//! - [`commands`]: one function per subcommand, tables or `--json`.
+//! - [`dev`]: `goat dev`.
+//! - [`config`]: `--config FILE` for managers and workers.
+//!
+//! Exit codes scripts can rely on: see [`exit`].
+
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod dev;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use goat_storage::Millis;
+
+/// Exit codes of every operator command (documented in docs/operations.md).
+pub mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// The cluster refused the request, or something else went wrong.
+    pub const ERROR: i32 = 1;
+    /// The command line is wrong (clap's own code), or a file it names
+    /// cannot be read or parsed.
+    pub const USAGE: i32 = 2;
+    /// The task, node or member does not exist (or no task id starts so).
+    pub const NOT_FOUND: i32 = 3;
+    /// No manager of `--addr` answered.
+    pub const UNREACHABLE: i32 = 4;
+    /// `goat run --wait`: the task ended `failed`.
+    pub const TASK_FAILED: i32 = 5;
+}
+
+/// An operator command's failure: one line for people, one code for scripts.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, message: impl Into<String>) -> CliError {
+        CliError { code, message: message.into() }
+    }
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::new(exit::USAGE, message)
+    }
+    pub fn other(message: impl Into<String>) -> CliError {
+        CliError::new(exit::ERROR, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> CliError {
+        CliError::new(exit::NOT_FOUND, message)
+    }
+    pub fn unreachable(message: impl Into<String>) -> CliError {
+        CliError::new(exit::UNREACHABLE, message)
+    }
+    /// A non-2xx answer of the API.
+    pub fn from_status(status: reqwest::StatusCode, body: &[u8]) -> CliError {
+        let code = if status == reqwest::StatusCode::NOT_FOUND { exit::NOT_FOUND } else { exit::ERROR };
+        CliError::new(code, client::error_text(status, body))
+    }
+}
+
+/// How to reach the cluster; shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Managers to talk to, HOST:PORT[,HOST:PORT...]; when one does not
+    /// answer, the next is tried.
+    #[arg(long, env = "GOAT_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7101", global = true)]
+    pub addr: Vec<String>,
+    /// Print JSON (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Timeout of each request to a manager.
+    #[arg(long, default_value = "10s", value_parser = Millis::parse, global = true)]
+    pub timeout: Millis,
+}
+
+/// The operator's subcommands, flattened into `goat`'s.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Run a local cluster in the foreground: three managers, one worker and
+    /// the echo task (Ctrl-C stops everything).
+    Dev(dev::DevArgs),
+    /// Submit a task (from a JSON file or flags); --wait follows it.
+    Run(RunArgs),
+    /// List tasks, or show one task and its history.
+    Status(StatusArgs),
+    /// Stop a task.
+    Stop(StopArgs),
+    /// List the worker nodes.
+    Nodes(NodesArgs),
+    /// Act on one worker node.
+    Node(NodeArgs),
+    /// List the managers (the Raft group), or change it.
+    Members(MembersArgs),
+    /// Save the cluster state to a file, or restore it from one.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A task spec in JSON, as `POST /v1/tasks` takes it (`-` reads stdin).
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "image", "cpu", "memory", "ports", "env", "health_path", "health_port", "cmd"])]
+    pub file: Option<PathBuf>,
+    /// Task name (default: the image name without its tag).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image, e.g. goat-echo:latest.
+    #[arg(long, required_unless_present = "file")]
+    pub image: Option<String>,
+    /// CPU reserved, in cores.
+    #[arg(long)]
+    pub cpu: Option<f64>,
+    /// Memory reserved and enforced (bytes, or with a K/M/G suffix).
+    #[arg(long, value_parser = goat_worker::parse_bytes)]
+    pub memory: Option<u64>,
+    /// Publish a port: CONTAINER[:HOST] (without HOST the node picks one). Repeatable.
+    #[arg(long = "port", value_parser = commands::parse_port)]
+    pub ports: Vec<(u16, Option<u16>)>,
+    /// An environment variable KEY=VALUE. Repeatable.
+    #[arg(long = "env", value_parser = commands::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// HTTP health check path (probed on --health-port, default the first --port).
+    #[arg(long)]
+    pub health_path: Option<String>,
+    /// Container port of the health check (TCP connect without --health-path).
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    /// Command and arguments, after `--`.
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+    /// Follow the task until it runs (and is healthy, if it has a check).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "5m", value_parser = Millis::parse)]
+    pub wait_timeout: Millis,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A task id, or a unique prefix of one: show its details and history.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A task id, or a unique prefix of one.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: NodeAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Take no new tasks on this node and move its tasks elsewhere.
+    Drain {
+        /// The node's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: Option<MembersAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersAction {
+    /// Add a manager (started without --peers): learner first, then voter.
+    Add {
+        /// Its Raft id (a positive integer, unused so far).
+        id: u64,
+        /// The address it listens on, HOST:PORT.
+        addr: String,
+    },
+    /// Remove a manager from the group.
+    Remove {
+        /// Its Raft id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: SnapshotAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Save every task and node to FILE (JSON).
+    Save {
+        /// Where to write the backup (`-` for stdout).
+        file: PathBuf,
+    },
+    /// Replace the cluster's state with FILE's (needs the cluster token).
+    Restore {
+        /// A file written by `goat snapshot save`.
+        file: PathBuf,
+        /// The cluster token.
+        #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+/// Runs an operator command; returns the process exit code. Errors are
+/// printed as one line on stderr.
+pub async fn main(command: OperatorCommand) -> i32 {
+    let result = match command {
+        OperatorCommand::Dev(args) => dev::run(args).await,
+        OperatorCommand::Run(args) => commands::run(args).await,
+        OperatorCommand::Status(args) => commands::status(args).await,
+        OperatorCommand::Stop(args) => commands::stop(args).await,
+        OperatorCommand::Nodes(args) => commands::nodes(args).await,
+        OperatorCommand::Node(args) => commands::node(args).await,
+        OperatorCommand::Members(args) => commands::members(args).await,
+        OperatorCommand::Snapshot(args) => commands::snapshot(args).await,
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("goat: {}", e.message);
+            e.code
+        }
+    }
+}

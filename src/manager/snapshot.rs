@@ -1,0 +1,72 @@
+//! Backup and restore of the cluster state over the API.
+//!
+//! - `GET /v1/snapshot`: a linearizable copy of every task and node, as a
+//!   [`Backup`] (JSON, versioned). Read-only, like any other read.
+//! - `POST /v1/snapshot/restore`: replaces the state with a backup, by
+//!   committing one `Command::Restore` through Raft. It destroys the current
+//!   state, so it requires the cluster token (`Authorization: Bearer`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use goat_raft::CommandResult;
+use goat_storage::backup::Backup;
+
+use super::api::{consistent, read_options, ReadOptions};
+use super::cluster::Manager;
+use super::error::ApiError;
+use crate::clock::now_ms;
+
+/// The largest backup `POST /v1/snapshot/restore` accepts.
+pub const MAX_RESTORE_BYTES: usize = 64 << 20;
+
+/// `GET /v1/snapshot`.
+pub async fn save(
+    State(m): State<Arc<Manager>>,
+    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Backup>, ApiError> {
+    let options = read_options(query)?;
+    consistent(&m, &options).await?;
+    let applied = m.state.read();
+    Ok(Json(Backup::of(&applied.state, applied.last_applied.map(|l| l.index), now_ms())))
+}
+
+/// `POST /v1/snapshot/restore` (token required).
+pub async fn restore(
+    State(m): State<Arc<Manager>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !m.token_ok(&headers) {
+        return Err(ApiError::unauthorized());
+    }
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "body_too_large", format!("a backup is limited to {MAX_RESTORE_BYTES} bytes"))
+        } else {
+            ApiError::new(status, "bad_body", rejection.body_text())
+        }
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_slice(&body);
+    let backup: Backup = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::field("invalid_field", if field == "." { String::new() } else { field }, e.into_inner().to_string())
+    })?;
+    backup.check()?;
+    let (tasks, nodes) = (backup.tasks.len(), backup.nodes.len());
+    match m.propose(backup.into_command()).await? {
+        CommandResult::Refused(reason) => return Err(ApiError::conflict(reason)),
+        CommandResult::Done => {}
+        other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
+    }
+    m.placement_kick.notify_one();
+    let applied = m.state.read().last_applied.map(|l| l.index);
+    tracing::warn!(tasks, nodes, ?applied, "restored the cluster state from a backup");
+    Ok(Json(serde_json::json!({"restored": true, "tasks": tasks, "nodes": nodes})).into_response())
+}
