@@ -96,7 +96,9 @@ async fn main() {
     let cli = Cli::parse_from(argv);
     init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Operator(command) => std::process::exit(cli::main(command).await),
+        Command::Operator(command) => {
+            std::process::exit(cli::main(command, matches!(cli.log_format, LogFormat::Json)).await)
+        }
         Command::Manager(args) => manager::run(args).await,
         Command::Worker(args) => goat_worker::run(args).await,
         Command::Echo(args) => echo::run(args).await,

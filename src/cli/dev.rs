@@ -52,7 +52,7 @@ struct Proc {
 }
 
 /// Starts `goat ARGS...` in its own process group, stderr to `log`.
-fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc, CliError> {
+fn spawn(name: &str, args: &[String], log: &Path, log_json: bool) -> Result<Proc, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::other(format!("locating the goat binary: {e}")))?;
     let file = std::fs::File::create(log).map_err(|e| CliError::other(format!("creating {}: {e}", log.display())))?;
     let mut command = tokio::process::Command::new(exe);
@@ -60,6 +60,7 @@ fn spawn(name: &str, args: &[String], log: &Path) -> Result<Proc, CliError> {
         .args(args)
         .env_remove("GOAT_CONFIG")
         .env_remove("GOAT_ADVERTISE")
+        .env("GOAT_LOG_FORMAT", if log_json { "json" } else { "text" })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file)
@@ -135,7 +136,7 @@ fn random_token() -> String {
 }
 
 /// `goat dev`.
-pub async fn run(args: DevArgs) -> Result<(), CliError> {
+pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     if args.port_base > u16::MAX - 2 {
         return Err(CliError::usage("--port-base must leave room for three ports"));
     }
@@ -168,7 +169,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
                 .map(|s| s.to_string())
                 .chain([data.to_string_lossy().into_owned()])
                 .collect::<Vec<_>>();
-            procs.push(spawn(&format!("manager {id}"), &argv, &dir.join(format!("manager{id}.log")))?);
+            procs.push(spawn(&format!("manager {id}"), &argv, &dir.join(format!("manager{id}.log")), log_json)?);
         }
         let data = dir.join("worker");
         let argv: Vec<String> = ["worker", "--name", &worker, "--managers", &addrs.join(","), "--token", &token]
@@ -176,7 +177,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
             .map(|s| s.to_string())
             .chain(["--data-dir".to_string(), data.to_string_lossy().into_owned()])
             .collect();
-        procs.push(spawn("the worker", &argv, &dir.join("worker.log"))?);
+        procs.push(spawn("the worker", &argv, &dir.join("worker.log"), log_json)?);
         tokio::select! {
             result = bring_up(&mut procs, &addrs, &token, args.echo_port, &mut task_id) => result?,
             _ = crate::shutdown_signal() => return Ok(()),

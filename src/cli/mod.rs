@@ -201,6 +201,7 @@ pub enum MembersAction {
         /// Its Raft id (a positive integer, unused so far).
         id: u64,
         /// The address it listens on, HOST:PORT.
+        #[arg(id = "member_addr", value_name = "ADDR")]
         addr: String,
     },
     /// Remove a manager from the group.
@@ -236,10 +237,11 @@ pub enum SnapshotAction {
 }
 
 /// Runs an operator command; returns the process exit code. Errors are
-/// printed as one line on stderr.
-pub async fn main(command: OperatorCommand) -> i32 {
+/// printed as one line on stderr. `log_json`: `--log-format json`, passed
+/// on to the processes `goat dev` starts.
+pub async fn main(command: OperatorCommand, log_json: bool) -> i32 {
     let result = match command {
-        OperatorCommand::Dev(args) => dev::run(args).await,
+        OperatorCommand::Dev(args) => dev::run(args, log_json).await,
         OperatorCommand::Run(args) => commands::run(args).await,
         OperatorCommand::Status(args) => commands::status(args).await,
         OperatorCommand::Stop(args) => commands::stop(args).await,

@@ -46,7 +46,11 @@ pub fn bytes(n: u64) -> String {
     for (unit, size) in UNITS {
         if n >= size {
             let v = n as f64 / size as f64;
-            return if v >= 10.0 || n.is_multiple_of(size) { format!("{:.0}{unit}", v) } else { format!("{v:.1}{unit}") };
+            return if v >= 10.0 || n.is_multiple_of(size) {
+                format!("{:.0}{unit}", v)
+            } else {
+                format!("{v:.1}{unit}")
+            };
         }
     }
     format!("{n}")

@@ -47,25 +47,25 @@ pub struct WorkerArgs {
     #[arg(long, env = "GOAT_MANAGERS", value_delimiter = ',', required = true)]
     pub managers: Vec<String>,
     /// Directory of the worker's local state.
-    #[arg(long, default_value = "goat-worker-data")]
+    #[arg(long, env = "GOAT_DATA_DIR", default_value = "goat-worker-data")]
     pub data_dir: PathBuf,
     /// The cluster's shared token.
     #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Offer at most this many cores (default: all).
-    #[arg(long)]
+    #[arg(long, env = "GOAT_CPUS")]
     pub cpus: Option<f64>,
     /// Offer at most this much memory, in bytes or with a K/M/G suffix.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "GOAT_MEMORY", value_parser = parse_bytes)]
     pub memory: Option<u64>,
     /// Offer at most this much disk, in bytes or with a K/M/G suffix.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "GOAT_DISK", value_parser = parse_bytes)]
     pub disk: Option<u64>,
     /// The Docker engine's unix socket.
     #[arg(long, env = "GOAT_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
     pub docker_socket: String,
     /// Heartbeat period until a manager says otherwise ("1s", "500ms").
-    #[arg(long, default_value = "1s", value_parser = Millis::parse)]
+    #[arg(long, env = "GOAT_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = Millis::parse)]
     pub heartbeat_interval: Millis,
 }
 
