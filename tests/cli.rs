@@ -328,3 +328,53 @@ async fn goat_dev_runs_the_echo_and_stops_on_ctrl_c() {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "a manager still listens on {port}");
     }
 }
+
+/// `goat manager --config FILE`: the file's settings apply, an environment
+/// variable overrides the file, a flag overrides both, and an unknown key is
+/// an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_settings_from_a_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (file_port, env_port) = (free_port(), free_port());
+    let config = dir.path().join("manager.toml");
+    let text = format!(
+        "id = 5\nlisten = \"127.0.0.1:{file_port}\"\ndata_dir = {:?}\npeers = [\"7=127.0.0.1:{env_port}\"]\n\
+         token = \"{TOKEN}\"\nleader_wait = \"2s\"\n",
+        dir.path().join("data").to_str().expect("path")
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut manager = tokio::process::Command::new(goat_bin())
+        .args(["manager", "--config", config.to_str().expect("path"), "--id", "7"])
+        .env("GOAT_LISTEN", format!("127.0.0.1:{env_port}"))
+        .env_remove("GOAT_TOKEN")
+        .env_remove("GOAT_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start goat manager");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{env_port}/v1/health");
+    let mut health = Value::Null;
+    wait_until("the manager answers on the env's port", Duration::from_secs(20), async || {
+        match http.get(&url).send().await {
+            Ok(r) => {
+                health = r.json().await.unwrap_or(Value::Null);
+                health["leader"].as_u64().is_some()
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(health["id"], 7, "the flag wins over the file: {health}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err(), "the env wins over the file");
+    let _ = manager.kill().await;
+
+    std::fs::write(&config, "id = 1\ndata_dri = \"/tmp/x\"\n").expect("write config");
+    let out = Command::new(goat_bin())
+        .args(["manager", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run goat manager");
+    assert_eq!(out.status.code(), Some(USAGE));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key `data_dri`"));
+}
