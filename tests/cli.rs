@@ -197,13 +197,32 @@ async fn every_command_against_a_real_cluster() {
 /// manager, and the cluster keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restores_every_task_into_a_wiped_cluster() {
-    let mut cluster = Cluster::start(3, &[]).await;
+    let mut cluster = Cluster::start(3, &["--node-down-after", "5s"]).await;
+    // A node (heartbeats sent by the test) for the tasks to be placed on.
+    let beat_url = format!("{}/v1/nodes/saved-node/heartbeat", cluster.url(1));
+    let beat = json!({"capacity": {"cpu": 4.0, "memory": 8u64 << 30, "disk": 0}, "engine": {"healthy": true}});
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().expect("client");
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let _ = http.post(&beat_url).bearer_auth(TOKEN).json(&beat).send().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(cluster.submit(1 + i % 3, &spec(&format!("saved-{i}"))).await["id"].as_str().expect("id").to_string());
     }
     let addr = addr_list(&cluster);
     ok(&addr, &["stop", &ids[3]]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tasks = goat(&addr, &["status", "--json"], None).await.json();
+        if tasks.as_array().expect("tasks").iter().filter(|t| t["node"] == "saved-node").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three tasks not placed within 30s: {tasks:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let before = ok(&addr, &["status", "--json"]).await.json();
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -211,6 +230,8 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     let file = file.to_str().expect("path");
     let saved = ok(&addr, &["snapshot", "save", file, "--json"]).await.json();
     assert_eq!(saved["tasks"], 4, "{saved:#}");
+
+    heartbeats.abort();
 
     // Wipe: kill every manager, delete its data, start it again empty.
     for id in 1..=3 {
@@ -224,6 +245,9 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     }
     cluster.wait_leader(Duration::from_secs(30)).await;
     assert_eq!(ok(&addr, &["status", "--json"]).await.json(), json!([]), "a fresh cluster");
+    // The leader has led longer than --node-down-after when the restore
+    // comes: the restored node still gets a full deadline.
+    tokio::time::sleep(Duration::from_secs(6)).await;
 
     // The token is required; a wrong file is a usage error.
     let no_token = goat(&addr, &["snapshot", "restore", file], None).await;
@@ -241,6 +265,12 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     assert_eq!(restored.json()["tasks"], 4);
     let after = ok(&addr, &["status", "--json"]).await.json();
     assert_eq!(essentials(&after), essentials(&before), "every task is back as it was");
+    // The leader checks deadlines every 500 ms: past a few checks, the node
+    // is still within the deadline the restore gave it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let nodes = ok(&addr, &["nodes", "--json"]).await.json();
+    assert_eq!(nodes[0]["status"], "ready", "restored, not yet overdue: {nodes:#}");
+    assert_eq!(nodes[0]["tasks"], 3);
     for id in 1..=3 {
         cluster.wait_task_count(id, 4, Duration::from_secs(10)).await;
     }

@@ -7,6 +7,7 @@
 //!   state, so it requires the cluster token (`Authorization: Bearer`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,7 +18,7 @@ use axum::Json;
 use goat_raft::CommandResult;
 use goat_storage::backup::Backup;
 
-use super::api::{consistent, read_options, ReadOptions};
+use super::api::{consistent, forwarded, read_options, ReadOptions};
 use super::cluster::Manager;
 use super::error::ApiError;
 use crate::clock::now_ms;
@@ -59,6 +60,22 @@ pub async fn restore(
         ApiError::field("invalid_field", if field == "." { String::new() } else { field }, e.into_inner().to_string())
     })?;
     backup.check()?;
+    // The leader proposes it, so that it can give every restored node a
+    // full heartbeat deadline from now (a leader that has led for a while
+    // would otherwise mark the restored nodes down at once, and move their
+    // tasks, before their workers could report).
+    if !m.is_leader() {
+        if headers.contains_key("x-goat-forwarded-by") {
+            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+        }
+        return forwarded(&m, reqwest::Method::POST, "/v1/snapshot/restore", body).await;
+    }
+    if let Ok(mut seen) = m.last_seen.lock() {
+        let now = Instant::now();
+        for node in &backup.nodes {
+            seen.insert(node.name.clone(), now);
+        }
+    }
     let (tasks, nodes) = (backup.tasks.len(), backup.nodes.len());
     match m.propose(backup.into_command()).await? {
         CommandResult::Refused(reason) => return Err(ApiError::conflict(reason)),
