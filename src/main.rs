@@ -4,11 +4,14 @@
 //! - `goat worker`: the agent that runs tasks as Docker containers.
 //! - `goat echo`: the echo application used as Goat's first workload.
 //! - `goat bench`: benchmarks against a running cluster.
+//! - `goat events`: follows a cluster's task and node events.
 
 mod bench;
+mod cli_events;
 mod clock;
 mod echo;
 mod manager;
+mod metrics;
 mod reschedule;
 mod scheduler;
 
@@ -40,6 +43,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
+    /// Follow the cluster's task and node events.
+    Events(cli_events::EventsArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -83,6 +88,7 @@ async fn main() {
         Command::Worker(args) => goat_worker::run(args).await,
         Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Events(args) => cli_events::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("goat: {e:#}");
