@@ -6,12 +6,15 @@
 //! - `goat bench`: benchmarks against a running cluster.
 //! - `goat dev`, `run`, `status`, `stop`, `nodes`, `node`, `members`,
 //!   `snapshot`: the operator's commands (see `cli`).
+//! - `goat events`: follows a cluster's task and node events.
 
 mod bench;
 mod cli;
+mod cli_events;
 mod clock;
 mod echo;
 mod manager;
+mod metrics;
 mod reschedule;
 mod scheduler;
 
@@ -47,6 +50,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
+    /// Follow the cluster's task and node events.
+    Events(cli_events::EventsArgs),
     #[command(flatten)]
     Operator(cli::OperatorCommand),
 }
@@ -103,6 +108,7 @@ async fn main() {
         Command::Worker(args) => goat_worker::run(args).await,
         Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Events(args) => cli_events::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("goat: {e:#}");

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use goat_storage::raft_log::RaftLog;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -55,15 +56,30 @@ impl TailCache {
     }
 }
 
+/// What the log store reports as it works, for metrics.
+pub trait LogObserver: Send + Sync {
+    /// `entries` were appended and are durable, `took` after the append.
+    fn appended(&self, entries: usize, took: Duration);
+    /// The commit index advanced to `index`.
+    fn committed(&self, index: u64);
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     log: RaftLog,
     tail: Arc<Mutex<TailCache>>,
+    observer: Option<Arc<dyn LogObserver>>,
 }
 
 impl LogStore {
     pub fn new(log: RaftLog) -> LogStore {
-        LogStore { log, tail: Arc::default() }
+        LogStore { log, tail: Arc::default(), observer: None }
+    }
+
+    /// Reports appends and commits to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn LogObserver>) -> LogStore {
+        self.observer = Some(observer);
+        self
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, TailCache> {
@@ -152,6 +168,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let (Some(observer), Some(committed)) = (&self.observer, committed) {
+            observer.committed(committed.index);
+        }
         let (log, bytes) = (self.log.clone(), encode(&committed));
         blocking(move || log.save_committed(bytes).map_err(|e| logs_err(ErrorVerb::Write, e))).await
     }
@@ -175,9 +194,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let rows: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
         self.tail().insert(&entries);
         let log = self.log.clone();
+        let (observer, started, count) = (self.observer.clone(), Instant::now(), rows.len());
         blocking(move || {
-            log.append(rows, Box::new(move |result| callback.log_io_completed(result)))
-                .map_err(|e| logs_err(ErrorVerb::Write, e))
+            let done = move |result: Result<(), std::io::Error>| {
+                if let (Some(observer), Ok(())) = (&observer, &result) {
+                    observer.appended(count, started.elapsed());
+                }
+                callback.log_io_completed(result)
+            };
+            log.append(rows, Box::new(done)).map_err(|e| logs_err(ErrorVerb::Write, e))
         })
         .await
     }

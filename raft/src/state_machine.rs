@@ -11,10 +11,15 @@
 //! The in-memory state, its applied log id and the membership sit behind one
 //! lock ([`SharedState`]): the API reads from it, and a snapshot is a
 //! consistent copy of all three taken under that lock.
+//!
+//! After each applied batch the events it produced (read back from the
+//! task and node histories, see `goat_storage::events`) go out on a
+//! broadcast [`Feed`], which `GET /v1/events` and the metrics follow.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use goat_storage::events::{events_of, first_index, ClusterEvent};
 use goat_storage::fsm::{ClusterState, CommandResult};
 use goat_storage::state_store::{StateStore, StoredSnapshot};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -36,11 +41,36 @@ pub struct Applied {
     pub membership: Membership,
 }
 
+/// What the state machine tells followers of its events.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// The events the entries just applied produced, in index order.
+    Events(Arc<Vec<ClusterEvent>>),
+    /// A snapshot replaced the state: read the histories again.
+    Reset,
+}
+
+/// Batches the feed holds for a slow follower before it lags (and has to
+/// read the histories again).
+const FEED_CAPACITY: usize = 1024;
+
 /// The applied state, shared between the state machine and the API readers.
-#[derive(Clone, Default)]
-pub struct SharedState(Arc<RwLock<Applied>>);
+#[derive(Clone)]
+pub struct SharedState(Arc<RwLock<Applied>>, tokio::sync::broadcast::Sender<Feed>);
+
+impl Default for SharedState {
+    fn default() -> Self {
+        SharedState(Arc::default(), tokio::sync::broadcast::channel(FEED_CAPACITY).0)
+    }
+}
 
 impl SharedState {
+    /// Follows the events of every batch applied from now on. Subscribe
+    /// before reading the histories, so that nothing falls in between.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Feed> {
+        self.1.subscribe()
+    }
+
     /// A read view; hold it briefly (the state machine waits for it).
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         // A poisoned lock means a panic inside apply: the state may be half
@@ -79,7 +109,10 @@ impl StateMachine {
             Some(bytes) => decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => (None, StoredMembership::default()),
         };
-        let shared = SharedState(Arc::new(RwLock::new(Applied { state, last_applied, membership })));
+        let shared = SharedState(
+            Arc::new(RwLock::new(Applied { state, last_applied, membership })),
+            tokio::sync::broadcast::channel(FEED_CAPACITY).0,
+        );
         Ok(StateMachine { store, shared, snapshots_built: 0 })
     }
 
@@ -133,7 +166,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut applied = self.shared.write();
         let mut results = Vec::new();
+        let mut first_event = None;
         for entry in entries {
+            first_event.get_or_insert(first_index(entry.log_id.index));
+            applied.state.begin_entry(entry.log_id.index);
             applied.last_applied = Some(entry.log_id);
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Done,
@@ -146,8 +182,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             results.push(result);
         }
         let dirty = applied.state.take_dirty();
+        let events = first_event.map(|from| events_of(&applied.state, &dirty, from)).unwrap_or_default();
         let position: AppliedPosition = (applied.last_applied, applied.membership.clone());
         self.store.save_changes(&applied.state, dirty, encode(&position)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        drop(applied);
+        if !events.is_empty() {
+            // No follower is not an error.
+            let _ = self.shared.1.send(Feed::Events(Arc::new(events)));
+        }
         Ok(results)
     }
 
@@ -183,6 +225,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.state.take_dirty();
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        drop(applied);
+        let _ = self.shared.1.send(Feed::Reset);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

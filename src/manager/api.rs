@@ -10,7 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use goat_raft::{codec, Command, CommandResult};
 use goat_storage::model::{Task, TaskSpec, TaskState};
@@ -27,29 +27,59 @@ use crate::clock::now_ms;
 
 type Shared = State<Arc<Manager>>;
 
+/// The public API in one table, one line per method and path: it builds the
+/// router, and a test checks it against `docs/openapi.json` both ways (a
+/// route added here must be documented there).
+/// A route may add `, limit BYTES` to accept bodies larger than
+/// [`MAX_BODY_BYTES`].
+macro_rules! public_api {
+    ($($method:ident $path:literal => $handler:expr $(, limit $limit:expr)?;)*) => {
+        /// `(method, path)` of every public route.
+        #[cfg_attr(not(test), allow(dead_code))] // read by the OpenAPI test
+        pub const PUBLIC_ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn public_router() -> Router<Arc<Manager>> {
+            Router::new()
+                $(.route($path, axum::routing::$method($handler)
+                    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES $(.max($limit))?))))*
+        }
+    };
+}
+
+public_api! {
+    get "/v1/health" => health;
+    get "/v1/cluster" => cluster;
+    post "/v1/cluster/members" => add_member;
+    delete "/v1/cluster/members/{id}" => remove_member;
+    post "/v1/tasks" => submit_task;
+    get "/v1/tasks" => list_tasks;
+    get "/v1/tasks/{id}" => get_task;
+    delete "/v1/tasks/{id}" => stop_task;
+    get "/v1/stats" => stats;
+    get "/v1/nodes" => nodes::list_nodes;
+    post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat;
+    put "/v1/nodes/{name}/drain" => nodes::drain;
+    get "/v1/events" => super::events::stream;
+    get "/v1/metrics" => metrics;
+    get "/v1/openapi.json" => super::openapi::document;
+    get "/v1/snapshot" => super::snapshot::save;
+    post "/v1/snapshot/restore" => super::snapshot::restore, limit super::snapshot::MAX_RESTORE_BYTES;
+}
+
 pub fn router(manager: Arc<Manager>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/cluster/members", post(add_member))
-        .route("/v1/cluster/members/{id}", delete(remove_member))
-        .route("/v1/tasks", post(submit_task).get(list_tasks))
-        .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
-        .route("/v1/stats", get(stats))
-        .route("/v1/nodes", get(nodes::list_nodes))
-        .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
-        .route("/v1/nodes/{name}/drain", axum::routing::put(nodes::drain))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .route("/v1/snapshot", get(super::snapshot::save))
-        .route(
-            "/v1/snapshot/restore",
-            post(super::snapshot::restore).layer(DefaultBodyLimit::max(super::snapshot::MAX_RESTORE_BYTES)),
-        )
+    public_router()
         .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
         .route("/internal/read-index", post(internal_read_index))
         .route("/internal/status", get(internal_status))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(manager)
+}
+
+/// `GET /v1/metrics`: Prometheus text exposition format.
+async fn metrics(State(m): Shared) -> Response {
+    let body = crate::metrics::render(&m);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn not_found() -> ApiError {

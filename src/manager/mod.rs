@@ -11,13 +11,17 @@
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
 //! - [`leader`]: the loops that run on the leader only.
 //! - [`snapshot`]: backup and restore of the cluster state.
+//! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
+//! - [`openapi`]: the API's OpenAPI document.
 
 pub mod api;
 pub mod cluster;
 pub mod error;
+pub mod events;
 pub mod json;
 pub mod leader;
 pub mod nodes;
+pub mod openapi;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -122,7 +126,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         SledEngine::open(&args.data_dir.join("raft"))
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
-    let log_store = LogStore::new(RaftLog::new(engine.clone()));
+    let log_store = LogStore::new(RaftLog::new(engine.clone())).with_observer(crate::metrics::log_observer());
     let state_machine = StateMachine::open(StateStore::new(engine)).context("loading the state machine")?;
     let shared = state_machine.shared();
 
@@ -134,12 +138,17 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args));
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
+    tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
 
     let app = api::router(manager.clone()).merge(goat_raft::service::router(raft.clone(), &args.token));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, "manager started");
-    axum::serve(listener, app).with_graceful_shutdown(crate::shutdown_signal()).await.context("serving HTTP")?;
+    let shutdown = async {
+        crate::shutdown_signal().await;
+        events::end_streams(); // open event streams would hold the graceful shutdown forever
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
 
     tracing::info!(id = args.id, "shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(3), raft.shutdown()).await;

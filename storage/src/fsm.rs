@@ -19,6 +19,8 @@ use crate::model::*;
 pub const MAX_EVENTS: usize = 64;
 /// How many reschedule times a task keeps.
 pub const MAX_RESCHEDULES_KEPT: usize = 16;
+/// How many status changes a node keeps in its history.
+pub const MAX_NODE_EVENTS: usize = 16;
 
 /// A change to the cluster state, as carried by one Raft log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +88,10 @@ pub struct ClusterState {
     dirty: Dirty,
     #[serde(skip)]
     index: Index,
+    /// The index the next history event gets (see `crate::events`); set
+    /// from the Raft log index by `begin_entry`.
+    #[serde(skip)]
+    next_event: u64,
 }
 
 /// The serialized form of `ClusterState`: its data without the indexes.
@@ -195,7 +201,13 @@ impl ClusterState {
         for (id, task) in &tasks {
             index.add(*id, IndexKey::of(task));
         }
-        ClusterState { tasks, nodes, dirty: Dirty::default(), index }
+        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event: 0 }
+    }
+
+    /// Numbers the events of the next command(s) from the Raft log index of
+    /// the entry that carries them, so they are the same on every manager.
+    pub fn begin_entry(&mut self, log_index: u64) {
+        self.next_event = crate::events::first_index(log_index);
     }
 
     /// Applies one command. Deterministic: the same state and command give
@@ -303,7 +315,13 @@ impl ClusterState {
             updated_at: at,
             reschedules: Vec::new(),
             failed_on: None,
-            events: vec![TaskEvent { at, state: TaskState::Pending, node: None, reason: Some("submitted".into()) }],
+            events: vec![TaskEvent {
+                index: take_index(&mut self.next_event),
+                at,
+                state: TaskState::Pending,
+                node: None,
+                reason: Some("submitted".into()),
+            }],
         };
         self.tasks.insert(task_id, task.clone());
         self.dirty.tasks.insert(task_id);
@@ -321,7 +339,7 @@ impl ClusterState {
         // (A failed task stays failed: that is what happened to it; with
         // desired `stop` it is never rescheduled.)
         if task.state == TaskState::Pending {
-            transition(task, TaskState::Completed, Some("stopped by user".into()), at);
+            transition(task, &mut self.next_event, TaskState::Completed, Some("stopped by user".into()), at);
             task.node = None;
         }
         CommandResult::Task(Box::new(task.clone()))
@@ -344,7 +362,7 @@ impl ClusterState {
         task.host_ports.clear();
         task.health = Health::Unknown;
         task.restarts = 0;
-        transition(task, TaskState::Scheduled, None, at);
+        transition(task, &mut self.next_event, TaskState::Scheduled, None, at);
         CommandResult::Task(Box::new(task.clone()))
     }
 
@@ -364,9 +382,9 @@ impl ClusterState {
         self.dirty.tasks.insert(task_id);
         if task.desired == DesiredStatus::Stop {
             // Nobody wants it running: taking it back means it is done.
-            transition(task, TaskState::Completed, Some(reason.to_string()), at);
+            transition(task, &mut self.next_event, TaskState::Completed, Some(reason.to_string()), at);
         } else {
-            transition(task, TaskState::Pending, Some(reason.to_string()), at);
+            transition(task, &mut self.next_event, TaskState::Pending, Some(reason.to_string()), at);
         }
         task.node = None;
         task.container_id = None;
@@ -393,7 +411,7 @@ impl ClusterState {
         task.container_id = None;
         task.host_ports.clear();
         task.health = Health::Unknown;
-        transition(task, TaskState::Pending, Some(reason), at);
+        transition(task, &mut self.next_event, TaskState::Pending, Some(reason), at);
         CommandResult::Task(Box::new(task.clone()))
     }
 
@@ -438,7 +456,7 @@ impl ClusterState {
         }
         task.host_ports = report.host_ports.clone();
         if task.state != to {
-            transition(task, to, report.reason.clone(), at);
+            transition(task, &mut self.next_event, to, report.reason.clone(), at);
         } else {
             task.reason = report.reason.clone();
             task.updated_at = at;
@@ -452,6 +470,7 @@ impl ClusterState {
 
     fn upsert_node(&mut self, name: &str, capacity: Resources, engine: &EngineStatus, at: Timestamp) -> CommandResult {
         self.dirty.nodes.insert(name.to_string());
+        let registering = !self.nodes.contains_key(name);
         let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
             name: name.to_string(),
             status: NodeStatus::Ready,
@@ -460,7 +479,11 @@ impl ClusterState {
             engine_error: None,
             registered_at: at,
             updated_at: at,
+            events: Vec::new(),
         });
+        if registering {
+            node_event(node, &mut self.next_event, "registered", at);
+        }
         node.capacity = capacity;
         node.engine_healthy = engine.healthy;
         node.engine_error = engine.error.clone();
@@ -468,6 +491,7 @@ impl ClusterState {
         // A node that reports again is back, unless an operator drains it.
         if node.status == NodeStatus::Down {
             node.status = NodeStatus::Ready;
+            node_event(node, &mut self.next_event, "heartbeats resumed", at);
         }
         CommandResult::Done
     }
@@ -477,20 +501,44 @@ impl ClusterState {
             return CommandResult::Refused(format!("no node {name}"));
         };
         self.dirty.nodes.insert(name.to_string());
-        node.status = status;
         node.updated_at = at;
+        if node.status != status {
+            node.status = status;
+            let reason = match status {
+                NodeStatus::Ready => "ready",
+                NodeStatus::Down => "missed its heartbeat deadline",
+                NodeStatus::Draining => "draining on request",
+            };
+            node_event(node, &mut self.next_event, reason, at);
+        }
         CommandResult::Done
+    }
+}
+
+/// The next event index.
+fn take_index(next_event: &mut u64) -> u64 {
+    let index = *next_event;
+    *next_event += 1;
+    index
+}
+
+/// Records a change of a node's status in its bounded history.
+fn node_event(node: &mut Node, next_event: &mut u64, reason: &str, at: Timestamp) {
+    node.events.push(NodeEvent { index: take_index(next_event), at, status: node.status, reason: Some(reason.into()) });
+    if node.events.len() > MAX_NODE_EVENTS {
+        let excess = node.events.len() - MAX_NODE_EVENTS;
+        node.events.drain(..excess);
     }
 }
 
 /// Moves a task to a new state and records the event. Callers have checked
 /// `can_become`.
-fn transition(task: &mut Task, to: TaskState, reason: Option<String>, at: Timestamp) {
+fn transition(task: &mut Task, next_event: &mut u64, to: TaskState, reason: Option<String>, at: Timestamp) {
     debug_assert!(task.state.can_become(to), "{} -> {to}", task.state);
     task.state = to;
     task.reason = reason.clone();
     task.updated_at = at;
-    task.events.push(TaskEvent { at, state: to, node: task.node.clone(), reason });
+    task.events.push(TaskEvent { index: take_index(next_event), at, state: to, node: task.node.clone(), reason });
     if task.events.len() > MAX_EVENTS {
         let excess = task.events.len() - MAX_EVENTS;
         task.events.drain(..excess);

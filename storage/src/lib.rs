@@ -4,6 +4,7 @@
 //! - [`model`]: tasks, nodes and the worker/leader messages (plain data).
 //! - [`validate`]: the rules a submitted task spec must meet.
 //! - [`fsm`]: the replicated state machine, pure and deterministic.
+//! - [`events`]: the cluster's event stream, read from task and node histories.
 //! - [`engine`]: the key-value engine trait, with its sled implementation.
 //! - [`raft_log`]: the Raft log and vote, durable before acknowledged.
 //! - [`state_store`]: the state machine's persisted copy and its snapshots.
@@ -12,6 +13,7 @@
 pub mod backup;
 pub mod duration;
 pub mod engine;
+pub mod events;
 pub mod fsm;
 pub mod model;
 pub mod raft_log;

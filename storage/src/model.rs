@@ -272,6 +272,9 @@ pub enum Health {
 /// One entry of a task's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
+    /// Its place in the cluster's event stream, the same on every manager
+    /// (see [`crate::events`]).
+    pub index: u64,
     pub at: Timestamp,
     pub state: TaskState,
     pub node: Option<String>,
@@ -348,6 +351,18 @@ pub struct Node {
     pub engine_error: Option<String>,
     pub registered_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The last changes of its status (registered, down, ready, draining).
+    pub events: Vec<NodeEvent>,
+}
+
+/// One entry of a node's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Its place in the cluster's event stream (see [`crate::events`]).
+    pub index: u64,
+    pub at: Timestamp,
+    pub status: NodeStatus,
+    pub reason: Option<String>,
 }
 
 /// A task's state as a worker observes it on its engine.

@@ -1,0 +1,191 @@
+//! `GET /v1/events`: task and node events as server-sent events, from this
+//! manager's own applied state (a follower serves it as well as the leader).
+//!
+//! A stream first replays the retained events after the client's index
+//! (`?index=N` or the `Last-Event-ID` header), then follows the state
+//! machine's feed. Every event's SSE `id` is its index, the same on every
+//! manager (see `goat_storage::events`), so a client can resume on any
+//! manager. A client that fell behind the feed, or a manager that installed
+//! a snapshot, re-reads the histories from the last index sent: nothing is
+//! skipped and nothing is sent twice.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use goat_raft::state_machine::Feed;
+use goat_storage::events::{complete_from, events_after, last_index, ClusterEvent};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::Manager;
+use super::error::ApiError;
+
+/// Cancelled when the manager shuts down: open streams end, so that the
+/// graceful shutdown does not wait for them.
+static SHUTDOWN: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
+
+/// Ends every open event stream (the manager is shutting down).
+pub fn end_streams() {
+    SHUTDOWN.cancel();
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Send the events after this index.
+    pub index: Option<u64>,
+}
+
+/// Where the client wants to start: `?index=` wins over `Last-Event-ID`.
+fn resume_point(query: &EventsQuery, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    if let Some(index) = query.index {
+        return Ok(Some(index));
+    }
+    let Some(value) = headers.get("last-event-id") else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default().trim();
+    text.parse().map(Some).map_err(|_| {
+        ApiError::field("invalid_field", "Last-Event-ID", format!("{text:?} is not an event index (an integer)"))
+    })
+}
+
+/// What a stream sends next, in order.
+enum Item {
+    /// `event: open`: where the stream starts (its `id` is the resume point).
+    Open {
+        index: u64,
+        position: u64,
+        complete_from: u64,
+    },
+    /// `event: gap`: events after `after` and before `complete_from` may be
+    /// missing (no longer retained).
+    Gap {
+        after: u64,
+        complete_from: u64,
+    },
+    Event(ClusterEvent),
+}
+
+impl Item {
+    fn to_sse(&self) -> Event {
+        match self {
+            Item::Open { index, position, complete_from } => Event::default().event("open").id(index.to_string()).data(
+                serde_json::json!({"index": index, "position": position, "complete_from": complete_from}).to_string(),
+            ),
+            Item::Gap { after, complete_from } => Event::default().event("gap").data(
+                serde_json::json!({
+                    "after": after,
+                    "complete_from": complete_from,
+                    "error": format!(
+                        "events after {after} and before {complete_from} are no longer retained and some are missing; \
+                         the stream goes on with every retained event (re-read /v1/tasks and /v1/nodes to resync)"
+                    ),
+                })
+                .to_string(),
+            ),
+            Item::Event(event) => Event::default()
+                .event(event.kind())
+                .id(event.index().to_string())
+                .data(serde_json::to_string(event).unwrap_or_default()),
+        }
+    }
+}
+
+/// The retained events after `after`, preceded by a gap marker if some of
+/// them are gone.
+fn backlog(manager: &Manager, after: u64, queue: &mut VecDeque<Item>) {
+    let applied = manager.state.read();
+    let complete = complete_from(&applied.state);
+    if after.saturating_add(1) < complete {
+        queue.push_back(Item::Gap { after, complete_from: complete });
+    }
+    queue.extend(events_after(&applied.state, after).into_iter().map(Item::Event));
+}
+
+/// One client's stream.
+struct Follower {
+    manager: Arc<Manager>,
+    feed: tokio::sync::broadcast::Receiver<Feed>,
+    /// The index of the last event sent (or the resume point).
+    last: u64,
+    queue: VecDeque<Item>,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                if let Item::Event(event) = &item {
+                    if event.index() <= self.last {
+                        continue;
+                    }
+                    self.last = event.index();
+                }
+                return Some(item.to_sse());
+            }
+            let received = tokio::select! {
+                _ = SHUTDOWN.cancelled() => return None,
+                received = self.feed.recv() => received,
+            };
+            match received {
+                Ok(Feed::Events(events)) => {
+                    self.queue.extend(events.iter().filter(|e| e.index() > self.last).cloned().map(Item::Event));
+                }
+                Ok(Feed::Reset) | Err(RecvError::Lagged(_)) => {
+                    tracing::debug!(after = self.last, "event stream re-reading the histories");
+                    backlog(&self.manager, self.last, &mut self.queue);
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// `GET /v1/events[?index=N]`.
+pub async fn stream(
+    State(m): State<Arc<Manager>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    let resume = resume_point(&query, &headers)?;
+    // Subscribe first, then read: what is applied in between comes twice
+    // and is sent once.
+    let feed = m.state.subscribe();
+    let (position, complete) = {
+        let applied = m.state.read();
+        (applied.last_applied.map_or(0, |l| last_index(l.index)), complete_from(&applied.state))
+    };
+    let start = resume.unwrap_or(position);
+    let mut queue = VecDeque::from([Item::Open { index: start, position, complete_from: complete }]);
+    if resume.is_some() {
+        backlog(&m, start, &mut queue);
+    }
+    tracing::debug!(from = start, "event stream opened");
+    let follower = Follower { manager: m, feed, last: start, queue };
+    let events = futures::stream::unfold(follower, |mut f| async move { f.next().await.map(|e| (Ok(e), f)) });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_query_wins_over_the_header_and_bad_ids_are_named() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(resume_point(&EventsQuery::default(), &headers).unwrap(), None);
+        headers.insert("last-event-id", HeaderValue::from_static("42"));
+        assert_eq!(resume_point(&EventsQuery::default(), &headers).unwrap(), Some(42));
+        assert_eq!(resume_point(&EventsQuery { index: Some(7) }, &headers).unwrap(), Some(7));
+        headers.insert("last-event-id", HeaderValue::from_static("x"));
+        let e = resume_point(&EventsQuery::default(), &headers).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("Last-Event-ID"));
+    }
+}
