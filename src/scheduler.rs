@@ -62,7 +62,7 @@ impl Scheduler {
     pub fn new(state: &ClusterState, eligible: impl Fn(&str) -> bool) -> Scheduler {
         let mut rooms = BTreeMap::new();
         for node in state.nodes.values() {
-            if node.status != NodeStatus::Ready || !node.engine_healthy || !eligible(&node.name) {
+            if node.status != NodeStatus::Ready || node.drain || !node.engine_healthy || !eligible(&node.name) {
                 continue;
             }
             rooms.insert(
@@ -389,6 +389,17 @@ mod tests {
             engine: EngineStatus { healthy: false, error: Some("down".into()) },
             at: 1,
         });
+        let mut sched = Scheduler::new(&s, |n| n != "a");
+        assert!(sched.place_default(&spec(0.1, 0, None)).is_err());
+        // The drained node goes down and comes back: still drained.
+        s.apply(&Command::SetNodeStatus { name: "c".into(), status: NodeStatus::Down, at: 2 });
+        s.apply(&Command::UpsertNode {
+            name: "c".into(),
+            capacity: Resources { cpu: 2.0, memory: GB, disk: GB },
+            engine: EngineStatus { healthy: true, error: None },
+            at: 3,
+        });
+        assert_eq!(s.nodes["c"].status, NodeStatus::Draining);
         let mut sched = Scheduler::new(&s, |n| n != "a");
         assert!(sched.place_default(&spec(0.1, 0, None)).is_err());
         let mut sched = Scheduler::new(&s, |_| true);

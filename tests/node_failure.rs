@@ -1,7 +1,8 @@
 //! Losing a worker: the leader marks it down after its heartbeat deadline
 //! and moves its tasks to another worker; when it comes back its stale
-//! copies are stopped, so at most one copy of a task runs. Draining moves
-//! tasks off a node on purpose. Real managers, real workers sharing the
+//! copies are stopped, so at most one copy of a task runs. A task with a
+//! disconnect window waits for its node (`unknown`) and moves only once the
+//! window is over. Draining moves tasks off a node on purpose. Real managers, real workers sharing the
 //! machine's Docker engine (each with its own node name).
 
 mod common;
@@ -126,6 +127,60 @@ async fn a_partitioned_worker_s_stale_copies_are_stopped_when_it_returns() {
     let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
     assert_eq!(task["node"], moved["node"]);
     wait_echo(host_port(&task, 7777).expect("port"), BODY, CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_with_a_disconnect_window_wait_for_their_node_and_move_only_once_it_is_over() {
+    ensure_images();
+    let cluster = cluster().await;
+    let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
+    let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
+    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    // Two tasks on one node: one waits far longer than this test lasts for
+    // its node to come back, the other only 2 s.
+    let mut long = echo_spec();
+    long["disconnect_window"] = json!("10m");
+    let long = cluster.submit(1, &long).await["id"].as_str().expect("id").to_string();
+    let first = wait_task(&cluster, &long, "running", CONVERGE, |t| t["state"] == "running").await;
+    let node = first["node"].as_str().expect("node").to_string();
+    let (cut, other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let mut short = echo_spec();
+    short["disconnect_window"] = json!("2s");
+    // Bin-packing puts it on the fuller node, the same one.
+    let short = cluster.submit(1, &short).await["id"].as_str().expect("id").to_string();
+    let short_first = wait_task(&cluster, &short, "running", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(short_first["node"].as_str(), Some(cut.name.as_str()));
+
+    // The managers stop hearing from the node: both tasks wait `unknown`
+    // where they are, then the short window ends and that task moves.
+    signal(cut, "-STOP");
+    wait_node(&cluster, &cut.name, "down", CONVERGE, |n| n["status"] == "down").await;
+    let moved = wait_moved(&cluster, &short, &cut.name).await;
+    assert_eq!(moved["node"].as_str(), Some(other.name.as_str()));
+    assert_eq!(moved["generation"].as_u64(), Some(2));
+    let states: Vec<&str> =
+        moved["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    assert!(states.windows(3).any(|w| w == ["running", "unknown", "pending"]), "{states:?}");
+    let waiting = wait_task(&cluster, &long, "unknown", CONVERGE, |t| t["state"] == "unknown").await;
+    assert_eq!(waiting["node"].as_str(), Some(cut.name.as_str()), "not moved within its window");
+    assert_eq!(waiting["generation"].as_u64(), Some(1));
+
+    // The node is back within the long window: that task carries on, same
+    // container, no restart; the moved task's stale copy is stopped.
+    signal(cut, "-CONT");
+    let back = wait_task(&cluster, &long, "running again", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(back["node"].as_str(), Some(cut.name.as_str()));
+    assert_eq!(back["generation"].as_u64(), Some(1));
+    assert_eq!(back["container_id"], first["container_id"], "the same container");
+    assert_eq!(back["restarts"].as_u64(), Some(0));
+    let states: Vec<&str> =
+        back["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    assert!(states.ends_with(&["running", "unknown", "running"]), "{states:?}");
+    assert_eq!(running_copies(&long), 1);
+    assert_eq!(settle_copies(&short).await, 1, "at most one running copy after convergence");
+    let short_now = wait_task(&cluster, &short, "still running", CONVERGE, |t| t["state"] == "running").await;
+    assert_eq!(short_now["node"], moved["node"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

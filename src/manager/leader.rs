@@ -12,19 +12,20 @@
 //!   elsewhere, under their reschedule policy (see `crate::reschedule`);
 //! - liveness: marks nodes whose heartbeats stopped `down`, after giving
 //!   every node a full deadline from the moment this manager took over, so a
-//!   leader change never marks a healthy node down.
+//!   leader change never marks a healthy node down; moves their tasks, or
+//!   lets tasks with a disconnect window wait `unknown` until it ends (see
+//!   `nodes::liveness_commands`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goat_raft::{Command, CommandResult};
-use goat_storage::model::NodeStatus;
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
-use super::nodes::requeue_commands;
+use super::nodes::liveness_commands;
 use crate::clock::now_ms;
 use crate::scheduler::{Scheduler, NO_NODES};
 
@@ -181,34 +182,33 @@ async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let down: Vec<String> = {
+        let commands = {
             let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
             let applied = manager.state.read();
-            applied
-                .state
-                .nodes
-                .values()
-                .filter(|n| n.status != NodeStatus::Down)
-                .filter(|n| !alive(&seen, &n.name, since, manager.node_down_after))
-                .map(|n| n.name.clone())
-                .collect()
+            liveness_commands(&applied.state, now_ms(), |node| alive(&seen, node, since, manager.node_down_after))
         };
-        if down.is_empty() {
+        if commands.is_empty() {
             continue;
         }
-        let at = now_ms();
-        let mut commands = Vec::new();
-        {
-            let applied = manager.state.read();
-            for name in down {
-                let moved = requeue_commands(&applied.state, &name, &format!("node {name} is down"), at);
-                tracing::warn!(node = %name, tasks = moved.len(), "node missed its heartbeat deadline: marking it down, moving its tasks");
-                commands.push(Command::SetNodeStatus { name, status: NodeStatus::Down, at });
-                commands.extend(moved);
+        for command in &commands {
+            match command {
+                Command::SetNodeStatus { name, .. } => {
+                    tracing::warn!(node = %name, "node missed its heartbeat deadline: marking it down")
+                }
+                Command::RequeueTask { task_id, reason, .. } => {
+                    tracing::info!(task = %task_id, %reason, "moving the task of a down node")
+                }
+                Command::DisconnectTask { task_id, .. } => {
+                    tracing::info!(task = %task_id, "its node is down: waiting out the task's disconnect window")
+                }
+                Command::ExpireDisconnect { task_id, .. } => {
+                    tracing::info!(task = %task_id, "disconnect window over, node still down: moving the task")
+                }
+                _ => {}
             }
         }
         if let Err(e) = manager.propose(Command::Batch(commands)).await {
-            tracing::warn!(error = %e.body.error, "could not mark nodes down");
+            tracing::warn!(error = %e.body.error, "could not commit liveness decisions");
         }
         manager.placement_kick.notify_one();
     }

@@ -39,8 +39,21 @@ pub const HEARTBEAT_INTERVAL: Millis = Millis(1_000);
 /// whose observed status differs from what is stored. Reports about tasks
 /// this node no longer holds (stale generations) are left out: the reply
 /// tells the worker to remove those copies.
+///
+/// A node that was down and reports again: the reports come first, so its
+/// `unknown` tasks (waiting out their disconnect window) that still run go
+/// straight back to `running`; then the node is registered back.
 pub fn heartbeat_commands(state: &ClusterState, name: &str, hb: &Heartbeat, at: Timestamp) -> Vec<Command> {
     let mut commands = Vec::new();
+    for report in &hb.tasks {
+        let Some(task) = state.tasks.get(&report.task_id) else { continue };
+        if task.node.as_deref() != Some(name) || task.generation != report.generation || task.state.is_terminal() {
+            continue;
+        }
+        if report_differs(task, report) {
+            commands.push(Command::ReportTask { node: name.to_string(), report: report.clone(), at });
+        }
+    }
     let node_changed = match state.nodes.get(name) {
         None => true,
         Some(node) => {
@@ -57,15 +70,6 @@ pub fn heartbeat_commands(state: &ClusterState, name: &str, hb: &Heartbeat, at: 
             engine: hb.engine.clone(),
             at,
         });
-    }
-    for report in &hb.tasks {
-        let Some(task) = state.tasks.get(&report.task_id) else { continue };
-        if task.node.as_deref() != Some(name) || task.generation != report.generation || task.state.is_terminal() {
-            continue;
-        }
-        if report_differs(task, report) {
-            commands.push(Command::ReportTask { node: name.to_string(), report: report.clone(), at });
-        }
     }
     commands
 }
@@ -89,6 +93,60 @@ pub fn requeue_commands(state: &ClusterState, node: &str, reason: &str, at: Time
         .tasks_on(node)
         .map(|t| Command::RequeueTask { task_id: t.id, generation: t.generation, reason: reason.to_string(), at })
         .collect()
+}
+
+/// What the leader commits about nodes it has not heard from within their
+/// deadline (`alive(name)` false), at `now`:
+///
+/// - a node not yet `down` is marked down;
+/// - each of its placed tasks (`scheduled`, `running`) is requeued at once,
+///   or, if the task has a disconnect window, becomes `unknown` and waits;
+/// - each `unknown` task whose window is over is moved (`pending`).
+///
+/// Nodes heard from are left alone (their heartbeat brings them back), so
+/// nothing is decided about a node before the leader gave it a full
+/// deadline. The same function sweeps nodes already down, so a decision
+/// lost in a leader change is taken again by the next leader.
+pub fn liveness_commands(state: &ClusterState, now: Timestamp, alive: impl Fn(&str) -> bool) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for node in state.nodes.values().filter(|n| !alive(&n.name)) {
+        let name = &node.name;
+        if node.status != NodeStatus::Down {
+            commands.push(Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Down, at: now });
+        }
+        for task in state.tasks_on(name) {
+            match task.state {
+                TaskState::Scheduled | TaskState::Running => match task.spec.disconnect_window {
+                    Some(_) => commands.push(Command::DisconnectTask {
+                        task_id: task.id,
+                        generation: task.generation,
+                        at: now,
+                    }),
+                    None => commands.push(Command::RequeueTask {
+                        task_id: task.id,
+                        generation: task.generation,
+                        reason: format!("node {name} is down"),
+                        at: now,
+                    }),
+                },
+                TaskState::Unknown if window_ends_at(task).is_some_and(|end| end <= now) => {
+                    commands.push(Command::ExpireDisconnect { task_id: task.id, generation: task.generation, at: now })
+                }
+                _ => {}
+            }
+        }
+    }
+    commands
+}
+
+/// When the disconnect window of an `unknown` task ends: its window after
+/// the moment it became unknown (its latest event).
+pub fn window_ends_at(task: &Task) -> Option<Timestamp> {
+    if task.state != TaskState::Unknown {
+        return None;
+    }
+    let since = task.events.iter().rev().find(|e| e.state == TaskState::Unknown)?.at;
+    Some(since.saturating_add(task.spec.disconnect_window?.0))
 }
 
 /// Every task `name` should hold: those placed on it and not finished.
@@ -123,15 +181,23 @@ pub async fn heartbeat(
     if let Ok(mut seen) = m.last_seen.lock() {
         seen.insert(name.clone(), Instant::now());
     }
-    let commands = heartbeat_commands(&m.state.read().state, &name, &hb, now_ms());
-    if !commands.is_empty() {
-        m.propose(Command::Batch(commands)).await?;
-        m.placement_kick.notify_one();
-    }
-    let reply = HeartbeatReply {
-        assignments: assignments(&m.state.read().state, &name),
-        heartbeat_interval: HEARTBEAT_INTERVAL,
+    // Usually nothing changed: one short look at the state decides and
+    // answers. (The lock is the state machine's: hold it briefly.)
+    let (commands, unchanged) = {
+        let applied = m.state.read();
+        let commands = heartbeat_commands(&applied.state, &name, &hb, now_ms());
+        let unchanged = commands.is_empty().then(|| assignments(&applied.state, &name));
+        (commands, unchanged)
     };
+    let assignments = match unchanged {
+        Some(assignments) => assignments,
+        None => {
+            m.propose(Command::Batch(commands)).await?;
+            m.placement_kick.notify_one();
+            assignments(&m.state.read().state, &name)
+        }
+    };
+    let reply = HeartbeatReply { assignments, heartbeat_interval: HEARTBEAT_INTERVAL };
     Ok(Json(reply).into_response())
 }
 
@@ -279,6 +345,103 @@ mod tests {
             .iter()
             .all(|c| !matches!(c, Command::ReportTask { .. })));
         assert!(requeue_commands(&s, "w1", "again", 9).is_empty());
+    }
+
+    /// w1 and w2 registered; task 1 (no window) and task 2 (a 30 s window)
+    /// running on w1.
+    fn two_tasks_on_w1() -> (ClusterState, Uuid, Uuid) {
+        let (mut s, plain) = placed();
+        for c in heartbeat_commands(&s, "w2", &hb(vec![]), 1) {
+            s.apply(&c);
+        }
+        let waits = Uuid::from_u128(2);
+        let spec = serde_json::from_str(r#"{"name":"u","image":"i","disconnect_window":"30s"}"#).unwrap();
+        s.apply(&Command::SubmitTask { task_id: waits, spec, at: 1 });
+        s.apply(&Command::PlaceTask { task_id: waits, node: "w1".into(), at: 2 });
+        for c in heartbeat_commands(&s, "w1", &hb(vec![running(plain, 1), running(waits, 1)]), 3) {
+            assert!(!s.apply(&c).is_refused());
+        }
+        (s, plain, waits)
+    }
+
+    fn apply_all(s: &mut ClusterState, commands: &[Command]) {
+        for c in commands {
+            assert!(!s.apply(c).is_refused(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_heard_from_is_left_alone() {
+        let (s, _, _) = two_tasks_on_w1();
+        assert!(liveness_commands(&s, 10_000, |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_silent_node_is_marked_down_its_tasks_moved_or_waiting_out_their_window() {
+        let (mut s, plain, waits) = two_tasks_on_w1();
+        let commands = liveness_commands(&s, 10_000, |n| n != "w1");
+        assert!(matches!(&commands[0], Command::SetNodeStatus { name, status: NodeStatus::Down, .. } if name == "w1"));
+        assert_eq!(commands.len(), 3);
+        apply_all(&mut s, &commands);
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Down);
+        assert_eq!(s.tasks[&plain].state, TaskState::Pending, "no window: moved at once");
+        assert_eq!(s.tasks[&waits].state, TaskState::Unknown, "a window: waits where it is");
+        assert_eq!(window_ends_at(&s.tasks[&waits]), Some(40_000));
+        assert_eq!(window_ends_at(&s.tasks[&plain]), None);
+        // Nothing more until the window ends.
+        assert!(liveness_commands(&s, 39_999, |n| n != "w1").is_empty());
+        let commands = liveness_commands(&s, 40_000, |n| n != "w1");
+        assert!(matches!(commands[..], [Command::ExpireDisconnect { task_id, generation: 1, .. }] if task_id == waits));
+        apply_all(&mut s, &commands);
+        assert_eq!(s.tasks[&waits].state, TaskState::Pending);
+        assert!(liveness_commands(&s, 50_000, |n| n != "w1").is_empty());
+        // Every move is in the task's history.
+        let states: Vec<TaskState> = s.tasks[&waits].events.iter().map(|e| e.state).collect();
+        assert!(states.ends_with(&[TaskState::Running, TaskState::Unknown, TaskState::Pending]), "{states:?}");
+    }
+
+    #[test]
+    fn a_node_back_within_the_window_keeps_its_tasks_running_where_they_are() {
+        let (mut s, _, waits) = two_tasks_on_w1();
+        let commands = liveness_commands(&s, 10_000, |n| n != "w1");
+        apply_all(&mut s, &commands);
+        // The same container reports in: the reports go before the node's
+        // return, so the task goes straight back to running.
+        let commands = heartbeat_commands(&s, "w1", &hb(vec![running(waits, 1)]), 20_000);
+        assert!(matches!(commands[..], [Command::ReportTask { .. }, Command::UpsertNode { .. }]), "{commands:?}");
+        apply_all(&mut s, &commands);
+        let task = &s.tasks[&waits];
+        assert_eq!((task.state, task.generation, task.node.as_deref()), (TaskState::Running, 1, Some("w1")));
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Ready);
+        assert_eq!(assignments(&s, "w1").len(), 1, "still assigned: the worker keeps its container");
+        // The window passes: nothing to do, the node is up.
+        assert!(liveness_commands(&s, 100_000, |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_sweeps_a_down_node_left_half_handled() {
+        let (mut s, plain, waits) = two_tasks_on_w1();
+        // An earlier leader marked w1 down but its moves were lost.
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Down, at: 10_000 });
+        let commands = liveness_commands(&s, 11_000, |n| n != "w1");
+        assert_eq!(commands.len(), 2, "{commands:?}");
+        apply_all(&mut s, &commands);
+        assert_eq!((s.tasks[&plain].state, s.tasks[&waits].state), (TaskState::Pending, TaskState::Unknown));
+    }
+
+    #[test]
+    fn a_drained_node_that_went_down_comes_back_drained() {
+        let (mut s, _, _) = two_tasks_on_w1();
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Draining, at: 5 });
+        let commands = requeue_commands(&s, "w1", "node w1 is draining", 5);
+        apply_all(&mut s, &commands);
+        let commands = liveness_commands(&s, 10_000, |n| n != "w1");
+        apply_all(&mut s, &commands);
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Down);
+        let commands = heartbeat_commands(&s, "w1", &hb(vec![]), 20_000);
+        apply_all(&mut s, &commands);
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Draining);
+        assert!(s.nodes["w1"].drain);
     }
 
     #[test]

@@ -44,8 +44,16 @@ pub enum Command {
     ReportTask { node: String, report: TaskReport, at: Timestamp },
     /// Register a node, or update its capacity and engine health.
     UpsertNode { name: String, capacity: Resources, engine: EngineStatus, at: Timestamp },
-    /// Change a node's status (ready, down, draining).
+    /// Change a node's status: `down` (missed its deadline), `draining`
+    /// (an operator drains it: sets its `drain` flag, which nothing but
+    /// `ready` clears), `ready` (ends a drain).
     SetNodeStatus { name: String, status: NodeStatus, at: Timestamp },
+    /// The task's node is down and the task has a disconnect window: it
+    /// becomes `unknown` and stays put. `generation` must match.
+    DisconnectTask { task_id: TaskId, generation: u64, at: Timestamp },
+    /// The disconnect window of an `unknown` task is over and its node is
+    /// still down: it becomes `pending`, to be placed elsewhere.
+    ExpireDisconnect { task_id: TaskId, generation: u64, at: Timestamp },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
     /// Replace every task and node with a backup's (`goat snapshot
@@ -184,7 +192,9 @@ impl Command {
             | Command::PlaceTask { task_id, .. }
             | Command::RequeueTask { task_id, .. }
             | Command::RescheduleTask { task_id, .. }
-            | Command::SetPendingReason { task_id, .. } => Some(*task_id),
+            | Command::SetPendingReason { task_id, .. }
+            | Command::DisconnectTask { task_id, .. }
+            | Command::ExpireDisconnect { task_id, .. } => Some(*task_id),
             Command::ReportTask { report, .. } => Some(report.task_id),
             Command::UpsertNode { .. }
             | Command::SetNodeStatus { .. }
@@ -248,6 +258,8 @@ impl ClusterState {
             Command::ReportTask { node, report, at } => self.report(node, report, *at),
             Command::UpsertNode { name, capacity, engine, at } => self.upsert_node(name, *capacity, engine, *at),
             Command::SetNodeStatus { name, status, at } => self.set_node_status(name, *status, *at),
+            Command::DisconnectTask { task_id, generation, at } => self.disconnect(*task_id, *generation, *at),
+            Command::ExpireDisconnect { task_id, generation, at } => self.expire_disconnect(*task_id, *generation, *at),
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
             Command::Restore { tasks, nodes } => self.restore(tasks, nodes),
         }
@@ -285,9 +297,10 @@ impl ClusterState {
         used
     }
 
-    /// Non-terminal tasks placed on `node`.
+    /// Non-terminal tasks placed on `node` (from the index: costs what the
+    /// node holds, not the size of the store).
     pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks.values().filter(move |t| !t.state.is_terminal() && t.node.as_deref() == Some(node))
+        self.index.by_node.get(node).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
     fn submit(&mut self, task_id: TaskId, spec: &TaskSpec, at: Timestamp) -> CommandResult {
@@ -342,12 +355,33 @@ impl ClusterState {
             transition(task, &mut self.next_event, TaskState::Completed, Some("stopped by user".into()), at);
             task.node = None;
         }
+        // Its node is down: nothing can confirm the stop, and nothing needs
+        // to. If the node comes back, the task is no longer among its
+        // assignments and its worker removes the copy.
+        if task.state == TaskState::Unknown {
+            transition(
+                task,
+                &mut self.next_event,
+                TaskState::Completed,
+                Some("stopped by user while its node was down".into()),
+                at,
+            );
+        }
         CommandResult::Task(Box::new(task.clone()))
     }
 
     fn place(&mut self, task_id: TaskId, node: &str, at: Timestamp) -> CommandResult {
-        if !self.nodes.contains_key(node) {
+        let Some(target) = self.nodes.get(node) else {
             return CommandResult::Refused(format!("no node {node}"));
+        };
+        // The leader chose on a view that may have aged while the command
+        // was in flight: a node that went down or was drained meanwhile
+        // takes nothing.
+        if target.status == NodeStatus::Down {
+            return CommandResult::Refused(format!("node {node} is down and takes no task"));
+        }
+        if target.drain {
+            return CommandResult::Refused(format!("node {node} is drained and takes no task"));
         }
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return CommandResult::Refused(format!("no task {task_id}"));
@@ -455,7 +489,12 @@ impl ClusterState {
             task.container_id = report.container_id.clone();
         }
         task.host_ports = report.host_ports.clone();
-        if task.state != to {
+        if task.state == TaskState::Unknown {
+            // Its node is back within the window and the task is where it
+            // was: the event says so, the task keeps the worker's reason.
+            transition(task, &mut self.next_event, to, Some(format!("node {node} is back")), at);
+            task.reason = report.reason.clone();
+        } else if task.state != to {
             transition(task, &mut self.next_event, to, report.reason.clone(), at);
         } else {
             task.reason = report.reason.clone();
@@ -480,6 +519,7 @@ impl ClusterState {
             registered_at: at,
             updated_at: at,
             events: Vec::new(),
+            drain: false,
         });
         if registering {
             node_event(node, &mut self.next_event, "registered", at);
@@ -488,12 +528,29 @@ impl ClusterState {
         node.engine_healthy = engine.healthy;
         node.engine_error = engine.error.clone();
         node.updated_at = at;
-        // A node that reports again is back, unless an operator drains it.
+        // A node that reports again is back: ready, or still draining if an
+        // operator drained it (before or while it was down).
         if node.status == NodeStatus::Down {
-            node.status = NodeStatus::Ready;
+            node.status = if node.drain { NodeStatus::Draining } else { NodeStatus::Ready };
             node_event(node, &mut self.next_event, "heartbeats resumed", at);
+            self.node_is_back(name, at);
         }
         CommandResult::Done
+    }
+
+    /// A node that was down reports again. Its `unknown` tasks the worker
+    /// did not report (reports come first in a heartbeat's batch) are
+    /// `scheduled`: placed there, container state to be confirmed. So a task
+    /// is `unknown` only while its node is down.
+    fn node_is_back(&mut self, name: &str, at: Timestamp) {
+        let unknown: Vec<TaskId> =
+            self.tasks_on(name).filter(|t| t.state == TaskState::Unknown).map(|t| t.id).collect();
+        for id in unknown {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                self.dirty.tasks.insert(id);
+                transition(task, &mut self.next_event, TaskState::Scheduled, Some(format!("node {name} is back")), at);
+            }
+        }
     }
 
     fn set_node_status(&mut self, name: &str, status: NodeStatus, at: Timestamp) -> CommandResult {
@@ -502,8 +559,23 @@ impl ClusterState {
         };
         self.dirty.nodes.insert(name.to_string());
         node.updated_at = at;
-        if node.status != status {
-            node.status = status;
+        let before = (node.status, node.drain);
+        match status {
+            NodeStatus::Down => node.status = NodeStatus::Down,
+            NodeStatus::Draining => {
+                node.drain = true;
+                if node.status != NodeStatus::Down {
+                    node.status = NodeStatus::Draining;
+                }
+            }
+            NodeStatus::Ready => {
+                node.drain = false;
+                if node.status != NodeStatus::Down {
+                    node.status = NodeStatus::Ready;
+                }
+            }
+        }
+        if (node.status, node.drain) != before {
             let reason = match status {
                 NodeStatus::Ready => "ready",
                 NodeStatus::Down => "missed its heartbeat deadline",
@@ -512,6 +584,54 @@ impl ClusterState {
             node_event(node, &mut self.next_event, reason, at);
         }
         CommandResult::Done
+    }
+
+    fn disconnect(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> CommandResult {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.generation != generation || !matches!(task.state, TaskState::Scheduled | TaskState::Running) {
+            return CommandResult::Refused(format!(
+                "task {task_id} is {} at generation {}, not placed at generation {generation}",
+                task.state, task.generation
+            ));
+        }
+        let Some(window) = task.spec.disconnect_window else {
+            return CommandResult::Refused(format!("task {task_id} has no disconnect window"));
+        };
+        let node = task.node.clone().unwrap_or_default();
+        if self.nodes.get(&node).is_none_or(|n| n.status != NodeStatus::Down) {
+            return CommandResult::Refused(format!("node {node} of task {task_id} is not down"));
+        }
+        self.dirty.tasks.insert(task_id);
+        let reason = format!("node {node} is down; waiting up to {window} for it to come back");
+        transition(task, &mut self.next_event, TaskState::Unknown, Some(reason), at);
+        CommandResult::Task(Box::new(task.clone()))
+    }
+
+    fn expire_disconnect(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> CommandResult {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return CommandResult::Refused(format!("no task {task_id}"));
+        };
+        if task.generation != generation || task.state != TaskState::Unknown {
+            return CommandResult::Refused(format!(
+                "task {task_id} is {} at generation {}, not unknown at generation {generation}",
+                task.state, task.generation
+            ));
+        }
+        let node = task.node.clone().unwrap_or_default();
+        if self.nodes.get(&node).is_some_and(|n| n.status != NodeStatus::Down) {
+            return CommandResult::Refused(format!("node {node} of task {task_id} is back"));
+        }
+        self.dirty.tasks.insert(task_id);
+        let window = task.spec.disconnect_window.unwrap_or_default();
+        let reason = format!("node {node} did not come back within {window}");
+        transition(task, &mut self.next_event, TaskState::Pending, Some(reason), at);
+        task.node = None;
+        task.container_id = None;
+        task.host_ports.clear();
+        task.health = Health::Unknown;
+        CommandResult::Task(Box::new(task.clone()))
     }
 }
 
@@ -550,8 +670,14 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    const ALL: [TaskState; 5] =
-        [TaskState::Pending, TaskState::Scheduled, TaskState::Running, TaskState::Completed, TaskState::Failed];
+    const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Scheduled,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Unknown,
+    ];
 
     fn spec() -> TaskSpec {
         serde_json::from_str(r#"{"name": "echo", "image": "goat-echo:latest", "cpu": 0.5, "memory": 67108864}"#)
@@ -605,6 +731,13 @@ mod tests {
             (Running, Pending),
             (Running, Completed),
             (Running, Failed),
+            (Scheduled, Unknown),
+            (Running, Unknown),
+            (Unknown, Scheduled),
+            (Unknown, Running),
+            (Unknown, Pending),
+            (Unknown, Completed),
+            (Unknown, Failed),
             (Failed, Pending),
         ];
         for from in ALL {
@@ -615,6 +748,7 @@ mod tests {
         }
         assert!(Completed.is_terminal() && Failed.is_terminal());
         assert!(!Pending.is_terminal() && !Scheduled.is_terminal() && !Running.is_terminal());
+        assert!(!Unknown.is_terminal(), "an unknown task still holds its place on its node");
     }
 
     #[test]
@@ -865,6 +999,250 @@ mod tests {
         assert_eq!(task.reschedules, [6]);
         assert_eq!(s.failed_tasks().count(), 0);
         assert_eq!(s.pending_tasks().count(), 1);
+    }
+
+    /// The state of `state_with_task` with the task running on w1 at
+    /// generation 1, with a disconnect window of `window` ms if any.
+    fn running_on_w1(window: Option<u64>) -> (ClusterState, TaskId) {
+        let mut s = ClusterState::default();
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity: capacity(), engine: engine(), at: 1 });
+        s.apply(&Command::UpsertNode { name: "w2".into(), capacity: capacity(), engine: engine(), at: 1 });
+        let id = Uuid::from_u128(7);
+        let mut spec = spec();
+        spec.disconnect_window = window.map(crate::Millis);
+        s.apply(&Command::SubmitTask { task_id: id, spec, at: 2 });
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 4 });
+        assert_eq!(s.tasks[&id].state, TaskState::Running);
+        (s, id)
+    }
+
+    fn down(s: &mut ClusterState, node: &str, at: Timestamp) {
+        assert!(!s.apply(&Command::SetNodeStatus { name: node.into(), status: NodeStatus::Down, at }).is_refused());
+    }
+
+    fn back(s: &mut ClusterState, node: &str, at: Timestamp) {
+        s.apply(&Command::UpsertNode { name: node.into(), capacity: capacity(), engine: engine(), at });
+    }
+
+    /// Asserts that `command` is refused and leaves the state as it was.
+    fn refused(s: &mut ClusterState, command: Command) -> String {
+        let before = (s.tasks.clone(), s.nodes.clone(), s.index.clone());
+        let CommandResult::Refused(why) = s.apply(&command) else { panic!("{command:?} was applied") };
+        assert_eq!((s.tasks.clone(), s.nodes.clone(), s.index.clone()), before, "{command:?} changed the state");
+        why
+    }
+
+    #[test]
+    fn placement_is_refused_on_down_and_drained_nodes_and_for_stopped_tasks() {
+        let (mut s, id) = state_with_task();
+        down(&mut s, "w1", 3);
+        assert!(refused(&mut s, Command::PlaceTask { task_id: id, node: "w1".into(), at: 4 }).contains("down"));
+        s.apply(&Command::SetNodeStatus { name: "w2".into(), status: NodeStatus::Draining, at: 4 });
+        assert!(refused(&mut s, Command::PlaceTask { task_id: id, node: "w2".into(), at: 5 }).contains("drained"));
+        back(&mut s, "w1", 6);
+        s.apply(&Command::StopTask { task_id: id, at: 7 });
+        refused(&mut s, Command::PlaceTask { task_id: id, node: "w1".into(), at: 8 });
+    }
+
+    #[test]
+    fn a_placement_resets_what_the_previous_copy_reported() {
+        let (mut s, id) = running_on_w1(None);
+        s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "node w1 is down".into(), at: 5 });
+        let task = &s.tasks[&id];
+        assert_eq!((task.node.as_deref(), task.container_id.as_deref()), (None, None));
+        assert!(task.host_ports.is_empty());
+        s.apply(&Command::PlaceTask { task_id: id, node: "w2".into(), at: 6 });
+        let task = &s.tasks[&id];
+        assert_eq!((task.state, task.generation, task.node.as_deref()), (TaskState::Scheduled, 2, Some("w2")));
+        assert_eq!(task.health, Health::Unknown);
+        let moves: Vec<_> = task.events.iter().map(|e| (e.state, e.node.clone())).collect();
+        assert_eq!(
+            moves[1..],
+            [
+                (TaskState::Scheduled, Some("w1".into())),
+                (TaskState::Running, Some("w1".into())),
+                (TaskState::Pending, Some("w1".into())),
+                (TaskState::Scheduled, Some("w2".into())),
+            ],
+            "every move is an event, naming the node it left or went to"
+        );
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong_and_change_nothing() {
+        let (mut s, id) = running_on_w1(Some(30_000));
+        let nil = Uuid::nil();
+        for command in [
+            Command::StopTask { task_id: nil, at: 9 },
+            Command::PlaceTask { task_id: nil, node: "w1".into(), at: 9 },
+            Command::RequeueTask { task_id: nil, generation: 1, reason: "x".into(), at: 9 },
+            Command::RescheduleTask { task_id: nil, generation: 1, at: 9 },
+            Command::SetPendingReason { task_id: nil, reason: None, at: 9 },
+            Command::ReportTask { node: "w1".into(), report: report(nil, 1, ObservedState::Running), at: 9 },
+            Command::DisconnectTask { task_id: nil, generation: 1, at: 9 },
+            Command::ExpireDisconnect { task_id: nil, generation: 1, at: 9 },
+        ] {
+            assert!(refused(&mut s, command).contains("no task"));
+        }
+        assert!(refused(&mut s, Command::SetNodeStatus { name: "w9".into(), status: NodeStatus::Down, at: 9 })
+            .contains("no node w9"));
+        assert!(refused(&mut s, Command::PlaceTask { task_id: id, node: "w9".into(), at: 9 }).contains("no node"));
+        // Stale generations.
+        down(&mut s, "w1", 10);
+        for command in [
+            Command::RequeueTask { task_id: id, generation: 0, reason: "x".into(), at: 11 },
+            Command::RescheduleTask { task_id: id, generation: 0, at: 11 },
+            Command::DisconnectTask { task_id: id, generation: 2, at: 11 },
+            Command::ReportTask { node: "w1".into(), report: report(id, 2, ObservedState::Running), at: 11 },
+        ] {
+            refused(&mut s, command);
+        }
+        // Not the right state for it.
+        refused(&mut s, Command::SetPendingReason { task_id: id, reason: Some("x".into()), at: 11 });
+        refused(&mut s, Command::ExpireDisconnect { task_id: id, generation: 1, at: 11 });
+        refused(&mut s, Command::RescheduleTask { task_id: id, generation: 1, at: 11 });
+    }
+
+    #[test]
+    fn a_task_with_a_window_waits_unknown_on_its_down_node_and_carries_on_when_it_is_back() {
+        let (mut s, id) = running_on_w1(Some(30_000));
+        // Not while its node is up.
+        assert!(refused(&mut s, Command::DisconnectTask { task_id: id, generation: 1, at: 5 }).contains("not down"));
+        down(&mut s, "w1", 10);
+        assert!(!s.apply(&Command::DisconnectTask { task_id: id, generation: 1, at: 10 }).is_refused());
+        let task = &s.tasks[&id];
+        assert_eq!((task.state, task.node.as_deref(), task.generation), (TaskState::Unknown, Some("w1"), 1));
+        assert!(task.reason.as_deref().unwrap().contains("30s"), "{:?}", task.reason);
+        assert_eq!(task.container_id.as_deref(), Some("c1"), "nothing about the copy is forgotten");
+        assert_eq!(s.tasks_on("w1").count(), 1, "it keeps its place");
+        assert_eq!(s.pending_tasks().count(), 0);
+        // Twice: refused, it already waits.
+        refused(&mut s, Command::DisconnectTask { task_id: id, generation: 1, at: 11 });
+        // Requeue (drain, or a no-window decision) is still possible.
+        // The node is back and reports the same container: running again.
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 12 });
+        back(&mut s, "w1", 12);
+        let task = &s.tasks[&id];
+        assert_eq!((task.state, task.generation, task.container_id.as_deref()), (TaskState::Running, 1, Some("c1")));
+        assert_eq!(task.reason, None);
+        let last = task.events.last().unwrap();
+        assert_eq!((last.state, last.reason.as_deref()), (TaskState::Running, Some("node w1 is back")));
+        assert_eq!(s.nodes["w1"].status, NodeStatus::Ready);
+        // Its window is no concern any more.
+        refused(&mut s, Command::ExpireDisconnect { task_id: id, generation: 1, at: 100_000 });
+    }
+
+    #[test]
+    fn a_node_back_makes_its_unreported_unknown_tasks_scheduled() {
+        let (mut s, id) = running_on_w1(Some(30_000));
+        down(&mut s, "w1", 10);
+        s.apply(&Command::DisconnectTask { task_id: id, generation: 1, at: 10 });
+        back(&mut s, "w1", 12);
+        let task = &s.tasks[&id];
+        assert_eq!((task.state, task.reason.as_deref()), (TaskState::Scheduled, Some("node w1 is back")));
+        assert!(s.tasks.values().all(|t| t.state != TaskState::Unknown), "unknown only while the node is down");
+    }
+
+    #[test]
+    fn an_unknown_task_whose_window_ends_is_moved_unless_its_node_is_back() {
+        let (mut s, id) = running_on_w1(Some(30_000));
+        down(&mut s, "w1", 10);
+        s.apply(&Command::DisconnectTask { task_id: id, generation: 1, at: 10 });
+        refused(&mut s, Command::ExpireDisconnect { task_id: id, generation: 0, at: 40_010 });
+        assert!(!s.apply(&Command::ExpireDisconnect { task_id: id, generation: 1, at: 40_010 }).is_refused());
+        let task = &s.tasks[&id];
+        assert_eq!((task.state, task.node.as_deref(), task.generation), (TaskState::Pending, None, 1));
+        assert!(task.reason.as_deref().unwrap().contains("did not come back within 30s"));
+        assert_eq!(s.pending_tasks().count(), 1);
+        assert_eq!(s.tasks_on("w1").count(), 0);
+        // Placed elsewhere, the old copy's reports are stale.
+        s.apply(&Command::PlaceTask { task_id: id, node: "w2".into(), at: 40_011 });
+        back(&mut s, "w1", 40_012);
+        refused(
+            &mut s,
+            Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Running), at: 40_013 },
+        );
+
+        // The node came back just before the decision was applied: refused.
+        let (mut s, id) = running_on_w1(Some(30_000));
+        down(&mut s, "w1", 10);
+        s.apply(&Command::DisconnectTask { task_id: id, generation: 1, at: 10 });
+        let mut at_once = s.clone();
+        // (without a report of the task)
+        back(&mut s, "w1", 40_000);
+        refused(&mut s, Command::ExpireDisconnect { task_id: id, generation: 1, at: 40_010 });
+        // Drained while it waits: requeued like every task of the node.
+        assert!(!at_once
+            .apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "node w1 is draining".into(), at: 11 })
+            .is_refused());
+        assert_eq!(at_once.tasks[&id].state, TaskState::Pending);
+    }
+
+    #[test]
+    fn tasks_without_a_window_are_not_left_unknown() {
+        let (mut s, id) = running_on_w1(None);
+        down(&mut s, "w1", 10);
+        assert!(refused(&mut s, Command::DisconnectTask { task_id: id, generation: 1, at: 10 })
+            .contains("no disconnect window"));
+    }
+
+    #[test]
+    fn stopping_an_unknown_task_completes_it_and_its_node_gets_no_assignment_back() {
+        let (mut s, id) = running_on_w1(Some(30_000));
+        down(&mut s, "w1", 10);
+        s.apply(&Command::DisconnectTask { task_id: id, generation: 1, at: 10 });
+        s.apply(&Command::StopTask { task_id: id, at: 11 });
+        let task = &s.tasks[&id];
+        assert_eq!((task.state, task.desired), (TaskState::Completed, DesiredStatus::Stop));
+        assert_eq!(s.tasks_on("w1").count(), 0);
+        back(&mut s, "w1", 12);
+        assert_eq!(s.tasks[&id].state, TaskState::Completed);
+        // A running task's stop waits for its node; stopping twice is harmless.
+        let (mut s, id) = running_on_w1(None);
+        s.apply(&Command::StopTask { task_id: id, at: 5 });
+        s.apply(&Command::StopTask { task_id: id, at: 6 });
+        assert_eq!((s.tasks[&id].state, s.tasks[&id].desired), (TaskState::Running, DesiredStatus::Stop));
+    }
+
+    #[test]
+    fn a_drained_node_stays_drained_through_down_and_back_until_made_ready() {
+        let mut s = ClusterState::default();
+        back(&mut s, "w1", 1);
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Draining, at: 2 });
+        assert_eq!((s.nodes["w1"].status, s.nodes["w1"].drain), (NodeStatus::Draining, true));
+        down(&mut s, "w1", 3);
+        assert_eq!((s.nodes["w1"].status, s.nodes["w1"].drain), (NodeStatus::Down, true));
+        back(&mut s, "w1", 4);
+        assert_eq!((s.nodes["w1"].status, s.nodes["w1"].drain), (NodeStatus::Draining, true), "the drain is kept");
+        // Drained while down: it comes back draining.
+        back(&mut s, "w2", 5);
+        down(&mut s, "w2", 6);
+        s.apply(&Command::SetNodeStatus { name: "w2".into(), status: NodeStatus::Draining, at: 7 });
+        assert_eq!(s.nodes["w2"].status, NodeStatus::Down);
+        back(&mut s, "w2", 8);
+        assert_eq!(s.nodes["w2"].status, NodeStatus::Draining);
+        // `ready` ends a drain; it does not bring a down node back.
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Ready, at: 9 });
+        assert_eq!((s.nodes["w1"].status, s.nodes["w1"].drain), (NodeStatus::Ready, false));
+        down(&mut s, "w2", 10);
+        s.apply(&Command::SetNodeStatus { name: "w2".into(), status: NodeStatus::Ready, at: 11 });
+        assert_eq!((s.nodes["w2"].status, s.nodes["w2"].drain), (NodeStatus::Down, false));
+    }
+
+    #[test]
+    fn a_node_registers_once_and_updates_its_capacity_and_engine_health() {
+        let mut s = ClusterState::default();
+        back(&mut s, "w1", 1);
+        let mut smaller = capacity();
+        smaller.memory /= 2;
+        let sick = EngineStatus { healthy: false, error: Some("connection refused".into()) };
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity: smaller, engine: sick, at: 2 });
+        let node = &s.nodes["w1"];
+        assert_eq!((node.registered_at, node.updated_at, node.capacity), (1, 2, smaller));
+        assert!(!node.engine_healthy);
+        assert_eq!(node.engine_error.as_deref(), Some("connection refused"));
+        assert_eq!(s.nodes.len(), 1);
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct TaskSpec {
     /// default (`goat manager --scheduler`).
     #[serde(default)]
     pub strategy: Option<Strategy>,
+    /// How long to wait for the task's node to come back when it goes
+    /// `down` (Nomad's `max_client_disconnect`). Meanwhile the task is
+    /// `unknown` and is not moved: if the node returns in time the task
+    /// carries on where it is, same container, no restart. Absent: the
+    /// task is moved to another node as soon as its node is down.
+    #[serde(default)]
+    pub disconnect_window: Option<Millis>,
 }
 
 /// How the scheduler ranks the nodes a task fits on.
@@ -198,6 +205,12 @@ pub enum TaskState {
     Completed,
     /// Gave up: restarts ran out, or it could not start (`reason` says why).
     Failed,
+    /// Its node is `down` and the task waits, within its
+    /// `disconnect_window`, for the node to come back: it may well still run
+    /// there. Back in time, the node's report makes it `running` again (same
+    /// container); past the window it is moved (`pending`). Declared last:
+    /// bincode stores a variant by its position.
+    Unknown,
 }
 
 impl TaskState {
@@ -207,8 +220,9 @@ impl TaskState {
     /// | from      | to                                                      |
     /// |-----------|---------------------------------------------------------|
     /// | pending   | scheduled, completed (stopped), failed                  |
-    /// | scheduled | running, pending (node lost), completed, failed         |
-    /// | running   | scheduled (restarting), pending (node lost), completed, failed |
+    /// | scheduled | running, pending (node lost), unknown (node down, window), completed, failed |
+    /// | running   | scheduled (restarting), pending (node lost), unknown (node down, window), completed, failed |
+    /// | unknown   | scheduled, running (node back in time), pending (window over, drain), completed, failed |
     /// | failed    | pending (rescheduled elsewhere)                          |
     /// | completed | — (terminal)                                            |
     pub fn can_become(self, to: TaskState) -> bool {
@@ -219,8 +233,9 @@ impl TaskState {
         matches!(
             (self, to),
             (Pending, Scheduled | Completed | Failed)
-                | (Scheduled, Running | Pending | Completed | Failed)
-                | (Running, Scheduled | Pending | Completed | Failed)
+                | (Scheduled, Running | Pending | Unknown | Completed | Failed)
+                | (Running, Scheduled | Pending | Unknown | Completed | Failed)
+                | (Unknown, Scheduled | Running | Pending | Completed | Failed)
                 | (Failed, Pending)
         )
     }
@@ -237,6 +252,7 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
+            TaskState::Unknown => "unknown",
         }
     }
 }
@@ -327,7 +343,10 @@ impl Resources {
     }
 }
 
-/// A node's standing in the cluster.
+/// A node's standing in the cluster: `down` if it missed its heartbeat
+/// deadline; otherwise `draining` if an operator drained it, else `ready`.
+/// Whether it is drained is kept apart (`Node::drain`), so a drained node
+/// that goes down and comes back is still drained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
@@ -335,7 +354,7 @@ pub enum NodeStatus {
     Ready,
     /// Missed its heartbeat deadline.
     Down,
-    /// Keeps running what it has, takes nothing new.
+    /// Heartbeating, drained: keeps nothing, takes nothing new.
     Draining,
 }
 
@@ -351,6 +370,9 @@ pub struct Node {
     pub engine_error: Option<String>,
     pub registered_at: Timestamp,
     pub updated_at: Timestamp,
+    /// An operator drained the node (`PUT /v1/nodes/{name}/drain`): it takes
+    /// no task, whether it is up, down or back.
+    pub drain: bool,
     /// The last changes of its status (registered, down, ready, draining).
     pub events: Vec<NodeEvent>,
 }
