@@ -340,6 +340,9 @@ async fn goat_dev_runs_the_echo_and_stops_on_ctrl_c() {
     assert!(banner.contains(&format!("export GOAT_ADDR={addrs}")), "{banner}");
 
     wait_echo(echo, r#"{"Msg":"Hello, world!"}"#, Duration::from_secs(30)).await;
+    // The printed line itself, as a user pastes it.
+    let pasted = Command::new("bash").args(["-c", &curl]).stderr(Stdio::null()).output().expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&pasted.stdout), r#"{"Msg":"Hello, world!"}"#);
     let tasks = ok(&addrs, &["status", "--json"]).await.json();
     assert_eq!(tasks[0]["state"], "running", "{tasks:#}");
 
