@@ -217,10 +217,12 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let tasks = goat(&addr, &["status", "--json"], None).await.json();
-        if tasks.as_array().expect("tasks").iter().filter(|t| t["node"] == "saved-node").count() == 3 {
+        // (The stopped task completes at once, or stays placed if it was
+        // placed before the stop: its fake node never reports.)
+        if tasks.as_array().expect("tasks").iter().all(|t| t["state"] == "completed" || t["node"] == "saved-node") {
             break;
         }
-        assert!(Instant::now() < deadline, "three tasks not placed within 30s: {tasks:#}");
+        assert!(Instant::now() < deadline, "tasks not placed within 30s: {tasks:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let before = ok(&addr, &["status", "--json"]).await.json();
@@ -270,7 +272,9 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let nodes = ok(&addr, &["nodes", "--json"]).await.json();
     assert_eq!(nodes[0]["status"], "ready", "restored, not yet overdue: {nodes:#}");
-    assert_eq!(nodes[0]["tasks"], 3);
+    let placed = after.as_array().expect("tasks").iter().filter(|t| t["node"] == "saved-node").count();
+    assert!(placed >= 3, "{after:#}");
+    assert_eq!(nodes[0]["tasks"].as_u64(), Some(placed as u64), "{nodes:#}");
     for id in 1..=3 {
         cluster.wait_task_count(id, 4, Duration::from_secs(10)).await;
     }
@@ -340,6 +344,9 @@ async fn goat_dev_runs_the_echo_and_stops_on_ctrl_c() {
     assert!(banner.contains(&format!("export GOAT_ADDR={addrs}")), "{banner}");
 
     wait_echo(echo, r#"{"Msg":"Hello, world!"}"#, Duration::from_secs(30)).await;
+    // The printed line itself, as a user pastes it.
+    let pasted = Command::new("bash").args(["-c", &curl]).stderr(Stdio::null()).output().expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&pasted.stdout), r#"{"Msg":"Hello, world!"}"#);
     let tasks = ok(&addrs, &["status", "--json"]).await.json();
     assert_eq!(tasks[0]["state"], "running", "{tasks:#}");
 

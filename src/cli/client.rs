@@ -2,6 +2,11 @@
 //! next one when a manager does not answer (connection refused, timeout) or
 //! answers 503 (no leader yet, shutting down). A 4xx is the cluster's answer
 //! and is returned as is: asking another manager would give the same.
+//!
+//! Submitting a task is the one request that is not idempotent (each
+//! submission gets a new id): after a timeout or a 503 it may have been
+//! applied, so it is only retried elsewhere when it was never sent
+//! (connection refused or connect timeout).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -58,6 +63,7 @@ impl Client {
         let n = self.bases.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut failures = Vec::new();
+        let idempotent = !(method == Method::POST && path == "/v1/tasks");
         for k in 0..n {
             let i = (first + k) % n;
             let url = format!("{}{path}", self.bases[i]);
@@ -72,13 +78,20 @@ impl Client {
                 Ok(response) => {
                     let status = response.status();
                     match response.bytes().await {
-                        Ok(bytes) if status != StatusCode::SERVICE_UNAVAILABLE => {
+                        Ok(bytes) if status != StatusCode::SERVICE_UNAVAILABLE || !idempotent => {
                             self.preferred.store(i, Ordering::Relaxed);
                             return Ok((status, bytes.to_vec()));
                         }
                         Ok(bytes) => failures.push(format!("{}: {}", self.bases[i], error_text(status, &bytes))),
                         Err(e) => failures.push(format!("{}: {}", self.bases[i], short(&e))),
                     }
+                }
+                Err(e) if !idempotent && !e.is_connect() => {
+                    return Err(CliError::other(format!(
+                        "{}: {}; the task may have been submitted: check `goat status`",
+                        self.bases[i],
+                        short(&e)
+                    )));
                 }
                 Err(e) => {
                     tracing::debug!(url, error = %e, "manager did not answer; trying the next one");

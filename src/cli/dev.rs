@@ -140,6 +140,14 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     if args.port_base > u16::MAX - 2 {
         return Err(CliError::usage("--port-base must leave room for three ports"));
     }
+    let ports = [args.port_base, args.port_base + 1, args.port_base + 2];
+    for port in ports.iter().chain([&args.echo_port]) {
+        if std::net::TcpListener::bind(("0.0.0.0", *port)).is_err() {
+            return Err(CliError::usage(format!(
+                "port {port} is already in use (another goat dev?): choose others with --port-base and --echo-port"
+            )));
+        }
+    }
     ensure_echo_image().await?;
     let temp = match &args.data_dir {
         Some(_) => None,
