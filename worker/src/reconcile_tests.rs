@@ -15,7 +15,9 @@ use goat_storage::Millis;
 
 use crate::reconcile::{self, Action, Input, Plan};
 use crate::runtime::fake::FakeRuntime;
-use crate::runtime::{Container, ContainerConfig, ContainerRuntime, LABEL_GENERATION, LABEL_NODE, LABEL_TASK};
+use crate::runtime::{
+    Container, ContainerConfig, ContainerRuntime, RuntimeError, LABEL_GENERATION, LABEL_NODE, LABEL_TASK,
+};
 
 const NODE: &str = "n1";
 
@@ -350,6 +352,21 @@ fn oom_kill_is_reported_as_such() {
     let report = Harness::report(&plan, id);
     assert_eq!(report.state, ObservedState::Failed);
     assert_eq!(report.reason.as_deref(), Some("OOM killed (memory limit reached)"));
+}
+
+#[test]
+fn an_oom_kill_during_start_is_named_in_the_reason() {
+    let a = assign(spec("tiny", RestartCondition::OnFailure, 5), 1);
+    let mut record = TaskRecord::new(1);
+    let error = RuntimeError::Engine(
+        "500: OCI runtime create failed: container_linux.go:380: starting container process caused: \
+         process_linux.go:722: container init caused: container init was OOM-killed (memory limit too low?)"
+            .into(),
+    );
+    reconcile::start_failed(&mut record, &a, &error, 1_000, &mut || 0.5);
+    assert_eq!(record.restarts, 1);
+    let reason = record.last_reason.unwrap_or_default();
+    assert!(reason.starts_with("OOM killed while starting"), "{reason}");
 }
 
 #[test]

@@ -125,7 +125,7 @@ impl ContainerConfig {
 /// A `cpu` reservation as CPU shares: 1024 per core, at least 2 (the
 /// kernel's minimum); 0 (no reservation) keeps the engine's default.
 pub fn cpu_shares(cpu: f64) -> u64 {
-    if !(cpu > 0.0) {
+    if cpu.is_nan() || cpu <= 0.0 {
         return 0;
     }
     ((cpu * 1024.0).round() as u64).max(2)
@@ -356,14 +356,14 @@ impl ContainerRuntime for DockerRuntime {
                 .cloned()
                 .collect()
         };
-        let fresh: Vec<Result<(String, String, Option<Container>), RuntimeError>> =
-            futures::stream::iter(stale.into_iter().map(|(id, state)| {
-                let docker = docker.clone();
-                async move { self.inspect(&docker, &id).await.map(|c| (id, state, c)) }
-            }))
-            .buffer_unordered(INSPECT_PARALLEL)
-            .collect()
-            .await;
+        type Fresh = Result<(String, String, Option<Container>), RuntimeError>;
+        let fresh: Vec<Fresh> = futures::stream::iter(stale.into_iter().map(|(id, state)| {
+            let docker = docker.clone();
+            async move { self.inspect(&docker, &id).await.map(|c| (id, state, c)) }
+        }))
+        .buffer_unordered(INSPECT_PARALLEL)
+        .collect()
+        .await;
         let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
         for item in fresh {
             let (id, state, container) = item?;
