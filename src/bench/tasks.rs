@@ -138,7 +138,7 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
     if !args.no_raw {
         eprintln!("raw engine: {} containers", args.tasks);
         let mut raw = SystemResult::new("raw engine");
-        match raw_start(&docker, &http, &args).await {
+        match raw_start(&docker, &http, &args, &mut raw.crash, &mut raw.errors).await {
             Ok(start) => raw.start = Some(start),
             Err(e) => raw.errors.push(format!("{e:#}")),
         }
@@ -182,7 +182,13 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- raw engine
 
-async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArgs) -> anyhow::Result<StartResult> {
+async fn raw_start(
+    docker: &Docker,
+    http: &reqwest::Client,
+    args: &TasksBenchArgs,
+    crash: &mut Option<CrashResult>,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<StartResult> {
     remove_labeled(docker, RAW_LABEL, args.timeout.as_duration()).await?;
     let deadline = Instant::now() + args.timeout.as_duration();
     let started = Instant::now();
@@ -193,10 +199,12 @@ async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArg
     let runs = (0..args.tasks).map(|i| raw_one(docker, http, args, i, started, deadline, &permits, &ports));
     let mut running = Vec::new();
     let mut healthy = Vec::new();
+    let mut containers = Vec::new();
     for r in join_all(runs).await {
-        let (run, health) = r?;
+        let (run, health, id, port) = r?;
         running.push(run);
         healthy.push(health);
+        containers.push((id, port));
     }
     let all = healthy.iter().max().copied().unwrap_or_default();
     eprintln!("raw engine: all {} running and answering /health after {all:?}", args.tasks);
@@ -205,6 +213,10 @@ async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArg
         phases: vec![("all started (start call returned)".into(), running.iter().max().copied().unwrap_or_default())],
         all_removed: None,
     };
+    match raw_crashes(docker, http, args, &containers).await {
+        Ok(c) => *crash = Some(c),
+        Err(e) => errors.push(format!("crash: {e:#}")),
+    }
     // Stop (SIGTERM) then remove, as the worker does, with its parallelism.
     let ids = labeled(docker, RAW_LABEL).await?;
     let stopping = Instant::now();
@@ -235,7 +247,7 @@ async fn raw_one(
     deadline: Instant,
     permits: &tokio::sync::Semaphore,
     ports: &std::sync::Mutex<std::collections::BTreeSet<u16>>,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<(Duration, Duration, String, u16)> {
     let spec: TaskSpec = serde_json::from_value(echo_spec(args, i)).context("the echo spec")?;
     let mut config = ContainerConfig::for_task("bench-raw", TaskId::new_v4(), 1, &spec);
     config.name = format!("goat-bench-raw-{i}");
@@ -259,13 +271,53 @@ async fn raw_one(
     loop {
         let answer = http.get(&url).timeout(Duration::from_millis(500)).send().await;
         if matches!(&answer, Ok(r) if r.status().is_success()) {
-            return Ok((started, origin.elapsed()));
+            return Ok((started, origin.elapsed(), created.id, port));
         }
         if Instant::now() > deadline {
             bail!("raw container {i} (port {port}) did not answer /health in time");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The floor for crash → serving again on this engine: `POST /crash`, the
+/// exit seen by inspecting every 10 ms, `docker start` of the same container
+/// at once (no restart delay), until `POST /` echoes again on its port.
+async fn raw_crashes(
+    docker: &Docker,
+    http: &reqwest::Client,
+    args: &TasksBenchArgs,
+    containers: &[(String, u16)],
+) -> anyhow::Result<CrashResult> {
+    let mut times = Vec::new();
+    for (k, (id, port)) in containers.iter().take(args.crashes).enumerate() {
+        let crashed = Instant::now();
+        let deadline = crashed + args.timeout.as_duration();
+        let answer = http.post(format!("http://127.0.0.1:{port}/crash")).timeout(Duration::from_secs(2)).send().await;
+        anyhow::ensure!(matches!(&answer, Ok(r) if r.status().is_success()), "POST /crash refused: {answer:?}");
+        loop {
+            let info = docker.inspect_container(id, None).await.context("inspecting a raw container")?;
+            if !info.state.and_then(|s| s.running).unwrap_or(false) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "raw container {id} did not exit after /crash");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        docker.start_container(id, None).await.context("restarting a raw container")?;
+        while !echoes(http, *port, "after").await {
+            anyhow::ensure!(Instant::now() < deadline, "raw container {id} not echoing again after its restart");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = crashed.elapsed();
+        eprintln!("raw engine: crash {}: serving again after {took:?}", k + 1);
+        times.push(took);
+    }
+    Ok(CrashResult {
+        method: "POST /crash → exit seen (inspect every 10 ms) → `docker start` at once, no delay → POST / echoes \
+                 again on the same port: the engine's floor"
+            .into(),
+        times,
+    })
 }
 
 /// Ids of all containers (running or not) with `label` (`key=value`).

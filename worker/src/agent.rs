@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 use crate::health::{self, Monitor};
 use crate::reconcile::{self, Action, Input};
-use crate::runtime::{free_host_port, Container, ContainerConfig, ContainerRuntime, RuntimeError};
+use crate::runtime::{free_host_port, Container, ContainerConfig, ContainerRuntime, InFlight, RuntimeError};
 
 /// Grace period given to a container between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -229,7 +229,14 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// One observe → reconcile → act round. The actions are started, not
     /// awaited: each one's completion wakes the supervisor for another round.
     pub async fn round(&mut self) -> Round {
-        let containers = match self.runtime.list(&self.node).await {
+        let mut in_flight = InFlight::default();
+        for key in &self.busy {
+            match key {
+                Busy::Task(id) => in_flight.tasks.insert(*id),
+                Busy::Container(id) => in_flight.containers.insert(id.clone()),
+            };
+        }
+        let containers = match self.runtime.list(&self.node, &in_flight).await {
             Ok(containers) => containers,
             Err(error) => {
                 let retry = self.engine_backoff;

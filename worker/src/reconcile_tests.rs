@@ -62,7 +62,7 @@ impl Harness {
     }
 
     fn observe(&self) -> Vec<Container> {
-        futures::executor::block_on(self.engine.list(NODE)).unwrap()
+        futures::executor::block_on(self.engine.list(NODE, &Default::default())).unwrap()
     }
 
     /// Reconciles only (no acting).

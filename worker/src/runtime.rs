@@ -13,7 +13,7 @@
 //! Labels, not names, are the source of truth: they are what the worker
 //! lists on start to adopt what it left running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -138,7 +138,7 @@ pub fn cpu_shares(cpu: f64) -> u64 {
 /// ephemeral range; a port another process grabs before the container
 /// starts shows up as a start failure ([`RuntimeError::is_port_conflict`])
 /// and a new port is chosen.
-pub fn free_host_port(reserved: &std::collections::BTreeSet<u16>) -> Option<u16> {
+pub fn free_host_port(reserved: &BTreeSet<u16>) -> Option<u16> {
     for _ in 0..64 {
         let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).ok()?;
         let port = listener.local_addr().ok()?.port();
@@ -189,8 +189,15 @@ impl Container {
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Is the engine reachable and answering?
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// All of this node's Goat containers, running or not.
-    fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    /// All of this node's Goat containers, running or not. Containers of
+    /// `in_flight` (an action of the worker is changing them right now) may
+    /// be shown as last seen, or left out if never seen: inspecting them
+    /// would wait for the action.
+    fn list(
+        &self,
+        node: &str,
+        in_flight: &InFlight,
+    ) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
     /// Creates and starts a container (ensuring the image first); its id.
     fn create_and_start(&self, config: &ContainerConfig) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     /// Starts an existing, exited container again.
@@ -206,6 +213,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         node: &str,
         exits: mpsc::UnboundedSender<String>,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+}
+
+/// The tasks and containers the worker has an engine action running on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub tasks: BTreeSet<TaskId>,
+    pub containers: BTreeSet<String>,
 }
 
 /// [`ContainerRuntime`] over the Docker Engine API on a unix socket.
@@ -334,7 +348,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+    async fn list(&self, node: &str, in_flight: &InFlight) -> Result<Vec<Container>, RuntimeError> {
         let docker = self.client().await?;
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={node}")])]);
         let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
@@ -345,14 +359,30 @@ impl ContainerRuntime for DockerRuntime {
         // The list lacks exit codes, OOM flags and start times: those come
         // from an inspection, made again only when something changed. A
         // container removed in between is simply skipped.
-        let listed: Vec<(String, String)> =
-            summaries.into_iter().filter_map(|s| Some((s.id?, format!("{:?}", s.state)))).collect();
+        // The engine holds a container's lock while starting or stopping
+        // it, and an inspection waits for it: a container our own action is
+        // busy with is shown as last inspected (or not at all if new), and
+        // looked at again once the action is done.
+        let mut busy = BTreeSet::new();
+        let mut listed: Vec<(String, String)> = Vec::new();
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            let task: Option<TaskId> =
+                summary.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).and_then(|t| t.parse().ok());
+            if in_flight.containers.contains(&id) || task.is_some_and(|t| in_flight.tasks.contains(&t)) {
+                busy.insert(id.clone());
+            }
+            listed.push((id, format!("{:?}", summary.state)));
+        }
         let stale: Vec<(String, String)> = {
             let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
             cache.retain(|id, _| listed.iter().any(|(l, _)| l == id));
             listed
                 .iter()
-                .filter(|(id, state)| cache.get(id).is_none_or(|c| &c.state != state || c.at.elapsed() > INSPECT_TTL))
+                .filter(|(id, state)| {
+                    !busy.contains(id)
+                        && cache.get(id).is_none_or(|c| &c.state != state || c.at.elapsed() > INSPECT_TTL)
+                })
                 .cloned()
                 .collect()
         };
@@ -642,7 +672,7 @@ pub mod fake {
             self.check("ping".into())
         }
 
-        async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+        async fn list(&self, node: &str, _in_flight: &InFlight) -> Result<Vec<Container>, RuntimeError> {
             self.check("list".into())?;
             Ok(self.with(|s| {
                 s.containers
@@ -764,7 +794,7 @@ mod tests {
     #[test]
     fn free_ports_avoid_the_reserved_ones() {
         let first = free_host_port(&Default::default()).unwrap();
-        let reserved = std::collections::BTreeSet::from([first]);
+        let reserved = BTreeSet::from([first]);
         for _ in 0..20 {
             assert_ne!(free_host_port(&reserved), Some(first));
         }
