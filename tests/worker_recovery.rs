@@ -105,6 +105,7 @@ async fn the_worker_rides_out_an_engine_outage() {
     })
     .await;
     let port_b = host_port(&task_b, 7777).expect("published port");
+    assert_eq!(Some(port_b), host_port(&running_b, 7777), "the recreated container keeps its host port");
     wait_echo(port_b, BODY, CONVERGE).await;
     let port_a = host_port(&task_a, 7777).expect("published port");
     wait_echo(port_a, BODY, CONVERGE).await;
@@ -135,7 +136,9 @@ async fn the_worker_carries_on_when_the_leader_dies() {
     .await;
     assert_eq!(task["container_id"].as_str(), Some(container.as_str()));
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
-    let port = host_port(&task, 7777).expect("published port");
+    // The worker chose the host port and keeps it: a client holding the old
+    // address is served again.
+    assert_eq!(host_port(&task, 7777), Some(port), "{task:#}");
     wait_echo(port, BODY, CONVERGE).await;
 }
 

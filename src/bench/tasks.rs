@@ -5,8 +5,10 @@
 //! - Goat: three managers and one worker (child processes of this binary);
 //!   N echo tasks submitted at once, timed until all are `running` and
 //!   `healthy`, then stopped and timed until their containers are gone.
-//! - Raw engine: the same N containers (image, limits, assigned host port)
-//!   created and started concurrently through the Engine API, timed until
+//! - Raw engine: the same N containers, with exactly the create request the
+//!   worker sends (`goat_worker::runtime::create_body` of the same task
+//!   spec, host port chosen the same way), created and started through the
+//!   Engine API with the worker's parallelism (`MAX_IN_FLIGHT`), timed until
 //!   each answers `GET /health` on its host port.
 //! - Swarm: one service of N replicas, timed until N tasks are running.
 //! - Crash → serving again: `POST /crash` to one echo, then `POST /` every
@@ -16,19 +18,22 @@
 //! Every step has a deadline; containers, services and the swarm this
 //! benchmark made are removed on the way out, on error paths too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::future::join_all;
+use futures::StreamExt;
+use goat_storage::model::{TaskId, TaskSpec};
 use goat_storage::Millis;
+use goat_worker::agent::MAX_IN_FLIGHT;
+use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
 use serde_json::{json, Value};
 
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
@@ -42,10 +47,15 @@ pub struct TasksBenchArgs {
     /// Crashes for the crash → serving again measurement (per system).
     #[arg(long, default_value_t = 5)]
     pub crashes: usize,
-    /// Cores reserved and enforced (NanoCpus, a CFS quota) per container, in
-    /// all three systems. A tiny quota also throttles the container's start.
+    /// Cores reserved per container, in all three systems (Goat and raw:
+    /// CPU shares; Swarm: `--reserve-cpu`).
     #[arg(long, default_value_t = 0.01)]
     pub cpu: f64,
+    /// Also cap each container at `--cpu` cores (a CFS quota: Goat's
+    /// `cpu_hard_limit`, Docker's NanoCpus, Swarm's `--limit-cpu`). A tiny
+    /// quota throttles the container's own start.
+    #[arg(long)]
+    pub cpu_hard_limit: bool,
     /// The echo image (must exist locally: deploy/build-images.sh).
     #[arg(long, default_value = "goat-echo:latest")]
     pub image: String,
@@ -71,6 +81,8 @@ const MEMORY: u64 = 16 << 20;
 const ECHO_PORT: u16 = 7777;
 const NODE: &str = "bench-worker";
 const RAW_LABEL: &str = "goat.bench=raw";
+const RAW_LABEL_KEY: &str = "goat.bench";
+const RAW_LABEL_VALUE: &str = "raw";
 const SWARM_SERVICE: &str = "goat-bench-echo";
 const SWARM_CRASH_SERVICE: &str = "goat-bench-crash";
 const SWARM_CRASH_PORT: u16 = 17777;
@@ -126,7 +138,7 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
     if !args.no_raw {
         eprintln!("raw engine: {} containers", args.tasks);
         let mut raw = SystemResult::new("raw engine");
-        match raw_start(&docker, &http, &args).await {
+        match raw_start(&docker, &http, &args, &mut raw.crash, &mut raw.errors).await {
             Ok(start) => raw.start = Some(start),
             Err(e) => raw.errors.push(format!("{e:#}")),
         }
@@ -170,17 +182,29 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- raw engine
 
-async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArgs) -> anyhow::Result<StartResult> {
+async fn raw_start(
+    docker: &Docker,
+    http: &reqwest::Client,
+    args: &TasksBenchArgs,
+    crash: &mut Option<CrashResult>,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<StartResult> {
     remove_labeled(docker, RAW_LABEL, args.timeout.as_duration()).await?;
     let deadline = Instant::now() + args.timeout.as_duration();
     let started = Instant::now();
-    let runs = (0..args.tasks).map(|i| raw_one(docker, http, args, i, started, deadline));
+    // The worker's parallelism: at most MAX_IN_FLIGHT creates and starts at
+    // once (waiting for /health does not hold a slot, as in the worker).
+    let permits = tokio::sync::Semaphore::new(MAX_IN_FLIGHT);
+    let ports = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let runs = (0..args.tasks).map(|i| raw_one(docker, http, args, i, started, deadline, &permits, &ports));
     let mut running = Vec::new();
     let mut healthy = Vec::new();
+    let mut containers = Vec::new();
     for r in join_all(runs).await {
-        let (run, health) = r?;
+        let (run, health, id, port) = r?;
         running.push(run);
         healthy.push(health);
+        containers.push((id, port));
     }
     let all = healthy.iter().max().copied().unwrap_or_default();
     eprintln!("raw engine: all {} running and answering /health after {all:?}", args.tasks);
@@ -189,23 +213,31 @@ async fn raw_start(docker: &Docker, http: &reqwest::Client, args: &TasksBenchArg
         phases: vec![("all started (start call returned)".into(), running.iter().max().copied().unwrap_or_default())],
         all_removed: None,
     };
-    // Stop (SIGTERM) then remove, as the worker does.
+    match raw_crashes(docker, http, args, &containers).await {
+        Ok(c) => *crash = Some(c),
+        Err(e) => errors.push(format!("crash: {e:#}")),
+    }
+    // Stop (SIGTERM) then remove, as the worker does, with its parallelism.
     let ids = labeled(docker, RAW_LABEL).await?;
     let stopping = Instant::now();
     let removals = ids.iter().map(|id| async move {
         let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(5), signal: None })).await;
         docker.remove_container(id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await
     });
-    for r in join_all(removals).await {
+    let removed: Vec<_> = futures::stream::iter(removals).buffer_unordered(MAX_IN_FLIGHT).collect().await;
+    for r in removed {
         r.context("removing a raw container")?;
     }
     result.all_removed = Some(stopping.elapsed());
     Ok(result)
 }
 
-/// Creates and starts one container like the worker would, then waits for
-/// its `/health` on the assigned host port. Returns (started, healthy)
-/// times since `origin`.
+/// Creates and starts one container with the request the worker would
+/// send for the same task (same HostConfig: memory, CPU, port binding,
+/// restart policy `no`; the host port chosen the same way), then waits for
+/// its `/health` on that port. Returns (started, healthy) times since
+/// `origin`.
+#[allow(clippy::too_many_arguments)]
 async fn raw_one(
     docker: &Docker,
     http: &reqwest::Client,
@@ -213,48 +245,79 @@ async fn raw_one(
     i: usize,
     origin: Instant,
     deadline: Instant,
-) -> anyhow::Result<(Duration, Duration)> {
-    let key = format!("{ECHO_PORT}/tcp");
-    let host_config = HostConfig {
-        port_bindings: Some(HashMap::from([(
-            key.clone(),
-            Some(vec![PortBinding { host_ip: None, host_port: Some(String::new()) }]),
-        )])),
-        memory: Some(MEMORY as i64),
-        nano_cpus: Some((args.cpu * 1e9) as i64),
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
-        ..Default::default()
+    permits: &tokio::sync::Semaphore,
+    ports: &std::sync::Mutex<std::collections::BTreeSet<u16>>,
+) -> anyhow::Result<(Duration, Duration, String, u16)> {
+    let spec: TaskSpec = serde_json::from_value(echo_spec(args, i)).context("the echo spec")?;
+    let mut config = ContainerConfig::for_task("bench-raw", TaskId::new_v4(), 1, &spec);
+    config.name = format!("goat-bench-raw-{i}");
+    // Not a worker's container: its own label only.
+    config.labels = BTreeMap::from([(RAW_LABEL_KEY.to_string(), RAW_LABEL_VALUE.to_string())]);
+    let port = {
+        let mut taken = ports.lock().unwrap_or_else(|e| e.into_inner());
+        let port = free_host_port(&taken).context("no free host port")?;
+        taken.insert(port);
+        port
     };
-    let (label_key, label_value) = RAW_LABEL.split_once('=').unwrap_or((RAW_LABEL, ""));
-    let body = ContainerCreateBody {
-        image: Some(args.image.clone()),
-        labels: Some(HashMap::from([(label_key.to_string(), label_value.to_string())])),
-        exposed_ports: Some(vec![key.clone()]),
-        host_config: Some(host_config),
-        ..Default::default()
-    };
-    let options = CreateContainerOptions { name: Some(format!("goat-bench-raw-{i}")), ..Default::default() };
+    config.pin_ports(&BTreeMap::from([(ECHO_PORT, port)]));
+    let body = create_body(&config);
+    let _permit = permits.acquire().await.context("semaphore")?;
+    let options = CreateContainerOptions { name: Some(config.name.clone()), ..Default::default() };
     let created = docker.create_container(Some(options), body).await.context("creating a raw container")?;
     docker.start_container(&created.id, None).await.context("starting a raw container")?;
+    drop(_permit);
     let started = origin.elapsed();
-    let info = docker.inspect_container(&created.id, None).await.context("inspecting a raw container")?;
-    let port = info
-        .network_settings
-        .and_then(|n| n.ports)
-        .and_then(|p| p.get(&key).cloned().flatten())
-        .and_then(|b| b.into_iter().find_map(|b| b.host_port?.parse::<u16>().ok()))
-        .with_context(|| format!("container {} has no host port for {key}", created.id))?;
     let url = format!("http://127.0.0.1:{port}/health");
     loop {
         let answer = http.get(&url).timeout(Duration::from_millis(500)).send().await;
         if matches!(&answer, Ok(r) if r.status().is_success()) {
-            return Ok((started, origin.elapsed()));
+            return Ok((started, origin.elapsed(), created.id, port));
         }
         if Instant::now() > deadline {
             bail!("raw container {i} (port {port}) did not answer /health in time");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The floor for crash → serving again on this engine: `POST /crash`, the
+/// exit seen by inspecting every 10 ms, `docker start` of the same container
+/// at once (no restart delay), until `POST /` echoes again on its port.
+async fn raw_crashes(
+    docker: &Docker,
+    http: &reqwest::Client,
+    args: &TasksBenchArgs,
+    containers: &[(String, u16)],
+) -> anyhow::Result<CrashResult> {
+    let mut times = Vec::new();
+    for (k, (id, port)) in containers.iter().take(args.crashes).enumerate() {
+        let crashed = Instant::now();
+        let deadline = crashed + args.timeout.as_duration();
+        let answer = http.post(format!("http://127.0.0.1:{port}/crash")).timeout(Duration::from_secs(2)).send().await;
+        anyhow::ensure!(matches!(&answer, Ok(r) if r.status().is_success()), "POST /crash refused: {answer:?}");
+        loop {
+            let info = docker.inspect_container(id, None).await.context("inspecting a raw container")?;
+            if !info.state.and_then(|s| s.running).unwrap_or(false) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "raw container {id} did not exit after /crash");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        docker.start_container(id, None).await.context("restarting a raw container")?;
+        while !echoes(http, *port, "after").await {
+            anyhow::ensure!(Instant::now() < deadline, "raw container {id} not echoing again after its restart");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = crashed.elapsed();
+        eprintln!("raw engine: crash {}: serving again after {took:?}", k + 1);
+        times.push(took);
+    }
+    Ok(CrashResult {
+        method: "POST /crash → exit seen (inspect every 10 ms) → `docker start` at once, no delay → POST / echoes \
+                 again on the same port: the engine's floor"
+            .into(),
+        times,
+    })
 }
 
 /// Ids of all containers (running or not) with `label` (`key=value`).
@@ -356,6 +419,7 @@ fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {
         "name": format!("bench-echo-{i}"),
         "image": args.image,
         "cpu": args.cpu,
+        "cpu_hard_limit": args.cpu_hard_limit,
         "memory": MEMORY,
         "ports": [{"container": ECHO_PORT}],
         "health_check": {"path": "/health", "port": ECHO_PORT, "interval": "500ms"},
@@ -508,8 +572,8 @@ async fn goat_crashes(
     Ok((
         CrashResult {
             method: format!(
-                "POST /crash → POST / echoes again on the container's current host port ({moved} of {} came back \
-                 on a new port); a different task each time: first restart, default policy on-failure, \
+                "POST /crash → POST / echoes again on the container's host port ({moved} of {} came back \
+                 on a different port); a different task each time: first restart, default policy on-failure, \
                  initial_delay 200 ms ±20 %",
                 serving.len()
             ),
@@ -749,22 +813,9 @@ async fn swarm_measure(http: &reqwest::Client, args: &TasksBenchArgs, result: &m
     let memory = format!("{}m", MEMORY >> 20);
     let mut start = StartResult::default();
     let started = Instant::now();
-    docker_cli(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        SWARM_SERVICE,
-        "--replicas",
-        &replicas,
-        "--no-resolve-image",
-        "--limit-cpu",
-        &cpu,
-        "--limit-memory",
-        &memory,
-        &args.image,
-    ])
-    .await?;
+    let mut create = vec!["service", "create", "--detach", "--name", SWARM_SERVICE, "--replicas", &replicas];
+    create.extend(["--no-resolve-image", swarm_cpu_flag(args), &cpu, "--limit-memory", &memory, &args.image]);
+    docker_cli(&create).await?;
     start.phases.push(("service created (CLI returned)".into(), started.elapsed()));
     let deadline = started + args.timeout.as_duration();
     let mut last = usize::MAX;
@@ -900,6 +951,15 @@ async fn swarm_crashes(http: &reqwest::Client, args: &TasksBenchArgs) -> anyhow:
     })
 }
 
+/// Swarm's counterpart of Goat's cpu: a reservation, or a hard limit.
+fn swarm_cpu_flag(args: &TasksBenchArgs) -> &'static str {
+    if args.cpu_hard_limit {
+        "--limit-cpu"
+    } else {
+        "--reserve-cpu"
+    }
+}
+
 async fn create_crash_service(args: &TasksBenchArgs, publish: &str) -> anyhow::Result<()> {
     let cpu = args.cpu.to_string();
     let memory = format!("{}m", MEMORY >> 20);
@@ -912,7 +972,7 @@ async fn create_crash_service(args: &TasksBenchArgs, publish: &str) -> anyhow::R
         "--replicas",
         "1",
         "--no-resolve-image",
-        "--limit-cpu",
+        swarm_cpu_flag(args),
         &cpu,
         "--limit-memory",
         &memory,
@@ -941,10 +1001,12 @@ fn report(results: &[SystemResult], args: &TasksBenchArgs) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### {} echo containers at once on one engine ({}, cpu {}, memory {} MiB, host port assigned)\n",
+        "### {} echo containers at once on one engine ({}, cpu {} {}, memory {} MiB, host port chosen by \
+         the worker; parallelism {MAX_IN_FLIGHT})\n",
         args.tasks,
         args.image,
         args.cpu,
+        if args.cpu_hard_limit { "as a hard limit (CFS quota)" } else { "as CPU shares" },
         MEMORY >> 20
     );
     let raw = results.iter().find(|r| r.name == "raw engine").and_then(|r| r.start.as_ref());
@@ -1017,6 +1079,7 @@ mod tests {
             tasks: 50,
             crashes: 5,
             cpu: 0.01,
+            cpu_hard_limit: false,
             image: "goat-echo:latest".into(),
             no_raw: false,
             no_swarm: false,

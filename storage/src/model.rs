@@ -37,9 +37,16 @@ pub struct TaskSpec {
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// CPU reserved, in cores (0.5 = half a core).
+    /// CPU reserved, in cores (0.5 = half a core). A scheduling reservation,
+    /// enforced on the node as a relative weight (CPU shares) unless
+    /// `cpu_hard_limit` is set.
     #[serde(default)]
     pub cpu: f64,
+    /// Also cap the container at `cpu` cores (a CFS quota, Docker's
+    /// `NanoCpus`), like Nomad's `cpu_hard_limit`. Off by default: a hard
+    /// quota throttles even the container's start.
+    #[serde(default)]
+    pub cpu_hard_limit: bool,
     /// Memory reserved and enforced as the container's limit, in bytes.
     #[serde(default)]
     pub memory: u64,

@@ -80,6 +80,9 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     if spec.cpu > MAX_CPU {
         return Err(FieldError::new("cpu", format!("{} cores is more than the limit of {MAX_CPU}", spec.cpu)));
     }
+    if spec.cpu_hard_limit && spec.cpu <= 0.0 {
+        return Err(FieldError::new("cpu_hard_limit", "needs a cpu above 0 to cap the container at"));
+    }
     if spec.memory > MAX_MEMORY {
         return Err(FieldError::new("memory", "is more than the limit of 16 TiB (memory is in bytes)"));
     }
@@ -207,6 +210,11 @@ mod tests {
         assert_eq!(field_of(&s), "cpu");
         s.cpu = 5000.0;
         assert_eq!(field_of(&s), "cpu");
+        s.cpu = 0.0;
+        s.cpu_hard_limit = true;
+        assert_eq!(field_of(&s), "cpu_hard_limit");
+        s.cpu = 0.5;
+        assert_eq!(validate_spec(&s), Ok(()));
         let mut s = spec();
         s.memory = u64::MAX;
         assert_eq!(field_of(&s), "memory");

@@ -66,6 +66,11 @@ pub struct TaskRecord {
     pub health_killed: Option<String>,
     /// Set once the placement has ended; it is then never started again.
     pub outcome: Option<Outcome>,
+    /// Host ports the worker chose for this placement's ports without a
+    /// fixed `host` (container port → host port): requested again whenever
+    /// the container is recreated, so clients keep their address.
+    #[serde(default)]
+    pub host_ports: BTreeMap<u16, u16>,
 }
 
 impl TaskRecord {

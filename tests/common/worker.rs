@@ -18,9 +18,21 @@ use super::{goat_bin, Cluster, TOKEN};
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// Builds `goat-echo:latest` (and `goat:latest`) once per test binary.
+/// With `GOAT_REUSE_IMAGES=1`, images already on the engine are used as
+/// they are (a developer rerunning one test on a shared engine).
 pub fn ensure_images() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var("GOAT_REUSE_IMAGES").is_ok_and(|v| v == "1")
+            && Command::new("docker")
+                .args(["image", "inspect", "goat-echo:latest"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            return;
+        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/build-images.sh");
         let status = Command::new("bash").arg(script).status().expect("run deploy/build-images.sh");
         assert!(status.success(), "deploy/build-images.sh failed");

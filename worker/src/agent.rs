@@ -2,14 +2,17 @@
 //!
 //! - The **supervisor** owns the containers. Each round it lists this node's
 //!   containers, reconciles them against the assignments and the local
-//!   restart records, persists what changed, performs the engine actions,
-//!   and publishes the task reports. It wakes on a container exit (engine
-//!   event stream), a new assignment list, a health verdict, a restart delay
-//!   falling due, or a periodic tick (the safety net for missed events). It
-//!   never needs a manager: restarts happen locally.
+//!   restart records, persists what changed, publishes the task reports and
+//!   starts the engine actions: concurrently (at most [`MAX_IN_FLIGHT`]),
+//!   never two on the same task or container. It wakes on a container exit
+//!   (engine event stream), a new assignment list, a health verdict, a
+//!   restart delay falling due, an action completing, or a periodic tick
+//!   (the safety net for missed events). It never needs a manager: restarts
+//!   happen locally.
 //! - The **heartbeat** loop sends the latest reports to a manager about once
-//!   a second and passes the assignment list of the answer to the
-//!   supervisor. An unreachable manager only means trying the next one.
+//!   a second, and soon after any report changes, and passes the assignment
+//!   list of the answer to the supervisor. An unreachable manager only means
+//!   trying the next one.
 //! - The **exit watcher** follows the engine's event stream, resubscribing
 //!   with backoff when it breaks.
 //!
@@ -17,7 +20,7 @@
 //! reports) behind a mutex; assignments flow the other way in a watch
 //! channel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,24 +30,26 @@ use goat_storage::model::{
     Assignment, DesiredStatus, EngineStatus, Heartbeat, HeartbeatReply, ObservedState, Resources, TaskId, TaskReport,
 };
 use goat_storage::worker_state::{TaskRecord, WorkerStore};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::health::{self, Monitor};
 use crate::reconcile::{self, Action, Input};
-use crate::runtime::{Container, ContainerRuntime};
+use crate::runtime::{free_host_port, Container, ContainerConfig, ContainerRuntime, InFlight, RuntimeError};
 
 /// Grace period given to a container between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The safety-net period of the supervisor when nothing wakes it.
 const TICK: Duration = Duration::from_secs(2);
-/// How soon to look again after acting, to report the result quickly.
-const AFTER_ACTION: Duration = Duration::from_millis(300);
 const MAX_ENGINE_BACKOFF: Duration = Duration::from_secs(8);
 /// Timeout of one heartbeat request.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Retry period while the managers refuse our token.
 const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(5);
+/// The least time between two heartbeats sent early because a report
+/// changed: prompt reporting without flooding the leader.
+const MIN_HEARTBEAT_GAP: Duration = Duration::from_millis(150);
 
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -56,7 +61,46 @@ pub struct Status {
     pub engine: EngineStatus,
     pub reports: Vec<TaskReport>,
     pub usage: Resources,
+    /// Unix ms of the last heartbeat a manager accepted (set by the
+    /// heartbeat loop), for the optional self-fencing.
+    pub last_manager_contact: Option<u64>,
+    /// Notified when the engine status or a report changes, so that the
+    /// heartbeat goes out at once (rate-limited) instead of at its period.
+    pub changed: Arc<Notify>,
 }
+
+impl Status {
+    pub fn new(engine: EngineStatus) -> Status {
+        Status {
+            engine,
+            reports: Vec::new(),
+            usage: Resources::default(),
+            last_manager_contact: None,
+            changed: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Whether a worker that has been cut off from every manager should stop
+/// its tasks itself (`--stop-tasks-after-manager-loss`): only when the
+/// operator set a `limit`, and no manager has accepted a heartbeat for that
+/// long (counted from the worker's start if none ever did). Off by default:
+/// a partitioned worker keeps its tasks running, which is what keeps a
+/// service up when the managers, not the workers, fail.
+pub fn manager_loss_fence(limit: Option<Duration>, last_contact: Option<u64>, started_at: u64, now: u64) -> bool {
+    let Some(limit) = limit else { return false };
+    let since = now.saturating_sub(last_contact.unwrap_or(started_at).max(started_at));
+    Duration::from_millis(since) >= limit
+}
+
+/// Engine actions in flight at once. Creating and starting containers is
+/// mostly the engine's (and the kernel's) work; running them concurrently
+/// overlaps their round trips, and the cap keeps a burst of hundreds from
+/// swamping the engine.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// After an action completes, the next round waits at least this long after
+/// the previous one, so that completions arriving together share a round.
+const ROUND_GAP: Duration = Duration::from_millis(100);
 
 /// The supervisor: owns the containers of this node.
 pub struct Supervisor<R: ContainerRuntime> {
@@ -70,6 +114,32 @@ pub struct Supervisor<R: ContainerRuntime> {
     health_changed: Arc<Notify>,
     exits: mpsc::UnboundedReceiver<String>,
     engine_backoff: Duration,
+    /// Engine actions running now, each holding the keys (task, container)
+    /// it works on: no second action is started on a busy key, so a round
+    /// that runs while an action is in flight never repeats or contradicts
+    /// it.
+    actions: JoinSet<Done>,
+    in_flight: HashMap<tokio::task::Id, Vec<Busy>>,
+    busy: BTreeSet<Busy>,
+    permits: Arc<Semaphore>,
+    /// `--stop-tasks-after-manager-loss`.
+    manager_loss_limit: Option<Duration>,
+    started_at: u64,
+    fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Busy {
+    Task(TaskId),
+    Container(String),
+}
+
+/// A finished engine action, back in the supervisor.
+struct Done {
+    task_id: Option<TaskId>,
+    result: Result<(), RuntimeError>,
+    /// A create or start whose failure counts against the task.
+    starting: bool,
 }
 
 /// The outcome of one supervisor round.
@@ -103,38 +173,81 @@ impl<R: ContainerRuntime> Supervisor<R> {
             health_changed,
             exits,
             engine_backoff: Duration::from_millis(500),
+            actions: JoinSet::new(),
+            in_flight: HashMap::new(),
+            busy: BTreeSet::new(),
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            manager_loss_limit: None,
+            started_at: unix_ms(),
+            fenced: false,
         })
+    }
+
+    /// Stop this node's tasks once no manager has answered for `limit`.
+    pub fn with_manager_loss_limit(mut self, limit: Option<Duration>) -> Supervisor<R> {
+        self.manager_loss_limit = limit;
+        self
     }
 
     /// Runs rounds forever.
     pub async fn run(mut self) {
         loop {
+            let round_started = tokio::time::Instant::now();
             let wait = match self.round().await {
                 Round::Done { next } => next,
                 Round::EngineDown { retry } => retry,
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                Some(_) = self.exits.recv() => {
-                    // Several exits often come together: take them all.
-                    while self.exits.try_recv().is_ok() {}
+            let mut deadline = round_started + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    Some(_) = self.exits.recv() => {
+                        // Several exits often come together: take them all.
+                        while self.exits.try_recv().is_ok() {}
+                        break;
+                    }
+                    Ok(()) = self.assignments.changed() => break,
+                    _ = self.health_changed.notified() => break,
+                    Some(joined) = self.actions.join_next_with_id(), if !self.actions.is_empty() => {
+                        self.complete(joined);
+                        // Look again soon to report it, together with the
+                        // completions that follow closely.
+                        deadline = deadline.min((round_started + ROUND_GAP).max(tokio::time::Instant::now()));
+                    }
                 }
-                Ok(()) = self.assignments.changed() => {}
-                _ = self.health_changed.notified() => {}
             }
         }
     }
 
-    /// One observe → reconcile → act round.
+    /// Waits for every action in flight and takes in their results (tests).
+    pub async fn finish_actions(&mut self) {
+        while let Some(joined) = self.actions.join_next_with_id().await {
+            self.complete(joined);
+        }
+    }
+
+    /// One observe → reconcile → act round. The actions are started, not
+    /// awaited: each one's completion wakes the supervisor for another round.
     pub async fn round(&mut self) -> Round {
-        let containers = match self.runtime.list(&self.node).await {
+        let mut in_flight = InFlight::default();
+        for key in &self.busy {
+            match key {
+                Busy::Task(id) => in_flight.tasks.insert(*id),
+                Busy::Container(id) => in_flight.containers.insert(id.clone()),
+            };
+        }
+        let containers = match self.runtime.list(&self.node, &in_flight).await {
             Ok(containers) => containers,
             Err(error) => {
                 let retry = self.engine_backoff;
                 self.engine_backoff = (self.engine_backoff * 2).min(MAX_ENGINE_BACKOFF);
                 tracing::warn!(%error, retry_in = ?retry, "container engine unavailable");
                 let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                status.engine = EngineStatus { healthy: false, error: Some(error.to_string()) };
+                let down = EngineStatus { healthy: false, error: Some(error.to_string()) };
+                if status.engine != down {
+                    status.engine = down;
+                    status.changed.notify_one();
+                }
                 return Round::EngineDown { retry };
             }
         };
@@ -143,8 +256,22 @@ impl<R: ContainerRuntime> Supervisor<R> {
         }
         self.engine_backoff = Duration::from_millis(500);
 
-        let assignments = self.assignments.borrow().clone();
         let now = unix_ms();
+        let last_contact = self.status.lock().unwrap_or_else(|e| e.into_inner()).last_manager_contact;
+        let fenced = manager_loss_fence(self.manager_loss_limit, last_contact, self.started_at, now);
+        if fenced != self.fenced {
+            self.fenced = fenced;
+            if fenced {
+                tracing::warn!(limit = ?self.manager_loss_limit, "no manager reachable for too long: stopping this node's tasks");
+            } else {
+                tracing::info!("a manager answers again: running the assigned tasks again");
+            }
+        }
+        if fenced {
+            return self.fence(&containers);
+        }
+
+        let assignments = self.assignments.borrow().clone();
         let verdicts = self.health.verdicts();
         let before = self.records.clone();
         let mut jitter = rand::random::<f64>;
@@ -157,71 +284,156 @@ impl<R: ContainerRuntime> Supervisor<R> {
         };
         let plan = reconcile::reconcile(&input, &mut self.records, &mut jitter);
 
+        // Ports the engine should publish on: chosen now, recorded with the
+        // placement, so that its restarts and recreations keep them.
+        let mut actions = Vec::with_capacity(plan.actions.len());
+        for action in plan.actions {
+            actions.push(match action {
+                Action::Create { task_id, config } => {
+                    Action::Create { task_id, config: Box::new(self.bind_ports(task_id, *config, &containers)) }
+                }
+                other => other,
+            });
+        }
+
         // Persist decisions before acting on them: a worker that crashes
         // right after a restart must not count it again or forget it.
         self.persist(&before);
         self.publish(&plan.reports, assignments.as_deref());
         self.sync_health(&containers, assignments.as_deref());
 
-        let acted = !plan.actions.is_empty();
-        for action in plan.actions {
-            self.execute(action, assignments.as_deref().unwrap_or_default()).await;
+        for action in actions {
+            self.spawn(action);
         }
 
-        let mut next = if acted { AFTER_ACTION } else { TICK };
+        let mut next = TICK;
         if let Some(at) = plan.wake_at {
             next = next.min(Duration::from_millis(at.saturating_sub(unix_ms())));
         }
         Round::Done { next }
     }
 
-    async fn execute(&mut self, action: Action, assignments: &[Assignment]) {
-        match action {
-            Action::Create { task_id, config } => {
-                let span = tracing::info_span!("task", task = %task_id, container = %config.name);
-                let result = self.runtime.create_and_start(&config).instrument(span.clone()).await;
-                let _enter = span.enter();
-                match result {
-                    Ok(id) => tracing::info!(container_id = %id, "container started"),
-                    Err(error) => {
-                        tracing::warn!(%error, "could not start the container");
-                        self.start_failed(task_id, assignments, &error);
-                    }
-                }
-            }
-            Action::Start { task_id, container_id } => {
-                let span = tracing::info_span!("task", task = %task_id, container = %container_id);
-                let result = self.runtime.start(&container_id).instrument(span.clone()).await;
-                let _enter = span.enter();
-                match result {
-                    Ok(()) => tracing::info!("container restarted"),
-                    Err(error) => {
-                        tracing::warn!(%error, "could not restart the container");
-                        self.start_failed(task_id, assignments, &error);
-                    }
-                }
-            }
-            Action::Stop { task_id, container_id, reason } => {
-                let span = tracing::info_span!("task", task = %task_id, container = %container_id);
-                span.in_scope(|| tracing::info!(%reason, "stopping container"));
-                if let Err(error) = self.runtime.stop(&container_id, STOP_GRACE).instrument(span.clone()).await {
-                    span.in_scope(|| tracing::warn!(%error, "could not stop the container"));
-                }
-            }
-            Action::Remove { container_id, reason } => {
-                let span = tracing::info_span!("container", container = %container_id);
-                span.in_scope(|| tracing::info!(%reason, "removing container"));
-                if let Err(error) = self.runtime.remove(&container_id, STOP_GRACE).instrument(span.clone()).await {
-                    span.in_scope(|| tracing::warn!(%error, "could not remove the container"));
-                }
-            }
+    /// Self-fencing: remove every container of this node, keep the records
+    /// and the assignments for when a manager answers again.
+    fn fence(&mut self, containers: &[Container]) -> Round {
+        let reports: Vec<TaskReport> = {
+            let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status
+                .reports
+                .iter()
+                .map(|r| TaskReport {
+                    state: match r.state {
+                        ObservedState::Completed | ObservedState::Failed => r.state,
+                        _ => ObservedState::Restarting,
+                    },
+                    container_id: None,
+                    host_ports: BTreeMap::new(),
+                    health: goat_storage::model::Health::Unknown,
+                    reason: Some("stopped by its worker: no manager reachable".into()),
+                    ..r.clone()
+                })
+                .collect()
+        };
+        let assignments = self.assignments.borrow().clone();
+        self.publish(&reports, assignments.as_deref());
+        self.sync_health(&[], None);
+        for c in containers {
+            let reason = "no manager reachable (--stop-tasks-after-manager-loss)".to_string();
+            self.spawn(Action::Remove { container_id: c.id.clone(), reason });
         }
+        Round::Done { next: TICK }
     }
 
-    fn start_failed(&mut self, task_id: TaskId, assignments: &[Assignment], error: &crate::runtime::RuntimeError) {
-        let Some(assignment) = assignments.iter().find(|a| a.task_id == task_id) else { return };
-        let Some(record) = self.records.get_mut(&task_id) else { return };
-        reconcile::start_failed(record, assignment, error, unix_ms(), &mut rand::random::<f64>);
+    /// Gives the container a host port for each port the task left to the
+    /// node, reusing the ones its placement already had.
+    fn bind_ports(
+        &mut self,
+        task_id: TaskId,
+        mut config: ContainerConfig,
+        containers: &[Container],
+    ) -> ContainerConfig {
+        let unbound: Vec<u16> = config.unbound_ports().collect();
+        if unbound.is_empty() {
+            return config;
+        }
+        let mut reserved: BTreeSet<u16> = self.records.values().flat_map(|r| r.host_ports.values().copied()).collect();
+        reserved.extend(containers.iter().flat_map(|c| c.host_ports.values().copied()));
+        let Some(record) = self.records.get_mut(&task_id) else { return config };
+        for port in unbound {
+            match free_host_port(&reserved) {
+                Some(host) => {
+                    reserved.insert(host);
+                    record.host_ports.insert(port, host);
+                }
+                // The engine picks one then (it changes at each restart).
+                None => tracing::warn!(task = %task_id, port, "no free host port found; leaving it to the engine"),
+            }
+        }
+        config.pin_ports(&record.host_ports);
+        config
+    }
+
+    /// Starts an engine action unless one is already busy with its task or
+    /// container; at most [`MAX_IN_FLIGHT`] run at once, the others queue.
+    fn spawn(&mut self, action: Action) {
+        let (task_id, container_id) = match &action {
+            Action::Create { task_id, .. } => (Some(*task_id), None),
+            Action::Start { task_id, container_id } | Action::Stop { task_id, container_id, .. } => {
+                (Some(*task_id), Some(container_id.clone()))
+            }
+            Action::Remove { container_id, .. } => (None, Some(container_id.clone())),
+        };
+        let keys: Vec<Busy> = task_id.map(Busy::Task).into_iter().chain(container_id.map(Busy::Container)).collect();
+        if keys.iter().any(|k| self.busy.contains(k)) {
+            return;
+        }
+        // Creates and starts count against the task when they fail.
+        let starting = matches!(action, Action::Create { .. } | Action::Start { .. });
+        let runtime = self.runtime.clone();
+        let permits = self.permits.clone();
+        let span = match &action {
+            Action::Create { task_id, config } => {
+                tracing::info_span!("task", task = %task_id, container = %config.name)
+            }
+            Action::Start { task_id, container_id } | Action::Stop { task_id, container_id, .. } => {
+                tracing::info_span!("task", task = %task_id, container = %short(container_id))
+            }
+            Action::Remove { container_id, .. } => tracing::info_span!("container", container = %short(container_id)),
+        };
+        let handle = self.actions.spawn(
+            async move {
+                let _permit = permits.acquire_owned().await;
+                let result = execute(runtime.as_ref(), action).await;
+                Done { task_id, result, starting }
+            }
+            .instrument(span),
+        );
+        self.busy.extend(keys.iter().cloned());
+        self.in_flight.insert(handle.id(), keys);
+    }
+
+    /// Takes in a finished action: frees its keys and, for a create or start
+    /// that failed, applies the restart policy to the task.
+    fn complete(&mut self, joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let (id, done) = match joined {
+            Ok((id, done)) => (id, Some(done)),
+            Err(e) => {
+                tracing::error!(error = %e, "an engine action panicked or was cancelled");
+                (e.id(), None)
+            }
+        };
+        for key in self.in_flight.remove(&id).unwrap_or_default() {
+            self.busy.remove(&key);
+        }
+        let Some(Done { task_id: Some(task_id), result: Err(error), starting: true }) = done else { return };
+        let assignment =
+            self.assignments.borrow().as_ref().and_then(|l| l.iter().find(|a| a.task_id == task_id).cloned());
+        let (Some(assignment), Some(record)) = (assignment, self.records.get_mut(&task_id)) else { return };
+        if error.is_port_conflict() {
+            // Its container is gone (see `execute`): a new one gets new ports.
+            record.host_ports.clear();
+        }
+        reconcile::start_failed(record, &assignment, &error, unix_ms(), &mut rand::random::<f64>);
         if let Err(e) = self.store.put_task(task_id, record) {
             tracing::error!(task = %task_id, error = %e, "could not persist the task record");
         }
@@ -266,7 +478,11 @@ impl<R: ContainerRuntime> Supervisor<R> {
                     reason = report.reason.as_deref().unwrap_or(""), ?retry_in_ms, "task state");
             }
         }
-        status.engine = EngineStatus { healthy: true, error: None };
+        let engine = EngineStatus { healthy: true, error: None };
+        if status.reports != reports || status.engine != engine {
+            status.changed.notify_one();
+        }
+        status.engine = engine;
         status.reports = reports.to_vec();
         status.usage = usage;
     }
@@ -291,6 +507,59 @@ impl<R: ContainerRuntime> Supervisor<R> {
         }
         self.health.sync(wanted);
     }
+}
+
+/// Performs one engine action (inside the action's span).
+async fn execute<R: ContainerRuntime>(runtime: &R, action: Action) -> Result<(), RuntimeError> {
+    match action {
+        Action::Create { config, .. } => match runtime.create_and_start(&config).await {
+            Ok(id) => {
+                tracing::info!(container_id = %short(&id), ports = ?config.ports, "container started");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not start the container");
+                if error.is_port_conflict() {
+                    // Its ports cannot be had: drop it, a new one gets others.
+                    let _ = runtime.remove(&config.name, Duration::ZERO).await;
+                }
+                Err(error)
+            }
+        },
+        Action::Start { container_id, .. } => match runtime.start(&container_id).await {
+            Ok(()) => {
+                tracing::info!("container restarted");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not restart the container");
+                if error.is_port_conflict() {
+                    let _ = runtime.remove(&container_id, Duration::ZERO).await;
+                }
+                Err(error)
+            }
+        },
+        Action::Stop { container_id, reason, .. } => {
+            tracing::info!(%reason, "stopping container");
+            let result = runtime.stop(&container_id, STOP_GRACE).await;
+            if let Err(error) = &result {
+                tracing::warn!(%error, "could not stop the container");
+            }
+            result
+        }
+        Action::Remove { container_id, reason } => {
+            tracing::info!(%reason, "removing container");
+            let result = runtime.remove(&container_id, STOP_GRACE).await;
+            if let Err(error) = &result {
+                tracing::warn!(%error, "could not remove the container");
+            }
+            result
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 /// Follows the engine's exit events forever, resubscribing with backoff.
@@ -349,7 +618,9 @@ pub async fn heartbeat_loop(
     let mut current = 0usize;
     let mut interval = config.interval;
     let mut connected = false;
+    let changed = status.lock().unwrap_or_else(|e| e.into_inner()).changed.clone();
     loop {
+        let sent_at = tokio::time::Instant::now();
         let heartbeat = {
             let status = status.lock().unwrap_or_else(|e| e.into_inner());
             Heartbeat {
@@ -381,6 +652,7 @@ pub async fn heartbeat_loop(
         }
         match accepted {
             Some(reply) => {
+                status.lock().unwrap_or_else(|e| e.into_inner()).last_manager_contact = Some(unix_ms());
                 if !connected {
                     tracing::info!(manager = %config.managers[current], "heartbeat accepted");
                     connected = true;
@@ -409,7 +681,11 @@ pub async fn heartbeat_loop(
                 current = (current + 1) % config.managers.len().max(1);
             }
         }
-        tokio::time::sleep(interval).await;
+        // The next one at the period, or sooner when a report changed.
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = changed.notified() => tokio::time::sleep_until(sent_at + MIN_HEARTBEAT_GAP).await,
+        }
     }
 }
 
@@ -519,11 +795,7 @@ mod tests {
     }
 
     fn status() -> Arc<Mutex<Status>> {
-        Arc::new(Mutex::new(Status {
-            engine: EngineStatus { healthy: true, error: None },
-            reports: vec![],
-            usage: Resources::default(),
-        }))
+        Arc::new(Mutex::new(Status::new(EngineStatus { healthy: true, error: None })))
     }
 
     #[tokio::test]
@@ -577,6 +849,52 @@ mod tests {
         assert!(rx.borrow().is_none(), "a refused node has no assignments");
         // One try, then it waits UNAUTHORIZED_RETRY instead of hammering.
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn self_fencing_is_off_by_default_and_counts_from_the_last_contact() {
+        let limit = Some(Duration::from_secs(30));
+        // Off unless asked for, however long the managers are gone.
+        assert!(!manager_loss_fence(None, None, 0, u64::MAX));
+        assert!(!manager_loss_fence(None, Some(1), 0, 10_000_000));
+        // Counted from the last accepted heartbeat.
+        assert!(!manager_loss_fence(limit, Some(100_000), 0, 129_999));
+        assert!(manager_loss_fence(limit, Some(100_000), 0, 130_000));
+        // Never reached a manager: counted from the worker's start.
+        assert!(!manager_loss_fence(limit, None, 50_000, 79_999));
+        assert!(manager_loss_fence(limit, None, 50_000, 80_000));
+        // A contact from before this worker started counts as its start.
+        assert!(!manager_loss_fence(limit, Some(10), 50_000, 60_000));
+        // A clock that went backwards never fences.
+        assert!(!manager_loss_fence(limit, Some(200_000), 0, 100_000));
+    }
+
+    #[tokio::test]
+    async fn a_changed_report_sends_a_heartbeat_before_the_period() {
+        let reply = serde_json::json!({"assignments": [], "heartbeat_interval": "10s"}).to_string();
+        let (manager, seen) = fake_manager("200 OK", reply).await;
+        let config = HeartbeatConfig {
+            node: "n1".into(),
+            managers: vec![manager],
+            token: "t".into(),
+            capacity: Resources::default(),
+            interval: Duration::from_secs(10),
+        };
+        let status = status();
+        let (tx, _rx) = watch::channel(None);
+        let task = tokio::spawn(heartbeat_loop(config, status.clone(), |_| {}, tx));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while seen.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no first heartbeat");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(status.lock().unwrap().last_manager_contact.is_some());
+        status.lock().unwrap().changed.notify_one();
+        while seen.lock().unwrap().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the change did not send a heartbeat early");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
     }
 
     #[test]

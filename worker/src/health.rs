@@ -168,24 +168,39 @@ impl Drop for Monitor {
     }
 }
 
+/// Until a run is first healthy, extra probes go out this often between the
+/// regular ones: only their successes count, so a task is seen healthy (and
+/// reported running) soon after it listens, while failures are still counted
+/// at the check's own `interval` only.
+const START_PROBE: Duration = Duration::from_millis(100);
+
 async fn run_probe(wanted: Wanted, client: reqwest::Client, verdicts: Verdicts, changed: Arc<Notify>) {
     let mut tracker = Tracker::default();
     let mut preferred = 0usize;
     let interval = wanted.check.interval.as_duration().max(Duration::from_millis(50));
-    loop {
-        let mut ok = false;
-        // Try the address that worked last first, then the others.
-        for i in 0..wanted.targets.len() {
-            let idx = (preferred + i) % wanted.targets.len();
-            if probe(&client, &wanted.check, wanted.targets[idx]).await {
-                ok = true;
-                preferred = idx;
-                break;
+    // Probes every target, the one that worked last first.
+    let probe_all = |start: usize| {
+        let client = client.clone();
+        let wanted = wanted.clone();
+        async move {
+            for i in 0..wanted.targets.len() {
+                let idx = (start + i) % wanted.targets.len();
+                if probe(&client, &wanted.check, wanted.targets[idx]).await {
+                    return Some(idx);
+                }
             }
+            None
+        }
+    };
+    let mut ok = probe_all(preferred).await;
+    let mut was_healthy = false;
+    loop {
+        if let Some(idx) = ok {
+            preferred = idx;
         }
         let since_start = Duration::from_millis(crate::agent::unix_ms().saturating_sub(wanted.started_at));
         let before = tracker.health;
-        let health = tracker.record(&wanted.check, ok, since_start);
+        let health = tracker.record(&wanted.check, ok.is_some(), since_start);
         verdicts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -194,7 +209,24 @@ async fn run_probe(wanted: Wanted, client: reqwest::Client, verdicts: Verdicts, 
             tracing::info!(?health, failures = tracker.failures, "health changed");
             changed.notify_one();
         }
-        tokio::time::sleep(interval).await;
+        was_healthy |= health == Health::Healthy;
+        let next = tokio::time::Instant::now() + interval;
+        ok = None;
+        if !was_healthy {
+            // Starting up: look more often, but count only a success early.
+            while tokio::time::Instant::now() + START_PROBE < next {
+                tokio::time::sleep(START_PROBE).await;
+                if let Some(idx) = probe_all(preferred).await {
+                    ok = Some(idx);
+                    break;
+                }
+            }
+            if ok.is_some() {
+                continue;
+            }
+        }
+        tokio::time::sleep_until(next).await;
+        ok = probe_all(preferred).await;
     }
 }
 
@@ -336,6 +368,36 @@ mod tests {
         }]);
         tokio::time::timeout(Duration::from_secs(5), changed.notified()).await.unwrap();
         assert_eq!(monitor.verdicts().get("c1"), Some(&Health::Healthy));
+    }
+
+    #[tokio::test]
+    async fn a_starting_container_is_seen_healthy_before_the_next_interval() {
+        // Nothing listens at first; the port opens 300 ms in. With a 10 s
+        // interval, only the start-up probes can see it that soon.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let check = HealthCheck { path: None, port, interval: Millis(10_000), ..check(3, 0) };
+        let changed = Arc::new(Notify::new());
+        let mut monitor = Monitor::new(changed.clone());
+        monitor.sync(vec![Wanted {
+            container_id: "c1".into(),
+            task_id: goat_storage::model::TaskId::new_v4(),
+            check,
+            started_at: crate::agent::unix_ms(),
+            targets: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        }]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One failed probe so far: starting, not unhealthy (threshold 3).
+        assert_eq!(monitor.verdicts().get("c1"), Some(&Health::Starting));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while monitor.verdicts().get("c1") != Some(&Health::Healthy) {
+            assert!(std::time::Instant::now() < deadline, "not seen healthy between the regular probes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

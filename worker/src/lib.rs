@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use goat_storage::model::{EngineStatus, Resources};
+use goat_storage::model::EngineStatus;
 use goat_storage::worker_state::WorkerStore;
 use goat_storage::Millis;
 use tokio::sync::{mpsc, watch};
@@ -67,6 +67,12 @@ pub struct WorkerArgs {
     /// Heartbeat period until a manager says otherwise ("1s", "500ms").
     #[arg(long, env = "GOAT_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = Millis::parse)]
     pub heartbeat_interval: Millis,
+    /// Self-fencing (off by default): stop and remove this node's containers
+    /// once no manager has accepted a heartbeat for this long ("30s", "2m"),
+    /// because the leader will have placed the tasks elsewhere by then. They
+    /// run again when a manager answers and still assigns them here.
+    #[arg(long, value_parser = Millis::parse)]
+    pub stop_tasks_after_manager_loss: Option<Millis>,
 }
 
 /// "512M", "2G", "1024" → bytes (binary multiples).
@@ -115,10 +121,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 EngineStatus { healthy: false, error: Some(error.to_string()) }
             }
         };
-        let status = Arc::new(Mutex::new(Status { engine, reports: Vec::new(), usage: Resources::default() }));
+        let status = Arc::new(Mutex::new(Status::new(engine)));
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let supervisor =
-            Supervisor::new(args.name.clone(), runtime.clone(), store.clone(), assign_rx, status.clone(), exit_rx)?;
+            Supervisor::new(args.name.clone(), runtime.clone(), store.clone(), assign_rx, status.clone(), exit_rx)?
+                .with_manager_loss_limit(args.stop_tasks_after_manager_loss.map(Millis::as_duration));
         let config = HeartbeatConfig {
             node: args.name.clone(),
             managers: args.managers.clone(),

@@ -176,7 +176,11 @@ fn reconcile_task(
                 plan.wake_at = min_some(plan.wake_at, at);
             }
             _ => {
-                let config = ContainerConfig::for_task(input.node, task_id, assignment.generation, &assignment.spec);
+                let mut config =
+                    ContainerConfig::for_task(input.node, task_id, assignment.generation, &assignment.spec);
+                // A recreated container asks for the host ports its
+                // placement had: clients keep their address.
+                config.pin_ports(&record.host_ports);
                 plan.actions.push(Action::Create { task_id, config: Box::new(config) });
                 report.state = ObservedState::Starting;
             }
@@ -274,7 +278,7 @@ pub fn start_failed(
             });
         }
         other => {
-            let exit = Exit::Failure { reason: format!("could not start: {other}") };
+            let exit = Exit::Failure { reason: start_error_reason(&other.to_string()) };
             apply_decision(record, &assignment.spec.restart_policy, &exit, None, now, jitter);
         }
     }
@@ -314,15 +318,26 @@ fn classify_exit(c: &Container, health_killed: Option<&str>) -> Exit {
         return Exit::Failure { reason: "health check failed".into() };
     }
     if c.oom_killed {
-        return Exit::Failure { reason: "OOM killed".into() };
+        return Exit::Failure { reason: "OOM killed (memory limit reached)".into() };
     }
     if let Some(error) = &c.error {
-        return Exit::Failure { reason: format!("could not start: {error}") };
+        return Exit::Failure { reason: start_error_reason(error) };
     }
     match c.exit_code {
         Some(0) => Exit::Success,
         Some(code) => Exit::Failure { reason: format!("exit code {code}") },
         None => Exit::Failure { reason: "exited (no exit code)".into() },
+    }
+}
+
+/// Why a container could not start, as a task reason. The engine's own
+/// words, with an OOM kill during start-up named as such (runc's "container
+/// init was OOM-killed (memory limit too low?)").
+fn start_error_reason(error: &str) -> String {
+    if error.contains("OOM") {
+        format!("OOM killed while starting (memory limit too low?): {error}")
+    } else {
+        format!("could not start: {error}")
     }
 }
 

@@ -15,7 +15,9 @@ use goat_storage::Millis;
 
 use crate::reconcile::{self, Action, Input, Plan};
 use crate::runtime::fake::FakeRuntime;
-use crate::runtime::{Container, ContainerConfig, ContainerRuntime, LABEL_GENERATION, LABEL_NODE, LABEL_TASK};
+use crate::runtime::{
+    Container, ContainerConfig, ContainerRuntime, RuntimeError, LABEL_GENERATION, LABEL_NODE, LABEL_TASK,
+};
 
 const NODE: &str = "n1";
 
@@ -60,7 +62,7 @@ impl Harness {
     }
 
     fn observe(&self) -> Vec<Container> {
-        futures::executor::block_on(self.engine.list(NODE)).unwrap()
+        futures::executor::block_on(self.engine.list(NODE, &Default::default())).unwrap()
     }
 
     /// Reconciles only (no acting).
@@ -349,7 +351,22 @@ fn oom_kill_is_reported_as_such() {
     let plan = h.settle();
     let report = Harness::report(&plan, id);
     assert_eq!(report.state, ObservedState::Failed);
-    assert_eq!(report.reason.as_deref(), Some("OOM killed"));
+    assert_eq!(report.reason.as_deref(), Some("OOM killed (memory limit reached)"));
+}
+
+#[test]
+fn an_oom_kill_during_start_is_named_in_the_reason() {
+    let a = assign(spec("tiny", RestartCondition::OnFailure, 5), 1);
+    let mut record = TaskRecord::new(1);
+    let error = RuntimeError::Engine(
+        "500: OCI runtime create failed: container_linux.go:380: starting container process caused: \
+         process_linux.go:722: container init caused: container init was OOM-killed (memory limit too low?)"
+            .into(),
+    );
+    reconcile::start_failed(&mut record, &a, &error, 1_000, &mut || 0.5);
+    assert_eq!(record.restarts, 1);
+    let reason = record.last_reason.unwrap_or_default();
+    assert!(reason.starts_with("OOM killed while starting"), "{reason}");
 }
 
 #[test]
@@ -582,7 +599,7 @@ fn several_tasks_are_handled_independently() {
 #[tokio::test]
 async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
     use crate::agent::{Round, Status, Supervisor};
-    use goat_storage::model::{EngineStatus, Resources};
+    use goat_storage::model::EngineStatus;
     use std::sync::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
@@ -593,8 +610,7 @@ async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
     engine.with(|s| s.down = true);
     let (_tx, rx) = tokio::sync::watch::channel(Some(vec![a]));
     let (_exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let status =
-        Arc::new(Mutex::new(Status { engine: EngineStatus::default(), reports: vec![], usage: Resources::default() }));
+    let status = Arc::new(Mutex::new(Status::new(EngineStatus::default())));
     let mut sup = Supervisor::new(NODE.into(), engine.clone(), store.clone(), rx, status.clone(), exit_rx).unwrap();
 
     assert!(matches!(sup.round().await, Round::EngineDown { .. }));
@@ -605,6 +621,7 @@ async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
     }
     engine.with(|s| s.down = false);
     sup.round().await;
+    sup.finish_actions().await;
     sup.round().await;
     {
         let s = status.lock().unwrap();
@@ -615,4 +632,42 @@ async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
     engine.exit(&cid, 1);
     sup.round().await;
     assert_eq!(store.task(id).unwrap().unwrap().restarts, 1);
+}
+
+/// Many tasks at once: one round starts them all (concurrently), a round
+/// during the actions repeats none of them, and the next round reports
+/// them running.
+#[tokio::test]
+async fn the_supervisor_starts_a_burst_concurrently_without_repeating_actions() {
+    use crate::agent::{Status, Supervisor};
+    use goat_storage::model::EngineStatus;
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = WorkerStore::open(dir.path()).unwrap();
+    let mut web = spec("web", RestartCondition::OnFailure, 5);
+    web.ports = vec![goat_storage::model::PortMapping { container: 7777, host: None }];
+    let list: Vec<Assignment> = (0..40).map(|_| assign(web.clone(), 1)).collect();
+    let engine = Arc::new(FakeRuntime::default());
+    let (_tx, rx) = tokio::sync::watch::channel(Some(list.clone()));
+    let (_exit_tx, exit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let status = Arc::new(Mutex::new(Status::new(EngineStatus::default())));
+    let mut sup = Supervisor::new(NODE.into(), engine.clone(), store.clone(), rx, status.clone(), exit_rx).unwrap();
+    sup.round().await;
+    // A second round while the creates may still be in flight asks for nothing new.
+    sup.round().await;
+    sup.finish_actions().await;
+    sup.round().await;
+    sup.finish_actions().await;
+    let creates = engine.with(|s| s.calls.iter().filter(|c| c.starts_with("create")).count());
+    assert_eq!(creates, 40, "each task created exactly once");
+    assert_eq!(engine.running_ids().len(), 40);
+    let s = status.lock().unwrap();
+    assert!(s.reports.iter().all(|r| r.state == ObservedState::Running), "{:?}", s.reports);
+    // Each got its own host port, chosen by the worker and remembered.
+    let ports: std::collections::BTreeSet<u16> = s.reports.iter().map(|r| r.host_ports[&7777]).collect();
+    assert_eq!(ports.len(), 40);
+    for r in &s.reports {
+        assert_eq!(store.task(r.task_id).unwrap().unwrap().host_ports[&7777], r.host_ports[&7777]);
+    }
 }

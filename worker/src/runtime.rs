@@ -13,7 +13,7 @@
 //! Labels, not names, are the source of truth: they are what the worker
 //! lists on start to adopt what it left running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -56,6 +56,17 @@ impl RuntimeError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, RuntimeError::Unavailable(_))
     }
+
+    /// The engine could not bind a requested host port (another process or
+    /// container holds it).
+    pub fn is_port_conflict(&self) -> bool {
+        match self {
+            RuntimeError::Engine(msg) => {
+                msg.contains("port is already allocated") || msg.contains("address already in use")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What the worker asks the engine to run for one task placement.
@@ -69,8 +80,12 @@ pub struct ContainerConfig {
     pub ports: Vec<PortMapping>,
     /// Memory limit in bytes; 0 = none.
     pub memory: u64,
-    /// CPU limit in billionths of a core; 0 = none.
+    /// Hard CPU limit (CFS quota) in billionths of a core; 0 = none. Only
+    /// when the task asks for `cpu_hard_limit`.
     pub nano_cpus: u64,
+    /// Relative CPU weight (1024 = one core's worth); 0 = the engine's
+    /// default. How a task's `cpu` reservation is enforced by default.
+    pub cpu_shares: u64,
 }
 
 impl ContainerConfig {
@@ -88,9 +103,50 @@ impl ContainerConfig {
             labels,
             ports: spec.ports.clone(),
             memory: spec.memory,
-            nano_cpus: (spec.cpu.max(0.0) * 1e9).round() as u64,
+            nano_cpus: if spec.cpu_hard_limit { (spec.cpu.max(0.0) * 1e9).round() as u64 } else { 0 },
+            cpu_shares: cpu_shares(spec.cpu),
         }
     }
+
+    /// Ports without a fixed host port that still need one.
+    pub fn unbound_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.iter().filter(|p| p.host.is_none()).map(|p| p.container)
+    }
+
+    /// Requests the given host ports (container port → host port) for the
+    /// ports that have no fixed one.
+    pub fn pin_ports(&mut self, pinned: &BTreeMap<u16, u16>) {
+        for port in self.ports.iter_mut().filter(|p| p.host.is_none()) {
+            port.host = pinned.get(&port.container).copied();
+        }
+    }
+}
+
+/// A `cpu` reservation as CPU shares: 1024 per core, at least 2 (the
+/// kernel's minimum); 0 (no reservation) keeps the engine's default.
+pub fn cpu_shares(cpu: f64) -> u64 {
+    if cpu.is_nan() || cpu <= 0.0 {
+        return 0;
+    }
+    ((cpu * 1024.0).round() as u64).max(2)
+}
+
+/// A free TCP port on this host, not in `reserved`: what the worker asks
+/// the engine to publish a port on when the task leaves the choice to it.
+/// Choosing it here (instead of letting the engine pick at each start) keeps
+/// the port across restarts of the container. The kernel picks from its
+/// ephemeral range; a port another process grabs before the container
+/// starts shows up as a start failure ([`RuntimeError::is_port_conflict`])
+/// and a new port is chosen.
+pub fn free_host_port(reserved: &BTreeSet<u16>) -> Option<u16> {
+    for _ in 0..64 {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        if !reserved.contains(&port) {
+            return Some(port);
+        }
+    }
+    None
 }
 
 /// The deterministic name of a placement's container: one name per
@@ -133,8 +189,15 @@ impl Container {
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Is the engine reachable and answering?
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// All of this node's Goat containers, running or not.
-    fn list(&self, node: &str) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
+    /// All of this node's Goat containers, running or not. Containers of
+    /// `in_flight` (an action of the worker is changing them right now) may
+    /// be shown as last seen, or left out if never seen: inspecting them
+    /// would wait for the action.
+    fn list(
+        &self,
+        node: &str,
+        in_flight: &InFlight,
+    ) -> impl Future<Output = Result<Vec<Container>, RuntimeError>> + Send;
     /// Creates and starts a container (ensuring the image first); its id.
     fn create_and_start(&self, config: &ContainerConfig) -> impl Future<Output = Result<String, RuntimeError>> + Send;
     /// Starts an existing, exited container again.
@@ -152,6 +215,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }
 
+/// The tasks and containers the worker has an engine action running on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub tasks: BTreeSet<TaskId>,
+    pub containers: BTreeSet<String>,
+}
+
 /// [`ContainerRuntime`] over the Docker Engine API on a unix socket.
 ///
 /// The client is made lazily and dropped when the engine is unreachable, so
@@ -160,7 +230,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 pub struct DockerRuntime {
     socket: String,
     client: Mutex<Option<Docker>>,
+    /// The last inspection of each container, with the list state it was
+    /// made in. A round lists the node's containers (one request) and
+    /// inspects only those that are new, changed state, exited since (a
+    /// `die` event), were acted on, or were last inspected `INSPECT_TTL` ago.
+    inspected: std::sync::Mutex<HashMap<String, Inspected>>,
 }
+
+struct Inspected {
+    /// The list's `State` ("running", "exited", "created", ...) at inspection.
+    state: String,
+    at: std::time::Instant,
+    container: Option<Container>,
+}
+
+/// How long an inspection is trusted while the container's listed state
+/// does not change: the safety net for a missed event.
+const INSPECT_TTL: Duration = Duration::from_secs(20);
+/// Inspections one list may run at once.
+const INSPECT_PARALLEL: usize = 8;
 
 /// How long one engine request may take before the engine counts as down.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -169,7 +257,12 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 impl DockerRuntime {
     pub fn new(socket: &str) -> DockerRuntime {
         let socket = socket.strip_prefix("unix://").unwrap_or(socket).to_string();
-        DockerRuntime { socket, client: Mutex::new(None) }
+        DockerRuntime { socket, client: Mutex::new(None), inspected: std::sync::Mutex::default() }
+    }
+
+    /// Forgets what was inspected about `id`: it is about to change.
+    fn invalidate(&self, id: &str) {
+        self.inspected.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     /// The connected client, connecting and negotiating the API version if
@@ -255,7 +348,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+    async fn list(&self, node: &str, in_flight: &InFlight) -> Result<Vec<Container>, RuntimeError> {
         let docker = self.client().await?;
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={node}")])]);
         let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
@@ -263,16 +356,50 @@ impl ContainerRuntime for DockerRuntime {
             Ok(s) => s,
             Err(e) => return Err(self.fail(e).await),
         };
-        // The list lacks exit codes and addresses: inspect each one. A
+        // The list lacks exit codes, OOM flags and start times: those come
+        // from an inspection, made again only when something changed. A
         // container removed in between is simply skipped.
-        let mut out = Vec::new();
+        // The engine holds a container's lock while starting or stopping
+        // it, and an inspection waits for it: a container our own action is
+        // busy with is shown as last inspected (or not at all if new), and
+        // looked at again once the action is done.
+        let mut busy = BTreeSet::new();
+        let mut listed: Vec<(String, String)> = Vec::new();
         for summary in summaries {
             let Some(id) = summary.id else { continue };
-            if let Some(container) = self.inspect(&docker, &id).await? {
-                out.push(container);
+            let task: Option<TaskId> =
+                summary.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).and_then(|t| t.parse().ok());
+            if in_flight.containers.contains(&id) || task.is_some_and(|t| in_flight.tasks.contains(&t)) {
+                busy.insert(id.clone());
             }
+            listed.push((id, format!("{:?}", summary.state)));
         }
-        Ok(out)
+        let stale: Vec<(String, String)> = {
+            let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+            cache.retain(|id, _| listed.iter().any(|(l, _)| l == id));
+            listed
+                .iter()
+                .filter(|(id, state)| {
+                    !busy.contains(id)
+                        && cache.get(id).is_none_or(|c| &c.state != state || c.at.elapsed() > INSPECT_TTL)
+                })
+                .cloned()
+                .collect()
+        };
+        type Fresh = Result<(String, String, Option<Container>), RuntimeError>;
+        let fresh: Vec<Fresh> = futures::stream::iter(stale.into_iter().map(|(id, state)| {
+            let docker = docker.clone();
+            async move { self.inspect(&docker, &id).await.map(|c| (id, state, c)) }
+        }))
+        .buffer_unordered(INSPECT_PARALLEL)
+        .collect()
+        .await;
+        let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+        for item in fresh {
+            let (id, state, container) = item?;
+            cache.insert(id, Inspected { state, at: std::time::Instant::now(), container });
+        }
+        Ok(listed.iter().filter_map(|(id, _)| cache.get(id).and_then(|c| c.container.clone())).collect())
     }
 
     async fn create_and_start(&self, config: &ContainerConfig) -> Result<String, RuntimeError> {
@@ -283,6 +410,7 @@ impl ContainerRuntime for DockerRuntime {
             Ok(created) => created,
             Err(e) => return Err(self.fail(e).await),
         };
+        self.invalidate(&created.id);
         if let Err(e) = docker.start_container(&created.id, None).await {
             // Keep the created container: the next observation sees it
             // exited (with the engine's error) and the restart policy
@@ -294,6 +422,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
+        self.invalidate(id);
         match docker.start_container(id, None).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fail(e).await),
@@ -302,6 +431,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
+        self.invalidate(id);
         let options = StopContainerOptions { t: Some(grace.as_secs().max(1) as i32), signal: None };
         match docker.stop_container(id, Some(options)).await {
             Ok(()) => Ok(()),
@@ -346,6 +476,7 @@ impl ContainerRuntime for DockerRuntime {
                 Err(e) => return Err(self.fail(e).await),
             };
             if let Some(id) = event.actor.and_then(|a| a.id) {
+                self.invalidate(&id);
                 if exits.send(id).is_err() {
                     return Ok(());
                 }
@@ -357,7 +488,7 @@ impl ContainerRuntime for DockerRuntime {
 
 /// The engine's create request for a container config. Docker's own restart
 /// policy is `no`: Goat decides restarts.
-fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
+pub fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
     let mut bindings = HashMap::new();
     let mut exposed = Vec::new();
     for port in &config.ports {
@@ -371,6 +502,7 @@ fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
         port_bindings: Some(bindings),
         memory: (config.memory > 0).then(|| i64::try_from(config.memory).unwrap_or(i64::MAX)),
         nano_cpus: (config.nano_cpus > 0).then(|| i64::try_from(config.nano_cpus).unwrap_or(i64::MAX)),
+        cpu_shares: (config.cpu_shares > 0).then(|| i64::try_from(config.cpu_shares).unwrap_or(i64::MAX)),
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         ..Default::default()
     };
@@ -540,7 +672,7 @@ pub mod fake {
             self.check("ping".into())
         }
 
-        async fn list(&self, node: &str) -> Result<Vec<Container>, RuntimeError> {
+        async fn list(&self, node: &str, _in_flight: &InFlight) -> Result<Vec<Container>, RuntimeError> {
             self.check("list".into())?;
             Ok(self.with(|s| {
                 s.containers
@@ -637,6 +769,48 @@ mod tests {
     }
 
     #[test]
+    fn cpu_is_weighted_by_shares() {
+        assert_eq!(cpu_shares(0.0), 0);
+        assert_eq!(cpu_shares(f64::NAN), 0);
+        assert_eq!(cpu_shares(0.001), 2);
+        assert_eq!(cpu_shares(0.01), 10);
+        assert_eq!(cpu_shares(2.0), 2048);
+    }
+
+    #[test]
+    fn pinned_ports_fill_only_the_unfixed_ones() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "echo", "image": "i", "ports": [{"container": 7777, "host": 7777}, {"container": 80}, {"container": 81}]
+        }))
+        .unwrap();
+        let mut cfg = ContainerConfig::for_task("n1", TaskId::new_v4(), 1, &spec);
+        assert_eq!(cfg.unbound_ports().collect::<Vec<_>>(), vec![80, 81]);
+        cfg.pin_ports(&BTreeMap::from([(80, 40_001), (7777, 1)]));
+        assert_eq!(cfg.ports[0].host, Some(7777), "a fixed port is never replaced");
+        assert_eq!(cfg.ports[1].host, Some(40_001));
+        assert_eq!(cfg.unbound_ports().collect::<Vec<_>>(), vec![81]);
+    }
+
+    #[test]
+    fn free_ports_avoid_the_reserved_ones() {
+        let first = free_host_port(&Default::default()).unwrap();
+        let reserved = BTreeSet::from([first]);
+        for _ in 0..20 {
+            assert_ne!(free_host_port(&reserved), Some(first));
+        }
+    }
+
+    #[test]
+    fn port_conflicts_are_recognised() {
+        let e = RuntimeError::Engine(
+            "500: driver failed programming external connectivity: Bind for 0.0.0.0:7777 failed: port is already allocated".into(),
+        );
+        assert!(e.is_port_conflict());
+        assert!(!RuntimeError::Engine("500: oops".into()).is_port_conflict());
+        assert!(!RuntimeError::Unavailable("port is already allocated".into()).is_port_conflict());
+    }
+
+    #[test]
     fn container_names_are_deterministic() {
         let id: TaskId = "0123456789abcdef0123456789abcdef".parse().unwrap();
         assert_eq!(container_name("web", id, 3), "goat-web-01234567-g3");
@@ -652,7 +826,14 @@ mod tests {
         .unwrap();
         let id = TaskId::new_v4();
         let cfg = ContainerConfig::for_task("n1", id, 2, &spec);
-        assert_eq!(cfg.nano_cpus, 500_000_000);
+        // A reservation, weighted: no hard quota unless asked for.
+        assert_eq!(cfg.nano_cpus, 0);
+        assert_eq!(cfg.cpu_shares, 512);
+        let mut hard = spec.clone();
+        hard.cpu_hard_limit = true;
+        let hard = ContainerConfig::for_task("n1", id, 2, &hard);
+        assert_eq!((hard.nano_cpus, hard.cpu_shares), (500_000_000, 512));
+        assert_eq!(create_body(&hard).host_config.unwrap().nano_cpus, Some(500_000_000));
         assert_eq!(cfg.labels[LABEL_TASK], id.to_string());
         assert_eq!(cfg.labels[LABEL_NODE], "n1");
         assert_eq!(cfg.labels[LABEL_GENERATION], "2");
@@ -663,6 +844,8 @@ mod tests {
         assert_eq!(bindings["7777/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("7777"));
         assert_eq!(bindings["80/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some(""));
         assert_eq!(host.memory, Some(1_048_576));
+        assert_eq!(host.cpu_shares, Some(512));
+        assert_eq!(host.nano_cpus, None);
         assert_eq!(host.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
     }
 }
