@@ -133,3 +133,33 @@ async fn a_missing_image_fails_with_a_reason() {
     let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t["state"] == "failed").await;
     assert_eq!(failed["reason"].as_str(), Some(format!("image not found: {image}").as_str()), "{failed:#}");
 }
+
+/// A fixed host port another process holds: each start fails, counted once
+/// per attempt under the restart policy, and the task fails saying why; no
+/// never-started container is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_host_port_fails_with_a_reason() {
+    ensure_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let node = unique("w-port");
+    let worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
+    let holder = std::net::TcpListener::bind("0.0.0.0:0").expect("bind a port");
+    let port = holder.local_addr().expect("local addr").port();
+    let spec = json!({
+        "name": unique("clash"),
+        "image": "goat-echo:latest",
+        "memory": 16 << 20,
+        "ports": [{"container": 7777, "host": port}],
+        "restart_policy": {"condition": "on-failure", "max_attempts": 1, "initial_delay": "100ms",
+                           "max_delay": "1s", "reset_after": "1m"},
+        "reschedule_policy": {"attempts": 0}
+    });
+    let task = cluster.submit(1, &spec).await;
+    let id = task["id"].as_str().expect("task id").to_string();
+    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t["state"] == "failed").await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("could not start") && reason.contains(&port.to_string()), "reason: {reason}");
+    assert_eq!(restarts(&failed), 1, "one failed start per attempt: {failed:#}");
+    assert!(worker.containers().is_empty(), "a container that never started was left behind");
+    drop(holder);
+}

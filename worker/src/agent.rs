@@ -518,11 +518,9 @@ async fn execute<R: ContainerRuntime>(runtime: &R, action: Action) -> Result<(),
                 Ok(())
             }
             Err(error) => {
+                // (A container that was created but could not start has been
+                // removed by the runtime: the next one gets new ports.)
                 tracing::warn!(%error, "could not start the container");
-                if error.is_port_conflict() {
-                    // Its ports cannot be had: drop it, a new one gets others.
-                    let _ = runtime.remove(&config.name, Duration::ZERO).await;
-                }
                 Err(error)
             }
         },

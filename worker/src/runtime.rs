@@ -412,10 +412,16 @@ impl ContainerRuntime for DockerRuntime {
         };
         self.invalidate(&created.id);
         if let Err(e) = docker.start_container(&created.id, None).await {
-            // Keep the created container: the next observation sees it
-            // exited (with the engine's error) and the restart policy
-            // decides, exactly as for a container that crashed at once.
-            return Err(self.fail(e).await);
+            // The caller counts the failed start under the restart policy;
+            // left behind, the never-started container would be counted a
+            // second time when observed with the engine's error. The next
+            // attempt creates it afresh.
+            let error = self.fail(e).await;
+            if !error.is_unavailable() {
+                let options = RemoveContainerOptions { force: true, v: true, link: false };
+                let _ = docker.remove_container(&created.id, Some(options)).await;
+            }
+            return Err(error);
         }
         Ok(created.id)
     }
