@@ -56,30 +56,37 @@ const FEED_CAPACITY: usize = 1024;
 
 /// The applied state, shared between the state machine and the API readers.
 #[derive(Clone)]
-pub struct SharedState(Arc<RwLock<Applied>>, tokio::sync::broadcast::Sender<Feed>);
+pub struct SharedState {
+    applied: Arc<RwLock<Applied>>,
+    feed: tokio::sync::broadcast::Sender<Feed>,
+}
 
 impl Default for SharedState {
     fn default() -> Self {
-        SharedState(Arc::default(), tokio::sync::broadcast::channel(FEED_CAPACITY).0)
+        SharedState::new(Applied::default())
     }
 }
 
 impl SharedState {
+    fn new(applied: Applied) -> SharedState {
+        SharedState { applied: Arc::new(RwLock::new(applied)), feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0 }
+    }
+
     /// Follows the events of every batch applied from now on. Subscribe
     /// before reading the histories, so that nothing falls in between.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Feed> {
-        self.1.subscribe()
+        self.feed.subscribe()
     }
 
     /// A read view; hold it briefly (the state machine waits for it).
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         // A poisoned lock means a panic inside apply: the state may be half
         // changed, and serving it would be worse than stopping.
-        self.0.read().expect("state lock poisoned")
+        self.applied.read().expect("state lock poisoned")
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
-        self.0.write().expect("state lock poisoned")
+        self.applied.write().expect("state lock poisoned")
     }
 }
 
@@ -109,10 +116,7 @@ impl StateMachine {
             Some(bytes) => decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => (None, StoredMembership::default()),
         };
-        let shared = SharedState(
-            Arc::new(RwLock::new(Applied { state, last_applied, membership })),
-            tokio::sync::broadcast::channel(FEED_CAPACITY).0,
-        );
+        let shared = SharedState::new(Applied { state, last_applied, membership });
         Ok(StateMachine { store, shared, snapshots_built: 0 })
     }
 
@@ -188,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         drop(applied);
         if !events.is_empty() {
             // No follower is not an error.
-            let _ = self.shared.1.send(Feed::Events(Arc::new(events)));
+            let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
         }
         Ok(results)
     }
@@ -226,7 +230,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         drop(applied);
-        let _ = self.shared.1.send(Feed::Reset);
+        let _ = self.shared.feed.send(Feed::Reset);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

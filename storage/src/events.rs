@@ -289,6 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn a_reloaded_state_numbers_on_as_the_applied_one_does() {
+        let mut s = ClusterState::default();
+        let id = Uuid::from_u128(1);
+        apply_entries(&mut s, 1, vec![upsert("w1", 1), Command::SubmitTask { task_id: id, spec: spec(), at: 2 }]);
+        // An entry numbered at or below the last event's range (as after an
+        // entry with more than 2^20 events) still gets higher indexes.
+        apply_entries(&mut s, 2, vec![Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 }]);
+        let indexes: Vec<u64> = s.tasks[&id].events.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, [first_index(2), first_index(2) + 1]);
+        // Loaded from its parts (a restart, a snapshot), a state numbers
+        // the next events as the one that applied everything did.
+        let mut reloaded = ClusterState::from_parts(s.tasks.clone(), s.nodes.clone());
+        for state in [&mut s, &mut reloaded] {
+            apply_entries(state, 2, vec![report(id, ObservedState::Running)]);
+        }
+        assert_eq!(events_after(&reloaded, 0), events_after(&s, 0));
+        assert_eq!(s.tasks[&id].events.last().map(|e| e.index), Some(first_index(2) + 2));
+    }
+
+    #[test]
     fn events_serialize_with_their_type() {
         let e = ClusterEvent::Node { index: 7, at: 1, node: "w1".into(), status: NodeStatus::Ready, reason: None };
         let json = serde_json::to_value(&e).unwrap();

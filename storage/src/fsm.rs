@@ -211,13 +211,21 @@ impl ClusterState {
         for (id, task) in &tasks {
             index.add(*id, IndexKey::of(task));
         }
-        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event: 0 }
+        // What applying every event so far in order would have left: the
+        // newest event of each history is always retained.
+        let newest_task = tasks.values().filter_map(|t| t.events.last()).map(|e| e.index + 1);
+        let newest_node = nodes.values().filter_map(|n| n.events.last()).map(|e| e.index + 1);
+        let next_event = newest_task.chain(newest_node).max().unwrap_or(0);
+        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event }
     }
 
     /// Numbers the events of the next command(s) from the Raft log index of
     /// the entry that carries them, so they are the same on every manager.
+    /// (An entry with more than 2^20 events would run into the next entry's
+    /// range; the next entry then starts after it, so indexes still only
+    /// grow.)
     pub fn begin_entry(&mut self, log_index: u64) {
-        self.next_event = crate::events::first_index(log_index);
+        self.next_event = self.next_event.max(crate::events::first_index(log_index));
     }
 
     /// Applies one command. Deterministic: the same state and command give
