@@ -33,6 +33,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/cluster/verify", get(super::verify::verify))
         .route("/v1/tasks", post(submit_task).get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/stats", get(stats))
@@ -43,6 +44,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
         .route("/internal/read-index", post(internal_read_index))
         .route("/internal/status", get(internal_status))
+        .route("/internal/state-digest", get(super::verify::internal_state_digest))
         .fallback(not_found)
         .with_state(manager)
 }
@@ -91,7 +93,7 @@ struct HealthView {
     purged: Option<u64>,
 }
 
-fn role_name(state: ServerState) -> &'static str {
+pub fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",

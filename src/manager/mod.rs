@@ -10,6 +10,7 @@
 //! - [`api`]: the public HTTP API.
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
 //! - [`leader`]: the loops that run on the leader only.
+//! - [`verify`]: state fingerprints, to prove the managers agree.
 
 pub mod api;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod json;
 pub mod leader;
 pub mod nodes;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! Goat's storage layer: the task model and every on-disk store, with no
 //! networking.
 //!
+//! - [`digest`]: a fingerprint of the replicated state.
 //! - [`model`]: tasks, nodes and the worker/leader messages (plain data).
 //! - [`validate`]: the rules a submitted task spec must meet.
 //! - [`fsm`]: the replicated state machine, pure and deterministic.
@@ -8,6 +9,7 @@
 //! - [`raft_log`]: the Raft log and vote, durable before acknowledged.
 //! - [`state_store`]: the state machine's persisted copy and its snapshots.
 
+pub mod digest;
 pub mod duration;
 pub mod engine;
 pub mod fsm;

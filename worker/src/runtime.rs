@@ -160,6 +160,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 pub struct DockerRuntime {
     socket: String,
     client: Mutex<Option<Docker>>,
+    /// The Docker network task containers join (default: the engine's
+    /// default bridge).
+    task_network: Option<String>,
 }
 
 /// How long one engine request may take before the engine counts as down.
@@ -169,7 +172,15 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 impl DockerRuntime {
     pub fn new(socket: &str) -> DockerRuntime {
         let socket = socket.strip_prefix("unix://").unwrap_or(socket).to_string();
-        DockerRuntime { socket, client: Mutex::new(None) }
+        DockerRuntime { socket, client: Mutex::new(None), task_network: None }
+    }
+
+    /// Starts task containers on `network` instead of the default bridge
+    /// (a worker that runs in a container on that network can then reach
+    /// its tasks for health checks).
+    pub fn with_task_network(mut self, network: Option<String>) -> DockerRuntime {
+        self.task_network = network.filter(|n| !n.is_empty());
+        self
     }
 
     /// The connected client, connecting and negotiating the API version if
@@ -279,10 +290,11 @@ impl ContainerRuntime for DockerRuntime {
         let docker = self.client().await?;
         self.ensure_image(&docker, &config.image).await?;
         let options = CreateContainerOptions { name: Some(config.name.clone()), ..Default::default() };
-        let created = match docker.create_container(Some(options), create_body(config)).await {
-            Ok(created) => created,
-            Err(e) => return Err(self.fail(e).await),
-        };
+        let created =
+            match docker.create_container(Some(options), create_body(config, self.task_network.as_deref())).await {
+                Ok(created) => created,
+                Err(e) => return Err(self.fail(e).await),
+            };
         if let Err(e) = docker.start_container(&created.id, None).await {
             // Keep the created container: the next observation sees it
             // exited (with the engine's error) and the restart policy
@@ -357,7 +369,7 @@ impl ContainerRuntime for DockerRuntime {
 
 /// The engine's create request for a container config. Docker's own restart
 /// policy is `no`: Goat decides restarts.
-fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
+fn create_body(config: &ContainerConfig, network: Option<&str>) -> ContainerCreateBody {
     let mut bindings = HashMap::new();
     let mut exposed = Vec::new();
     for port in &config.ports {
@@ -372,6 +384,7 @@ fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
         memory: (config.memory > 0).then(|| i64::try_from(config.memory).unwrap_or(i64::MAX)),
         nano_cpus: (config.nano_cpus > 0).then(|| i64::try_from(config.nano_cpus).unwrap_or(i64::MAX)),
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        network_mode: network.map(str::to_string),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -657,12 +670,15 @@ mod tests {
         assert_eq!(cfg.labels[LABEL_NODE], "n1");
         assert_eq!(cfg.labels[LABEL_GENERATION], "2");
         assert_eq!(cfg.labels["team"], "a");
-        let body = create_body(&cfg);
+        let body = create_body(&cfg, None);
         let host = body.host_config.unwrap();
         let bindings = host.port_bindings.unwrap();
         assert_eq!(bindings["7777/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("7777"));
         assert_eq!(bindings["80/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some(""));
         assert_eq!(host.memory, Some(1_048_576));
         assert_eq!(host.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
+        assert_eq!(host.network_mode, None, "the default bridge unless told otherwise");
+        let on_net = create_body(&cfg, Some("goat_net")).host_config.unwrap();
+        assert_eq!(on_net.network_mode.as_deref(), Some("goat_net"));
     }
 }
