@@ -4,9 +4,11 @@
 //! - `goat worker`: the agent that runs tasks as Docker containers.
 //! - `goat echo`: the echo application used as Goat's first workload.
 //! - `goat bench`: benchmarks against a running cluster.
+//! - `goat drill`: failures caused in a compose deployment, measured.
 
 mod bench;
 mod clock;
+mod drill;
 mod echo;
 mod manager;
 mod reschedule;
@@ -40,6 +42,8 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
+    /// Cause a failure in a compose deployment under load and measure it.
+    Drill(drill::DrillArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -83,6 +87,7 @@ async fn main() {
         Command::Worker(args) => goat_worker::run(args).await,
         Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Drill(args) => drill::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("goat: {e:#}");
