@@ -27,6 +27,10 @@ use goat_storage::Millis;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+/// After cutting a leader off, how long until its applied index must stop
+/// moving (entries committed just before the cut are still being applied).
+const ISOLATION_GRACE: Duration = Duration::from_millis(500);
+
 /// The failures a drill can cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,7 +97,8 @@ pub struct Round {
     pub isolated_created: usize,
     pub isolated_errors: usize,
     /// Partition drills: how far the cut-off manager's applied index moved
-    /// while it was cut off (its own writes can not commit).
+    /// while it was cut off, from half a second after the cut (its own
+    /// writes can not commit): must be 0.
     pub isolated_applied_delta: Option<u64>,
 }
 
@@ -513,7 +518,6 @@ async fn manager_round(
     let mut round = Round { victim: service, ..Round::default() };
     let network = deployment.network();
 
-    let before = deployment.health(victim, Duration::from_secs(1)).await;
     let mut aliases = Vec::new();
     let t0 = Instant::now();
     match args.scenario {
@@ -532,7 +536,11 @@ async fn manager_round(
         // The cut-off leader's own clients: it must not acknowledge.
         let hold_until = t0 + args.hold.as_duration().max(Duration::from_secs(6));
         let spec = load_spec(run);
-        let start_index = before.as_ref().and_then(|h| h["last_applied"].as_u64());
+        // What was committed before the cut may still be applied just
+        // after it: measure from half a second in.
+        tokio::time::sleep((t0 + ISOLATION_GRACE).saturating_duration_since(Instant::now())).await;
+        let start_index =
+            deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h["last_applied"].as_u64());
         let mut highest = start_index;
         while Instant::now() < hold_until {
             let (status, body) = deployment.submit(victim, &spec, Duration::from_secs(8)).await;
