@@ -84,6 +84,9 @@ pub struct DrillArgs {
 pub struct Round {
     /// The member the failure hit: `manager2`, `worker1`.
     pub victim: String,
+    /// How long the `docker` command that caused the failure took; the
+    /// times below run from its return.
+    pub failure_call_ms: f64,
     /// From the failure until a survivor knew a new leader.
     pub leaderless_ms: Option<f64>,
     /// From the failure until a write through a survivor was accepted.
@@ -519,13 +522,17 @@ async fn manager_round(
     let network = deployment.network();
 
     let mut aliases = Vec::new();
-    let t0 = Instant::now();
+    let called = Instant::now();
     match args.scenario {
         Scenario::PartitionLeader => aliases = disconnect(&network, &container).await?,
         _ => {
             docker(&["kill", &container]).await?;
         }
     }
+    // Times run from when the engine reports the failure done (`docker
+    // kill` returns once the process is dead), like `goat bench raft`.
+    let t0 = Instant::now();
+    round.failure_call_ms = ms(t0 - called);
     let lost_leader = (victim == leader).then_some(victim);
     let (leaderless, first_write, probe) = measure_failover(deployment, &survivors, lost_leader, t0, run).await;
     round.leaderless_ms = leaderless.map(ms);
@@ -587,7 +594,7 @@ async fn worker_round(deployment: &Arc<Deployment>, args: &DrillArgs, echo: &[St
     let network = deployment.network();
     let mut round = Round { victim: service, tasks_to_move: count, ..Round::default() };
 
-    let t0 = Instant::now();
+    let called = Instant::now();
     let aliases = match args.scenario {
         Scenario::PartitionWorker => disconnect(&network, &container).await?,
         _ => {
@@ -595,6 +602,8 @@ async fn worker_round(deployment: &Arc<Deployment>, args: &DrillArgs, echo: &[St
             Vec::new()
         }
     };
+    let t0 = Instant::now();
+    round.failure_call_ms = ms(t0 - called);
     let moved = wait_running(deployment, echo, Some(&node), args.settle.as_duration()).await;
     if moved.is_ok() {
         round.moved_ms = Some(ms(t0.elapsed()));
@@ -726,7 +735,7 @@ pub fn render(r: &Report) -> String {
                 round.isolated_created, round.isolated_errors
             );
         }
-        let _ = writeln!(out);
+        let _ = writeln!(out, " [docker call {:.0} ms]", round.failure_call_ms);
     }
     if !r.rounds.iter().all(|x| x.first_write_ms.is_none()) {
         let _ = writeln!(
