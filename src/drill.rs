@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -84,9 +84,12 @@ pub struct DrillArgs {
 pub struct Round {
     /// The member the failure hit: `manager2`, `worker1`.
     pub victim: String,
-    /// How long the `docker` command that caused the failure took; the
-    /// times below run from its return.
+    /// How long the `docker` command that caused the failure took. The
+    /// times below run from when the victim stopped answering (kills) or
+    /// from the start of the command (partitions).
     pub failure_call_ms: f64,
+    /// How long `docker start` (kills) took.
+    pub restore_call_ms: f64,
     /// From the failure until a survivor knew a new leader.
     pub leaderless_ms: Option<f64>,
     /// From the failure until a write through a survivor was accepted.
@@ -334,23 +337,83 @@ impl Load {
     }
 }
 
-/// Until a survivor knows a leader other than `victim` (None: the same
-/// leader stayed), and until a write through a survivor is accepted (the
-/// probe's task ids are acknowledged writes too).
+/// When the engine recorded the container's last exit.
+async fn finished_at(container: &str) -> Option<SystemTime> {
+    let text = docker(&["inspect", "-f", "{{.State.FinishedAt}}", container]).await.ok()?;
+    parse_rfc3339_utc(&text)
+}
+
+/// The `Instant` of a wall-clock time in the recent past.
+fn instant_of(wall: SystemTime) -> Instant {
+    let (now, now_wall) = (Instant::now(), SystemTime::now());
+    let ago = now_wall.duration_since(wall).unwrap_or_default();
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses Docker's `2026-11-25T13:42:18.534123456Z` (UTC only).
+fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
+    let text = text.trim().strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.split('-');
+    let (year, month, day): (i64, u32, u32) =
+        (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':');
+    let (h, m, sec): (u64, u64, u64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let nanos: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").get(..9)?.parse().ok()? };
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    let secs = days * 86_400 + h * 3_600 + m * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// When manager `id` stopped answering its API, watched every few ms from
+/// `since` for up to 30 s: the start of the first of two failed probes in a
+/// row (one slow answer on a busy machine is not a death).
+async fn wait_silent(deployment: &Deployment, id: u64, since: Instant) -> Option<Instant> {
+    let mut first_failure: Option<Instant> = None;
+    while since.elapsed() < Duration::from_secs(30) {
+        let probe_sent = Instant::now();
+        if deployment.health(id, Duration::from_secs(1)).await.is_none() {
+            match first_failure {
+                Some(at) => return Some(at),
+                None => first_failure = Some(probe_sent),
+            }
+        } else {
+            first_failure = None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first_failure
+}
+
+/// When a survivor first knew a leader other than `victim` (None: the same
+/// leader stayed), and when a write through a survivor was first accepted
+/// (the probe's task ids are acknowledged writes too), watching from `from`.
 async fn measure_failover(
     deployment: &Deployment,
     survivors: &[u64],
     victim: Option<u64>,
     from: Instant,
     run: &str,
-) -> (Option<Duration>, Option<Duration>, Vec<String>) {
+) -> (Option<Instant>, Option<Instant>, Vec<String>) {
     let leaderless = async {
         loop {
             for id in survivors {
                 if let Some(health) = deployment.health(*id, Duration::from_millis(200)).await {
                     let leader = health["leader"].as_u64();
                     if leader.is_some() && leader != victim {
-                        return Some(from.elapsed());
+                        return Some(Instant::now());
                     }
                 }
             }
@@ -367,7 +430,7 @@ async fn measure_failover(
             let id = survivors[i % survivors.len()];
             i += 1;
             if let (Some(201), Some(body)) = deployment.submit(id, &spec, Duration::from_millis(200)).await {
-                return (Some(from.elapsed()), body["id"].as_str().map(str::to_string));
+                return (Some(Instant::now()), body["id"].as_str().map(str::to_string));
             }
             if from.elapsed() > Duration::from_secs(30) {
                 return (None, None);
@@ -523,20 +586,41 @@ async fn manager_round(
 
     let mut aliases = Vec::new();
     let called = Instant::now();
-    match args.scenario {
-        Scenario::PartitionLeader => aliases = disconnect(&network, &container).await?,
-        _ => {
-            docker(&["kill", &container]).await?;
-        }
-    }
-    // Times run from when the engine reports the failure done (`docker
-    // kill` returns once the process is dead), like `goat bench raft`.
-    let t0 = Instant::now();
-    round.failure_call_ms = ms(t0 - called);
     let lost_leader = (victim == leader).then_some(victim);
-    let (leaderless, first_write, probe) = measure_failover(deployment, &survivors, lost_leader, t0, run).await;
-    round.leaderless_ms = leaderless.map(ms);
-    round.first_write_ms = first_write.map(ms);
+    let (t0, leader_at, write_at, probe) = match args.scenario {
+        Scenario::PartitionLeader => {
+            aliases = disconnect(&network, &container).await?;
+            // The cut happens somewhere inside the call: count from its
+            // start (an upper bound on the times below).
+            round.failure_call_ms = ms(called.elapsed());
+            let (leader_at, write_at, probe) = measure_failover(deployment, &survivors, lost_leader, called, run).await;
+            (called, leader_at, write_at, probe)
+        }
+        _ => {
+            // `docker kill` returns well after the process died (the engine
+            // tears down networks and port mappings first: 0.3-3 s on a busy
+            // machine). So watch while it runs: once the victim stops
+            // answering, probe the survivors; count from the moment the
+            // engine recorded the death (`State.FinishedAt`).
+            let kill_args = ["kill", container.as_str()];
+            let kill = docker(&kill_args);
+            let watch = async {
+                let silent = wait_silent(deployment, victim, called).await;
+                let from = silent.unwrap_or_else(Instant::now);
+                (silent, measure_failover(deployment, &survivors, lost_leader, from, run).await)
+            };
+            let (killed, (silent, (leader_at, write_at, probe))) = tokio::join!(kill, watch);
+            killed?;
+            round.failure_call_ms = ms(called.elapsed());
+            let died = match finished_at(&container).await {
+                Some(wall) => instant_of(wall),
+                None => silent.unwrap_or(called),
+            };
+            (died, leader_at, write_at, probe)
+        }
+    };
+    round.leaderless_ms = leader_at.map(|t| ms(t.saturating_duration_since(t0)));
+    round.first_write_ms = write_at.map(|t| ms(t.saturating_duration_since(t0)));
     probes.extend(probe);
 
     if args.scenario == Scenario::PartitionLeader {
@@ -573,7 +657,9 @@ async fn manager_round(
     } else {
         let left = (t0 + args.hold.as_duration()).saturating_duration_since(Instant::now());
         tokio::time::sleep(left).await;
+        let restoring = Instant::now();
         docker(&["start", &container]).await?;
+        round.restore_call_ms = ms(restoring.elapsed());
     }
     Ok(round)
 }
@@ -643,8 +729,10 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
         } else {
             manager_round(&deployment, args, &run, &mut probes).await
         };
+        let converging = Instant::now();
         // Convergence: one leader all agree on, every manager at one state.
         let leader = deployment.wait_leader(&ids, args.settle.as_duration()).await;
+        let converged_after = converging.elapsed();
         let outcomes = load.finish().await;
         let round = round?;
         leader?;
@@ -653,12 +741,15 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
             max_copies = Some(max_copies.unwrap_or(0).max(copies));
         }
         eprintln!(
-            "round {}: {} leaderless {:?} ms, first write {:?} ms, moved {:?} ms",
+            "round {}: {} leaderless {:?} ms, first write {:?} ms, moved {:?} ms; docker call {} ms, docker start {} ms, agreed leader {:?} after that",
             round_no + 1,
             round.victim,
             round.leaderless_ms,
             round.first_write_ms,
-            round.moved_ms
+            round.moved_ms,
+            round.failure_call_ms,
+            round.restore_call_ms,
+            converged_after
         );
         report.submitted += outcomes.len();
         for outcome in &outcomes {
@@ -779,6 +870,18 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_times_parse() {
+        let t = parse_rfc3339_utc("2026-11-25T13:42:18.534123456Z").unwrap();
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(since.as_secs(), 1_795_614_138);
+        assert_eq!(since.subsec_nanos(), 534_123_456);
+        let t = parse_rfc3339_utc("1970-01-02T00:00:01.5Z").unwrap();
+        assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap(), Duration::from_millis(86_401_500));
+        assert_eq!(parse_rfc3339_utc("0001-01-01T00:00:00Z"), None, "a container that never ran");
+        assert_eq!(parse_rfc3339_utc("yesterday"), None);
+    }
 
     #[test]
     fn median_of_an_odd_and_an_even_count() {

@@ -48,7 +48,15 @@ impl Deployment {
             .env("GOAT_API_PORT3", self.ports[2].to_string())
             .env("GOAT_RESTART", "no")
             .env("GOAT_NODE_DOWN_AFTER", "3s")
-            .env("GOAT_SKIP_BUILD", "1");
+            .env("GOAT_SKIP_BUILD", "1")
+            .env("GOAT_IMAGE", self.image());
+    }
+
+    /// This deployment's own tag of the image under test: `goat:latest` is
+    /// tagged once the suite has built it, so a rebuild of `goat:latest`
+    /// meanwhile (another worktree's tests) cannot change what runs here.
+    fn image(&self) -> String {
+        format!("goat-failover:{}", self.project)
     }
 
     fn start(case: &str) -> Deployment {
@@ -64,6 +72,7 @@ impl Deployment {
                 .build()
                 .expect("client"),
         };
+        docker(&["tag", "goat:latest", &deployment.image()]);
         let mut up = Command::new("bash");
         up.arg(format!("{}/deploy/up.sh", root()));
         deployment.env(&mut up);
@@ -186,6 +195,8 @@ impl Drop for Deployment {
         down.args([&format!("{}/deploy/down.sh", root()), "--volumes"]);
         self.env(&mut down);
         let _ = down.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ =
+            Command::new("docker").args(["rmi", &self.image()]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 
