@@ -619,7 +619,8 @@ async fn manager_round(
             (died, leader_at, write_at, probe)
         }
     };
-    round.leaderless_ms = leader_at.map(|t| ms(t.saturating_duration_since(t0)));
+    // A follower's loss leaves the leader in place: no leaderless time.
+    round.leaderless_ms = leader_at.filter(|_| lost_leader.is_some()).map(|t| ms(t.saturating_duration_since(t0)));
     round.first_write_ms = write_at.map(|t| ms(t.saturating_duration_since(t0)));
     probes.extend(probe);
 
@@ -811,7 +812,7 @@ pub fn render(r: &Report) -> String {
             let _ = write!(
                 out,
                 " leaderless {:>8}, first write {:>8}",
-                opt(round.leaderless_ms),
+                if round.leaderless_ms.is_none() { "kept".to_string() } else { opt(round.leaderless_ms) },
                 opt(round.first_write_ms)
             );
         }
