@@ -461,7 +461,8 @@ async fn place_echo_tasks(deployment: &Deployment, n: usize, run: &str) -> anyho
     Ok(ids)
 }
 
-/// Waits until every task of `ids` runs (and not on `avoid`); returns where.
+/// Waits until every task of `ids` runs healthy (and not on `avoid`);
+/// returns where.
 async fn wait_running(
     deployment: &Deployment,
     ids: &[String],
@@ -483,7 +484,9 @@ async fn wait_running(
                 else {
                     continue;
                 };
-                if ids.iter().any(|i| i == tid) && state == "running" && Some(node) != avoid {
+                // Healthy: the worker reached its task over the network.
+                let healthy = task["health"] == "healthy";
+                if ids.iter().any(|i| i == tid) && state == "running" && healthy && Some(node) != avoid {
                     placed.insert(tid.to_string(), node.to_string());
                 }
             }

@@ -353,6 +353,38 @@ async fn a_follower_whose_volume_is_wiped_rejoins_and_catches_up() {
 async fn a_lost_worker_s_tasks_move_and_run_once_when_it_returns() {
     let _turn = lock().await;
     let deployment = Deployment::start("work");
+    // The echo task through manager 3 answers on its host port, healthy:
+    // the containerized worker reaches its task for health checks.
+    let port = free_port();
+    let spec = json!({"name": "echo", "image": "goat-echo:latest", "cpu": 0.05, "memory": 32 << 20,
+        "ports": [{"container": 7777, "host": port}],
+        "health_check": {"path": "/health", "port": 7777, "interval": "500ms"}});
+    let created = deployment.http.post(format!("{}/v1/tasks", deployment.url(3))).json(&spec).send().await;
+    let task: Value = created.expect("submit echo").json().await.expect("task");
+    let id = task["id"].as_str().expect("task id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let task: Value = deployment
+            .http
+            .get(format!("{}/v1/tasks/{id}", deployment.url(1)))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("task");
+        if task["state"] == "running" && task["health"] == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "echo task not running healthy: {task}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = r#"{"Msg":"Hello, world!"}"#;
+    let echoed =
+        deployment.http.post(format!("http://127.0.0.1:{port}/")).body(body).send().await.expect("echo answers");
+    assert_eq!(echoed.text().await.expect("echo body"), body);
+    let _ = deployment.http.delete(format!("{}/v1/tasks/{id}", deployment.url(1))).send().await;
+
     for scenario in ["kill-worker", "partition-worker"] {
         let report = deployment.drill(scenario, &["--tasks", "4", "--hold", "1s", "--settle", "60s"]);
         let round = &report["rounds"][0];
