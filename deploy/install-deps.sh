@@ -11,6 +11,9 @@ set -euo pipefail
 need=()
 command -v file >/dev/null 2>&1 || need+=(file)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  need+=(docker-compose)
+fi
 if [ "${GOAT_SKIP_ETCD:-0}" != 1 ] && ! command -v etcd >/dev/null 2>&1; then
   need+=(etcd-server)
 fi

@@ -7,11 +7,13 @@
 //! - `goat dev`, `run`, `status`, `stop`, `nodes`, `node`, `members`,
 //!   `snapshot`: the operator's commands (see `cli`).
 //! - `goat events`: follows a cluster's task and node events.
+//! - `goat drill`: failures caused in a compose deployment, measured.
 
 mod bench;
 mod cli;
 mod cli_events;
 mod clock;
+mod drill;
 mod echo;
 mod manager;
 mod metrics;
@@ -54,6 +56,8 @@ enum Command {
     Events(cli_events::EventsArgs),
     #[command(flatten)]
     Operator(cli::OperatorCommand),
+    /// Cause a failure in a compose deployment under load and measure it.
+    Drill(drill::DrillArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -109,6 +113,7 @@ async fn main() {
         Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(args) => cli_events::run(args).await,
+        Command::Drill(args) => drill::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("goat: {e:#}");

@@ -260,7 +260,7 @@ async fn raw_one(
         port
     };
     config.pin_ports(&BTreeMap::from([(ECHO_PORT, port)]));
-    let body = create_body(&config);
+    let body = create_body(&config, None);
     let _permit = permits.acquire().await.context("semaphore")?;
     let options = CreateContainerOptions { name: Some(config.name.clone()), ..Default::default() };
     let created = docker.create_container(Some(options), body).await.context("creating a raw container")?;

@@ -51,6 +51,7 @@ public_api! {
     get "/v1/cluster" => cluster;
     post "/v1/cluster/members" => add_member;
     delete "/v1/cluster/members/{id}" => remove_member;
+    get "/v1/cluster/verify" => super::verify::verify;
     post "/v1/tasks" => submit_task;
     get "/v1/tasks" => list_tasks;
     get "/v1/tasks/{id}" => get_task;
@@ -71,6 +72,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
         .route("/internal/read-index", post(internal_read_index))
         .route("/internal/status", get(internal_status))
+        .route("/internal/state-digest", get(super::verify::internal_state_digest))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(manager)
@@ -126,7 +128,7 @@ struct HealthView {
     purged: Option<u64>,
 }
 
-fn role_name(state: ServerState) -> &'static str {
+pub fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",

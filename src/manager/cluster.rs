@@ -185,7 +185,18 @@ impl Manager {
         let mut last_error = String::from("no leader elected yet");
         loop {
             let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.propose_locally(command.clone()).await,
+                Some((leader, _)) if leader == self.id => {
+                    // A leader cut off from its followers does not know it
+                    // yet: its write would wait for a quorum forever. Bound
+                    // it; the outcome is then unknown (503), never a 201.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, self.propose_locally(command.clone())).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into()))
+                        }
+                    }
+                }
                 Some((leader, addr)) => self.propose_remotely(leader, &addr, &command).await,
                 None => Err(ProposeError::NotLeader),
             };
@@ -231,13 +242,20 @@ impl Manager {
         let mut last_error = String::from("no leader elected yet");
         loop {
             let read_index = match self.leader() {
-                Some((leader, _)) if leader == self.id => match self.raft.ensure_linearizable().await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => {
-                        last_error = e.to_string();
-                        None
+                Some((leader, _)) if leader == self.id => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(e)) => {
+                            last_error = e.to_string();
+                            None
+                        }
+                        Err(_) => {
+                            last_error = "no quorum confirmed this leader".into();
+                            None
+                        }
                     }
-                },
+                }
                 Some((_, addr)) => match self.internal_call(&addr, "read-index", Vec::new()).await {
                     Ok(body) => match codec::decode::<Option<u64>>(&body) {
                         Ok(index) => Some(index),

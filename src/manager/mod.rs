@@ -13,6 +13,7 @@
 //! - [`snapshot`]: backup and restore of the cluster state.
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
 //! - [`openapi`]: the API's OpenAPI document.
+//! - [`verify`]: state fingerprints, to prove the managers agree.
 
 pub mod api;
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod leader;
 pub mod nodes;
 pub mod openapi;
 pub mod snapshot;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! Goat's storage layer: the task model and every on-disk store, with no
 //! networking.
 //!
+//! - [`digest`]: a fingerprint of the replicated state.
 //! - [`model`]: tasks, nodes and the worker/leader messages (plain data).
 //! - [`validate`]: the rules a submitted task spec must meet.
 //! - [`fsm`]: the replicated state machine, pure and deterministic.
@@ -11,6 +12,7 @@
 //! - [`backup`]: saved copies of the cluster state (`goat snapshot`).
 
 pub mod backup;
+pub mod digest;
 pub mod duration;
 pub mod engine;
 pub mod events;

@@ -64,6 +64,11 @@ pub struct WorkerArgs {
     /// The Docker engine's unix socket.
     #[arg(long, env = "GOAT_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
     pub docker_socket: String,
+    /// The Docker network to start task containers on (default: the
+    /// engine's default bridge). A worker that runs in a container needs its
+    /// tasks on its own network to reach them for health checks.
+    #[arg(long, env = "GOAT_TASK_NETWORK")]
+    pub task_network: Option<String>,
     /// Heartbeat period until a manager says otherwise ("1s", "500ms").
     #[arg(long, env = "GOAT_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = Millis::parse)]
     pub heartbeat_interval: Millis,
@@ -113,7 +118,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         }
         let (assign_tx, assign_rx) = watch::channel(remembered);
         // The first heartbeat already tells whether the engine answers.
-        let runtime = Arc::new(DockerRuntime::new(&args.docker_socket));
+        let runtime = Arc::new(DockerRuntime::new(&args.docker_socket).with_task_network(args.task_network.clone()));
         let engine = match runtime.ping().await {
             Ok(()) => EngineStatus { healthy: true, error: None },
             Err(error) => {

@@ -235,6 +235,9 @@ pub struct DockerRuntime {
     /// inspects only those that are new, changed state, exited since (a
     /// `die` event), were acted on, or were last inspected `INSPECT_TTL` ago.
     inspected: std::sync::Mutex<HashMap<String, Inspected>>,
+    /// The Docker network task containers join (default: the engine's
+    /// default bridge).
+    task_network: Option<String>,
 }
 
 struct Inspected {
@@ -257,7 +260,15 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 impl DockerRuntime {
     pub fn new(socket: &str) -> DockerRuntime {
         let socket = socket.strip_prefix("unix://").unwrap_or(socket).to_string();
-        DockerRuntime { socket, client: Mutex::new(None), inspected: std::sync::Mutex::default() }
+        DockerRuntime { socket, client: Mutex::new(None), inspected: std::sync::Mutex::default(), task_network: None }
+    }
+
+    /// Starts task containers on `network` instead of the default bridge
+    /// (a worker that runs in a container on that network can then reach
+    /// its tasks for health checks).
+    pub fn with_task_network(mut self, network: Option<String>) -> DockerRuntime {
+        self.task_network = network.filter(|n| !n.is_empty());
+        self
     }
 
     /// Forgets what was inspected about `id`: it is about to change.
@@ -406,10 +417,11 @@ impl ContainerRuntime for DockerRuntime {
         let docker = self.client().await?;
         self.ensure_image(&docker, &config.image).await?;
         let options = CreateContainerOptions { name: Some(config.name.clone()), ..Default::default() };
-        let created = match docker.create_container(Some(options), create_body(config)).await {
-            Ok(created) => created,
-            Err(e) => return Err(self.fail(e).await),
-        };
+        let created =
+            match docker.create_container(Some(options), create_body(config, self.task_network.as_deref())).await {
+                Ok(created) => created,
+                Err(e) => return Err(self.fail(e).await),
+            };
         self.invalidate(&created.id);
         if let Err(e) = docker.start_container(&created.id, None).await {
             // The caller counts the failed start under the restart policy;
@@ -494,7 +506,7 @@ impl ContainerRuntime for DockerRuntime {
 
 /// The engine's create request for a container config. Docker's own restart
 /// policy is `no`: Goat decides restarts.
-pub fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
+pub fn create_body(config: &ContainerConfig, network: Option<&str>) -> ContainerCreateBody {
     let mut bindings = HashMap::new();
     let mut exposed = Vec::new();
     for port in &config.ports {
@@ -510,6 +522,7 @@ pub fn create_body(config: &ContainerConfig) -> ContainerCreateBody {
         nano_cpus: (config.nano_cpus > 0).then(|| i64::try_from(config.nano_cpus).unwrap_or(i64::MAX)),
         cpu_shares: (config.cpu_shares > 0).then(|| i64::try_from(config.cpu_shares).unwrap_or(i64::MAX)),
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        network_mode: network.map(str::to_string),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -839,12 +852,12 @@ mod tests {
         hard.cpu_hard_limit = true;
         let hard = ContainerConfig::for_task("n1", id, 2, &hard);
         assert_eq!((hard.nano_cpus, hard.cpu_shares), (500_000_000, 512));
-        assert_eq!(create_body(&hard).host_config.unwrap().nano_cpus, Some(500_000_000));
+        assert_eq!(create_body(&hard, None).host_config.unwrap().nano_cpus, Some(500_000_000));
         assert_eq!(cfg.labels[LABEL_TASK], id.to_string());
         assert_eq!(cfg.labels[LABEL_NODE], "n1");
         assert_eq!(cfg.labels[LABEL_GENERATION], "2");
         assert_eq!(cfg.labels["team"], "a");
-        let body = create_body(&cfg);
+        let body = create_body(&cfg, None);
         let host = body.host_config.unwrap();
         let bindings = host.port_bindings.unwrap();
         assert_eq!(bindings["7777/tcp"].as_ref().unwrap()[0].host_port.as_deref(), Some("7777"));
@@ -853,5 +866,8 @@ mod tests {
         assert_eq!(host.cpu_shares, Some(512));
         assert_eq!(host.nano_cpus, None);
         assert_eq!(host.restart_policy.unwrap().name, Some(RestartPolicyNameEnum::NO));
+        assert_eq!(host.network_mode, None, "the default bridge unless told otherwise");
+        let on_net = create_body(&cfg, Some("goat_net")).host_config.unwrap();
+        assert_eq!(on_net.network_mode.as_deref(), Some("goat_net"));
     }
 }

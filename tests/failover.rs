@@ -1,0 +1,463 @@
+//! The failover suite: a real compose deployment (deploy/up.sh: three
+//! managers and two workers in containers, on a private network), real
+//! SIGKILLs and network cuts, a steady load of submissions, and every
+//! acknowledged task accounted for afterwards.
+//!
+//! Each test starts its own deployment under a project name unique to the
+//! run, on free host ports, and removes it (containers, task containers,
+//! networks, volumes) when it ends, even on failure. The tests take turns
+//! (one deployment at a time on this machine). The images are built by
+//! tests/run.sh first (deploy/build-images.sh). Figures are printed, not
+//! asserted: the promises asserted are 0 acknowledged tasks lost, at most one
+//! running copy per task, and managers agreeing on their state.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::free_port;
+use common::worker::ensure_images;
+use serde_json::{json, Value};
+
+/// One deployment at a time: each is five containers on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn root() -> &'static str {
+    env!("CARGO_MANIFEST_DIR")
+}
+
+/// A compose deployment owned by one test.
+struct Deployment {
+    project: String,
+    ports: [u16; 3],
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    fn env(&self, command: &mut Command) {
+        command
+            .env("COMPOSE_PROJECT_NAME", &self.project)
+            .env("GOAT_TOKEN", &self.token)
+            .env("GOAT_API_PORT1", self.ports[0].to_string())
+            .env("GOAT_API_PORT2", self.ports[1].to_string())
+            .env("GOAT_API_PORT3", self.ports[2].to_string())
+            .env("GOAT_RESTART", "no")
+            .env("GOAT_NODE_DOWN_AFTER", "3s")
+            .env("GOAT_SKIP_BUILD", "1")
+            .env("GOAT_IMAGE", self.image());
+    }
+
+    /// This deployment's own tag of the image under test: `goat:latest` is
+    /// tagged once the suite has built it, so a rebuild of `goat:latest`
+    /// meanwhile (another worktree's tests) cannot change what runs here.
+    fn image(&self) -> String {
+        format!("goat-failover:{}", self.project)
+    }
+
+    fn start(case: &str) -> Deployment {
+        ensure_images();
+        let suffix: u32 = rand::random();
+        let deployment = Deployment {
+            project: format!("goatft{}{case}{:06x}", std::process::id() % 1000, suffix & 0xffffff),
+            ports: [free_port(), free_port(), free_port()],
+            token: format!("failover-{suffix:x}"),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+        };
+        docker(&["tag", "goat:latest", &deployment.image()]);
+        let mut up = Command::new("bash");
+        up.arg(format!("{}/deploy/up.sh", root()));
+        deployment.env(&mut up);
+        let status = up.stdout(Stdio::null()).status().expect("run deploy/up.sh");
+        assert!(status.success(), "deploy/up.sh failed for project {}", deployment.project);
+        deployment
+    }
+
+    fn compose(&self, args: &[&str]) {
+        let mut command = Command::new("docker-compose");
+        if Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success()) {
+            command = Command::new("docker");
+            command.arg("compose");
+        }
+        command.args(["--file", &format!("{}/deploy/compose/docker-compose.yml", root()), "--project-name"]);
+        command.arg(&self.project).args(args);
+        self.env(&mut command);
+        let status = command.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("compose");
+        assert!(status.success(), "compose {args:?} failed");
+    }
+
+    fn container(&self, service: &str) -> String {
+        let out = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]);
+        out.lines().next().unwrap_or_else(|| panic!("no container for {service}")).to_string()
+    }
+
+    fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[id as usize - 1])
+    }
+
+    fn url(&self, id: u64) -> String {
+        format!("http://{}", self.addr(id))
+    }
+
+    fn managers_flag(&self) -> String {
+        (1..=3).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `goat drill ... --json` against this deployment.
+    fn drill(&self, scenario: &str, extra: &[&str]) -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_goat"))
+            .args(["drill", scenario, "--json", "--project", &self.project, "--managers", &self.managers_flag()])
+            .args(extra)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run goat drill");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("drill {scenario}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        });
+        println!("drill {scenario}: {}", serde_json::to_string(&report).unwrap_or_default());
+        report
+    }
+
+    async fn health(&self, id: u64) -> Option<Value> {
+        let r = self.http.get(format!("{}/v1/health", self.url(id))).timeout(Duration::from_secs(1)).send().await;
+        r.ok()?.json().await.ok()
+    }
+
+    async fn leader(&self, among: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = BTreeSet::new();
+            for id in among {
+                seen.insert(self.health(*id).await.and_then(|h| h["leader"].as_u64()));
+            }
+            if let (1, Some(Some(leader))) = (seen.len(), seen.iter().next()) {
+                if among.contains(leader) {
+                    return *leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader among {among:?}: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn task_ids(&self, id: u64) -> BTreeSet<String> {
+        let url = format!("{}/v1/tasks?stale=true", self.url(id));
+        let tasks: Vec<Value> = self.http.get(url).send().await.expect("GET tasks").json().await.expect("tasks");
+        tasks.iter().filter_map(|t| t["id"].as_str().map(str::to_string)).collect()
+    }
+
+    /// Waits until every manager holds the same state.
+    async fn verify(&self, via: u64) -> Value {
+        let url = format!("{}/v1/cluster/verify?wait=60s", self.url(via));
+        let verdict: Value = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(70))
+            .send()
+            .await
+            .expect("verify")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(verdict["consistent"], true, "managers disagree: {verdict}");
+        assert_eq!(verdict["converged"], true, "managers did not converge: {verdict}");
+        verdict
+    }
+
+    /// Every acknowledged task is held by every manager in `on`.
+    async fn assert_all_present(&self, acked: &[String], on: &[u64]) {
+        for id in on {
+            let held = self.task_ids(*id).await;
+            let missing: Vec<&String> = acked.iter().filter(|t| !held.contains(*t)).collect();
+            assert!(missing.is_empty(), "manager {id} lacks {} acknowledged tasks: {missing:?}", missing.len());
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let mut down = Command::new("bash");
+        down.args([&format!("{}/deploy/down.sh", root()), "--volumes"]);
+        self.env(&mut down);
+        let _ = down.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ =
+            Command::new("docker").args(["rmi", &self.image()]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Steady submissions (one every 50 ms, round-robin over `targets`) until
+/// stopped; returns the acknowledged task ids and the other answers.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Load {
+    fn start(deployment: &Deployment, targets: Vec<u64>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let http = deployment.http.clone();
+        let urls: Vec<String> = targets.iter().map(|id| deployment.url(*id)).collect();
+        let handle = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            let mut i = 0usize;
+            while !stopping.load(Ordering::Relaxed) {
+                let url = format!("{}/v1/tasks", urls[i % urls.len()]);
+                i += 1;
+                let http = http.clone();
+                requests.push(tokio::spawn(async move {
+                    let spec = json!({"name": "load", "image": "goat-echo:latest", "cpu": 1024});
+                    match http.post(url).json(&spec).send().await {
+                        Ok(r) if r.status() == 201 => {
+                            Ok(r.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_string)))
+                        }
+                        Ok(r) => Err(r.status().to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            for request in requests {
+                match request.await {
+                    Ok(Ok(Some(id))) => acked.push(id),
+                    Ok(Ok(None)) => failed.push("201 without an id".into()),
+                    Ok(Err(e)) => failed.push(e),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (acked, failed)
+        });
+        Load { stop, handle }
+    }
+
+    async fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await.expect("load task")
+    }
+}
+
+async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
+fn f(report: &Value, key: &str) -> f64 {
+    report[key].as_f64().unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_twenty_times_loses_no_acknowledged_task() {
+    let _turn = lock().await;
+    let deployment = Deployment::start("kill");
+    let report = deployment.drill("kill-leader", &["--repeat", "20", "--hold", "500ms", "--rate", "20"]);
+    let rounds = report["rounds"].as_array().expect("rounds");
+    let firsts: Vec<f64> = rounds.iter().map(|r| f(r, "first_write_ms")).collect();
+    let calls: Vec<f64> = rounds.iter().map(|r| f(r, "failure_call_ms")).collect();
+    println!(
+        "FIGURES kill-leader x{}: first accepted write median {:.0} ms, max {:.0} ms; without a leader median {:.0} ms, max {:.0} ms; {} acknowledged, {} lost; all: {firsts:?}; docker kill took {calls:?}",
+        firsts.len(),
+        f(&report, "first_write_median_ms"),
+        f(&report, "first_write_max_ms"),
+        f(&report, "leaderless_median_ms"),
+        f(&report, "leaderless_max_ms"),
+        report["acknowledged"],
+        report["acknowledged_lost"],
+    );
+    assert_eq!(firsts.len(), 20);
+    assert!(firsts.iter().all(|f| f.is_finite()), "a round without an accepted write: {report}");
+    assert!(report["acknowledged"].as_u64().unwrap_or(0) > 100, "the load did not run: {report}");
+    assert_eq!(report["acknowledged_lost"], 0, "{report}");
+    assert_eq!(report["consistent"], true, "{report}");
+    assert_eq!(report["converged"], true, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_acknowledges_nothing_and_rejoins_the_same_state() {
+    let _turn = lock().await;
+    let deployment = Deployment::start("part");
+    let report = deployment.drill("partition-leader", &["--hold", "6s"]);
+    let round = &report["rounds"][0];
+    println!(
+        "FIGURES partition-leader: new leader after {:.0} ms, first accepted write {:.0} ms; cut-off leader: {} created, {} errors, applied +{}; {} acknowledged, {} lost",
+        f(round, "leaderless_ms"),
+        f(round, "first_write_ms"),
+        round["isolated_created"],
+        round["isolated_errors"],
+        round["isolated_applied_delta"],
+        report["acknowledged"],
+        report["acknowledged_lost"]
+    );
+    assert_eq!(round["isolated_created"], 0, "the cut-off leader acknowledged a write: {report}");
+    assert!(round["isolated_errors"].as_u64().unwrap_or(0) > 0, "its clients got no answer: {report}");
+    assert_eq!(round["isolated_applied_delta"], 0, "the cut-off leader applied something: {report}");
+    assert!(f(round, "first_write_ms").is_finite(), "the majority accepted no write: {report}");
+    assert_eq!(report["acknowledged_lost"], 0, "{report}");
+    // After reconnecting: one leader, one state everywhere.
+    deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    deployment.verify(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_volume_is_wiped_rejoins_and_catches_up() {
+    let _turn = lock().await;
+    let deployment = Deployment::start("wipe");
+    let leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != follower).collect();
+    let load = Load::start(&deployment, others.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let service = format!("manager{follower}");
+    let container = deployment.container(&service);
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &format!("{}_{service}", deployment.project)]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    deployment.compose(&["up", "-d", "--no-deps", &service]);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (acked, failed) = load.finish().await;
+    assert!(failed.is_empty(), "writes failed with one follower gone: {failed:?}");
+    let verdict = deployment.verify(leader).await;
+    println!(
+        "FIGURES wiped follower manager{follower}: caught up {:.1} s after its restart, {} acknowledged tasks on every manager (index {})",
+        started.elapsed().as_secs_f64(),
+        acked.len(),
+        verdict["managers"][0]["state"]["applied_index"]
+    );
+    deployment.assert_all_present(&acked, &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_s_tasks_move_and_run_once_when_it_returns() {
+    let _turn = lock().await;
+    let deployment = Deployment::start("work");
+    // The echo task through manager 3 answers on its host port, healthy:
+    // the containerized worker reaches its task for health checks.
+    let port = free_port();
+    let spec = json!({"name": "echo", "image": "goat-echo:latest", "cpu": 0.05, "memory": 32 << 20,
+        "ports": [{"container": 7777, "host": port}],
+        "health_check": {"path": "/health", "port": 7777, "interval": "500ms"}});
+    let created = deployment.http.post(format!("{}/v1/tasks", deployment.url(3))).json(&spec).send().await;
+    let task: Value = created.expect("submit echo").json().await.expect("task");
+    let id = task["id"].as_str().expect("task id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let task: Value = deployment
+            .http
+            .get(format!("{}/v1/tasks/{id}", deployment.url(1)))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("task");
+        if task["state"] == "running" && task["health"] == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "echo task not running healthy: {task}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = r#"{"Msg":"Hello, world!"}"#;
+    let echoed =
+        deployment.http.post(format!("http://127.0.0.1:{port}/")).body(body).send().await.expect("echo answers");
+    assert_eq!(echoed.text().await.expect("echo body"), body);
+    let _ = deployment.http.delete(format!("{}/v1/tasks/{id}", deployment.url(1))).send().await;
+
+    for scenario in ["kill-worker", "partition-worker"] {
+        let report = deployment.drill(scenario, &["--tasks", "4", "--hold", "1s", "--settle", "60s"]);
+        let round = &report["rounds"][0];
+        println!(
+            "FIGURES {scenario}: {} of {} tasks moved off {} in {:.1} s (node down after 3 s); at most {} running copy per task after it returned; {} acknowledged, {} lost",
+            round["tasks_moved"],
+            round["tasks_to_move"],
+            round["victim"],
+            f(round, "moved_ms") / 1000.0,
+            report["max_copies"],
+            report["acknowledged"],
+            report["acknowledged_lost"]
+        );
+        assert!(round["tasks_to_move"].as_u64().unwrap_or(0) > 0, "{report}");
+        assert_eq!(round["tasks_moved"], round["tasks_to_move"], "{report}");
+        assert_eq!(report["max_copies"], 1, "{report}");
+        assert_eq!(report["acknowledged_lost"], 0, "{report}");
+        assert_eq!(report["consistent"], true, "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_returns() {
+    let _turn = lock().await;
+    let deployment = Deployment::start("quorum");
+    let leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    let survivor = (1..=3).find(|id| *id != leader).expect("a follower");
+    let down: Vec<u64> = (1..=3).filter(|id| *id != survivor).collect();
+    let load = Load::start(&deployment, vec![survivor]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (acked, _) = load.finish().await;
+    assert!(!acked.is_empty());
+
+    for id in &down {
+        docker(&["stop", "-t", "1", &deployment.container(&format!("manager{id}"))]);
+    }
+    let sent = Instant::now();
+    let response = deployment
+        .http
+        .post(format!("{}/v1/tasks", deployment.url(survivor)))
+        .json(&json!({"name": "no-quorum", "image": "goat-echo:latest"}))
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body: Value = response.json().await.expect("a JSON error");
+    println!("FIGURES no quorum: write answered {status} after {:.1} s: {body}", sent.elapsed().as_secs_f64());
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable", "{body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    let stale = deployment.http.get(format!("{}/v1/tasks?stale=true", deployment.url(survivor))).send().await;
+    assert_eq!(stale.expect("stale read").status(), 200);
+    deployment.assert_all_present(&acked, &[survivor]).await;
+
+    // One manager back: a quorum again, nothing lost, writes accepted.
+    let back = down[0];
+    docker(&["start", &deployment.container(&format!("manager{back}"))]);
+    let started = Instant::now();
+    deployment.leader(&[survivor, back], Duration::from_secs(30)).await;
+    let load = Load::start(&deployment, vec![survivor, back]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (more, failed) = load.finish().await;
+    println!(
+        "FIGURES quorum back: leader {:.1} s after a manager's start; {} more writes, {} failed",
+        started.elapsed().as_secs_f64(),
+        more.len(),
+        failed.len()
+    );
+    assert!(!more.is_empty(), "no write accepted once a quorum was back: {failed:?}");
+    let all: Vec<String> = acked.iter().chain(&more).cloned().collect();
+    deployment.assert_all_present(&all, &[survivor, back]).await;
+    docker(&["start", &deployment.container(&format!("manager{}", down[1]))]);
+    deployment.verify(survivor).await;
+    deployment.assert_all_present(&all, &[1, 2, 3]).await;
+}
