@@ -50,20 +50,41 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The leader's heartbeat interval, in ms. openraft 0.9 also uses it as the
+/// time limit of every AppendEntries round trip (the follower's fsync
+/// included): under load an append slower than this counts as a failure,
+/// and if appends keep failing the followers stop hearing from the leader
+/// and elect another. See docs/benchmarks.md (placement with simulated
+/// nodes) for the measurements behind the defaults.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// The shortest election timeout, in ms; the longest is 1.5 times it.
+pub const ELECTION_TIMEOUT_MS: u64 = 400;
+
 /// The Raft timing Goat runs with. A follower that hears nothing from the
-/// leader for 100–150 ms (randomized) stands for election. openraft's leader
-/// lease makes the others refuse votes until `election_timeout_max` has
-/// passed since their last heartbeat, so the first candidate is usually
-/// refused and wins on its next attempt: a failover takes about
-/// `max + one more timeout`, 200–300 ms, plus the first write's commit.
-pub fn raft_config(cluster_name: &str, snapshot_every: u64) -> openraft::Config {
+/// leader for `election_timeout_ms` to 1.5 times that (randomized) stands
+/// for election. openraft's leader lease makes the others refuse votes
+/// until `election_timeout_max` has passed since their last heartbeat, so
+/// the first candidate is usually refused and wins on its next attempt: a
+/// failover takes about `max + one more timeout`, plus the first write's
+/// commit.
+pub fn raft_config(
+    cluster_name: &str,
+    snapshot_every: u64,
+    heartbeat_interval_ms: u64,
+    election_timeout_ms: u64,
+) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 25,
-        election_timeout_min: 100,
-        election_timeout_max: 150,
+        heartbeat_interval: heartbeat_interval_ms,
+        election_timeout_min: election_timeout_ms,
+        election_timeout_max: election_timeout_ms * 3 / 2,
         install_snapshot_timeout: 2_000,
-        max_payload_entries: 1_000,
+        // A follower that fell behind is sent at most this many entries per
+        // AppendEntries: each must fit in one heartbeat interval (see
+        // `HEARTBEAT_INTERVAL_MS`), and a batched entry can hold 512 commands.
+        // With 1,000, a lagging follower was sent RPCs too big to ever finish
+        // in time, never caught up, and the cluster kept electing leaders.
+        max_payload_entries: 16,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: 1_000.min(snapshot_every),
         snapshot_max_chunk_size: 4 << 20,

@@ -168,26 +168,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut applied = self.shared.write();
+        // The write lock covers the pure apply only; encoding and writing
+        // what changed happen under a read lock, so heartbeats and the
+        // leader's loops keep reading meanwhile (nothing else writes).
         let mut results = Vec::new();
         let mut first_event = None;
-        for entry in entries {
-            first_event.get_or_insert(first_index(entry.log_id.index));
-            applied.state.begin_entry(entry.log_id.index);
-            applied.last_applied = Some(entry.log_id);
-            let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::Done,
-                EntryPayload::Normal(command) => applied.state.apply(&command),
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandResult::Done
-                }
-            };
-            results.push(result);
-        }
-        let dirty = applied.state.take_dirty();
+        let (dirty, position) = {
+            let mut applied = self.shared.write();
+            for entry in entries {
+                first_event.get_or_insert(first_index(entry.log_id.index));
+                applied.state.begin_entry(entry.log_id.index);
+                applied.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResult::Done,
+                    EntryPayload::Normal(command) => applied.state.apply(&command),
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResult::Done
+                    }
+                };
+                results.push(result);
+            }
+            let position: AppliedPosition = (applied.last_applied, applied.membership.clone());
+            (applied.state.take_dirty(), position)
+        };
+        let applied = self.shared.read();
         let events = first_event.map(|from| events_of(&applied.state, &dirty, from)).unwrap_or_default();
-        let position: AppliedPosition = (applied.last_applied, applied.membership.clone());
         self.store.save_changes(&applied.state, dirty, encode(&position)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         drop(applied);
         if !events.is_empty() {

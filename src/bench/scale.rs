@@ -8,6 +8,11 @@
 //! the time from the first node turning healthy to the last task placed.
 //! Finally every node acknowledges its placements as running in one more
 //! heartbeat, and the managers' resident memory is read from /proc.
+//!
+//! The machine is shared and noisy: each round reports the load average
+//! before and after, and how many leader elections happened during it (the
+//! highest Raft term before and after), so a slow round can be told apart
+//! from a lost leader. A failed round keeps its managers' logs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,6 +50,10 @@ struct Round {
     place: Duration,
     ack: Duration,
     rss_mib: Vec<f64>,
+    /// Raft terms started during the round (0 = the same leader throughout).
+    elections: u64,
+    /// The 1-minute load average before and after the round.
+    load: (f64, f64),
 }
 
 pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
@@ -55,14 +64,30 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
         // Simulated nodes heartbeat only when the benchmark says so: keep
         // them from being marked down meanwhile.
         let cluster = GoatCluster::start_with(temp.path(), 0, &["--node-down-after", "1h"])?;
-        let round = measure(&cluster, &http, nodes, &args).await?;
+        let load_before = load_average();
+        let round = match measure(&cluster, &http, nodes, &args).await {
+            Ok(round) => Round { load: (load_before, load_average()), ..round },
+            Err(e) => {
+                drop(cluster);
+                let kept = temp.keep();
+                bail!("{nodes} nodes: {e:#} (managers' logs kept in {})", kept.display());
+            }
+        };
         eprintln!(
-            "{nodes} nodes: {} tasks placed in {:?} ({:.0}/s); acknowledged in {:?}; managers' RSS {:?} MiB",
+            "{nodes} nodes: {} tasks placed in {:?} ({:.0}/s); acknowledged in {:?}; managers' RSS {:?} MiB; \
+             {} election(s); load {:.1} -> {:.1}",
             round.tasks,
             round.place,
             round.tasks as f64 / round.place.as_secs_f64(),
             round.ack,
-            round.rss_mib
+            round.rss_mib,
+            round.elections,
+            round.load.0,
+            round.load.1
+        );
+        eprintln!(
+            "heartbeats failed and sent again so far: {}",
+            FAILED_HEARTBEATS.load(std::sync::atomic::Ordering::Relaxed)
         );
         rounds.push(round);
     }
@@ -73,6 +98,31 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The 1-minute load average (0 if unknown).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The highest Raft term any manager reports.
+async fn highest_term(http: &reqwest::Client, cluster: &GoatCluster) -> u64 {
+    let mut highest = 0;
+    for addr in cluster.addrs() {
+        let health = http.get(format!("http://{addr}/v1/health")).send().await;
+        if let Ok(health) = health {
+            if let Ok(v) = health.json::<Value>().await {
+                highest = highest.max(v["term"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    highest
+}
+
+/// Heartbeats that failed and were sent again (all rounds).
+static FAILED_HEARTBEATS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn node_name(i: usize) -> String {
     format!("sim-{i:05}")
@@ -105,16 +155,29 @@ async fn heartbeat_all(
             let name = node_name(i);
             let beat = heartbeat(healthy, reports.get(&name).cloned().unwrap_or_default());
             async move {
-                let response = http
-                    .post(format!("{url}/v1/nodes/{name}/heartbeat"))
-                    .header("authorization", "Bearer bench")
-                    .json(&beat)
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    bail!("heartbeat of {name}: {}", response.status());
+                // A worker whose heartbeat fails (no leader for a moment)
+                // sends the next one; so does the simulated node, a few
+                // times, and the failures are counted.
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let response = http
+                        .post(format!("{url}/v1/nodes/{name}/heartbeat"))
+                        .header("authorization", "Bearer bench")
+                        .json(&beat)
+                        .send()
+                        .await;
+                    let error = match response {
+                        Ok(r) if r.status().is_success() => return Ok((name, r.json::<HeartbeatReply>().await?)),
+                        Ok(r) => r.status().to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    FAILED_HEARTBEATS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if attempts >= 5 {
+                        bail!("heartbeat of {name}: {error} ({attempts} attempts)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Ok((name, response.json::<HeartbeatReply>().await?))
             }
         })
         .buffer_unordered(concurrency)
@@ -145,7 +208,7 @@ async fn wait_count(
         if Instant::now() > deadline {
             bail!("only {have} of {want} tasks {what} after {timeout:?}: {s}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -168,6 +231,7 @@ async fn measure(
 ) -> anyhow::Result<Round> {
     let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
     let url = cluster.client_url(leader);
+    let term_before = highest_term(http, cluster).await;
     let none = BTreeMap::new();
     heartbeat_all(http, &url, nodes, args.concurrency, false, &none).await?;
 
@@ -226,7 +290,8 @@ async fn measure(
     let ack = ack_started.elapsed();
 
     let rss_mib = cluster.pids().into_iter().flatten().map(rss_mib).collect();
-    Ok(Round { nodes, tasks: args.tasks, submit, flip, place, ack, rss_mib })
+    let elections = highest_term(http, cluster).await.saturating_sub(term_before);
+    Ok(Round { nodes, tasks: args.tasks, submit, flip, place, ack, rss_mib, elections, load: (0.0, 0.0) })
 }
 
 fn report(rounds: &[Round]) -> String {
@@ -234,14 +299,14 @@ fn report(rounds: &[Round]) -> String {
     let _ = writeln!(out, "### Placement with simulated nodes (three managers on loopback)\n");
     let _ = writeln!(
         out,
-        "| nodes | tasks | submit (tasks/s) | nodes turned healthy in | all placed after | placements/s | all acknowledged running after | managers' RSS (MiB) |"
+        "| nodes | tasks | submit (tasks/s) | nodes turned healthy in | all placed after | placements/s | all acknowledged running after | managers' RSS (MiB) | elections | load avg before → after |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     for r in rounds {
         let rss: Vec<String> = r.rss_mib.iter().map(|m| format!("{m:.0}")).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.0} | {:.2} s | {} |",
+            "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.0} | {:.2} s | {} | {} | {:.1} → {:.1} |",
             r.nodes,
             r.tasks,
             r.tasks as f64 / r.submit.as_secs_f64(),
@@ -249,7 +314,10 @@ fn report(rounds: &[Round]) -> String {
             r.place.as_secs_f64(),
             r.tasks as f64 / r.place.as_secs_f64(),
             r.ack.as_secs_f64(),
-            rss.join(", ")
+            rss.join(", "),
+            r.elections,
+            r.load.0,
+            r.load.1
         );
     }
     let _ =

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goat_raft::{Command, CommandResult};
+use goat_storage::model::{Strategy, Timestamp};
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +30,6 @@ use super::nodes::liveness_commands;
 use crate::clock::now_ms;
 use crate::scheduler::{Scheduler, NO_NODES};
 
-/// Placements committed per Raft entry, at most.
-const PLACEMENT_BATCH: usize = 1_000;
 /// Placement rounds start at most this often: submissions arriving in
 /// between are placed together.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(20);
@@ -106,54 +105,124 @@ enum Round {
     NoNodes,
 }
 
+/// Pending tasks read per look at the state. A round walks the backlog in
+/// such chunks, so it holds the state's lock (which the state machine needs
+/// to apply entries, and heartbeats to read) for a short while at a time,
+/// and the first placements of a big backlog are committing while the rest
+/// are being decided.
+const CHUNK: usize = 2_000;
+
+/// What placement needs of a pending task, copied out of the state.
+#[derive(Debug, Clone)]
+pub struct PendingTask {
+    pub id: goat_storage::model::TaskId,
+    pub created_at: Timestamp,
+    pub spec: goat_storage::model::TaskSpec,
+    pub reason: Option<String>,
+    pub failed_on: Option<String>,
+}
+
+impl PendingTask {
+    fn of(task: &goat_storage::model::Task) -> PendingTask {
+        PendingTask {
+            id: task.id,
+            created_at: task.created_at,
+            spec: task.spec.clone(),
+            reason: task.reason.clone(),
+            failed_on: task.failed_on.clone(),
+        }
+    }
+}
+
+/// The commands for a chunk of pending tasks: a node for each task that
+/// fits (charged to the scheduler at once, so later chunks of the round see
+/// it), and a reason for each that does not, unless it already says so.
+pub fn decide(scheduler: &mut Scheduler, tasks: &[PendingTask], default: Strategy, at: Timestamp) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for task in tasks {
+        if !scheduler.has_nodes() && task.reason.as_deref() == Some(NO_NODES) {
+            // Nothing can be placed anywhere and the task already says so.
+            continue;
+        }
+        match scheduler.place_avoiding(&task.spec, default, task.failed_on.as_deref()) {
+            Ok(node) => commands.push(Command::PlaceTask { task_id: task.id, node, at }),
+            Err(reason) if task.reason.as_deref() != Some(reason.as_str()) => {
+                commands.push(Command::SetPendingReason { task_id: task.id, reason: Some(reason), at })
+            }
+            Err(_) => {}
+        }
+    }
+    commands
+}
+
 /// One placement round: every pending task that fits gets a node; the
-/// others get (or keep) a reason.
-async fn place_pending(manager: &Manager, since: Instant) -> Result<Round, super::error::ApiError> {
-    let round;
-    let commands = {
+/// others get (or keep) a reason. The round's decisions are committed in
+/// pipelined batches, and the round returns once all are applied, so the
+/// next round sees the room they took.
+async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, super::error::ApiError> {
+    let mut scheduler = {
         let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state.read();
-        let state = &applied.state;
-        if state.pending_tasks().next().is_none() {
+        if applied.state.pending_tasks().next().is_none() {
             return Ok(Round::Done);
         }
-        let mut scheduler = Scheduler::new(state, |node| alive(&seen, node, since, manager.node_down_after));
-        round = if scheduler.has_nodes() { Round::Done } else { Round::NoNodes };
-        let at = now_ms();
-        let mut commands = Vec::new();
-        for task in state.pending_tasks() {
-            if !scheduler.has_nodes() && task.reason.as_deref() == Some(NO_NODES) {
-                // Nothing can be placed anywhere and the task already says so.
-                continue;
-            }
-            match scheduler.place_avoiding(&task.spec, manager.default_strategy, task.failed_on.as_deref()) {
-                Ok(node) => {
-                    tracing::debug!(task = %task.id, node = %node, "placing task");
-                    commands.push(Command::PlaceTask { task_id: task.id, node, at });
-                }
-                Err(reason) if task.reason.as_deref() != Some(reason.as_str()) => {
-                    tracing::debug!(task = %task.id, %reason, "task stays pending");
-                    commands.push(Command::SetPendingReason { task_id: task.id, reason: Some(reason), at });
-                }
-                Err(_) => {}
-            }
-        }
-        commands
+        Scheduler::new(&applied.state, |node| alive(&seen, node, since, manager.node_down_after))
     };
-    let placed = commands.iter().filter(|c| matches!(c, Command::PlaceTask { .. })).count();
-    if placed > 0 {
-        tracing::info!(placed, "placement round");
+    let round = if scheduler.has_nodes() { Round::Done } else { Round::NoNodes };
+    let mut cursor = None;
+    let mut commits = tokio::task::JoinSet::new();
+    let (mut placed, mut waiting) = (0, 0);
+    loop {
+        let chunk: Vec<PendingTask> = {
+            let applied = manager.state.read();
+            let has_nodes = scheduler.has_nodes();
+            applied
+                .state
+                .pending_tasks_after(cursor)
+                .filter(|t| has_nodes || t.reason.as_deref() != Some(NO_NODES))
+                .take(CHUNK)
+                .map(PendingTask::of)
+                .collect()
+        };
+        let Some(last) = chunk.last() else { break };
+        cursor = Some((last.created_at, last.id));
+        // Ranking thousands of tasks is CPU work: off the async threads,
+        // which serve heartbeats and drive Raft.
+        let default = manager.default_strategy;
+        let (back, commands) = tokio::task::spawn_blocking(move || {
+            let commands = decide(&mut scheduler, &chunk, default, now_ms());
+            (scheduler, commands)
+        })
+        .await
+        .map_err(super::error::ApiError::internal)?;
+        scheduler = back;
+        if commands.is_empty() {
+            continue;
+        }
+        let n = commands.iter().filter(|c| matches!(c, Command::PlaceTask { .. })).count();
+        placed += n;
+        waiting += commands.len() - n;
+        let manager = manager.clone();
+        commits.spawn(async move { manager.propose(Command::Batch(commands)).await });
     }
-    for chunk in commands.chunks(PLACEMENT_BATCH) {
-        let result = manager.propose(Command::Batch(chunk.to_vec())).await?;
-        if let CommandResult::Batch(results) = result {
-            let refused = results.iter().filter(|r| r.is_refused()).count();
-            if refused > 0 {
-                tracing::debug!(refused, "some placements were refused (state moved on)");
+    let mut result = Ok(round);
+    while let Some(done) = commits.join_next().await {
+        match done {
+            Ok(Ok(CommandResult::Batch(results))) => {
+                let refused = results.iter().filter(|r| r.is_refused()).count();
+                if refused > 0 {
+                    tracing::debug!(refused, "some placements were refused (state moved on)");
+                }
             }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(super::error::ApiError::internal(e)),
         }
     }
-    Ok(round)
+    if placed > 0 {
+        tracing::info!(placed, waiting, "placement round");
+    }
+    result
 }
 
 /// Gives failed tasks another chance elsewhere, as their policy allows.
@@ -217,6 +286,46 @@ async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(n: u128, memory: u64, reason: Option<&str>) -> PendingTask {
+        let spec =
+            serde_json::from_value(serde_json::json!({"name": "t", "image": "i", "memory": memory})).expect("spec");
+        PendingTask {
+            id: uuid::Uuid::from_u128(n),
+            created_at: 1,
+            spec,
+            reason: reason.map(str::to_string),
+            failed_on: None,
+        }
+    }
+
+    #[test]
+    fn a_round_places_what_fits_and_gives_the_others_a_reason_once() {
+        use goat_storage::fsm::ClusterState;
+        use goat_storage::model::{EngineStatus, Resources};
+        let mut s = ClusterState::default();
+        let engine = EngineStatus { healthy: true, error: None };
+        let capacity = Resources { cpu: 1.0, memory: 1 << 30, disk: 1 << 30 };
+        s.apply(&Command::UpsertNode { name: "w1".into(), capacity, engine, at: 0 });
+        let mut scheduler = Scheduler::new(&s, |_| true);
+        let tasks = [pending(1, 1 << 29, None), pending(2, 1 << 29, None), pending(3, 1 << 29, None)];
+        let commands = decide(&mut scheduler, &tasks, Strategy::BinPack, 5);
+        assert!(
+            matches!(&commands[..], [
+            Command::PlaceTask { node: a, .. },
+            Command::PlaceTask { node: b, .. },
+            Command::SetPendingReason { reason: Some(r), .. },
+        ] if a == "w1" && b == "w1" && r.contains("memory")),
+            "{commands:?}"
+        );
+        // The same verdict is not committed again.
+        let Command::SetPendingReason { reason: Some(r), .. } = &commands[2] else { unreachable!() };
+        assert!(decide(&mut scheduler, &[pending(3, 1 << 29, Some(r))], Strategy::BinPack, 6).is_empty());
+        // With no node at all, tasks that already say so are skipped.
+        let mut none = Scheduler::new(&ClusterState::default(), |_| true);
+        assert!(decide(&mut none, &[pending(4, 0, Some(NO_NODES))], Strategy::BinPack, 7).is_empty());
+        assert_eq!(decide(&mut none, &[pending(5, 0, None)], Strategy::BinPack, 7).len(), 1);
+    }
 
     #[test]
     fn a_new_leader_gives_every_node_a_full_deadline() {

@@ -83,6 +83,14 @@ pub struct ManagerArgs {
     /// A node that has not sent a heartbeat for this long is marked down.
     #[arg(long, env = "GOAT_NODE_DOWN_AFTER", default_value = "10s", value_parser = Millis::parse)]
     pub node_down_after: Millis,
+    /// Raft heartbeat interval; also the time limit of one log replication
+    /// round trip (follower's fsync included), so it must stay above that
+    /// under load. Must be below --election-timeout.
+    #[arg(long, env = "GOAT_RAFT_HEARTBEAT", default_value_t = Millis(goat_raft::HEARTBEAT_INTERVAL_MS), value_parser = Millis::parse)]
+    pub raft_heartbeat: Millis,
+    /// Shortest election timeout (randomized up to 1.5 times it).
+    #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
+    pub election_timeout: Millis,
 }
 
 /// Parses `--scheduler` with the same names as a task's `strategy`.
@@ -132,7 +140,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let state_machine = StateMachine::open(StateStore::new(engine)).context("loading the state machine")?;
     let shared = state_machine.shared();
 
-    let config = Arc::new(raft_config("goat", args.snapshot_every).validate().context("raft config")?);
+    let config = raft_config("goat", args.snapshot_every, args.raft_heartbeat.0, args.election_timeout.0);
+    let config = Arc::new(config.validate().context("raft timing (--raft-heartbeat, --election-timeout)")?);
     let raft = Raft::new(args.id, config, Network::new(&args.token), log_store, state_machine)
         .await
         .context("starting raft")?;

@@ -250,7 +250,18 @@ impl ClusterState {
 
     /// Pending tasks that want to run, oldest first.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
-        self.index.pending.iter().filter_map(|(_, id)| self.tasks.get(id))
+        self.pending_tasks_after(None)
+    }
+
+    /// Pending tasks that come after `after` (a task's `(created_at, id)`)
+    /// in that order: lets a reader walk a long backlog in short looks.
+    pub fn pending_tasks_after(&self, after: Option<(Timestamp, TaskId)>) -> impl Iterator<Item = &Task> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = match after {
+            Some(key) => Excluded(key),
+            None => Unbounded,
+        };
+        self.index.pending.range((from, Unbounded)).filter_map(|(_, id)| self.tasks.get(id))
     }
 
     fn apply_one(&mut self, command: &Command) -> CommandResult {
@@ -975,6 +986,12 @@ mod tests {
     fn indexes_follow_every_change_and_are_rebuilt_on_load() {
         let (mut s, id) = state_with_task();
         assert_eq!(s.pending_tasks().map(|t| t.id).collect::<Vec<_>>(), [id]);
+        let later = Uuid::from_u128(8);
+        s.apply(&Command::SubmitTask { task_id: later, spec: spec(), at: 2 });
+        assert_eq!(s.pending_tasks().map(|t| t.id).collect::<Vec<_>>(), [id, later]);
+        assert_eq!(s.pending_tasks_after(Some((2, id))).map(|t| t.id).collect::<Vec<_>>(), [later]);
+        assert_eq!(s.pending_tasks_after(Some((2, later))).count(), 0);
+        s.apply(&Command::StopTask { task_id: later, at: 2 });
         s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
         assert_eq!(s.pending_tasks().count(), 0);
         assert_eq!(s.tasks_on("w1").count(), 1);
