@@ -11,7 +11,6 @@
 
 mod bench;
 mod cli;
-mod cli_events;
 mod clock;
 mod drill;
 mod echo;
@@ -53,7 +52,7 @@ enum Command {
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
     /// Follow the cluster's task and node events.
-    Events(cli_events::EventsArgs),
+    Events(cli::events::EventsArgs),
     #[command(flatten)]
     Operator(cli::OperatorCommand),
     /// Cause a failure in a compose deployment under load and measure it.
@@ -70,27 +69,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-}
+pub use goat_worker::shutdown_signal;
 
 #[tokio::main]
 async fn main() {
@@ -112,7 +91,7 @@ async fn main() {
         Command::Worker(args) => goat_worker::run(args).await,
         Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Events(args) => cli_events::run(args).await,
+        Command::Events(args) => cli::events::run(args).await,
         Command::Drill(args) => drill::run(args).await,
     };
     if let Err(e) = result {

@@ -27,7 +27,7 @@ pub struct Client {
 }
 
 /// `HOST:PORT` or a URL → a base URL without trailing slash.
-fn base_url(addr: &str) -> String {
+pub(crate) fn base_url(addr: &str) -> String {
     let addr = addr.trim().trim_end_matches('/');
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()

@@ -6,6 +6,7 @@
 //! - [`client`]: HTTP to any manager of a list, with failover.
 //! - [`commands`]: one function per subcommand, tables or `--json`.
 //! - [`dev`]: `goat dev`.
+//! - [`events`]: `goat events`, following the event stream.
 //! - [`config`]: `--config FILE` for managers and workers.
 //!
 //! Exit codes scripts can rely on: see [`exit`].
@@ -14,6 +15,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dev;
+pub mod events;
 mod table;
 
 use std::path::PathBuf;

@@ -158,7 +158,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     .await
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. Every long-running `goat` subcommand
+/// (manager, worker, echo, dev) stops on it, so it lives in the lowest crate
+/// that runs processes and the binary re-exports it.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use super::client::base_url;
+
 /// `goat events`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
@@ -90,15 +92,6 @@ pub fn describe(event: &Value) -> String {
         }
         Some("node") => format!("{index} node {} {}{reason}", text(&event["node"]), text(&event["status"])),
         _ => format!("{index} {event}"),
-    }
-}
-
-fn base_url(addr: &str) -> String {
-    let addr = addr.trim().trim_end_matches('/');
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
     }
 }
 
