@@ -164,6 +164,9 @@ async fn every_command_against_a_real_cluster() {
     let nodes = ok(&addr, &["nodes", "--json"]).await.json();
     assert!(nodes.as_array().expect("nodes").iter().any(|n| n["name"] == node.as_str() && n["status"] == "draining"));
     assert_eq!(goat(&addr, &["node", "drain", "no-such-node"], None).await.code, NOT_FOUND);
+    let undrained = ok(&addr, &["node", "undrain", &node, "--json"]).await.json();
+    assert_eq!((undrained["status"].as_str(), undrained["drain"].as_bool()), (Some("ready"), Some(false)));
+    assert_eq!(goat(&addr, &["node", "undrain", "no-such-node"], None).await.code, NOT_FOUND);
 
     // members: three, one leader, each with its applied index.
     let members = ok(&addr, &["members", "--json"]).await.json();

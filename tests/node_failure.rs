@@ -205,4 +205,10 @@ async fn draining_a_node_moves_its_tasks() {
     let response =
         cluster.http.put(format!("{}/v1/nodes/no-such-node/drain", cluster.url(2))).send().await.expect("PUT drain");
     assert_eq!(response.status(), 404);
+
+    // Ending the drain: the node takes tasks again (the moved task stays).
+    let response =
+        cluster.http.delete(format!("{}/v1/nodes/{node}/drain", cluster.url(3))).send().await.expect("DELETE drain");
+    assert_eq!(response.status(), 200);
+    wait_node(&cluster, &node, "ready again", CONVERGE, |n| n["status"] == "ready" && n["drain"] == false).await;
 }

@@ -330,7 +330,7 @@ pub async fn nodes(args: NodesArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `goat node drain NAME`.
+/// `goat node drain NAME`, `goat node undrain NAME`.
 pub async fn node(args: NodeArgs) -> Result<(), CliError> {
     let client = client(&args.client, None)?;
     match &args.action {
@@ -340,6 +340,13 @@ pub async fn node(args: NodeArgs) -> Result<(), CliError> {
                 return print_json(&node);
             }
             println!("node {name} is draining: it takes no new tasks and its tasks are moved");
+        }
+        NodeAction::Undrain { name } => {
+            let node = client.send_ok(Method::DELETE, &format!("/v1/nodes/{name}/drain"), None).await?;
+            if args.client.json {
+                return print_json(&node);
+            }
+            println!("node {name} takes tasks again");
         }
     }
     Ok(())

@@ -186,6 +186,11 @@ pub enum NodeAction {
         /// The node's name.
         name: String,
     },
+    /// End a drain: the node takes tasks again.
+    Undrain {
+        /// The node's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

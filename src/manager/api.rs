@@ -60,6 +60,7 @@ public_api! {
     get "/v1/nodes" => nodes::list_nodes;
     post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat;
     put "/v1/nodes/{name}/drain" => nodes::drain;
+    delete "/v1/nodes/{name}/drain" => nodes::undrain;
     get "/v1/events" => super::events::stream;
     get "/v1/metrics" => metrics;
     get "/v1/openapi.json" => super::openapi::document;

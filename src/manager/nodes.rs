@@ -205,6 +205,9 @@ pub async fn heartbeat(
 /// are moved to other nodes.
 pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
+    // Read the current placement (not a follower's possibly older view):
+    // every task placed on the node so far is moved.
+    m.linearize().await?;
     if !m.state.read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name}")));
     }
@@ -214,6 +217,23 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
     m.propose(Command::Batch(commands)).await?;
     m.placement_kick.notify_one();
     tracing::info!(node = %name, "draining node");
+    let node = m.state.read().state.nodes.get(&name).cloned();
+    Ok((StatusCode::OK, Json(node)).into_response())
+}
+
+/// `DELETE /v1/nodes/{name}/drain`: ends a drain (Nomad's `node drain
+/// -disable`, kubectl's `uncordon`): the node takes tasks again. Tasks moved
+/// away stay where they went; a node that is down stays down until it
+/// reports, then comes back `ready`.
+pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    m.linearize().await?;
+    if !m.state.read().state.nodes.contains_key(&name) {
+        return Err(ApiError::not_found(format!("no node {name}")));
+    }
+    m.propose(Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Ready, at: now_ms() }).await?;
+    m.placement_kick.notify_one();
+    tracing::info!(node = %name, "drain ended");
     let node = m.state.read().state.nodes.get(&name).cloned();
     Ok((StatusCode::OK, Json(node)).into_response())
 }
