@@ -365,8 +365,7 @@ pub fn render_with(metrics: &Metrics, s: &Snapshot) -> String {
     out.histogram("goat_scheduler_placement_latency_seconds", &[], &metrics.placement_latency);
 
     out.family("goat_tasks", "gauge", "Tasks by state.");
-    for state in [TaskState::Pending, TaskState::Scheduled, TaskState::Running, TaskState::Completed, TaskState::Failed]
-    {
+    for state in TaskState::ALL {
         out.sample("goat_tasks", &[("state", state.as_str())], s.tasks.get(&state).copied().unwrap_or(0) as f64);
     }
     out.single(

@@ -94,4 +94,50 @@ mod tests {
             }
         }
     }
+
+    /// Every field the API serializes for a task, a spec and a node is in
+    /// the document's schema, and every task state in its enum: the model
+    /// cannot grow a field the document does not describe.
+    #[test]
+    fn schemas_name_every_field_of_the_model() {
+        use goat_storage::fsm::{ClusterState, Command};
+        use goat_storage::model::{EngineStatus, Resources, TaskState};
+
+        let doc = document();
+        let properties = |schema: &str| -> BTreeSet<String> {
+            doc["components"]["schemas"][schema]["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("schema {schema} has properties"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let keys =
+            |value: &Value| -> BTreeSet<String> { value.as_object().expect("an object").keys().cloned().collect() };
+        let mut state = ClusterState::default();
+        let spec = serde_json::json!({"name": "echo", "image": "goat-echo:latest"});
+        let task_id = uuid::Uuid::from_u128(1);
+        state.apply(&Command::SubmitTask { task_id, spec: serde_json::from_value(spec).expect("a spec"), at: 1 });
+        state.apply(&Command::UpsertNode {
+            name: "w1".into(),
+            capacity: Resources { cpu: 1.0, memory: 1 << 30, disk: 0 },
+            engine: EngineStatus { healthy: true, error: None },
+            at: 1,
+        });
+        let task = serde_json::to_value(&state.tasks[&task_id]).expect("task JSON");
+        let node = serde_json::to_value(&state.nodes["w1"]).expect("node JSON");
+        for (schema, value) in [("Task", &task), ("TaskSpec", &task["spec"]), ("Node", &node)] {
+            let missing: Vec<_> = keys(value).difference(&properties(schema)).cloned().collect();
+            assert!(missing.is_empty(), "schema {schema} lacks {missing:?}");
+        }
+        let states: BTreeSet<String> = doc["components"]["schemas"]["TaskState"]["enum"]
+            .as_array()
+            .expect("TaskState enum")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        for state in TaskState::ALL {
+            assert!(states.contains(state.as_str()), "TaskState enum lacks {}", state.as_str());
+        }
+    }
 }

@@ -221,6 +221,16 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in declaration order (for listings such as metrics).
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Scheduled,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Unknown,
+    ];
+
     /// The table of allowed transitions. Staying in the same state is always
     /// allowed (it is an update of other fields, not a transition).
     ///
