@@ -39,7 +39,7 @@ echo "==> waiting for a leader and two ready workers"
 leader="" ready=0
 for _ in $(seq 1 150); do
   leader=$(curl -s -m 1 "$API/v1/health" | sed -n 's/.*"leader":\([0-9]*\).*/\1/p' || true)
-  ready=$(curl -s -m 2 "$API/v1/nodes?stale=true" | grep -o '"status":"ready"' | wc -l || true)
+  ready=$(curl -s -m 2 "$API/v1/nodes?stale=true" | grep -o '"name":"[^"]*","status":"ready"' | wc -l || true)
   [ -n "$leader" ] && [ "$ready" -ge 2 ] && break
   sleep 0.2
 done
