@@ -689,14 +689,7 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    const ALL: [TaskState; 6] = [
-        TaskState::Pending,
-        TaskState::Scheduled,
-        TaskState::Running,
-        TaskState::Completed,
-        TaskState::Failed,
-        TaskState::Unknown,
-    ];
+    const ALL: [TaskState; 6] = TaskState::ALL;
 
     fn spec() -> TaskSpec {
         serde_json::from_str(r#"{"name": "echo", "image": "goat-echo:latest", "cpu": 0.5, "memory": 67108864}"#)

@@ -203,6 +203,36 @@ impl Drop for EngineProxy {
     }
 }
 
+/// Polls `path` on the first live manager that answers with JSON, until
+/// `pick` finds a value there that satisfies `pred`; fails the test with
+/// the last value seen after `timeout`.
+async fn wait_for(
+    cluster: &Cluster,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    pick: impl Fn(Value) -> Option<Value>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    loop {
+        for m in cluster.alive_ids() {
+            let Ok(resp) = cluster.http.get(format!("{}{path}", cluster.url(m))).send().await else { continue };
+            let Ok(body) = resp.json::<Value>().await else { continue };
+            if let Some(value) = pick(body) {
+                if pred(&value) {
+                    return value;
+                }
+                last = value;
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what} not reached within {timeout:?}; last seen: {last:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Polls `GET /v1/tasks/{id}` on any live manager until `pred` holds.
 pub async fn wait_task(
     cluster: &Cluster,
@@ -211,24 +241,8 @@ pub async fn wait_task(
     timeout: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    let mut last = Value::Null;
-    loop {
-        for m in cluster.alive_ids() {
-            let url = format!("{}/v1/tasks/{id}", cluster.url(m));
-            if let Ok(resp) = cluster.http.get(url).send().await {
-                if let Ok(task) = resp.json::<Value>().await {
-                    if pred(&task) {
-                        return task;
-                    }
-                    last = task;
-                    break;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "task {id} not {what} within {timeout:?}; last seen: {last:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("task {id} {what}");
+    wait_for(cluster, &format!("/v1/tasks/{id}"), &what, timeout, |task| (task["id"] == id).then_some(task), pred).await
 }
 
 /// Polls `GET /v1/nodes` until node `name` satisfies `pred`.
@@ -239,24 +253,11 @@ pub async fn wait_node(
     timeout: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    let mut last = Value::Null;
-    loop {
-        for m in cluster.alive_ids() {
-            let url = format!("{}/v1/nodes", cluster.url(m));
-            let Ok(resp) = cluster.http.get(url).send().await else { continue };
-            let Ok(nodes) = resp.json::<Vec<Value>>().await else { continue };
-            if let Some(node) = nodes.into_iter().find(|n| n["name"] == name) {
-                if pred(&node) {
-                    return node;
-                }
-                last = node;
-            }
-            break;
-        }
-        assert!(Instant::now() < deadline, "node {name} not {what} within {timeout:?}; last seen: {last:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let pick = |nodes: Value| match nodes {
+        Value::Array(nodes) => nodes.into_iter().find(|n| n["name"] == name),
+        _ => None,
+    };
+    wait_for(cluster, "/v1/nodes", &format!("node {name} {what}"), timeout, pick, pred).await
 }
 
 /// The host port the task's container port is published on.
