@@ -12,7 +12,10 @@
 //! - The **heartbeat** loop sends the latest reports to a manager about once
 //!   a second, and soon after any report changes, and passes the assignment
 //!   list of the answer to the supervisor. An unreachable manager only means
-//!   trying the next one.
+//!   trying the next one. Alongside, a **long poll** on the node's
+//!   assignments brings each new list as soon as the leader commits it;
+//!   every list carries the applied log index it was computed at and an
+//!   older one never replaces a newer one ([`AssignmentOrder`]).
 //! - The **exit watcher** follows the engine's event stream, resubscribing
 //!   with backoff when it breaks.
 //!
