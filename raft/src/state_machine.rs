@@ -14,7 +14,10 @@
 //!
 //! After each applied batch the events it produced (read back from the
 //! task and node histories, see `goat_storage::events`) go out on a
-//! broadcast [`Feed`], which `GET /v1/events` and the metrics follow.
+//! broadcast [`Feed`], which `GET /v1/events` and the metrics follow. The
+//! applied log index also goes out on a watch channel after every batch
+//! (events or not: a stop request changes a task without an event), which
+//! the workers' long polls on their assignments wait on.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -59,6 +62,9 @@ const FEED_CAPACITY: usize = 1024;
 pub struct SharedState {
     applied: Arc<RwLock<Applied>>,
     feed: tokio::sync::broadcast::Sender<Feed>,
+    /// The last applied log index, bumped after every applied batch and
+    /// installed snapshot.
+    applied_index: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for SharedState {
@@ -69,7 +75,22 @@ impl Default for SharedState {
 
 impl SharedState {
     fn new(applied: Applied) -> SharedState {
-        SharedState { applied: Arc::new(RwLock::new(applied)), feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0 }
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        SharedState {
+            applied: Arc::new(RwLock::new(applied)),
+            feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0,
+            applied_index: tokio::sync::watch::channel(index).0,
+        }
+    }
+
+    /// Changes after every applied batch (and installed snapshot), once the
+    /// state readable through [`SharedState::read`] includes it.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    fn announce_applied(&self, index: Option<LogId>) {
+        self.applied_index.send_replace(index.map_or(0, |l| l.index));
     }
 
     /// Follows the events of every batch applied from now on. Subscribe
@@ -196,6 +217,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let events = first_event.map(|from| events_of(&applied.state, &dirty, from)).unwrap_or_default();
         self.store.save_changes(&applied.state, dirty, encode(&position)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         drop(applied);
+        self.shared.announce_applied(position.0);
         if !events.is_empty() {
             // No follower is not an error.
             let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
@@ -236,6 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         drop(applied);
+        self.shared.announce_applied(meta.last_log_id);
         let _ = self.shared.feed.send(Feed::Reset);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())

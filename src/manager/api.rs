@@ -59,6 +59,7 @@ public_api! {
     get "/v1/stats" => stats;
     get "/v1/nodes" => nodes::list_nodes;
     post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat;
+    get "/v1/nodes/{name}/assignments" => super::assignments::poll;
     put "/v1/nodes/{name}/drain" => nodes::drain;
     delete "/v1/nodes/{name}/drain" => nodes::undrain;
     get "/v1/events" => super::events::stream;

@@ -9,6 +9,7 @@
 //! - [`cluster`]: the write and read paths (propose, forward, read index).
 //! - [`api`]: the public HTTP API.
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
+//! - [`assignments`]: the workers' long poll on their assignments.
 //! - [`leader`]: the loops that run on the leader only.
 //! - [`snapshot`]: backup and restore of the cluster state.
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
@@ -16,6 +17,7 @@
 //! - [`verify`]: state fingerprints, to prove the managers agree.
 
 pub mod api;
+pub mod assignments;
 pub mod cluster;
 pub mod error;
 pub mod events;
@@ -158,6 +160,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let shutdown = async {
         crate::shutdown_signal().await;
         events::end_streams(); // open event streams would hold the graceful shutdown forever
+        assignments::end_waits(); // and waiting long polls for up to their wait
     };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
 

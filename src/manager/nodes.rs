@@ -26,6 +26,7 @@ use goat_storage::Millis;
 use serde::Serialize;
 
 use super::api::{consistent, forwarded, read_options, ReadOptions};
+use super::assignments::reply_at;
 use super::cluster::Manager;
 use super::error::ApiError;
 use super::json::parse;
@@ -183,21 +184,22 @@ pub async fn heartbeat(
     }
     // Usually nothing changed: one short look at the state decides and
     // answers. (The lock is the state machine's: hold it briefly.)
+    // The answer is numbered with the index it was computed at (see
+    // `super::assignments`).
     let (commands, unchanged) = {
         let applied = m.state.read();
         let commands = heartbeat_commands(&applied.state, &name, &hb, now_ms());
-        let unchanged = commands.is_empty().then(|| assignments(&applied.state, &name));
+        let unchanged = commands.is_empty().then(|| reply_at(&applied, &name));
         (commands, unchanged)
     };
-    let assignments = match unchanged {
-        Some(assignments) => assignments,
+    let reply = match unchanged {
+        Some(reply) => reply,
         None => {
             m.propose(Command::Batch(commands)).await?;
             m.placement_kick.notify_one();
-            assignments(&m.state.read().state, &name)
+            reply_at(&m.state.read(), &name)
         }
     };
-    let reply = HeartbeatReply { assignments, heartbeat_interval: HEARTBEAT_INTERVAL };
     Ok(Json(reply).into_response())
 }
 

@@ -483,12 +483,24 @@ pub struct Assignment {
     pub spec: TaskSpec,
 }
 
-/// The leader's answer to a heartbeat: the complete list of tasks the node
-/// should hold. A container of a task not listed here (or listed with a
-/// different generation) is stale and must be stopped and removed.
+/// The leader's answer to a heartbeat (and to a long poll on the node's
+/// assignments): the complete list of tasks the node should hold. A
+/// container of a task not listed here (or listed with a different
+/// generation) is stale and must be stopped and removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     pub assignments: Vec<Assignment>,
     /// How long until the worker should send its next heartbeat.
     pub heartbeat_interval: Millis,
+    /// The applied Raft log index the list was computed at. Answers can
+    /// arrive out of order (a heartbeat and a long poll in flight together):
+    /// the worker never replaces a list with one computed at a lower index.
+    /// 0 from a manager that does not number its answers.
+    #[serde(default)]
+    pub index: u64,
+    /// A fingerprint of the list (its tasks, generations and desired
+    /// statuses), which the worker's long poll names as the list it holds.
+    /// Empty from a manager that does not compute it.
+    #[serde(default)]
+    pub version: String,
 }

@@ -1,0 +1,274 @@
+//! `GET /v1/nodes/{name}/assignments`: a worker's long poll on its
+//! assignments, so that it acts on a placement within milliseconds instead
+//! of at its next heartbeat (up to a second later).
+//!
+//! The worker names the list it holds by its `version` (a fingerprint of
+//! the tasks, generations and desired statuses, see [`version_on`]). The
+//! leader answers at once when the node's list differs from it, otherwise
+//! it waits until an applied batch changes the list or the wait is over
+//! (then `304 Not Modified`). It wakes on the state machine's applied-index
+//! watch, after every applied batch, events or not (a stop request changes
+//! a task without an event).
+//!
+//! Every answer carries the applied log index it was computed at, like a
+//! heartbeat's answer, so that the worker never replaces a list with an
+//! older one (see `goat_worker::agent::AssignmentOrder`).
+//!
+//! Only the leader's state decides: a follower relays the poll to the leader
+//! with a shorter wait (its relay times out after 10 s), or answers `421`
+//! when the poll was already relayed to it — the heartbeat route's rule.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use goat_raft::state_machine::{Applied, SharedState};
+use goat_storage::model::{Assignment, DesiredStatus, HeartbeatReply};
+use goat_storage::validate::check_name;
+use goat_storage::Millis;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::api::forwarded;
+use super::cluster::Manager;
+use super::error::ApiError;
+use super::nodes::{assignments, HEARTBEAT_INTERVAL};
+
+/// How long a poll waits when it does not say.
+pub const DEFAULT_WAIT: Millis = Millis(10_000);
+/// The longest wait a poll may ask for.
+pub const MAX_WAIT: Millis = Millis(30_000);
+/// The wait a follower relays a poll with: its relay to the leader times
+/// out after 10 s.
+const RELAYED_WAIT: Millis = Millis(8_000);
+/// The longest `after` accepted (a version is 16 hex digits).
+const MAX_VERSION_LEN: usize = 64;
+
+/// Cancelled when the manager shuts down: waiting polls answer at once, so
+/// that the graceful shutdown does not wait for them.
+static SHUTDOWN: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
+
+/// Ends every waiting poll (the manager is shutting down).
+pub fn end_waits() {
+    SHUTDOWN.cancel();
+}
+
+/// FNV-1a over each task's id, generation and desired status, in task-id
+/// order: the same list gives the same version on every manager. A task's
+/// spec is left out: it never changes for a given task and generation
+/// (a heartbeat's answer carries the full list anyway).
+fn fingerprint<'a>(tasks: impl Iterator<Item = (&'a uuid::Uuid, u64, DesiredStatus)>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    let mut count = 0u64;
+    for (id, generation, desired) in tasks {
+        eat(id.as_bytes());
+        eat(&generation.to_le_bytes());
+        eat(&[match desired {
+            DesiredStatus::Run => 0,
+            DesiredStatus::Stop => 1,
+        }]);
+        count += 1;
+    }
+    eat(&count.to_le_bytes());
+    format!("{hash:016x}")
+}
+
+/// The version of an assignment list (as sent in an answer).
+pub fn version_of(list: &[Assignment]) -> String {
+    fingerprint(list.iter().map(|a| (&a.task_id, a.generation, a.desired)))
+}
+
+/// The version of `node`'s assignments in `applied`, without building the
+/// list (a waiting poll computes it after every applied batch).
+pub fn version_on(applied: &Applied, node: &str) -> String {
+    // `assignments` lists the same tasks in the same (task-id) order.
+    fingerprint(applied.state.tasks_on(node).map(|t| (&t.id, t.generation, t.desired)))
+}
+
+/// The answer for `node` at `applied`'s index: its list, numbered.
+pub fn reply_at(applied: &Applied, node: &str) -> HeartbeatReply {
+    let list = assignments(&applied.state, node);
+    HeartbeatReply {
+        version: version_of(&list),
+        assignments: list,
+        heartbeat_interval: HEARTBEAT_INTERVAL,
+        index: applied.last_applied.map_or(0, |l| l.index),
+    }
+}
+
+/// Whether a poll that holds `after` must be answered now: the list has
+/// another version than the worker's (or the worker named none).
+pub fn must_answer(current: &str, after: Option<&str>) -> bool {
+    after != Some(current)
+}
+
+/// Waits until `node`'s list in `state` differs from `after` (its answer)
+/// or `until` passes (`None`).
+pub async fn wait_for_change(
+    state: &SharedState,
+    node: &str,
+    after: Option<&str>,
+    until: Instant,
+) -> Option<HeartbeatReply> {
+    let mut applied = state.watch_applied();
+    loop {
+        // Mark the watch seen before reading: a batch applied after the
+        // read wakes the wait below.
+        applied.borrow_and_update();
+        {
+            let now = state.read();
+            if must_answer(&version_on(&now, node), after) {
+                return Some(reply_at(&now, node));
+            }
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return None },
+            _ = tokio::time::sleep_until(until) => return None,
+            _ = SHUTDOWN.cancelled() => return None,
+        }
+    }
+}
+
+/// `?after=VERSION&wait=DURATION`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollQuery {
+    /// The version of the list the worker holds.
+    pub after: Option<String>,
+    /// How long to wait for a change (default 10 s, at most 30 s).
+    pub wait: Option<Millis>,
+}
+
+fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQuery, ApiError> {
+    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    if let Some(after) = &query.after {
+        if after.len() > MAX_VERSION_LEN || !after.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::field("invalid_field", "after", "must be a version from an earlier answer (hex)"));
+        }
+    }
+    Ok(query)
+}
+
+/// `GET /v1/nodes/{name}/assignments[?after=VERSION][&wait=DURATION]`.
+pub async fn poll(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<PollQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    if !m.token_ok(&headers) {
+        return Err(ApiError::unauthorized());
+    }
+    check_name("name", &name)?;
+    let query = poll_query(query)?;
+    let wait = query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    if !m.is_leader() {
+        if headers.contains_key("x-goat-forwarded-by") {
+            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+        }
+        let after = query.after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let path = format!("/v1/nodes/{name}/assignments?wait={}ms{after}", wait.min(RELAYED_WAIT).0);
+        return forwarded(&m, reqwest::Method::GET, &path, Default::default()).await;
+    }
+    if !m.state.read().state.nodes.contains_key(&name) {
+        return Err(ApiError::not_found(format!("no node {name} (it registers with its first heartbeat)")));
+    }
+    let span = tracing::debug_span!("assignments_poll", node = %name);
+    let _enter = span.enter();
+    let until = Instant::now() + wait.as_duration();
+    match wait_for_change(&m.state, &name, query.after.as_deref(), until).await {
+        Some(reply) => Ok(Json(reply).into_response()),
+        None => Ok(StatusCode::NOT_MODIFIED.into_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_raft::Command;
+    use goat_storage::fsm::ClusterState;
+    use goat_storage::model::{EngineStatus, Resources};
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    /// w1 registered with one task placed on it.
+    fn placed() -> (ClusterState, Uuid) {
+        let mut s = ClusterState::default();
+        s.apply(&Command::UpsertNode {
+            name: "w1".into(),
+            capacity: Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 30 },
+            engine: EngineStatus { healthy: true, error: None },
+            at: 1,
+        });
+        let id = Uuid::from_u128(7);
+        let spec = serde_json::from_str(r#"{"name":"t","image":"i"}"#).unwrap();
+        s.apply(&Command::SubmitTask { task_id: id, spec, at: 1 });
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 2 });
+        (s, id)
+    }
+
+    fn applied(state: ClusterState) -> Applied {
+        Applied { state, ..Applied::default() }
+    }
+
+    #[test]
+    fn the_version_follows_what_the_worker_acts_on() {
+        let (mut s, id) = placed();
+        let before = version_on(&applied(s.clone()), "w1");
+        assert_eq!(before.len(), 16);
+        // The same list, built or not, on any manager: the same version.
+        assert_eq!(version_of(&assignments(&s, "w1")), before);
+        assert_eq!(version_on(&applied(s.clone()), "w1"), before);
+        // Empty lists have a version too, unlike any non-empty one.
+        assert_ne!(version_on(&applied(s.clone()), "w2"), before);
+        // A stop (no event, no state change) changes it.
+        s.apply(&Command::StopTask { task_id: id, at: 3 });
+        let stopped = version_on(&applied(s.clone()), "w1");
+        assert_ne!(stopped, before);
+        // A report that changes nothing the worker acts on does not.
+        s.apply(&Command::SetPendingReason { task_id: id, reason: Some("x".into()), at: 4 });
+        assert_eq!(version_on(&applied(s), "w1"), stopped);
+    }
+
+    #[test]
+    fn a_poll_is_answered_at_once_unless_it_holds_the_current_version() {
+        assert!(must_answer("00ab", None), "no version: answer");
+        assert!(must_answer("00ab", Some("00ac")), "another version: answer");
+        assert!(!must_answer("00ab", Some("00ab")), "the same: wait");
+    }
+
+    #[tokio::test]
+    async fn waiting_answers_a_changed_list_at_once_and_times_out_on_the_same() {
+        let state = SharedState::default();
+        let current = version_on(&state.read(), "w1");
+        // A worker holding another list gets the current one, numbered.
+        let far = Instant::now() + Duration::from_secs(30);
+        let reply = tokio::time::timeout(Duration::from_secs(5), wait_for_change(&state, "w1", Some("ff"), far))
+            .await
+            .expect("answered at once")
+            .expect("a list");
+        assert_eq!((reply.version.as_str(), reply.index, reply.assignments.len()), (current.as_str(), 0, 0));
+        // One holding the current list waits out its wait.
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(wait_for_change(&state, "w1", Some(&current), soon).await.is_none());
+    }
+
+    #[test]
+    fn bad_queries_name_the_field() {
+        let e = poll_query(Ok(Query(PollQuery { after: Some("not hex".into()), wait: None }))).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("after"));
+        assert!(poll_query(Ok(Query(PollQuery { after: Some("00ff".into()), wait: None }))).is_ok());
+    }
+}
