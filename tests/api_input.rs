@@ -114,3 +114,43 @@ async fn internal_routes_need_the_cluster_token() {
         cluster.http.get(format!("{}/v1/nodes", cluster.url(1))).send().await.expect("GET").json().await.expect("json");
     assert!(nodes.is_empty(), "no node registered without the token");
 }
+
+/// A submission with an `Idempotency-Key` names one task however often it is
+/// sent (through the leader or a follower): `201` the first time, `200` with
+/// the same task after; the same key with another spec is a `409`; a bad key
+/// is a `400` naming the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
+    let cluster = Cluster::start(3, &[]).await;
+    let submit = |manager: u64, key: &'static str, body: Value| {
+        let request = cluster
+            .http
+            .post(format!("{}/v1/tasks", cluster.url(manager)))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.expect("POST");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (first, created) = submit(1, "run-42", spec("once")).await;
+    assert_eq!(first, 201, "{created}");
+    for manager in [1, 2, 3] {
+        let (status, again) = submit(manager, "run-42", spec("once")).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["id"], created["id"]);
+    }
+    let tasks: Vec<Value> =
+        cluster.http.get(format!("{}/v1/tasks", cluster.url(2))).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(tasks.iter().filter(|t| t["spec"]["name"] == "once").count(), 1);
+
+    let (status, answer) = submit(2, "run-42", spec("other")).await;
+    assert_eq!(status, 409, "{answer}");
+    let (status, answer) = submit(1, "bad key", spec("x")).await;
+    assert_eq!((status, answer["field"].as_str()), (400, Some("Idempotency-Key")), "{answer}");
+    let (status, other) = submit(3, "run-43", spec("once")).await;
+    assert_eq!(status, 201, "{other}");
+    assert_ne!(other["id"], created["id"]);
+}

@@ -3,10 +3,12 @@
 //! answers 503 (no leader yet, shutting down). A 4xx is the cluster's answer
 //! and is returned as is: asking another manager would give the same.
 //!
-//! Submitting a task is the one request that is not idempotent (each
-//! submission gets a new id): after a timeout or a 503 it may have been
-//! applied, so it is only retried elsewhere when it was never sent
-//! (connection refused or connect timeout).
+//! Submitting a task is not idempotent by itself (each submission gets a
+//! new id): after a timeout or a 503 it may have been applied. `goat run`
+//! therefore sends an `Idempotency-Key` (the API derives the task id from
+//! it), which makes every retry name the same task; a submission without
+//! one is only retried elsewhere when it was never sent (connection refused
+//! or connect timeout).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -60,16 +62,32 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Vec<u8>), CliError> {
+        self.send_keyed(method, path, body, None).await
+    }
+
+    /// [`Client::send`] with an `Idempotency-Key`: a submission that carries
+    /// one names the same task however often it is sent, so it is retried
+    /// on the next manager like any other request.
+    pub async fn send_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(StatusCode, Vec<u8>), CliError> {
         let n = self.bases.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut failures = Vec::new();
-        let idempotent = !(method == Method::POST && path == "/v1/tasks");
+        let idempotent = idempotency_key.is_some() || !(method == Method::POST && path == "/v1/tasks");
         for k in 0..n {
             let i = (first + k) % n;
             let url = format!("{}{path}", self.bases[i]);
             let mut request = self.http.request(method.clone(), &url);
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
+            }
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
             }
             if let Some(body) = &body {
                 request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
@@ -111,10 +129,7 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
         let (status, bytes) = self.send(method, path, body).await?;
-        if !status.is_success() {
-            return Err(CliError::from_status(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| CliError::other(format!("unexpected answer from the manager ({e})")))
+        parse_answer(status, &bytes)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
@@ -123,6 +138,15 @@ impl Client {
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.call(Method::POST, path, Some(body.to_string().into_bytes())).await
+    }
+
+    /// Submits a task under a fresh `Idempotency-Key`: retried on the next
+    /// manager after a timeout or a `503` without ever creating it twice.
+    pub async fn submit(&self, spec: &Value) -> Result<Value, CliError> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let body = Some(spec.to_string().into_bytes());
+        let (status, bytes) = self.send_keyed(Method::POST, "/v1/tasks", body, Some(&key)).await?;
+        parse_answer(status, &bytes)
     }
 
     /// A request whose answer may be empty (204).
@@ -136,6 +160,15 @@ impl Client {
         }
         serde_json::from_slice(&bytes).map_err(|e| CliError::other(format!("unexpected answer from the manager ({e})")))
     }
+}
+
+/// A 2xx answer parsed as JSON; anything else is an error carrying the
+/// API's message.
+fn parse_answer<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, CliError> {
+    if !status.is_success() {
+        return Err(CliError::from_status(status, bytes));
+    }
+    serde_json::from_slice(bytes).map_err(|e| CliError::other(format!("unexpected answer from the manager ({e})")))
 }
 
 /// The API's `{"error": ...}` message, or the raw body.

@@ -122,7 +122,7 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let spec = spec_of(&args)?;
     let client = client(&args.client, None)?;
-    let created = client.post_json("/v1/tasks", &spec).await?;
+    let created = client.submit(&spec).await?;
     let task = parse_task(&created)?;
     if !args.wait {
         if args.client.json {

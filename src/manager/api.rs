@@ -259,16 +259,54 @@ fn task_of(result: CommandResult) -> Result<Task, ApiError> {
     }
 }
 
-async fn submit_task(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+/// The header that makes a submission safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Task ids derived from idempotency keys live in their own UUID namespace.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x9f1c_5d2e_7a4b_4c3d_8e6f_0a1b_2c3d_4e5f);
+
+/// The task id of a submission: random, or derived from the client's
+/// `Idempotency-Key` (1 to 128 visible ASCII characters), so that a retry
+/// of the same submission names the same task. The state machine answers a
+/// second `SubmitTask` with the same id and spec with the stored task, and
+/// refuses it with another spec.
+fn submission_id(headers: &HeaderMap) -> Result<Uuid, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(Uuid::new_v4());
+    };
+    let invalid = || ApiError::field("invalid_header", "Idempotency-Key", "must be 1 to 128 visible ASCII characters");
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    Ok(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()))
+}
+
+/// `POST /v1/tasks`: `201` with the new task; with an `Idempotency-Key`
+/// already used for the same spec, `200` with the task it created (and
+/// `409` for another spec).
+async fn submit_task(
+    State(m): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let spec: TaskSpec = parse(body)?;
     validate_spec(&spec)?;
-    let task_id = Uuid::new_v4();
+    let task_id = submission_id(&headers)?;
     let span = tracing::info_span!("submit", task = %task_id, name = %spec.name);
     let _enter = span.enter();
-    let task = task_of(m.propose(Command::SubmitTask { task_id, spec, at: now_ms() }).await?)?;
+    let at = now_ms();
+    let result = m.propose(Command::SubmitTask { task_id, spec, at }).await?;
+    if let CommandResult::Refused(_) = &result {
+        return Err(ApiError::conflict(format!(
+            "task {task_id} already exists with another spec: an Idempotency-Key names one submission"
+        )));
+    }
+    let task = task_of(result)?;
     m.placement_kick.notify_one();
     let location = format!("/v1/tasks/{}", task.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(task)).into_response())
+    // Created by this request, or by an earlier one with the same key.
+    let status = if task.created_at == at { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, [(header::LOCATION, location)], Json(task)).into_response())
 }
 
 /// `GET /v1/stats`: how many tasks are in each state and nodes in each
