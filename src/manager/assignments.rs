@@ -18,7 +18,7 @@
 //! with a shorter wait (its relay times out after 10 s), or answers `421`
 //! when the poll was already relayed to it — the heartbeat route's rule.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -47,15 +47,6 @@ pub const MAX_WAIT: Millis = Millis(30_000);
 const RELAYED_WAIT: Millis = Millis(8_000);
 /// The longest `after` accepted (a version is 16 hex digits).
 const MAX_VERSION_LEN: usize = 64;
-
-/// Cancelled when the manager shuts down: waiting polls answer at once, so
-/// that the graceful shutdown does not wait for them.
-static SHUTDOWN: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
-
-/// Ends every waiting poll (the manager is shutting down).
-pub fn end_waits() {
-    SHUTDOWN.cancel();
-}
 
 /// FNV-1a over each task's id, generation and desired status, in task-id
 /// order: the same list gives the same version on every manager. A task's
@@ -114,13 +105,14 @@ pub fn must_answer(current: &str, after: Option<&str>) -> bool {
     after != Some(current)
 }
 
-/// Waits until `node`'s list in `state` differs from `after` (its answer)
-/// or `until` passes (`None`).
+/// Waits until `node`'s list in `state` differs from `after` (its answer),
+/// or until `until` passes or `closing` is cancelled (`None`).
 pub async fn wait_for_change(
     state: &SharedState,
     node: &str,
     after: Option<&str>,
     until: Instant,
+    closing: &CancellationToken,
 ) -> Option<HeartbeatReply> {
     let mut applied = state.watch_applied();
     loop {
@@ -136,7 +128,7 @@ pub async fn wait_for_change(
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return None },
             _ = tokio::time::sleep_until(until) => return None,
-            _ = SHUTDOWN.cancelled() => return None,
+            _ = closing.cancelled() => return None,
         }
     }
 }
@@ -188,7 +180,7 @@ pub async fn poll(
     let span = tracing::debug_span!("assignments_poll", node = %name);
     let _enter = span.enter();
     let until = Instant::now() + wait.as_duration();
-    match wait_for_change(&m.state, &name, query.after.as_deref(), until).await {
+    match wait_for_change(&m.state, &name, query.after.as_deref(), until, &m.closing).await {
         Some(reply) => Ok(Json(reply).into_response()),
         None => Ok(StatusCode::NOT_MODIFIED.into_response()),
     }
@@ -255,14 +247,17 @@ mod tests {
         let current = version_on(&state.read(), "w1");
         // A worker holding another list gets the current one, numbered.
         let far = Instant::now() + Duration::from_secs(30);
-        let reply = tokio::time::timeout(Duration::from_secs(5), wait_for_change(&state, "w1", Some("ff"), far))
-            .await
-            .expect("answered at once")
-            .expect("a list");
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            wait_for_change(&state, "w1", Some("ff"), far, &CancellationToken::new()),
+        )
+        .await
+        .expect("answered at once")
+        .expect("a list");
         assert_eq!((reply.version.as_str(), reply.index, reply.assignments.len()), (current.as_str(), 0, 0));
         // One holding the current list waits out its wait.
         let soon = Instant::now() + Duration::from_millis(50);
-        assert!(wait_for_change(&state, "w1", Some(&current), soon).await.is_none());
+        assert!(wait_for_change(&state, "w1", Some(&current), soon, &CancellationToken::new()).await.is_none());
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub struct Manager {
     pub last_seen: Mutex<HashMap<String, Instant>>,
     /// Wakes the placement loop (a task was submitted, a node reported).
     pub placement_kick: Notify,
+    /// Cancelled when the manager shuts down: requests that wait (event
+    /// streams, assignment polls) end at once, so the graceful shutdown
+    /// does not wait for them.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Why a proposal failed, as `/internal/propose` reports it.
@@ -156,6 +160,7 @@ impl Manager {
             default_strategy: args.scheduler,
             last_seen: Mutex::new(HashMap::new()),
             placement_kick: Notify::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 

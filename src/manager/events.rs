@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -21,19 +21,9 @@ use goat_raft::state_machine::Feed;
 use goat_storage::events::{complete_from, events_after, last_index, ClusterEvent};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
 use super::error::ApiError;
-
-/// Cancelled when the manager shuts down: open streams end, so that the
-/// graceful shutdown does not wait for them.
-static SHUTDOWN: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
-
-/// Ends every open event stream (the manager is shutting down).
-pub fn end_streams() {
-    SHUTDOWN.cancel();
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +119,7 @@ impl Follower {
                 return Some(item.to_sse());
             }
             let received = tokio::select! {
-                _ = SHUTDOWN.cancelled() => return None,
+                _ = self.manager.closing.cancelled() => return None,
                 received = self.feed.recv() => received,
             };
             match received {

@@ -157,10 +157,12 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(id = args.id, listen = %args.listen, "manager started");
-    let shutdown = async {
+    let closing = manager.closing.clone();
+    let shutdown = async move {
         crate::shutdown_signal().await;
-        events::end_streams(); // open event streams would hold the graceful shutdown forever
-        assignments::end_waits(); // and waiting long polls for up to their wait
+        // Open event streams would hold the graceful shutdown forever, and
+        // waiting long polls for up to their wait.
+        closing.cancel();
     };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
 
