@@ -11,6 +11,8 @@
 #
 # Usage: deploy/build-images.sh        (from anywhere)
 # Env:   GOAT_STATIC_TARGET_DIR  override the static target dir.
+#        GOAT_IMAGE, GOAT_ECHO_IMAGE  the tags to build (goat:latest and
+#        goat-echo:latest), so that two checkouts on one machine keep apart.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,6 +55,6 @@ build() {
   docker image inspect --format "    $tag {{.Id}} {{.Size}} bytes" "$tag"
 }
 
-build goat:latest goat.Dockerfile
-build goat-echo:latest goat-echo.Dockerfile
+build "${GOAT_IMAGE:-goat:latest}" goat.Dockerfile
+build "${GOAT_ECHO_IMAGE:-goat-echo:latest}" goat-echo.Dockerfile
 echo "==> done"

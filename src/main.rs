@@ -9,15 +9,7 @@
 //! - `goat events`: follows a cluster's task and node events.
 //! - `goat drill`: failures caused in a compose deployment, measured.
 
-mod bench;
-mod cli;
-mod clock;
-mod drill;
-mod echo;
-mod manager;
-mod metrics;
-mod reschedule;
-mod scheduler;
+use goat::{bench, cli, drill, echo, manager};
 
 use clap::{Parser, Subcommand};
 
@@ -68,8 +60,6 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
-
-pub use goat_worker::shutdown_signal;
 
 #[tokio::main]
 async fn main() {

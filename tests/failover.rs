@@ -72,7 +72,8 @@ impl Deployment {
                 .build()
                 .expect("client"),
         };
-        docker(&["tag", "goat:latest", &deployment.image()]);
+        let built = std::env::var("GOAT_IMAGE").unwrap_or_else(|_| "goat:latest".into());
+        docker(&["tag", &built, &deployment.image()]);
         let mut up = Command::new("bash");
         up.arg(format!("{}/deploy/up.sh", root()));
         deployment.env(&mut up);
