@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use goat_raft::limits::{self, limited};
 use goat_raft::{codec, Command, CommandResult};
 use goat_storage::model::{Task, TaskSpec, TaskState};
 use goat_storage::validate::validate_spec;
@@ -40,8 +41,7 @@ macro_rules! public_api {
 
         fn public_router() -> Router<Arc<Manager>> {
             Router::new()
-                $(.route($path, axum::routing::$method($handler)
-                    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES $(.max($limit))?))))*
+                $(.route($path, limited(axum::routing::$method($handler), MAX_BODY_BYTES $(.max($limit))?)))*
         }
     };
 }
@@ -58,7 +58,7 @@ public_api! {
     delete "/v1/tasks/{id}" => stop_task;
     get "/v1/stats" => stats;
     get "/v1/nodes" => nodes::list_nodes;
-    post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat;
+    post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat, limit nodes::MAX_HEARTBEAT_BYTES;
     get "/v1/nodes/{name}/assignments" => super::assignments::poll;
     put "/v1/nodes/{name}/drain" => nodes::drain;
     delete "/v1/nodes/{name}/drain" => nodes::undrain;
@@ -71,10 +71,10 @@ public_api! {
 
 pub fn router(manager: Arc<Manager>) -> Router {
     public_router()
-        .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
-        .route("/internal/read-index", post(internal_read_index))
-        .route("/internal/status", get(internal_status))
-        .route("/internal/state-digest", get(super::verify::internal_state_digest))
+        .route("/internal/propose", limited(post(internal_propose), limits::MAX_PROPOSE_BYTES))
+        .route("/internal/read-index", limited(post(internal_read_index), limits::NO_BODY_BYTES))
+        .route("/internal/status", limited(get(internal_status), limits::NO_BODY_BYTES))
+        .route("/internal/state-digest", limited(get(super::verify::internal_state_digest), limits::NO_BODY_BYTES))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(manager)

@@ -34,6 +34,9 @@ use crate::clock::now_ms;
 
 /// How often workers are asked to report.
 pub const HEARTBEAT_INTERVAL: Millis = Millis(1_000);
+/// The largest heartbeat accepted: a report for each of a node's tasks
+/// (a few hundred bytes each), for thousands of tasks.
+pub const MAX_HEARTBEAT_BYTES: usize = 4 << 20;
 
 /// The commands that bring the store in line with a node's heartbeat: the
 /// node's registration or changed capacity/engine health, and every task
