@@ -58,6 +58,7 @@ public_api! {
     delete "/v1/tasks/{id}" => stop_task;
     get "/v1/stats" => stats;
     get "/v1/nodes" => nodes::list_nodes;
+    delete "/v1/nodes/{name}" => super::gc::remove_node;
     post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat, limit nodes::MAX_HEARTBEAT_BYTES;
     get "/v1/nodes/{name}/assignments" => super::assignments::poll;
     put "/v1/nodes/{name}/drain" => nodes::drain;
@@ -67,6 +68,7 @@ public_api! {
     get "/v1/openapi.json" => super::openapi::document;
     get "/v1/snapshot" => super::snapshot::save;
     post "/v1/snapshot/restore" => super::snapshot::restore, limit super::snapshot::MAX_RESTORE_BYTES;
+    post "/v1/gc" => super::gc::run;
 }
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -99,6 +101,42 @@ pub struct ReadOptions {
     /// For `GET /v1/tasks`: only tasks in this state.
     #[serde(default)]
     pub state: Option<TaskState>,
+    /// For `GET /v1/tasks`: at most this many tasks (default
+    /// [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// For `GET /v1/tasks`: only tasks whose id comes after this one (the
+    /// `next` cursor of the previous page).
+    #[serde(default)]
+    pub after: Option<Uuid>,
+}
+
+/// Tasks per page of `GET /v1/tasks` when the client does not say.
+pub const DEFAULT_PAGE: usize = 1_000;
+/// The most tasks one page may hold.
+pub const MAX_PAGE: usize = 5_000;
+/// The response header that carries the cursor of the next page.
+pub const NEXT_HEADER: &str = "x-goat-next";
+
+/// One page of tasks in id order: up to `limit` tasks after `after` (in
+/// `state`, if given), and the cursor of the next page if there are more.
+pub fn task_page<'a>(
+    tasks: &'a std::collections::BTreeMap<Uuid, Task>,
+    after: Option<Uuid>,
+    state: Option<TaskState>,
+    limit: usize,
+) -> (Vec<&'a Task>, Option<Uuid>) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    let mut page = Vec::new();
+    for task in tasks.range((from, Unbounded)).map(|(_, t)| t).filter(|t| state.is_none_or(|s| t.state == s)) {
+        if page.len() == limit {
+            let next = page.last().map(|t: &&Task| t.id);
+            return (page, next);
+        }
+        page.push(task);
+    }
+    (page, None)
 }
 
 pub fn read_options(
@@ -334,15 +372,37 @@ fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::field("invalid_field", "id", format!("{id:?} is not a task id (a UUID)")))
 }
 
+/// `GET /v1/tasks[?state=S][&limit=N][&after=ID]`: a JSON array of tasks
+/// in id order, a page at a time; when more follow, the `X-Goat-Next`
+/// header holds the cursor to pass as `after` (and `Link` the next page's
+/// URL).
 async fn list_tasks(
     State(m): Shared,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Task>>, ApiError> {
+) -> Result<Response, ApiError> {
     let options = read_options(query)?;
+    let limit = options.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::field("invalid_field", "limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
     consistent(&m, &options).await?;
-    let applied = m.state.read();
-    let tasks = applied.state.tasks.values().filter(|t| options.state.is_none_or(|s| t.state == s)).cloned().collect();
-    Ok(Json(tasks))
+    let (body, next) = {
+        let applied = m.state.read();
+        let (page, next) = task_page(&applied.state.tasks, options.after, options.state, limit);
+        (serde_json::to_vec(&page).map_err(ApiError::internal)?, next)
+    };
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(next) = next {
+        let state = options.state.map(|s| format!("&state={}", s.as_str())).unwrap_or_default();
+        let stale = if options.stale { "&stale=true" } else { "" };
+        let link = format!("</v1/tasks?limit={limit}&after={next}{state}{stale}>; rel=\"next\"");
+        for (name, value) in [(NEXT_HEADER, next.to_string()), ("link", link)] {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    Ok(response)
 }
 
 async fn get_task(
@@ -406,4 +466,36 @@ async fn internal_status(State(m): Shared, headers: HeaderMap) -> Response {
     }
     let initialized = m.raft.is_initialized().await.unwrap_or(false);
     Json(InternalStatus { id: m.id, initialized }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_storage::fsm::ClusterState;
+
+    #[test]
+    fn pages_walk_every_task_once_in_id_order() {
+        let mut s = ClusterState::default();
+        let spec: TaskSpec = serde_json::from_str(r#"{"name":"t","image":"i"}"#).unwrap();
+        for i in 0..10u128 {
+            s.apply(&Command::SubmitTask { task_id: Uuid::from_u128(i * 7 % 10), spec: spec.clone(), at: 1 });
+        }
+        s.apply(&Command::StopTask { task_id: Uuid::from_u128(4), at: 2 });
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = task_page(&s.tasks, after, None, 3);
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().map(|t| t.id.as_u128()));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        // An exact fit has no next page; a filter pages over the matches.
+        assert_eq!(task_page(&s.tasks, None, None, 10).1, None);
+        let (page, next) = task_page(&s.tasks, None, Some(TaskState::Completed), 1);
+        assert_eq!((page.len(), page[0].id.as_u128(), next), (1, 4, None));
+    }
 }

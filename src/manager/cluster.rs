@@ -161,6 +161,14 @@ pub struct Manager {
     /// streams, assignment polls) end at once, so the graceful shutdown
     /// does not wait for them.
     pub closing: tokio_util::sync::CancellationToken,
+    /// Permits for open event streams (`--max-streams`).
+    pub streams: Arc<Semaphore>,
+    pub max_streams: usize,
+    /// Permits for waiting assignment polls (`--max-polls`).
+    pub polls: Arc<Semaphore>,
+    pub max_polls: usize,
+    /// How long finished tasks are kept (`--task-retention`).
+    pub task_retention: Duration,
 }
 
 /// Why a proposal failed, as `/internal/propose` reports it.
@@ -191,6 +199,11 @@ impl Manager {
             last_seen: Mutex::new(HashMap::new()),
             placement_kick: Notify::new(),
             closing: tokio_util::sync::CancellationToken::new(),
+            streams: Arc::new(Semaphore::new(args.max_streams)),
+            max_streams: args.max_streams,
+            polls: Arc::new(Semaphore::new(args.max_polls)),
+            max_polls: args.max_polls,
+            task_retention: args.task_retention.as_duration(),
         }
     }
 

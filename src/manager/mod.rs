@@ -13,6 +13,8 @@
 //! - [`leader`]: the loops that run on the leader only.
 //! - [`snapshot`]: backup and restore of the cluster state.
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
+//! - [`gc`]: collecting finished tasks after `--task-retention`, removing
+//!   down nodes.
 //! - [`openapi`]: the API's OpenAPI document.
 //! - [`verify`]: state fingerprints, to prove the managers agree.
 
@@ -21,6 +23,7 @@ pub mod assignments;
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod json;
 pub mod leader;
 pub mod nodes;
@@ -93,6 +96,19 @@ pub struct ManagerArgs {
     /// Shortest election timeout (randomized up to 1.5 times it).
     #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
     pub election_timeout: Millis,
+    /// Event streams (`GET /v1/events`) this manager serves at once, at
+    /// most; past that, 503 with Retry-After.
+    #[arg(long, env = "GOAT_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams: usize,
+    /// Assignment long polls this manager holds open at once, at most
+    /// (one per worker; relayed ones count); past that, 503 with
+    /// Retry-After.
+    #[arg(long, env = "GOAT_MAX_POLLS", default_value_t = 4096)]
+    pub max_polls: usize,
+    /// A completed or failed task (one that will not be rescheduled) is
+    /// removed this long after it finished.
+    #[arg(long, env = "GOAT_TASK_RETENTION", default_value = "24h", value_parser = Millis::parse)]
+    pub task_retention: Millis,
 }
 
 /// Parses `--scheduler` with the same names as a task's `strategy`.
