@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The leader's term as manager `id` reports it.
 async fn term(cluster: &Cluster, id: u64) -> u64 {
-    let v: Value = cluster.http.get(format!("{}/v1/cluster", cluster.url(id))).send().await.unwrap().json().await.unwrap();
+    let v: Value =
+        cluster.http.get(format!("{}/v1/cluster", cluster.url(id))).send().await.unwrap().json().await.unwrap();
     v["term"].as_u64().expect("a term")
 }
 
@@ -168,11 +169,7 @@ async fn streams_and_polls_are_capped() {
         .expect("JSON");
     let version = reply["version"].as_str().expect("a version").to_string();
     let poll = |wait: &str| {
-        cluster
-            .http
-            .get(format!("{url}/v1/nodes/w1/assignments?after={version}&wait={wait}"))
-            .bearer_auth(TOKEN)
-            .send()
+        cluster.http.get(format!("{url}/v1/nodes/w1/assignments?after={version}&wait={wait}")).bearer_auth(TOKEN).send()
     };
     // One poll waits and holds the only slot; a second one is refused.
     // (Should the second reach the manager first, the roles swap: again.)

@@ -39,8 +39,7 @@ const ENVELOPE_BYTES: usize = 1 << 20;
 /// `/raft/vote`: a vote request is a few dozen bytes.
 pub const MAX_VOTE_BYTES: usize = 64 << 10;
 /// `/raft/append`: a full AppendEntries, plus room for one restore entry.
-pub const MAX_APPEND_BYTES: usize =
-    MAX_PAYLOAD_ENTRIES as usize * MAX_ENTRY_BYTES + MAX_RESTORE_BYTES + ENVELOPE_BYTES;
+pub const MAX_APPEND_BYTES: usize = MAX_PAYLOAD_ENTRIES as usize * MAX_ENTRY_BYTES + MAX_RESTORE_BYTES + ENVELOPE_BYTES;
 /// `/raft/snapshot`: one chunk and its metadata.
 pub const MAX_SNAPSHOT_BYTES: usize = SNAPSHOT_CHUNK_BYTES as usize + ENVELOPE_BYTES;
 /// `/internal/propose`: one forwarded command (a restore at most).
@@ -77,7 +76,10 @@ pub fn too_large(limit: usize) -> Response {
 /// Whether a request declaring `content_length` must be refused unread.
 pub fn declared_over(content_length: Option<&HeaderValue>, limit: usize) -> bool {
     // An unparsable length is hyper's to refuse; here only a number counts.
-    content_length.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n > limit as u64)
+    content_length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
 }
 
 /// Middleware: refuses a declared length over the limit at once, and

@@ -120,12 +120,12 @@ pub const NEXT_HEADER: &str = "x-goat-next";
 
 /// One page of tasks in id order: up to `limit` tasks after `after` (in
 /// `state`, if given), and the cursor of the next page if there are more.
-pub fn task_page<'a>(
-    tasks: &'a std::collections::BTreeMap<Uuid, Task>,
+pub fn task_page(
+    tasks: &std::collections::BTreeMap<Uuid, Task>,
     after: Option<Uuid>,
     state: Option<TaskState>,
     limit: usize,
-) -> (Vec<&'a Task>, Option<Uuid>) {
+) -> (Vec<&Task>, Option<Uuid>) {
     use std::ops::Bound::{Excluded, Unbounded};
     let from = after.map_or(Unbounded, Excluded);
     let mut page = Vec::new();

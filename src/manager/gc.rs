@@ -63,12 +63,10 @@ pub fn collectable_ids(
     let from = after.map_or(Unbounded, Excluded);
     let mut ids = Vec::new();
     let mut last = None;
-    let mut looked = 0;
-    for (id, task) in state.tasks.range((from, Unbounded)) {
+    for (looked, (id, task)) in state.tasks.range((from, Unbounded)).enumerate() {
         if looked == SCAN_CHUNK || ids.len() == max {
             return (ids, last);
         }
-        looked += 1;
         last = Some(*id);
         if collectable(task, cutoff) {
             ids.push(*id);

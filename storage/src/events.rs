@@ -423,7 +423,6 @@ mod tests {
         assert_eq!(s.tasks[&id].events.last().map(|e| e.index), Some(first_index(2) + 2));
     }
 
-
     /// A state with `n` tasks, each with a few events, interleaved.
     fn busy_state(n: u128) -> ClusterState {
         let mut s = ClusterState::default();
@@ -438,7 +437,11 @@ mod tests {
             apply_entries(&mut s, entry, vec![Command::PlaceTask { task_id: *id, node: "w1".into(), at: 3 }]);
             entry += 1;
         }
-        apply_entries(&mut s, entry, vec![Command::SetNodeStatus { name: "w2".into(), status: NodeStatus::Down, at: 4 }]);
+        apply_entries(
+            &mut s,
+            entry,
+            vec![Command::SetNodeStatus { name: "w2".into(), status: NodeStatus::Down, at: 4 }],
+        );
         s
     }
 

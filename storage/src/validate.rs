@@ -67,7 +67,7 @@ pub fn spec_sizes(spec: &TaskSpec) -> Vec<(&'static str, usize)> {
         ("image", spec.image.len()),
         ("health_check.path", spec.health_check.as_ref().and_then(|h| h.path.as_ref()).map_or(0, String::len)),
     ];
-    sizes.sort_by(|a, b| b.1.cmp(&a.1));
+    sizes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     sizes
 }
 
