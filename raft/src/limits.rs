@@ -7,8 +7,10 @@
 //! AppendEntries, so `/raft/append` accepts what that makes plus one
 //! restore entry ([`MAX_RESTORE_BYTES`], the only command allowed to be
 //! larger). Every route has a limit; a request whose `Content-Length` is
-//! over it is refused with `413` before a byte of its body is read, and a
-//! body without a length is cut off at the limit.
+//! over it is refused with `413` at once, before its body is read (a
+//! body of up to 16 MiB is then read and dropped, never held, so that the
+//! client sees the answer), and a body without a length is cut off at the
+//! limit.
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -87,6 +89,7 @@ pub fn declared_over(content_length: Option<&HeaderValue>, limit: usize) -> bool
 /// over) the same JSON body.
 async fn enforce(State(limit): State<usize>, request: Request, next: Next) -> Response {
     if declared_over(request.headers().get(header::CONTENT_LENGTH), limit) {
+        discard_body(request, limit);
         return too_large(limit);
     }
     let response = next.run(request).await;
@@ -94,6 +97,31 @@ async fn enforce(State(limit): State<usize>, request: Request, next: Next) -> Re
         return too_large(limit);
     }
     response
+}
+
+/// Bytes of a refused body read and dropped after the answer, at most.
+pub const MAX_DISCARD_BYTES: u64 = 16 << 20;
+
+/// Lets a client that writes its whole body before it reads (most HTTP
+/// clients) see the `413`: the answer goes out at once, and meanwhile a
+/// body of at most [`MAX_DISCARD_BYTES`] is read and dropped, chunk by
+/// chunk (never held), for at most a few seconds. A larger declared body
+/// is not read at all: the connection closes after the answer.
+fn discard_body(request: Request, limit: usize) {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    if declared > MAX_DISCARD_BYTES.max(limit as u64) {
+        return;
+    }
+    let mut body = request.into_body().into_data_stream();
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = futures::StreamExt::next(&mut body).await {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    });
 }
 
 /// `route` with a body limit of `limit` bytes (see the module's doc).
