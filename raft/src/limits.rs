@@ -26,7 +26,7 @@ pub const MAX_BATCH: usize = 512;
 /// synced on the follower, well within one heartbeat interval (100 ms),
 /// which openraft 0.9 also uses as the RPC's time limit. A single command
 /// larger than this goes in an entry of its own.
-pub const MAX_ENTRY_BYTES: usize = 256 << 10;
+pub const MAX_ENTRY_BYTES: usize = 128 << 10;
 /// Entries per AppendEntries, at most (openraft's `max_payload_entries`).
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 /// The largest backup `POST /v1/snapshot/restore` accepts; it becomes one
