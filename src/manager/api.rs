@@ -13,14 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use goat_raft::{codec, Command, CommandResult};
-use goat_storage::model::{Task, TaskSpec, TaskState};
+use goat_storage::model::{Task, TaskSpec};
 use goat_storage::validate::validate_spec;
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::cluster::{InternalStatus, Manager, ProposeError};
 use super::error::ApiError;
+use super::extract::{consistent, forwarded, read_options, role_name, ReadOptions};
 use super::json::{parse, MAX_BODY_BYTES};
 use super::nodes;
 use crate::clock::now_ms;
@@ -82,38 +83,12 @@ pub fn router(manager: Arc<Manager>) -> Router {
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
 async fn metrics(State(m): Shared) -> Response {
-    let body = crate::metrics::render(&m);
+    let body = crate::metrics::render(&m.raft, &m.state);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
-}
-
-/// `?stale=true` reads from local state without asking the leader.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadOptions {
-    #[serde(default)]
-    pub stale: bool,
-    /// For `GET /v1/tasks`: only tasks in this state.
-    #[serde(default)]
-    pub state: Option<TaskState>,
-}
-
-pub fn read_options(
-    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
-) -> Result<ReadOptions, ApiError> {
-    query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))
-}
-
-/// Makes this manager's state current unless the client accepts stale data.
-pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), ApiError> {
-    if options.stale {
-        Ok(())
-    } else {
-        manager.linearize().await
-    }
 }
 
 #[derive(Serialize)]
@@ -128,16 +103,6 @@ struct HealthView {
     snapshot: Option<u64>,
     /// The last log index purged from this manager's log.
     purged: Option<u64>,
-}
-
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
 }
 
 async fn health(State(m): Shared) -> Json<HealthView> {
@@ -243,12 +208,6 @@ async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Respo
     m.raft.change_membership(change, false).await.map_err(|e| ApiError::conflict(e.to_string()))?;
     tracing::info!(member = id, "removed a manager");
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Relays a request to the leader and its answer back.
-pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
-    let (status, bytes) = m.forward_to_leader(method, path, body).await?;
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 fn task_of(result: CommandResult) -> Result<Task, ApiError> {

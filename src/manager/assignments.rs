@@ -34,9 +34,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::api::forwarded;
 use super::cluster::Manager;
 use super::error::ApiError;
+use super::extract::forwarded;
 pub use crate::control::assignments::{must_answer, reply_at, version_of, version_on};
 
 /// How long a poll waits when it does not say.

@@ -34,8 +34,8 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::config::ManagerArgs;
 use super::error::ApiError;
-use super::ManagerArgs;
 
 /// Proposals waiting for the batcher, each with where its result goes.
 type Proposal = (Command, oneshot::Sender<Result<CommandResult, ProposeError>>);

@@ -23,9 +23,9 @@ use goat_storage::model::*;
 use goat_storage::validate::check_name;
 use serde::Serialize;
 
-use super::api::{consistent, forwarded, read_options, ReadOptions};
 use super::cluster::Manager;
 use super::error::ApiError;
+use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
 use crate::control::assignments::reply_at;
