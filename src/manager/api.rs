@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use goat_raft::{codec, Command, CommandResult};
+use goat_storage::fsm::RefusalKind;
 use goat_storage::model::{Task, TaskSpec};
 use goat_storage::validate::validate_spec;
 use openraft::{BasicNode, ChangeMembers};
@@ -213,7 +214,7 @@ async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Respo
 fn task_of(result: CommandResult) -> Result<Task, ApiError> {
     match result {
         CommandResult::Task(task) => Ok(*task),
-        CommandResult::Refused(reason) => Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => Err(refusal.into()),
         other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
 }
@@ -255,7 +256,8 @@ async fn submit_task(
     let _enter = span.enter();
     let at = now_ms();
     let result = m.propose(Command::SubmitTask { task_id, spec, at }).await?;
-    if let CommandResult::Refused(_) = &result {
+    if result.refusal().is_some_and(|r| r.kind == RefusalKind::Conflict) {
+        // The only conflict of a submission: its id is taken by another spec.
         return Err(ApiError::conflict(format!(
             "task {task_id} already exists with another spec: an Idempotency-Key names one submission"
         )));
@@ -318,10 +320,7 @@ async fn get_task(
 
 async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
-    let task = match m.propose(Command::StopTask { task_id: id, at: now_ms() }).await? {
-        CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no task {id}"))),
-        other => task_of(other)?,
-    };
+    let task = task_of(m.propose(Command::StopTask { task_id: id, at: now_ms() }).await?)?;
     Ok((StatusCode::ACCEPTED, Json(task)).into_response())
 }
 

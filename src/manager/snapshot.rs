@@ -78,7 +78,7 @@ pub async fn restore(
     }
     let (tasks, nodes) = (backup.tasks.len(), backup.nodes.len());
     match m.propose(backup.into_command()).await? {
-        CommandResult::Refused(reason) => return Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => return Err(refusal.into()),
         CommandResult::Done => {}
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
