@@ -57,6 +57,63 @@ pub struct ManagerArgs {
     pub election_timeout: Millis,
 }
 
+/// A manager's settings, as [`run`](super::run) takes them (tests and
+/// `goat dev` build one directly; the command line builds [`ManagerArgs`]).
+/// The listening socket is not here: `run` takes a bound listener.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub id: NodeId,
+    /// The address others reach this manager at (default: the listener's).
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// `ID=HOST:PORT` entries, as `--peers`.
+    pub peers: Vec<String>,
+    pub token: String,
+    pub snapshot_every: u64,
+    pub leader_wait: Millis,
+    pub scheduler: Strategy,
+    pub node_down_after: Millis,
+    pub raft_heartbeat: Millis,
+    pub election_timeout: Millis,
+}
+
+impl ManagerConfig {
+    /// The defaults of `goat manager`, for manager `id` with `data_dir`.
+    pub fn new(id: NodeId, data_dir: PathBuf, token: impl Into<String>) -> ManagerConfig {
+        ManagerConfig {
+            id,
+            advertise: None,
+            data_dir,
+            peers: Vec::new(),
+            token: token.into(),
+            snapshot_every: 10_000,
+            leader_wait: Millis(5_000),
+            scheduler: Strategy::BinPack,
+            node_down_after: Millis(10_000),
+            raft_heartbeat: Millis(goat_raft::HEARTBEAT_INTERVAL_MS),
+            election_timeout: Millis(goat_raft::ELECTION_TIMEOUT_MS),
+        }
+    }
+}
+
+impl From<ManagerArgs> for ManagerConfig {
+    fn from(a: ManagerArgs) -> ManagerConfig {
+        ManagerConfig {
+            id: a.id,
+            advertise: a.advertise,
+            data_dir: a.data_dir,
+            peers: a.peers,
+            token: a.token,
+            snapshot_every: a.snapshot_every,
+            leader_wait: a.leader_wait,
+            scheduler: a.scheduler,
+            node_down_after: a.node_down_after,
+            raft_heartbeat: a.raft_heartbeat,
+            election_timeout: a.election_timeout,
+        }
+    }
+}
+
 /// Parses `--scheduler` with the same names as a task's `strategy`.
 fn parse_strategy(name: &str) -> Result<Strategy, String> {
     serde_json::from_value(serde_json::Value::String(name.to_string()))

@@ -45,10 +45,16 @@ use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
 
 pub use cluster::Manager;
-pub use config::{parse_peers, ManagerArgs};
+pub use config::{parse_peers, ManagerArgs, ManagerConfig};
 
-/// Runs a manager until SIGINT or SIGTERM.
-pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+/// Runs a manager on `listener` until `shutdown` completes (the binary
+/// passes `crate::shutdown_signal()`: SIGINT or SIGTERM).
+pub async fn run(
+    args: ManagerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = listener.local_addr().context("reading the listener's address")?;
     if args.id == 0 {
         bail!("--id must be a positive integer");
     }
@@ -56,7 +62,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         bail!("a cluster token is required: --token or GOAT_TOKEN");
     }
     let peers = parse_peers(&args.peers)?;
-    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+    let advertise = args.advertise.clone().unwrap_or_else(|| listen.to_string());
     if let Some(me) = peers.get(&args.id) {
         if me.addr != advertise {
             tracing::warn!(peers_addr = %me.addr, %advertise, "--peers gives this manager another address than it advertises");
@@ -84,12 +90,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
 
     let app = api::router(manager.clone()).merge(goat_raft::service::router(raft.clone(), &args.token));
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(id = args.id, listen = %args.listen, "manager started");
+    tracing::info!(id = args.id, %listen, "manager started");
     let closing = manager.closing.clone();
     let shutdown = async move {
-        crate::shutdown_signal().await;
+        shutdown.await;
         // Open event streams would hold the graceful shutdown forever, and
         // waiting long polls for up to their wait.
         closing.cancel();
