@@ -178,13 +178,13 @@ pub async fn remove_node(
         if !applied.state.nodes.contains_key(&name) {
             return Err(ApiError::not_found(format!("no node {name}")));
         }
-        if let Some(reason) = applied.state.node_removal_refused(&name) {
-            return Err(ApiError::conflict(reason));
+        if let Some(refusal) = applied.state.node_removal_refused(&name) {
+            return Err(refusal.into());
         }
     }
     match m.propose(Command::RemoveNode { name: name.clone(), at: now_ms() }).await? {
         CommandResult::Done => {}
-        CommandResult::Refused(reason) => return Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => return Err(refusal.into()),
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
     if let Ok(mut seen) = m.last_seen.lock() {
