@@ -25,7 +25,7 @@ use goat_storage::model::{Strategy, Timestamp};
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::Manager;
+use super::cluster::{Leadership, Manager};
 use super::nodes::liveness_commands;
 use crate::clock::now_ms;
 use crate::scheduler::{Scheduler, NO_NODES};
@@ -38,36 +38,102 @@ const NO_NODES_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn supervise(manager: Arc<Manager>) {
     let mut metrics = manager.raft.metrics();
-    let mut running: Option<CancellationToken> = None;
+    // The term the running loops were started in, and their token.
+    let mut running: Option<(u64, CancellationToken)> = None;
     loop {
-        let leading = {
+        let (leading, term) = {
             let m = metrics.borrow_and_update();
-            m.state == ServerState::Leader && m.current_leader == Some(manager.id)
+            manager.note_metrics(&m);
+            (m.state == ServerState::Leader && m.current_leader == Some(manager.id), m.current_term)
         };
-        match (leading, running.is_some()) {
-            (true, false) => {
-                let token = CancellationToken::new();
-                let term = manager.raft.metrics().borrow().current_term;
-                tracing::info!(term, "became leader: starting the control loops");
-                tokio::spawn(placement_loop(manager.clone(), token.clone()));
-                tokio::spawn(liveness_loop(manager.clone(), token.clone()));
-                tokio::spawn(reschedule_loop(manager.clone(), token.clone()));
-                running = Some(token);
+        // Loops bound to another term stop: a manager deposed and elected
+        // again between two looks at the metrics starts fresh loops too.
+        if running.as_ref().is_some_and(|(t, _)| !leading || *t != term) {
+            tracing::info!("no longer leader (in that term): stopping the control loops");
+            if let Some((_, token)) = running.take() {
+                token.cancel();
             }
-            (false, true) => {
-                tracing::info!("no longer leader: stopping the control loops");
-                if let Some(token) = running.take() {
-                    token.cancel();
-                }
+        }
+        if leading && running.is_none() {
+            let token = CancellationToken::new();
+            tracing::info!(term, "became leader: starting the control loops");
+            // Liveness counts only heartbeats this leadership received.
+            if let Ok(mut seen) = manager.last_seen.lock() {
+                seen.clear();
             }
-            _ => {}
+            let leading = Leading { term, cancel: token.clone() };
+            tokio::spawn(placement_loop(manager.clone(), leading.clone()));
+            tokio::spawn(liveness_loop(manager.clone(), leading.clone()));
+            tokio::spawn(reschedule_loop(manager.clone(), leading));
+            running = Some((term, token));
         }
         if metrics.changed().await.is_err() {
-            if let Some(token) = running.take() {
+            if let Some((_, token)) = running.take() {
                 token.cancel();
             }
             return;
         }
+    }
+}
+
+/// The leadership a set of control loops runs for: every decision they
+/// commit is bound to `term` (see `Manager::propose_as_leader`), and they
+/// end when `cancel` fires.
+#[derive(Clone)]
+struct Leading {
+    term: u64,
+    cancel: CancellationToken,
+}
+
+/// Whether a loop's round may decide, from its leader's confirmation, and
+/// from when its nodes' deadlines run.
+///
+/// A leader decides from its own view only while a quorum confirms it
+/// (`Leadership::Confirmed`): a leader cut off from its followers keeps
+/// believing it leads, and its view — no heartbeats arrive, not even those
+/// its followers relay — says every node is down. Rounds without that
+/// confirmation are skipped. And once confirmed again, every node gets a
+/// full deadline afresh: heartbeats relayed while the leader could not be
+/// reached were lost, so its silence proves nothing. Pure (the clock is
+/// passed in), for the simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundGate<T> {
+    since: T,
+    lapsed: bool,
+}
+
+impl<T: Copy> RoundGate<T> {
+    /// Loops that start at `now`: every node's deadline runs from now.
+    pub fn new(now: T) -> RoundGate<T> {
+        RoundGate { since: now, lapsed: false }
+    }
+
+    /// A round at `now`: `Some(since)`, when deadlines run from, if the
+    /// round may decide (the leadership is `confirmed`); None to skip it.
+    pub fn round(&mut self, now: T, confirmed: bool) -> Option<T> {
+        if !confirmed {
+            self.lapsed = true;
+            return None;
+        }
+        if self.lapsed {
+            self.lapsed = false;
+            self.since = now;
+        }
+        Some(self.since)
+    }
+}
+
+/// Looks at the leadership for one round of the loops of `leading`:
+/// `Err(())` if the loop must end (deposed, or another term), `Ok(None)` to
+/// skip the round (unconfirmed), or `Ok(Some(since))`.
+fn gate_round(manager: &Manager, leading: &Leading, gate: &mut RoundGate<Instant>) -> Result<Option<Instant>, ()> {
+    match manager.leadership() {
+        Leadership::Confirmed { term } if term == leading.term => Ok(gate.round(Instant::now(), true)),
+        Leadership::Unconfirmed { term, ack_age } if term == leading.term => {
+            tracing::debug!(?ack_age, "no recent quorum acknowledgement: skipping the round");
+            Ok(gate.round(Instant::now(), false))
+        }
+        _ => Err(()),
     }
 }
 
@@ -78,15 +144,22 @@ fn alive(last_seen: &HashMap<String, Instant>, node: &str, since: Instant, deadl
     heard.elapsed() < deadline
 }
 
-async fn placement_loop(manager: Arc<Manager>, cancel: CancellationToken) {
-    let since = Instant::now();
+async fn placement_loop(manager: Arc<Manager>, leading: Leading) {
+    let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = leading.cancel.cancelled() => return,
             _ = manager.placement_kick.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        match place_pending(&manager, since).await {
+        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Some(since) = since else { continue };
+        // Cancelled (deposed), the round is dropped with its proposals.
+        let round = tokio::select! {
+            _ = leading.cancel.cancelled() => return,
+            round = place_pending(&manager, &leading, since) => round,
+        };
+        match round {
             Ok(Round::Done) => tokio::time::sleep(MIN_ROUND_INTERVAL).await,
             // With no node to place on, only reasons can change: no hurry.
             Ok(Round::NoNodes) => tokio::time::sleep(NO_NODES_ROUND_INTERVAL).await,
@@ -159,7 +232,11 @@ pub fn decide(scheduler: &mut Scheduler, tasks: &[PendingTask], default: Strateg
 /// others get (or keep) a reason. The round's decisions are committed in
 /// pipelined batches, and the round returns once all are applied, so the
 /// next round sees the room they took.
-async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, super::error::ApiError> {
+async fn place_pending(
+    manager: &Arc<Manager>,
+    leading: &Leading,
+    since: Instant,
+) -> Result<Round, super::error::ApiError> {
     let mut scheduler = {
         let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state.read();
@@ -203,7 +280,10 @@ async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, 
         placed += n;
         waiting += commands.len() - n;
         let manager = manager.clone();
-        commits.spawn(async move { manager.propose(Command::Batch(commands)).await });
+        let leading = leading.clone();
+        commits.spawn(async move {
+            manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await
+        });
     }
     let mut result = Ok(round);
     while let Some(done) = commits.join_next().await {
@@ -214,8 +294,11 @@ async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, 
                     tracing::debug!(refused, "some placements were refused (state moved on)");
                 }
             }
+            Ok(Ok(CommandResult::Refused(reason))) => {
+                tracing::warn!(%reason, "placements refused: decided in another leadership")
+            }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => result = Err(e),
+            Ok(Err(e)) => result = Err(super::error::ApiError::unavailable(format!("{e:?}"))),
             Err(e) => result = Err(super::error::ApiError::internal(e)),
         }
     }
@@ -226,31 +309,39 @@ async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, 
 }
 
 /// Gives failed tasks another chance elsewhere, as their policy allows.
-async fn reschedule_loop(manager: Arc<Manager>, cancel: CancellationToken) {
+async fn reschedule_loop(manager: Arc<Manager>, leading: Leading) {
+    let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = leading.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        if since.is_none() {
+            continue;
         }
         let commands = crate::reschedule::due(&manager.state.read().state, now_ms());
         if commands.is_empty() {
             continue;
         }
         tracing::info!(tasks = commands.len(), "rescheduling failed tasks");
-        match manager.propose(Command::Batch(commands)).await {
+        match manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await {
+            Ok(CommandResult::Refused(reason)) => tracing::warn!(%reason, "rescheduling refused"),
             Ok(_) => manager.placement_kick.notify_one(),
-            Err(e) => tracing::warn!(error = %e.body.error, "could not reschedule failed tasks"),
+            Err(e) => tracing::warn!(error = ?e, "could not reschedule failed tasks"),
         }
     }
 }
 
-async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
-    let since = Instant::now();
+async fn liveness_loop(manager: Arc<Manager>, leading: Leading) {
+    let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = leading.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Some(since) = since else { continue };
         let commands = {
             let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
             let applied = manager.state.read();
@@ -276,8 +367,10 @@ async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
                 _ => {}
             }
         }
-        if let Err(e) = manager.propose(Command::Batch(commands)).await {
-            tracing::warn!(error = %e.body.error, "could not commit liveness decisions");
+        match manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await {
+            Ok(CommandResult::Refused(reason)) => tracing::warn!(%reason, "liveness decisions refused"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = ?e, "could not commit liveness decisions (dropped, not forwarded)"),
         }
         manager.placement_kick.notify_one();
     }
@@ -341,5 +434,70 @@ mod tests {
         assert!(!alive(&seen, "never-seen", since, deadline));
         let fresh = HashMap::from([("w".to_string(), Instant::now())]);
         assert!(alive(&fresh, "w", since, deadline));
+    }
+
+    #[test]
+    fn rounds_decide_only_while_a_quorum_confirms_the_leader() {
+        use super::super::cluster::lease_holds;
+        let lease = Duration::from_millis(1_000);
+        assert!(lease_holds(Some(Duration::from_millis(120)), lease));
+        assert!(!lease_holds(Some(Duration::from_millis(1_001)), lease), "acknowledged too long ago");
+        assert!(!lease_holds(None, lease), "never acknowledged in this term");
+
+        // Times in ms from the loops' start.
+        let mut gate = RoundGate::new(0u64);
+        assert_eq!(gate.round(500, true), Some(0), "deadlines run from the start");
+        assert_eq!(gate.round(1_000, true), Some(0));
+        // Cut off: every round is skipped, however long it lasts...
+        for now in (1_500..30_000).step_by(500) {
+            assert_eq!(gate.round(now, false), None);
+        }
+        // ...and confirmed again, every node gets a full deadline from then.
+        assert_eq!(gate.round(30_000, true), Some(30_000));
+        assert_eq!(gate.round(30_500, true), Some(30_000));
+    }
+
+    /// The defect of issue 15: a leader cut off for longer than the node
+    /// deadline judged every node down from its frozen view. Through the
+    /// gate, the same frozen view decides nothing, and after the cut the
+    /// nodes are judged from fresh heartbeats only.
+    #[test]
+    fn a_cut_off_leader_judges_no_node_down() {
+        use goat_storage::fsm::ClusterState;
+        use goat_storage::model::{EngineStatus, Resources};
+        let mut s = ClusterState::default();
+        let engine = EngineStatus { healthy: true, error: None };
+        let capacity = Resources { cpu: 1.0, memory: 1 << 30, disk: 1 << 30 };
+        for name in ["w1", "w2"] {
+            s.apply(&Command::UpsertNode { name: name.into(), capacity, engine: engine.clone(), at: 0 });
+        }
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let deadline = Duration::from_secs(10);
+        // Heard at 1 s; then the leader is cut off from 2 s to 20 s.
+        let seen = HashMap::from([("w1".to_string(), at(1_000)), ("w2".to_string(), at(1_000))]);
+        let mut gate = RoundGate::new(at(0));
+        let judge = |gate: &mut RoundGate<Instant>, now: u64, confirmed: bool, seen: &HashMap<String, Instant>| {
+            let since = gate.round(at(now), confirmed)?;
+            // `alive` at time `now`, without waiting for the clock.
+            let commands = liveness_commands(&s, now, |node| {
+                let heard = seen.get(node).copied().unwrap_or(since).max(since);
+                at(now).saturating_duration_since(heard) < deadline
+            });
+            Some(commands)
+        };
+        assert_eq!(judge(&mut gate, 1_500, true, &seen).map(|c| c.len()), Some(0));
+        for now in (2_000..20_000).step_by(500) {
+            assert!(judge(&mut gate, now, false, &seen).is_none(), "a round ran at {now} ms while cut off");
+        }
+        // Back at 20 s: 19 s since the last heartbeat, yet no node is due.
+        assert_eq!(judge(&mut gate, 20_000, true, &seen).map(|c| c.len()), Some(0));
+        // A node still silent a full deadline after the cut is due.
+        let fresh = HashMap::from([("w1".to_string(), at(20_500))]);
+        let late = judge(&mut gate, 30_000, true, &fresh).expect("a round");
+        assert!(
+            matches!(&late[..], [Command::SetNodeStatus { name, .. }] if name == "w2"),
+            "only the silent node: {late:?}"
+        );
     }
 }
