@@ -550,8 +550,14 @@ impl Untouched {
     async fn take(deployment: &Deployment, echo: &[String]) -> anyhow::Result<Untouched> {
         let mut out = Untouched::default();
         let first = *deployment.managers.keys().next().context("no managers")?;
-        let nodes: Vec<Value> =
-            deployment.http.get(format!("{}/v1/nodes", deployment.url(first))).send().await?.error_for_status()?.json().await?;
+        let nodes: Vec<Value> = deployment
+            .http
+            .get(format!("{}/v1/nodes", deployment.url(first)))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
         for node in &nodes {
             let name = node["name"].as_str().unwrap_or_default();
             for event in node["events"].as_array().into_iter().flatten().filter(|e| e["status"] == "down") {

@@ -655,7 +655,9 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     let placed = |tasks: &[Value]| -> std::collections::BTreeMap<String, (String, u64)> {
         tasks
             .iter()
-            .filter(|t| ids.iter().any(|i| t["id"] == i.as_str()) && t["state"] == "running" && t["health"] == "healthy")
+            .filter(|t| {
+                ids.iter().any(|i| t["id"] == i.as_str()) && t["state"] == "running" && t["health"] == "healthy"
+            })
             .map(|t| {
                 let id = t["id"].as_str().unwrap_or_default().to_string();
                 (id, (t["node"].as_str().unwrap_or_default().to_string(), t["generation"].as_u64().unwrap_or(0)))
@@ -747,7 +749,13 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
         .iter()
         .flat_map(|n| {
             let name = n["name"].as_str().unwrap_or_default().to_string();
-            n["events"].as_array().cloned().unwrap_or_default().into_iter().filter(|e| e["status"] == "down").map(move |_| name.clone())
+            n["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e["status"] == "down")
+                .map(move |_| name.clone())
         })
         .collect();
     println!(
@@ -755,7 +763,10 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
         failed_over.map(|d| d.as_secs_f64()),
     );
     assert!(failed_over.is_some(), "worker1 kept heartbeating to the cut-off leader");
-    assert!(marked_down.is_empty() && down_events.is_empty(), "a worker was marked down: {marked_down:?} {down_events:?}");
+    assert!(
+        marked_down.is_empty() && down_events.is_empty(),
+        "a worker was marked down: {marked_down:?} {down_events:?}"
+    );
     assert_eq!(after, before, "tasks moved or were placed again");
     assert_eq!(replaced, 0, "containers were replaced");
     assert!(max_copies <= 1, "{max_copies} copies of a task ran during the cut");

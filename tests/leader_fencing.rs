@@ -57,8 +57,15 @@ fn heartbeats(cluster: &Cluster, nodes: &[&str], via: &[u64], stop: Arc<AtomicBo
 
 /// `down` events of `nodes`, as manager `id` holds them.
 async fn down_events(cluster: &Cluster, id: u64, nodes: &[&str]) -> Vec<String> {
-    let all: Vec<Value> =
-        cluster.http.get(format!("{}/v1/nodes?stale=true", cluster.url(id))).send().await.expect("nodes").json().await.expect("json");
+    let all: Vec<Value> = cluster
+        .http
+        .get(format!("{}/v1/nodes?stale=true", cluster.url(id)))
+        .send()
+        .await
+        .expect("nodes")
+        .json()
+        .await
+        .expect("json");
     all.iter()
         .filter(|n| nodes.iter().any(|name| n["name"] == *name))
         .flat_map(|n| {
@@ -79,7 +86,15 @@ async fn a_leader_without_its_quorum_marks_no_node_down_and_sends_workers_on() {
     let beating = heartbeats(&cluster, &nodes, &followers, stop.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let all: Vec<Value> = cluster.http.get(format!("{}/v1/nodes", cluster.url(leader))).send().await.expect("nodes").json().await.expect("json");
+        let all: Vec<Value> = cluster
+            .http
+            .get(format!("{}/v1/nodes", cluster.url(leader)))
+            .send()
+            .await
+            .expect("nodes")
+            .json()
+            .await
+            .expect("json");
         if nodes.iter().all(|name| all.iter().any(|n| n["name"] == *name && n["status"] == "ready")) {
             break;
         }

@@ -205,9 +205,8 @@ impl Manager {
     /// manager leads in and when a quorum last acknowledged it.
     pub fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
         let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
-        let acked = metrics
-            .millis_since_quorum_ack
-            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+        let acked =
+            metrics.millis_since_quorum_ack.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
         let noted = leading.then_some((metrics.current_term, acked));
         if let Ok(mut q) = self.quorum_ack.lock() {
             *q = noted;

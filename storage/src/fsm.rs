@@ -355,7 +355,12 @@ impl ClusterState {
         let used = self.allocated(node);
         let free_cpu = capacity.cpu - used.cpu;
         if spec.cpu > free_cpu + 1e-9 {
-            return Err(format!("{:.2} of {:.2} cpu cores free, {:.2} asked", free_cpu.max(0.0), capacity.cpu, spec.cpu));
+            return Err(format!(
+                "{:.2} of {:.2} cpu cores free, {:.2} asked",
+                free_cpu.max(0.0),
+                capacity.cpu,
+                spec.cpu
+            ));
         }
         let free_memory = capacity.memory.saturating_sub(used.memory);
         if spec.memory > free_memory {
