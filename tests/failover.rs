@@ -594,6 +594,19 @@ impl Drop for Filters {
     }
 }
 
+/// Every `down` event of every node, as manager 2 holds them: `node@index`.
+async fn down_events_on(deployment: &Deployment) -> BTreeSet<String> {
+    let url = format!("{}/v1/nodes", deployment.url(2));
+    let nodes: Vec<Value> = deployment.http.get(url).send().await.expect("GET nodes").json().await.expect("nodes");
+    let mut out = BTreeSet::new();
+    for node in &nodes {
+        for event in node["events"].as_array().into_iter().flatten().filter(|e| e["status"] == "down") {
+            out.insert(format!("{}@{}", node["name"].as_str().unwrap_or_default(), event["index"]));
+        }
+    }
+    out
+}
+
 /// Every address of a container, on every network.
 fn addresses(container: &str) -> Vec<String> {
     let out = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container]);
@@ -631,9 +644,9 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
         let lines = logs_since(&w1, restarted);
         let last = lines
             .iter()
+            .rev()
             .filter(|l| l.contains("heartbeat accepted") || l.contains("heartbeats go to another manager"))
-            .filter_map(|l| manager_field(l))
-            .last()
+            .find_map(|l| manager_field(l))
             .map(str::to_string);
         if last.as_deref() == Some("cluster-manager1:7101") {
             break;
@@ -694,6 +707,8 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
         peers.extend(addresses(&deployment.container(service)));
     }
     let _ = &w2;
+    // Down events so far (the setup may have restarted a manager).
+    let down_before = down_events_on(&deployment).await;
     let cut_at = unix_now();
     let t0 = Instant::now();
     let mut filters = Filters::cut(&deployment.container("manager1"), &peers);
@@ -736,28 +751,7 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     let after = placed(&tasks);
     let containers_after = task_containers(&ids);
     let replaced = containers.iter().filter(|(id, c)| containers_after.get(*id) != Some(c)).count();
-    let nodes: Vec<Value> = deployment
-        .http
-        .get(format!("{}/v1/nodes", deployment.url(2)))
-        .send()
-        .await
-        .expect("GET nodes")
-        .json()
-        .await
-        .expect("nodes");
-    let down_events: Vec<String> = nodes
-        .iter()
-        .flat_map(|n| {
-            let name = n["name"].as_str().unwrap_or_default().to_string();
-            n["events"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| e["status"] == "down")
-                .map(move |_| name.clone())
-        })
-        .collect();
+    let down_events: Vec<String> = down_events_on(&deployment).await.difference(&down_before).cloned().collect();
     println!(
         "FIGURES asymmetric leader cut (20 s, node down after 5 s): worker1 moved to another manager after {:?}; nodes seen down {marked_down:?}, down events {down_events:?}; at most {max_copies} running copies of a task during the cut; {replaced} container(s) replaced; tasks before {before:?}, after {after:?}",
         failed_over.map(|d| d.as_secs_f64()),

@@ -34,8 +34,8 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::config::ManagerConfig;
 use super::error::ApiError;
-use super::ManagerArgs;
 
 /// Proposals waiting for the batcher, each with where its result goes.
 type Proposal = (Command, oneshot::Sender<Result<CommandResult, ProposeError>>);
@@ -154,20 +154,6 @@ pub enum Leadership {
     Unconfirmed { term: u64, ack_age: Option<Duration> },
 }
 
-/// Whether a leader whose quorum last acknowledged it `ack_age` ago (None:
-/// never in this term) may act on its own view. Pure, for the simulation.
-pub fn lease_holds(ack_age: Option<Duration>, lease: Duration) -> bool {
-    ack_age.is_some_and(|age| age <= lease)
-}
-
-/// The lease: long enough that a busy but healthy leader keeps it (a
-/// worker's heartbeat interval, or the longest election timeout if that is
-/// longer), short enough that a worker talking to a deposed leader is sent
-/// on within about a second.
-pub fn leader_lease(election_timeout: Duration) -> Duration {
-    (election_timeout * 3 / 2).max(super::nodes::HEARTBEAT_INTERVAL.as_duration())
-}
-
 /// Why a proposal failed, as `/internal/propose` reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ProposeError {
@@ -177,7 +163,7 @@ pub enum ProposeError {
 }
 
 impl Manager {
-    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerArgs) -> Manager {
+    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerConfig) -> Manager {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true)
@@ -196,7 +182,7 @@ impl Manager {
             last_seen: Mutex::new(HashMap::new()),
             placement_kick: Notify::new(),
             closing: tokio_util::sync::CancellationToken::new(),
-            leader_lease: leader_lease(args.election_timeout.as_duration()),
+            leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
             quorum_ack: Mutex::new(None),
         }
     }
@@ -228,7 +214,7 @@ impl Manager {
             _ => None,
         };
         let ack_age = acked.map(|at| at.elapsed());
-        if lease_holds(ack_age, self.leader_lease) {
+        if crate::control::lease::lease_holds(ack_age, self.leader_lease) {
             Leadership::Confirmed { term }
         } else {
             Leadership::Unconfirmed { term, ack_age }
