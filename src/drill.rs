@@ -106,6 +106,14 @@ pub struct Round {
     /// while it was cut off, from half a second after the cut (its own
     /// writes can not commit): must be 0.
     pub isolated_applied_delta: Option<u64>,
+    /// Leader partitions: what the cut and the reconnection did to the
+    /// workers and the echo tasks, once converged — nodes marked down,
+    /// tasks placed again (generation changed), tasks whose container is
+    /// not the one from before the cut. The workers heard the majority all
+    /// along: all must be 0.
+    pub nodes_marked_down: Option<usize>,
+    pub generations_changed: Option<usize>,
+    pub containers_restarted: Option<usize>,
 }
 
 /// The whole drill's report.
@@ -142,7 +150,10 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&report));
     }
-    if report.acknowledged_lost > 0 || !report.consistent || report.max_copies.is_some_and(|c| c > 1) {
+    let disturbed = report.rounds.iter().any(|r| {
+        [r.nodes_marked_down, r.generations_changed, r.containers_restarted].iter().any(|n| n.is_some_and(|n| n > 0))
+    });
+    if report.acknowledged_lost > 0 || !report.consistent || report.max_copies.is_some_and(|c| c > 1) || disturbed {
         bail!("the drill found a broken promise (see the report)");
     }
     Ok(())
@@ -526,6 +537,55 @@ async fn wait_one_copy_each(ids: &[String], timeout: Duration) -> anyhow::Result
     }
 }
 
+/// What a leader partition must leave alone: the nodes' `down` events,
+/// each echo task's generation and its running containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Untouched {
+    down_events: BTreeSet<(String, u64)>,
+    generations: BTreeMap<String, u64>,
+    containers: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Untouched {
+    async fn take(deployment: &Deployment, echo: &[String]) -> anyhow::Result<Untouched> {
+        let mut out = Untouched::default();
+        let first = *deployment.managers.keys().next().context("no managers")?;
+        let nodes: Vec<Value> = deployment
+            .http
+            .get(format!("{}/v1/nodes", deployment.url(first)))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for node in &nodes {
+            let name = node["name"].as_str().unwrap_or_default();
+            for event in node["events"].as_array().into_iter().flatten().filter(|e| e["status"] == "down") {
+                out.down_events.insert((name.to_string(), event["index"].as_u64().unwrap_or_default()));
+            }
+        }
+        for task in deployment.tasks(first).await? {
+            if let Some(id) = task["id"].as_str().filter(|id| echo.iter().any(|e| e == id)) {
+                out.generations.insert(id.to_string(), task["generation"].as_u64().unwrap_or_default());
+            }
+        }
+        for id in echo {
+            let running = docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=goat.task={id}")]).await?;
+            out.containers.insert(id.clone(), running.lines().filter(|l| !l.is_empty()).map(str::to_string).collect());
+        }
+        Ok(out)
+    }
+
+    /// (nodes marked down, generations changed, tasks whose containers
+    /// changed) from `self` (before) to `after`.
+    fn changes(&self, after: &Untouched) -> (usize, usize, usize) {
+        let down = after.down_events.difference(&self.down_events).count();
+        let generations = self.generations.iter().filter(|(id, g)| after.generations.get(*id) != Some(g)).count();
+        let containers = self.containers.iter().filter(|(id, c)| after.containers.get(*id) != Some(c)).count();
+        (down, generations, containers)
+    }
+}
+
 async fn stop_tasks(deployment: &Deployment, ids: &[String]) {
     let Some(first) = deployment.managers.keys().next().copied() else { return };
     futures::stream::iter(ids.iter().cloned())
@@ -717,7 +777,9 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
     let ids: Vec<u64> = deployment.managers.keys().copied().collect();
     let run = format!("{:08x}", rand::random::<u32>());
     let worker_drill = matches!(args.scenario, Scenario::KillWorker | Scenario::PartitionWorker);
-    let echo = if worker_drill { place_echo_tasks(&deployment, args.tasks, &run).await? } else { Vec::new() };
+    // A leader partition must not touch the workers' tasks: watch a few.
+    let watch_tasks = worker_drill || args.scenario == Scenario::PartitionLeader;
+    let echo = if watch_tasks { place_echo_tasks(&deployment, args.tasks, &run).await? } else { Vec::new() };
 
     let mut report = Report {
         scenario: serde_json::to_value(args.scenario)?.as_str().unwrap_or_default().to_string(),
@@ -726,6 +788,10 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
     let mut acknowledged = Vec::new();
     let mut max_copies = None;
     for round_no in 0..args.repeat.max(1) {
+        let before = match args.scenario {
+            Scenario::PartitionLeader => Some(Untouched::take(&deployment, &echo).await?),
+            _ => None,
+        };
         let load = Load::start(deployment.clone(), args.rate, run.clone());
         let mut probes = Vec::new();
         let round = if worker_drill {
@@ -738,9 +804,21 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
         let leader = deployment.wait_leader(&ids, args.settle.as_duration()).await;
         let converged_after = converging.elapsed();
         let outcomes = load.finish().await;
-        let round = round?;
-        leader?;
-        if worker_drill {
+        let mut round = round?;
+        let leader = leader?;
+        if let Some(before) = &before {
+            // Whatever the old leader decided while cut off would be
+            // committed by now and acted on by the workers (placed again,
+            // new containers) within a few heartbeats: look after those.
+            deployment.verify(leader, args.settle.as_duration()).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let after = Untouched::take(&deployment, &echo).await?;
+            let (down, generations, containers) = before.changes(&after);
+            round.nodes_marked_down = Some(down);
+            round.generations_changed = Some(generations);
+            round.containers_restarted = Some(containers);
+        }
+        if watch_tasks {
             let copies = wait_one_copy_each(&echo, args.settle.as_duration()).await?;
             max_copies = Some(max_copies.unwrap_or(0).max(copies));
         }
@@ -829,6 +907,11 @@ pub fn render(r: &Report) -> String {
                 "; cut-off leader: {} created, {} errors, applied +{delta}",
                 round.isolated_created, round.isolated_errors
             );
+        }
+        if let (Some(down), Some(moved), Some(restarted)) =
+            (round.nodes_marked_down, round.generations_changed, round.containers_restarted)
+        {
+            let _ = write!(out, "; afterwards {down} node(s) marked down, {moved} task(s) placed again, {restarted} container(s) replaced");
         }
         let _ = writeln!(out, " [docker call {:.0} ms]", round.failure_call_ms);
     }

@@ -36,6 +36,8 @@ struct Deployment {
     ports: [u16; 3],
     token: String,
     http: reqwest::Client,
+    /// `--node-down-after` of its managers.
+    node_down_after: &'static str,
 }
 
 impl Deployment {
@@ -47,7 +49,7 @@ impl Deployment {
             .env("GOAT_API_PORT2", self.ports[1].to_string())
             .env("GOAT_API_PORT3", self.ports[2].to_string())
             .env("GOAT_RESTART", "no")
-            .env("GOAT_NODE_DOWN_AFTER", "3s")
+            .env("GOAT_NODE_DOWN_AFTER", self.node_down_after)
             .env("GOAT_SKIP_BUILD", "1")
             .env("GOAT_IMAGE", self.image());
     }
@@ -60,6 +62,10 @@ impl Deployment {
     }
 
     fn start(case: &str) -> Deployment {
+        Deployment::start_with(case, "3s")
+    }
+
+    fn start_with(case: &str, node_down_after: &'static str) -> Deployment {
         ensure_images();
         let suffix: u32 = rand::random();
         let deployment = Deployment {
@@ -71,6 +77,7 @@ impl Deployment {
                 .timeout(Duration::from_secs(20))
                 .build()
                 .expect("client"),
+            node_down_after,
         };
         let built = std::env::var("GOAT_IMAGE").unwrap_or_else(|_| "goat:latest".into());
         docker(&["tag", &built, &deployment.image()]);
@@ -461,4 +468,301 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
     docker(&["start", &deployment.container(&format!("manager{}", down[1]))]);
     deployment.verify(survivor).await;
     deployment.assert_all_present(&all, &[1, 2, 3]).await;
+}
+
+/// Issue 15, point 2: a leader cut off from the other managers for longer
+/// than `--node-down-after` judges every node down from its frozen view.
+/// None of that may be committed when it returns: both workers heard the
+/// majority all along. Several cut lengths, one deployment; `goat drill
+/// partition-leader --hold` reports what the cut did to the nodes and the
+/// echo tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_longer_than_the_node_deadline_decides_nothing() {
+    let _turn = lock().await;
+    let deployment = Deployment::start_with("long", "5s");
+    let mut broken = Vec::new();
+    for hold in ["12s", "20s", "25s"] {
+        let report = deployment.drill("partition-leader", &["--hold", hold, "--tasks", "4", "--rate", "5"]);
+        let round = &report["rounds"][0];
+        println!(
+            "FIGURES partition-leader --hold {hold} (node down after 5 s): {} node(s) marked down, {} task(s) placed again, {} container(s) replaced, at most {} copy per task; new leader after {:.0} ms; {} acknowledged, {} lost",
+            round["nodes_marked_down"],
+            round["generations_changed"],
+            round["containers_restarted"],
+            report["max_copies"],
+            f(round, "leaderless_ms"),
+            report["acknowledged"],
+            report["acknowledged_lost"],
+        );
+        for key in ["nodes_marked_down", "generations_changed", "containers_restarted"] {
+            if round[key] != 0 {
+                broken.push(format!("--hold {hold}: {key} = {}", round[key]));
+            }
+        }
+        if report["max_copies"] != 1 || report["acknowledged_lost"] != 0 || report["consistent"] != true {
+            broken.push(format!("--hold {hold}: {report}"));
+        }
+    }
+    assert!(broken.is_empty(), "the cut-off leader's decisions were committed: {broken:?}");
+}
+
+/// The running containers of each task (full ids).
+fn task_containers(ids: &[String]) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    ids.iter()
+        .map(|id| {
+            let out = docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=goat.task={id}")]);
+            (id.clone(), out.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+        })
+        .collect()
+}
+
+/// A container's log lines since `since` (unix seconds), colours removed.
+fn logs_since(container: &str, since: f64) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["logs", "--since", &format!("{since:.3}"), container])
+        .output()
+        .expect("docker logs");
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.lines().map(str::to_string).collect()
+}
+
+/// The `manager=` field of a worker's log line.
+fn manager_field(line: &str) -> Option<&str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix("manager="))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Packet filters inside one container's network namespace (the host's
+/// iptables through nsenter; the images are FROM scratch).
+struct Filters {
+    pid: String,
+    rules: Vec<Vec<String>>,
+}
+
+impl Filters {
+    fn cut(container: &str, peers: &[String]) -> Filters {
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container]);
+        let mut filters = Filters { pid, rules: Vec::new() };
+        for ip in peers {
+            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                let rule: Vec<String> = [chain, dir, ip, "-j", "DROP"].iter().map(|s| s.to_string()).collect();
+                filters.iptables("-I", &rule);
+                filters.rules.push(rule);
+            }
+        }
+        filters
+    }
+
+    fn iptables(&self, op: &str, rule: &[String]) {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid, "-n", "iptables", op])
+            .args(rule)
+            .output()
+            .expect("nsenter iptables");
+        assert!(out.status.success(), "iptables {op} {rule:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn heal(&mut self) {
+        for rule in std::mem::take(&mut self.rules) {
+            self.iptables("-D", &rule);
+        }
+    }
+}
+
+impl Drop for Filters {
+    fn drop(&mut self) {
+        for rule in std::mem::take(&mut self.rules) {
+            let _ = Command::new("nsenter").args(["-t", &self.pid, "-n", "iptables", "-D"]).args(&rule).output();
+        }
+    }
+}
+
+/// Every `down` event of every node, as manager 2 holds them: `node@index`.
+async fn down_events_on(deployment: &Deployment) -> BTreeSet<String> {
+    let url = format!("{}/v1/nodes", deployment.url(2));
+    let nodes: Vec<Value> = deployment.http.get(url).send().await.expect("GET nodes").json().await.expect("nodes");
+    let mut out = BTreeSet::new();
+    for node in &nodes {
+        for event in node["events"].as_array().into_iter().flatten().filter(|e| e["status"] == "down") {
+            out.insert(format!("{}@{}", node["name"].as_str().unwrap_or_default(), event["index"]));
+        }
+    }
+    out
+}
+
+/// Every address of a container, on every network.
+fn addresses(container: &str) -> Vec<String> {
+    let out = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+/// Issue 15, point 2: the old leader cut off from the other managers (and
+/// from worker2) by packet filters, but still reached by worker1, which
+/// heartbeats to it. It cannot confirm it leads, so it must send worker1 on
+/// (503) — worker1 then reaches the new leader within a few seconds, is never
+/// marked down, its tasks stay where they are and run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
+    let _turn = lock().await;
+    let deployment = Deployment::start_with("asym", "5s");
+    // Worker1 heartbeats to cluster-manager1 first: make manager1 the leader
+    // (the lowest id bootstraps, so it usually is), then restart worker1 so
+    // that it talks to manager1 itself rather than through a follower.
+    let mut leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    for _ in 0..8 {
+        if leader == 1 {
+            break;
+        }
+        let container = deployment.container(&format!("manager{leader}"));
+        docker(&["restart", "-t", "1", &container]);
+        leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    }
+    assert_eq!(leader, 1, "manager1 did not become the leader");
+    let w1 = deployment.container("worker1");
+    let w2 = deployment.container("worker2");
+    let restarted = unix_now() - 1.0;
+    docker(&["restart", "-t", "1", &w1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = logs_since(&w1, restarted);
+        let last = lines
+            .iter()
+            .rev()
+            .filter(|l| l.contains("heartbeat accepted") || l.contains("heartbeats go to another manager"))
+            .find_map(|l| manager_field(l))
+            .map(str::to_string);
+        if last.as_deref() == Some("cluster-manager1:7101") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker1 does not heartbeat to manager1: {last:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Four echo tasks, spread over both workers.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let spec = json!({"name": format!("asym-{i}"), "image": "goat-echo:latest", "cpu": 0.01, "memory": 16 << 20,
+            "ports": [{"container": 7777}], "strategy": "spread",
+            "health_check": {"path": "/health", "port": 7777, "interval": "1s"}});
+        let created = deployment.http.post(format!("{}/v1/tasks", deployment.url(1))).json(&spec).send().await;
+        let task: Value = created.expect("submit").json().await.expect("task");
+        ids.push(task["id"].as_str().expect("id").to_string());
+    }
+    let placed = |tasks: &[Value]| -> std::collections::BTreeMap<String, (String, u64)> {
+        tasks
+            .iter()
+            .filter(|t| {
+                ids.iter().any(|i| t["id"] == i.as_str()) && t["state"] == "running" && t["health"] == "healthy"
+            })
+            .map(|t| {
+                let id = t["id"].as_str().unwrap_or_default().to_string();
+                (id, (t["node"].as_str().unwrap_or_default().to_string(), t["generation"].as_u64().unwrap_or(0)))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let tasks: Vec<Value> = deployment
+            .http
+            .get(format!("{}/v1/tasks", deployment.url(1)))
+            .send()
+            .await
+            .expect("GET tasks")
+            .json()
+            .await
+            .expect("tasks");
+        let now = placed(&tasks);
+        if now.len() == ids.len() {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "echo tasks not all running healthy: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let worker1 = format!("{}-worker1", deployment.project);
+    assert!(before.values().any(|(node, _)| *node == worker1), "no task on worker1: {before:?}");
+    let containers = task_containers(&ids);
+    assert!(containers.values().all(|c| c.len() == 1), "{containers:?}");
+
+    // The cut: manager1 drops everything from and to managers 2 and 3 and
+    // worker2; worker1 still reaches it.
+    let mut peers = Vec::new();
+    for service in ["manager2", "manager3", "worker2"] {
+        peers.extend(addresses(&deployment.container(service)));
+    }
+    let _ = &w2;
+    // Down events so far (the setup may have restarted a manager).
+    let down_before = down_events_on(&deployment).await;
+    let cut_at = unix_now();
+    let t0 = Instant::now();
+    let mut filters = Filters::cut(&deployment.container("manager1"), &peers);
+    let hold = Duration::from_secs(20);
+    let (mut failed_over, mut marked_down, mut max_copies) = (None, BTreeSet::new(), 0usize);
+    while t0.elapsed() < hold {
+        if failed_over.is_none() {
+            let moved = logs_since(&w1, cut_at).iter().any(|l| {
+                l.contains("heartbeats go to another manager")
+                    && manager_field(l).is_some_and(|m| m != "cluster-manager1:7101")
+            });
+            if moved {
+                failed_over = Some(t0.elapsed());
+            }
+        }
+        if let Ok(response) = deployment.http.get(format!("{}/v1/nodes?stale=true", deployment.url(2))).send().await {
+            if let Ok(nodes) = response.json::<Vec<Value>>().await {
+                for node in nodes.iter().filter(|n| n["status"] == "down") {
+                    marked_down.insert(node["name"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        max_copies = max_copies.max(task_containers(&ids).values().map(BTreeSet::len).max().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    filters.heal();
+
+    deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    deployment.verify(2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tasks: Vec<Value> = deployment
+        .http
+        .get(format!("{}/v1/tasks", deployment.url(2)))
+        .send()
+        .await
+        .expect("GET tasks")
+        .json()
+        .await
+        .expect("tasks");
+    let after = placed(&tasks);
+    let containers_after = task_containers(&ids);
+    let replaced = containers.iter().filter(|(id, c)| containers_after.get(*id) != Some(c)).count();
+    let down_events: Vec<String> = down_events_on(&deployment).await.difference(&down_before).cloned().collect();
+    println!(
+        "FIGURES asymmetric leader cut (20 s, node down after 5 s): worker1 moved to another manager after {:?}; nodes seen down {marked_down:?}, down events {down_events:?}; at most {max_copies} running copies of a task during the cut; {replaced} container(s) replaced; tasks before {before:?}, after {after:?}",
+        failed_over.map(|d| d.as_secs_f64()),
+    );
+    assert!(failed_over.is_some(), "worker1 kept heartbeating to the cut-off leader");
+    assert!(
+        marked_down.is_empty() && down_events.is_empty(),
+        "a worker was marked down: {marked_down:?} {down_events:?}"
+    );
+    assert_eq!(after, before, "tasks moved or were placed again");
+    assert_eq!(replaced, 0, "containers were replaced");
+    assert!(max_copies <= 1, "{max_copies} copies of a task ran during the cut");
+    assert!(containers_after.values().all(|c| c.len() == 1), "{containers_after:?}");
 }

@@ -198,7 +198,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = self.shared.write();
             for entry in entries {
                 first_event.get_or_insert(first_index(entry.log_id.index));
-                applied.state.begin_entry(entry.log_id.index);
+                // The entry's log id names the leader that appended it: a
+                // leader-loop decision (`Command::Fenced`) is applied only if
+                // that is the leadership it was taken in.
+                let leader = entry.log_id.leader_id;
+                applied.state.begin_entry_by(entry.log_id.index, leader.term, leader.node_id);
                 applied.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => CommandResult::Done,

@@ -9,8 +9,10 @@
 //! - [`reschedule`]: failed tasks that get another chance elsewhere.
 //! - [`nodes`]: heartbeats, liveness, drains, and a node's assignments.
 //! - [`assignments`]: assignment lists as answered, and their versions.
+//! - [`lease`]: when a leader may decide from its own view (quorum lease).
 
 pub mod assignments;
+pub mod lease;
 pub mod nodes;
 pub mod placement;
 pub mod reschedule;

@@ -385,6 +385,14 @@ async fn internal_propose(State(m): Shared, headers: HeaderMap, body: Bytes) -> 
         Ok(c) => c,
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
     };
+    // A leader loop's decision is committed by the leader that took it or
+    // not at all (`Manager::propose_as_leader`): never taken from another.
+    if matches!(command, Command::Fenced { .. }) {
+        let refused = CommandResult::Refused(goat_storage::fsm::Refusal::invalid(
+            "a leader's decision is never forwarded to another",
+        ));
+        return codec::encode(&Ok::<_, ProposeError>(refused)).into_response();
+    }
     let answer: Result<CommandResult, ProposeError> = if m.is_leader() {
         let result = m.propose_locally(command).await;
         if result.is_ok() {

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::Manager;
+use super::cluster::{Leadership, Manager};
 use super::error::ApiError;
 use super::extract::forwarded;
 pub use crate::control::assignments::{must_answer, reply_at, version_of, version_on};
@@ -117,13 +117,17 @@ pub async fn poll(
     let _permit = m.polls.clone().try_acquire_owned().map_err(|_| {
         ApiError::busy(format!("this manager already holds {} assignment polls (--max-polls)", m.max_polls))
     })?;
-    if !m.is_leader() {
-        if headers.contains_key("x-goat-forwarded-by") {
-            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+    match m.leadership() {
+        Leadership::Confirmed { .. } => {}
+        Leadership::Unconfirmed { ack_age, .. } => return Err(super::nodes::unconfirmed(ack_age)),
+        Leadership::Follower => {
+            if headers.contains_key("x-goat-forwarded-by") {
+                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+            }
+            let after = query.after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
+            let path = format!("/v1/nodes/{name}/assignments?wait={}ms{after}", wait.min(RELAYED_WAIT).0);
+            return forwarded(&m, reqwest::Method::GET, &path, Default::default()).await;
         }
-        let after = query.after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
-        let path = format!("/v1/nodes/{name}/assignments?wait={}ms{after}", wait.min(RELAYED_WAIT).0);
-        return forwarded(&m, reqwest::Method::GET, &path, Default::default()).await;
     }
     if !m.state.read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name} (it registers with its first heartbeat)")));

@@ -169,6 +169,27 @@ pub struct Manager {
     pub max_polls: usize,
     /// How long finished tasks are kept (`--task-retention`).
     pub task_retention: Duration,
+    /// How recent a quorum's acknowledgement must be for this manager to
+    /// act as leader on its own view (judge liveness, answer workers).
+    pub leader_lease: Duration,
+    /// While this manager leads: its term, and when a quorum last
+    /// acknowledged it (from openraft's `millis_since_quorum_ack`, dated
+    /// when the metrics arrived, so a stalled Raft core ages it too).
+    quorum_ack: Mutex<Option<(u64, Option<Instant>)>>,
+}
+
+/// What this manager can say of its own leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// It does not lead (as far as it knows).
+    Follower,
+    /// It leads in `term` and a quorum acknowledged that within the lease.
+    Confirmed { term: u64 },
+    /// It believes it leads in `term`, but no quorum acknowledged it within
+    /// the lease (`ack_age`: how long ago one did, if ever): it may have
+    /// been deposed without hearing of it. It must not decide anything from
+    /// its own view, nor answer workers from it.
+    Unconfirmed { term: u64, ack_age: Option<Duration> },
 }
 
 /// Why a proposal failed, as `/internal/propose` reports it.
@@ -204,6 +225,74 @@ impl Manager {
             polls: Arc::new(Semaphore::new(args.max_polls)),
             max_polls: args.max_polls,
             task_retention: args.task_retention.as_duration(),
+            leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
+            quorum_ack: Mutex::new(None),
+        }
+    }
+
+    /// Takes in openraft's metrics (called on each change): the term this
+    /// manager leads in and when a quorum last acknowledged it.
+    pub fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
+        let acked =
+            metrics.millis_since_quorum_ack.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+        let noted = leading.then_some((metrics.current_term, acked));
+        if let Ok(mut q) = self.quorum_ack.lock() {
+            *q = noted;
+        }
+    }
+
+    /// Whether this manager leads, and whether a quorum confirmed it lately.
+    pub fn leadership(&self) -> Leadership {
+        let (term, leading) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_term, m.state == ServerState::Leader && m.current_leader == Some(self.id))
+        };
+        if !leading {
+            return Leadership::Follower;
+        }
+        let acked = match self.quorum_ack.lock().map(|q| *q) {
+            Ok(Some((noted_term, acked))) if noted_term == term => acked,
+            _ => None,
+        };
+        let ack_age = acked.map(|at| at.elapsed());
+        if crate::control::lease::lease_holds(ack_age, self.leader_lease) {
+            Leadership::Confirmed { term }
+        } else {
+            Leadership::Unconfirmed { term, ack_age }
+        }
+    }
+
+    /// Whether this manager leads in `term` (believed, not confirmed).
+    pub fn leads_in(&self, term: u64) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id) && m.current_term == term
+    }
+
+    /// Commits a decision of the leader loops of `term`: here only (never
+    /// forwarded: another leader must decide for itself), only while this
+    /// manager still leads in `term`, and fenced — the state machine
+    /// applies it only if the entry was appended in this very leadership
+    /// (`Command::Fenced`). Given up when `cancel` fires (the loops stop)
+    /// or after `--leader-wait`.
+    pub async fn propose_as_leader(
+        &self,
+        term: u64,
+        command: Command,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<CommandResult, ProposeError> {
+        if !self.leads_in(term) {
+            return Err(ProposeError::NotLeader);
+        }
+        let fenced = Command::Fenced { term, leader: self.id, command: Box::new(command) };
+        tokio::select! {
+            _ = cancel.cancelled() => Err(ProposeError::Failed("dropped: this manager stopped leading".into())),
+            result = tokio::time::timeout(self.leader_wait, self.propose_locally(fenced)) => match result {
+                Ok(result) => result,
+                Err(_) => Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into())),
+            },
         }
     }
 

@@ -108,7 +108,7 @@ where
 }
 
 /// The leader's collection loop; ends when `token` is cancelled.
-pub async fn gc_loop(manager: Arc<Manager>, token: CancellationToken) {
+pub async fn gc_loop(manager: Arc<Manager>, term: u64, token: CancellationToken) {
     let retention = manager.task_retention;
     let every = interval(retention);
     loop {
@@ -117,13 +117,11 @@ pub async fn gc_loop(manager: Arc<Manager>, token: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
         }
         let cut = cutoff(now_ms(), retention);
-        // Proposed on this manager only: a deposed leader's collection is
+        // Proposed on this manager only and fenced to this leadership
+        // (`Manager::propose_as_leader`): a deposed leader's collection is
         // dropped, never forwarded.
         let propose = |command| async {
-            if token.is_cancelled() {
-                return Err(ApiError::unavailable("no longer leading"));
-            }
-            manager.propose_locally(command).await.map_err(|e| ApiError::unavailable(format!("{e:?}")))
+            manager.propose_as_leader(term, command, &token).await.map_err(|e| ApiError::unavailable(format!("{e:?}")))
         };
         match collect(&manager, cut, propose).await {
             Ok(0) => {}

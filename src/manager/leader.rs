@@ -26,8 +26,9 @@ use goat_raft::{Command, CommandResult};
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::Manager;
+use super::cluster::{Leadership, Manager};
 use crate::clock::now_ms;
+use crate::control::lease::RoundGate;
 use crate::control::nodes::liveness_commands;
 use crate::control::placement::{decide, PendingTask};
 use crate::control::scheduler::{Scheduler, NO_NODES};
@@ -40,37 +41,65 @@ const NO_NODES_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn supervise(manager: Arc<Manager>) {
     let mut metrics = manager.raft.metrics();
-    let mut running: Option<CancellationToken> = None;
+    // The term the running loops were started in, and their token.
+    let mut running: Option<(u64, CancellationToken)> = None;
     loop {
-        let leading = {
+        let (leading, term) = {
             let m = metrics.borrow_and_update();
-            m.state == ServerState::Leader && m.current_leader == Some(manager.id)
+            manager.note_metrics(&m);
+            (m.state == ServerState::Leader && m.current_leader == Some(manager.id), m.current_term)
         };
-        match (leading, running.is_some()) {
-            (true, false) => {
-                let token = CancellationToken::new();
-                let term = manager.raft.metrics().borrow().current_term;
-                tracing::info!(term, "became leader: starting the control loops");
-                tokio::spawn(placement_loop(manager.clone(), token.clone()));
-                tokio::spawn(liveness_loop(manager.clone(), token.clone()));
-                tokio::spawn(reschedule_loop(manager.clone(), token.clone()));
-                tokio::spawn(super::gc::gc_loop(manager.clone(), token.clone()));
-                running = Some(token);
+        // Loops bound to another term stop: a manager deposed and elected
+        // again between two looks at the metrics starts fresh loops too.
+        if running.as_ref().is_some_and(|(t, _)| !leading || *t != term) {
+            tracing::info!("no longer leader (in that term): stopping the control loops");
+            if let Some((_, token)) = running.take() {
+                token.cancel();
             }
-            (false, true) => {
-                tracing::info!("no longer leader: stopping the control loops");
-                if let Some(token) = running.take() {
-                    token.cancel();
-                }
+        }
+        if leading && running.is_none() {
+            let token = CancellationToken::new();
+            tracing::info!(term, "became leader: starting the control loops");
+            // Liveness counts only heartbeats this leadership received.
+            if let Ok(mut seen) = manager.last_seen.lock() {
+                seen.clear();
             }
-            _ => {}
+            let leading = Leading { term, cancel: token.clone() };
+            tokio::spawn(placement_loop(manager.clone(), leading.clone()));
+            tokio::spawn(liveness_loop(manager.clone(), leading.clone()));
+            tokio::spawn(reschedule_loop(manager.clone(), leading));
+            tokio::spawn(super::gc::gc_loop(manager.clone(), term, token.clone()));
+            running = Some((term, token));
         }
         if metrics.changed().await.is_err() {
-            if let Some(token) = running.take() {
+            if let Some((_, token)) = running.take() {
                 token.cancel();
             }
             return;
         }
+    }
+}
+
+/// The leadership a set of control loops runs for: every decision they
+/// commit is bound to `term` (see `Manager::propose_as_leader`), and they
+/// end when `cancel` fires.
+#[derive(Clone)]
+struct Leading {
+    term: u64,
+    cancel: CancellationToken,
+}
+
+/// Looks at the leadership for one round of the loops of `leading`:
+/// `Err(())` if the loop must end (deposed, or another term), `Ok(None)` to
+/// skip the round (unconfirmed), or `Ok(Some(since))`.
+fn gate_round(manager: &Manager, leading: &Leading, gate: &mut RoundGate<Instant>) -> Result<Option<Instant>, ()> {
+    match manager.leadership() {
+        Leadership::Confirmed { term } if term == leading.term => Ok(gate.round(Instant::now(), true)),
+        Leadership::Unconfirmed { term, ack_age } if term == leading.term => {
+            tracing::debug!(?ack_age, "no recent quorum acknowledgement: skipping the round");
+            Ok(gate.round(Instant::now(), false))
+        }
+        _ => Err(()),
     }
 }
 
@@ -81,15 +110,22 @@ fn alive(last_seen: &HashMap<String, Instant>, node: &str, since: Instant, deadl
     heard.elapsed() < deadline
 }
 
-async fn placement_loop(manager: Arc<Manager>, cancel: CancellationToken) {
-    let since = Instant::now();
+async fn placement_loop(manager: Arc<Manager>, leading: Leading) {
+    let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = leading.cancel.cancelled() => return,
             _ = manager.placement_kick.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        match place_pending(&manager, since).await {
+        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Some(since) = since else { continue };
+        // Cancelled (deposed), the round is dropped with its proposals.
+        let round = tokio::select! {
+            _ = leading.cancel.cancelled() => return,
+            round = place_pending(&manager, &leading, since) => round,
+        };
+        match round {
             Ok(Round::Done) => tokio::time::sleep(MIN_ROUND_INTERVAL).await,
             // With no node to place on, only reasons can change: no hurry.
             Ok(Round::NoNodes) => tokio::time::sleep(NO_NODES_ROUND_INTERVAL).await,
@@ -119,7 +155,11 @@ const CHUNK: usize = 2_000;
 /// others get (or keep) a reason. The round's decisions are committed in
 /// pipelined batches, and the round returns once all are applied, so the
 /// next round sees the room they took.
-async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, super::error::ApiError> {
+async fn place_pending(
+    manager: &Arc<Manager>,
+    leading: &Leading,
+    since: Instant,
+) -> Result<Round, super::error::ApiError> {
     let mut scheduler = {
         let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state.read();
@@ -163,7 +203,10 @@ async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, 
         placed += n;
         waiting += commands.len() - n;
         let manager = manager.clone();
-        commits.spawn(async move { manager.propose(Command::Batch(commands)).await });
+        let leading = leading.clone();
+        commits.spawn(async move {
+            manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await
+        });
     }
     let mut result = Ok(round);
     while let Some(done) = commits.join_next().await {
@@ -174,8 +217,11 @@ async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, 
                     tracing::debug!(refused, "some placements were refused (state moved on)");
                 }
             }
+            Ok(Ok(CommandResult::Refused(reason))) => {
+                tracing::warn!(%reason, "placements refused: decided in another leadership")
+            }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => result = Err(e),
+            Ok(Err(e)) => result = Err(super::error::ApiError::unavailable(format!("{e:?}"))),
             Err(e) => result = Err(super::error::ApiError::internal(e)),
         }
     }
@@ -186,31 +232,39 @@ async fn place_pending(manager: &Arc<Manager>, since: Instant) -> Result<Round, 
 }
 
 /// Gives failed tasks another chance elsewhere, as their policy allows.
-async fn reschedule_loop(manager: Arc<Manager>, cancel: CancellationToken) {
+async fn reschedule_loop(manager: Arc<Manager>, leading: Leading) {
+    let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = leading.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        if since.is_none() {
+            continue;
         }
         let commands = crate::control::reschedule::due(&manager.state.read().state, now_ms());
         if commands.is_empty() {
             continue;
         }
         tracing::info!(tasks = commands.len(), "rescheduling failed tasks");
-        match manager.propose(Command::Batch(commands)).await {
+        match manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await {
+            Ok(CommandResult::Refused(reason)) => tracing::warn!(%reason, "rescheduling refused"),
             Ok(_) => manager.placement_kick.notify_one(),
-            Err(e) => tracing::warn!(error = %e.body.error, "could not reschedule failed tasks"),
+            Err(e) => tracing::warn!(error = ?e, "could not reschedule failed tasks"),
         }
     }
 }
 
-async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
-    let since = Instant::now();
+async fn liveness_loop(manager: Arc<Manager>, leading: Leading) {
+    let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = leading.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Some(since) = since else { continue };
         let commands = {
             let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
             let applied = manager.state.read();
@@ -236,8 +290,10 @@ async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
                 _ => {}
             }
         }
-        if let Err(e) = manager.propose(Command::Batch(commands)).await {
-            tracing::warn!(error = %e.body.error, "could not commit liveness decisions");
+        match manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await {
+            Ok(CommandResult::Refused(reason)) => tracing::warn!(%reason, "liveness decisions refused"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = ?e, "could not commit liveness decisions (dropped, not forwarded)"),
         }
         manager.placement_kick.notify_one();
     }

@@ -23,7 +23,7 @@ use goat_storage::model::*;
 use goat_storage::validate::check_name;
 use serde::Serialize;
 
-use super::cluster::Manager;
+use super::cluster::{Leadership, Manager};
 use super::error::ApiError;
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use super::json::parse;
@@ -50,11 +50,15 @@ pub async fn heartbeat(
     check_name("name", &name)?;
     let raw = body.as_ref().map(|b| b.clone()).unwrap_or_default();
     let hb: Heartbeat = parse(body)?;
-    if !m.is_leader() {
-        if headers.contains_key("x-goat-forwarded-by") {
-            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+    match m.leadership() {
+        Leadership::Confirmed { .. } => {}
+        Leadership::Unconfirmed { ack_age, .. } => return Err(unconfirmed(ack_age)),
+        Leadership::Follower => {
+            if headers.contains_key("x-goat-forwarded-by") {
+                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+            }
+            return forwarded(&m, reqwest::Method::POST, &format!("/v1/nodes/{name}/heartbeat"), raw).await;
         }
-        return forwarded(&m, reqwest::Method::POST, &format!("/v1/nodes/{name}/heartbeat"), raw).await;
     }
     let span = tracing::debug_span!("heartbeat", node = %name);
     let _enter = span.enter();
@@ -80,6 +84,20 @@ pub async fn heartbeat(
         }
     };
     Ok(Json(reply).into_response())
+}
+
+/// The answer of a manager that believes it leads but cannot confirm it (no
+/// quorum acknowledgement within its lease) to a worker: 503, so that the
+/// worker tries another manager at once. Its view may be frozen: it was
+/// perhaps deposed without hearing of it, and answering from that view
+/// would keep the worker from the real leader while that one moves its
+/// tasks.
+pub fn unconfirmed(ack_age: Option<std::time::Duration>) -> ApiError {
+    let since = match ack_age {
+        Some(age) => format!("no quorum acknowledged it for {} ms", age.as_millis()),
+        None => "no quorum acknowledged it yet in this term".to_string(),
+    };
+    ApiError::unavailable(format!("this manager cannot confirm that it still leads ({since}): try another manager"))
 }
 
 /// `PUT /v1/nodes/{name}/drain`: the node takes no new tasks and its tasks

@@ -66,6 +66,13 @@ pub enum Command {
     CollectTasks { task_ids: Vec<TaskId>, cutoff: Timestamp },
     /// Remove a node that is `down` and holds no live task.
     RemoveNode { name: String, at: Timestamp },
+    /// A decision of the leader's control loops, valid only in the
+    /// leadership it was taken in: `command` is applied only if the Raft
+    /// entry that carries it was appended by leader `leader` in `term` (see
+    /// [`ClusterState::begin_entry_by`]); otherwise it is refused and nothing
+    /// changes. A deposed leader's judgement, made from its frozen view, can
+    /// thus never be committed by the next leader.
+    Fenced { term: u64, leader: u64, command: Box<Command> },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -172,6 +179,10 @@ pub struct ClusterState {
     /// from the Raft log index by `begin_entry`.
     #[serde(skip)]
     next_event: u64,
+    /// The leader (term, node id) whose Raft entry is being applied, set by
+    /// `begin_entry_by`: what `Command::Fenced` is checked against.
+    #[serde(skip)]
+    entry_leader: Option<(u64, u64)>,
 }
 
 /// The serialized form of `ClusterState`: its data without the indexes.
@@ -273,7 +284,8 @@ impl Command {
             | Command::Batch(_)
             | Command::Restore { .. }
             | Command::CollectTasks { .. }
-            | Command::RemoveNode { .. } => None,
+            | Command::RemoveNode { .. }
+            | Command::Fenced { .. } => None,
         }
     }
 }
@@ -290,7 +302,7 @@ impl ClusterState {
         let newest_task = tasks.values().filter_map(|t| t.events.last()).map(|e| e.index + 1);
         let newest_node = nodes.values().filter_map(|n| n.events.last()).map(|e| e.index + 1);
         let next_event = newest_task.chain(newest_node).max().unwrap_or(0);
-        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event }
+        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event, entry_leader: None }
     }
 
     /// Numbers the events of the next command(s) from the Raft log index of
@@ -300,6 +312,14 @@ impl ClusterState {
     /// grow.)
     pub fn begin_entry(&mut self, log_index: u64) {
         self.next_event = self.next_event.max(crate::events::first_index(log_index));
+    }
+
+    /// Like `begin_entry`, for an entry appended by leader `leader` in
+    /// `term` (its Raft log id): `Command::Fenced` commands of the entry are
+    /// applied only if they were decided in that leadership.
+    pub fn begin_entry_by(&mut self, log_index: u64, term: u64, leader: u64) {
+        self.begin_entry(log_index);
+        self.entry_leader = Some((term, leader));
     }
 
     /// Applies one command. Deterministic: the same state and command give
@@ -361,6 +381,16 @@ impl ClusterState {
             Command::Restore { tasks, nodes } => self.restore(tasks, nodes),
             Command::CollectTasks { task_ids, cutoff } => self.collect(task_ids, *cutoff),
             Command::RemoveNode { name, at } => self.remove_node(name, *at),
+            Command::Fenced { term, leader, command } => match self.entry_leader {
+                Some(entry) if entry == (*term, *leader) => Ok(self.apply(command)),
+                Some((entry_term, entry_leader)) => Err(Refusal::stale(format!(
+                    "decided by manager {leader} as leader of term {term}, but appended by manager \
+                     {entry_leader} in term {entry_term}: a deposed leader's decision is not applied"
+                ))),
+                None => Err(Refusal::stale(format!(
+                    "decided by manager {leader} as leader of term {term}, applied outside a Raft entry"
+                ))),
+            },
         }
     }
 
@@ -420,8 +450,10 @@ impl ClusterState {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.tasks.extend(self.tasks.keys().chain(new_tasks.keys()).copied());
         dirty.nodes.extend(self.nodes.keys().chain(new_nodes.keys()).cloned());
+        let entry_leader = self.entry_leader;
         *self = ClusterState::from_parts(new_tasks, new_nodes);
         self.dirty = dirty;
+        self.entry_leader = entry_leader;
         Ok(CommandResult::Done)
     }
 
@@ -439,6 +471,38 @@ impl ClusterState {
             used.disk += task.spec.disk;
         }
         used
+    }
+
+    /// Whether `spec` fits on `node` (of `capacity`) besides what is placed
+    /// there: cpu, memory, disk and host ports, counted as the scheduler
+    /// counts them. Deterministic: from the state only.
+    pub fn room_for(&self, node: &str, capacity: Resources, spec: &TaskSpec) -> Result<(), String> {
+        let used = self.allocated(node);
+        let free_cpu = capacity.cpu - used.cpu;
+        if spec.cpu > free_cpu + 1e-9 {
+            return Err(format!(
+                "{:.2} of {:.2} cpu cores free, {:.2} asked",
+                free_cpu.max(0.0),
+                capacity.cpu,
+                spec.cpu
+            ));
+        }
+        let free_memory = capacity.memory.saturating_sub(used.memory);
+        if spec.memory > free_memory {
+            return Err(format!("{free_memory} of {} bytes of memory free, {} asked", capacity.memory, spec.memory));
+        }
+        let free_disk = capacity.disk.saturating_sub(used.disk);
+        if spec.disk > free_disk {
+            return Err(format!("{free_disk} of {} bytes of disk free, {} asked", capacity.disk, spec.disk));
+        }
+        let taken: BTreeSet<u16> =
+            self.tasks_on(node).flat_map(|t| t.spec.ports.iter().filter_map(|p| p.host)).collect();
+        let clash: Vec<String> =
+            spec.ports.iter().filter_map(|p| p.host).filter(|p| taken.contains(p)).map(|p| p.to_string()).collect();
+        if !clash.is_empty() {
+            return Err(format!("host port(s) {} taken", clash.join(", ")));
+        }
+        Ok(())
     }
 
     /// Non-terminal tasks placed on `node` (from the index: costs what the
@@ -525,10 +589,17 @@ impl ClusterState {
         if target.drain {
             return Err(Refusal::stale(format!("node {node} is drained and takes no task")));
         }
-        let task = task_mut(&mut self.tasks, task_id)?;
+        let capacity = target.capacity;
+        let task = self.tasks.get(&task_id).ok_or_else(|| Refusal::not_found(format!("no task {task_id}")))?;
         if task.state != TaskState::Pending || task.desired != DesiredStatus::Run {
             return Err(Refusal::conflict(format!("task {task_id} is {} and cannot be placed", task.state)));
         }
+        // The same view may have aged in another way: what was placed there
+        // meanwhile (another round, another leader) took the room.
+        if let Err(reason) = self.room_for(node, capacity, &task.spec) {
+            return Err(Refusal::stale(format!("node {node} has no room for task {task_id}: {reason}")));
+        }
+        let task = task_mut(&mut self.tasks, task_id)?;
         self.dirty.tasks.insert(task_id);
         task.generation += 1;
         task.node = Some(node.to_string());
@@ -1487,5 +1558,86 @@ mod tests {
         let (back, _): (ClusterState, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         assert_eq!(back.tasks, s.tasks);
         assert_eq!(back.index, s.index, "indexes are rebuilt on decode");
+    }
+
+    fn task_with(cpu: f64, memory: u64, disk: u64, host_port: Option<u16>) -> TaskSpec {
+        let mut spec = spec();
+        (spec.cpu, spec.memory, spec.disk) = (cpu, memory, disk);
+        spec.ports = host_port.map(|p| PortMapping { container: 80, host: Some(p) }).into_iter().collect();
+        spec
+    }
+
+    fn submit_and_place(s: &mut ClusterState, n: u128, spec: TaskSpec, node: &str) -> CommandResult {
+        let id = Uuid::from_u128(n);
+        s.apply(&Command::SubmitTask { task_id: id, spec, at: 1 });
+        s.apply(&Command::PlaceTask { task_id: id, node: node.into(), at: 2 })
+    }
+
+    #[test]
+    fn a_placement_that_no_longer_fits_its_node_is_refused() {
+        let (mut s, _) = state_with_task();
+        // w1: 2 cores, 1 GiB memory, 16 GiB disk.
+        assert!(!submit_and_place(&mut s, 10, task_with(1.5, 1 << 29, 1 << 33, Some(8080)), "w1").is_refused());
+        let cases = [
+            (task_with(0.75, 0, 0, None), "cpu"),
+            (task_with(0.0, (1 << 29) + 1, 0, None), "memory"),
+            (task_with(0.0, 0, (1 << 33) + 1, None), "disk"),
+            (task_with(0.0, 0, 0, Some(8080)), "host port(s) 8080"),
+        ];
+        for (i, (spec, what)) in cases.into_iter().enumerate() {
+            let before = s.clone();
+            let result = submit_and_place(&mut s, 20 + i as u128, spec, "w1");
+            let CommandResult::Refused(reason) = &result else { panic!("{what}: placed: {result:?}") };
+            assert!(reason.reason.contains("no room") && reason.reason.contains(what), "{what}: {reason}");
+            let task = &s.tasks[&Uuid::from_u128(20 + i as u128)];
+            assert_eq!((task.state, task.generation, task.node.as_deref()), (TaskState::Pending, 0, None));
+            assert_eq!(s.allocated("w1"), before.allocated("w1"));
+        }
+        // What is left still fits, exactly; another node is not charged.
+        assert!(!submit_and_place(&mut s, 30, task_with(0.5, 1 << 29, 1 << 33, Some(8081)), "w1").is_refused());
+        assert!(!submit_and_place(&mut s, 31, task_with(2.0, 1 << 30, 0, Some(8080)), "w2").is_refused());
+        // A finished task gives its room back.
+        let done = Uuid::from_u128(10);
+        let mut r = report(done, 1, ObservedState::Completed);
+        r.host_ports.clear();
+        assert!(!s.apply(&Command::ReportTask { node: "w1".into(), report: r, at: 3 }).is_refused());
+        assert!(!submit_and_place(&mut s, 32, task_with(1.5, 1 << 29, 0, Some(8080)), "w1").is_refused());
+    }
+
+    #[test]
+    fn a_fenced_decision_applies_only_in_the_leadership_that_took_it() {
+        let (mut s, id) = state_with_task();
+        let place = |term, leader| Command::Fenced {
+            term,
+            leader,
+            command: Box::new(Command::Batch(vec![Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 }])),
+        };
+        // Outside a Raft entry (no leader known): refused.
+        assert!(s.apply(&place(4, 1)).is_refused());
+        // Appended by another leader, or by the same manager in a later term.
+        for (term, leader) in [(5, 2), (5, 1), (3, 1)] {
+            s.begin_entry_by(10, term, leader);
+            let CommandResult::Refused(reason) = s.apply(&place(4, 1)) else { panic!("applied in term {term}") };
+            assert!(reason.reason.contains("deposed"), "{reason}");
+            assert_eq!(s.tasks[&id].state, TaskState::Pending);
+        }
+        // In a batch with other commands: only the fenced part is refused.
+        s.begin_entry_by(11, 5, 2);
+        let batch = Command::Batch(vec![
+            place(4, 1),
+            Command::SetPendingReason { task_id: id, reason: Some("waiting".into()), at: 4 },
+        ]);
+        let CommandResult::Batch(results) = s.apply(&batch) else { panic!("a batch") };
+        assert!(results[0].is_refused() && !results[1].is_refused(), "{results:?}");
+        // Its own leadership: applied, with the inner command's result.
+        s.begin_entry_by(12, 4, 1);
+        let CommandResult::Batch(results) = s.apply(&place(4, 1)) else { panic!("the inner batch's result") };
+        assert!(matches!(&results[..], [CommandResult::Task(t)] if t.state == TaskState::Scheduled));
+        assert_eq!(s.tasks[&id].node.as_deref(), Some("w1"));
+        // And it survives a round trip through the log's encoding.
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(place(4, 1), cfg).unwrap();
+        let (back, _): (Command, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, place(4, 1));
     }
 }

@@ -769,18 +769,29 @@ async fn heartbeats(
             }
         };
         // Try each manager once, starting with the one that answered last.
+        // A manager that does not answer, or answers 503 (a leader that
+        // cannot confirm it still leads, a follower without a leader), is
+        // passed over at once.
         let mut accepted = None;
         let mut unauthorized = false;
+        let mut passed_over = None;
         for i in 0..config.managers.len() {
             let idx = (current + i) % config.managers.len();
             let manager = &config.managers[idx];
             match send(&client, manager, &config, &heartbeat).await {
                 Sent::Accepted(reply) => {
+                    if connected && idx != current {
+                        let (previous, why) = passed_over.take().unwrap_or_default();
+                        tracing::info!(%manager, previous, why, "heartbeats go to another manager");
+                    }
                     current = idx;
                     accepted = Some(reply);
                     break;
                 }
-                Sent::Unreachable(why) => tracing::debug!(manager, why, "manager unreachable, trying the next"),
+                Sent::Unreachable(why) => {
+                    tracing::debug!(manager, why, "manager unreachable, trying the next");
+                    passed_over.get_or_insert((manager.clone(), why));
+                }
                 Sent::Unauthorized(why) => {
                     tracing::error!(manager, why, "manager refused this worker's token; check --token / GOAT_TOKEN");
                     unauthorized = true;
