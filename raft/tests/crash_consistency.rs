@@ -286,11 +286,12 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine) 
                 if last_acked > committed {
                     committed += 1 + rng.below(last_acked - committed);
                     let entries = log.try_get_log_entries(1.max(purged + 1)..=committed).await.expect("read");
-                    let mut a = acked.lock().unwrap();
-                    for e in entries {
-                        a.committed.insert(e.log_id.index, e);
+                    {
+                        let mut a = acked.lock().unwrap();
+                        for e in entries {
+                            a.committed.insert(e.log_id.index, e);
+                        }
                     }
-                    drop(a);
                     log.save_committed(Some(log_id(terms[&committed], committed))).await.expect("committed");
                 }
             }
