@@ -194,10 +194,11 @@ struct Stats {
     purges: usize,
 }
 
-async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine) -> (Vec<String>, Stats) {
+async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine, inline: bool) -> (Vec<String>, Stats) {
     let mut stats = Stats::default();
     let mut rng = Rng(seed);
-    let mut log = LogStore::new(RaftLog::new(engine.clone()));
+    let raw = if inline { RaftLog::new_inline(engine.clone()) } else { RaftLog::new(engine.clone()) };
+    let mut log = LogStore::new(raw);
     let mut sm = StateMachine::open(StateStore::new(engine)).expect("open sm");
     let acked = Arc::new(Mutex::new(Acked::default()));
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
@@ -325,7 +326,7 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine) 
 async fn everything_acknowledged_survives_a_crash_at_any_point() {
     for seed in 1..=6u64 {
         let disk = MemEngine::new();
-        let (violations, stats) = run(seed * 7919, 150, Arc::new(disk.clone()), disk).await;
+        let (violations, stats) = run(seed * 7919, 150, Arc::new(disk.clone()), disk, false).await;
         assert!(violations.is_empty(), "{}", violations.join("\n"));
         eprintln!("seed {seed}: {stats:?}");
         assert!(stats.crashes >= 450 && stats.votes > 0 && stats.appends > 0, "{stats:?}");
@@ -336,9 +337,20 @@ async fn everything_acknowledged_survives_a_crash_at_any_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_check_catches_a_store_that_acknowledges_before_syncing() {
     let disk = MemEngine::new();
-    let (violations, _) = run(7919, 150, Arc::new(NoSync(disk.clone())), disk).await;
+    let (violations, _) = run(7919, 150, Arc::new(NoSync(disk.clone())), disk, false).await;
     assert!(!violations.is_empty(), "a store that never syncs passed the crash check");
     let first = &violations[0];
     eprintln!("caught: {first}");
     assert!(first.contains("lost") || first.contains("went back"), "unexpected first violation: {first}");
+}
+
+/// The flusher-less log the simulation uses (`RaftLog::new_inline`) keeps the
+/// same promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inline_log_survives_a_crash_at_any_point_too() {
+    for seed in [3u64, 11] {
+        let disk = MemEngine::new();
+        let (violations, _) = run(seed * 104_729, 120, Arc::new(disk.clone()), disk, true).await;
+        assert!(violations.is_empty(), "{}", violations.join("\n"));
+    }
 }
