@@ -4,6 +4,7 @@
 #   - file:         build-images.sh checks that the goat binary is static
 #   - etcd-server:  the peer `goat bench raft` measures against
 #   - curl:         README examples and manual checks
+#   - strace, bc:   deploy/count-syncs.sh (syncs per acknowledged write)
 # Rust and Docker come with the machine. Safe to run again: it installs only
 # what is missing.
 set -euo pipefail
@@ -11,6 +12,8 @@ set -euo pipefail
 need=()
 command -v file >/dev/null 2>&1 || need+=(file)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v strace >/dev/null 2>&1 || need+=(strace)
+command -v bc >/dev/null 2>&1 || need+=(bc)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   need+=(docker-compose)
 fi

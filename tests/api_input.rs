@@ -43,6 +43,14 @@ async fn bad_specs_are_refused_with_the_field_named() {
         (json!({"name": "a", "image": "x", "imgae": "typo"}), "imgae"),
         (json!({"name": "a", "image": "x", "restart_policy": {"condition": "sometimes"}}), "restart_policy.condition"),
         (json!({"name": "a", "image": "x", "health_check": {"port": 80, "interval": "soon"}}), "health_check.interval"),
+        // Durations are capped whatever their form (a bare u64::MAX used to wrap).
+        (json!({"name": "a", "image": "x", "restart_policy": {"max_delay": u64::MAX}}), "restart_policy.max_delay"),
+        (json!({"name": "a", "image": "x", "restart_policy": {"max_delay": 1e30}}), "restart_policy.max_delay"),
+        (json!({"name": "a", "image": "x", "restart_policy": {"initial_delay": 0}}), "restart_policy.initial_delay"),
+        (
+            json!({"name": "a", "image": "x", "restart_policy": {"max_attempts": 0, "max_delay": "200ms"}}),
+            "restart_policy.max_delay",
+        ),
         (json!(["not", "an", "object"]), ""),
     ];
     for (body, field) in cases {

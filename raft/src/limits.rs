@@ -163,6 +163,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::assertions_on_constants)] // checked here so a change of one limit fails a test
     fn the_append_limit_holds_a_full_append_and_a_restore() {
         assert!(MAX_APPEND_BYTES >= MAX_PAYLOAD_ENTRIES as usize * MAX_ENTRY_BYTES + MAX_RESTORE_BYTES);
         assert!(MAX_APPEND_BYTES < 250_000_000);

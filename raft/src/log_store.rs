@@ -82,6 +82,33 @@ impl LogStore {
         self
     }
 
+    /// What `RaftLogStorage::append` does, with a plain completion callback
+    /// instead of openraft's `LogFlushed` (which only openraft can build):
+    /// the entries are readable when this returns, and `done` runs once
+    /// they are durable (group commit: one sync covers every append waiting
+    /// when it starts), in append order. Crash tests and the simulation call
+    /// it directly.
+    pub async fn append_then(
+        &mut self,
+        entries: Vec<Entry>,
+        done: impl FnOnce(Result<(), std::io::Error>) + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let rows: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
+        self.tail().insert(&entries);
+        let log = self.log.clone();
+        let (observer, started, count) = (self.observer.clone(), Instant::now(), rows.len());
+        blocking(move || {
+            let done = move |result: Result<(), std::io::Error>| {
+                if let (Some(observer), Ok(())) = (&observer, &result) {
+                    observer.appended(count, started.elapsed());
+                }
+                done(result)
+            };
+            log.append(rows, Box::new(done)).map_err(|e| logs_err(ErrorVerb::Write, e))
+        })
+        .await
+    }
+
     fn tail(&self) -> std::sync::MutexGuard<'_, TailCache> {
         // The cache holds no invariant a panic could break half-way that a
         // reader would trust: entries are whole or absent.
@@ -190,21 +217,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let rows: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
-        self.tail().insert(&entries);
-        let log = self.log.clone();
-        let (observer, started, count) = (self.observer.clone(), Instant::now(), rows.len());
-        blocking(move || {
-            let done = move |result: Result<(), std::io::Error>| {
-                if let (Some(observer), Ok(())) = (&observer, &result) {
-                    observer.appended(count, started.elapsed());
-                }
-                callback.log_io_completed(result)
-            };
-            log.append(rows, Box::new(done)).map_err(|e| logs_err(ErrorVerb::Write, e))
-        })
-        .await
+        self.append_then(entries.into_iter().collect(), move |result| callback.log_io_completed(result)).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

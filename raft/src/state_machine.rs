@@ -133,10 +133,33 @@ impl StateMachine {
     /// Loads the persisted state (empty for a new store).
     pub fn open(store: StateStore) -> Result<StateMachine, StorageError> {
         let (state, position) = store.load().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let (last_applied, membership): AppliedPosition = match position {
+        let (mut last_applied, mut membership): AppliedPosition = match position {
             Some(bytes) => decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?,
             None => (None, StoredMembership::default()),
         };
+        let mut state = state;
+        // The persisted state can be older than the latest snapshot (its
+        // writes are not flushed on their own, or it was written by a version
+        // that saved the two separately), and the log may already be purged
+        // up to that snapshot: openraft would then re-apply entries that are
+        // gone and refuse to start. Start from the snapshot instead.
+        if let Some(stored) = store.snapshot().map_err(|e| snapshot_err(ErrorVerb::Read, e))? {
+            let meta: SnapshotMeta<NodeId, BasicNode> =
+                decode(&stored.meta).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+            if meta.last_log_id > last_applied {
+                tracing::info!(
+                    snapshot = %meta.snapshot_id,
+                    applied = ?last_applied.map(|l| l.index),
+                    "the persisted state is behind the latest snapshot: starting from the snapshot"
+                );
+                state = decode(&stored.data).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+                last_applied = meta.last_log_id;
+                membership = meta.last_membership.clone();
+                store
+                    .replace(&state, encode(&(last_applied, membership.clone())))
+                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            }
+        }
         let shared = SharedState::new(Applied { state, last_applied, membership });
         Ok(StateMachine { store, shared, snapshots_built: 0 })
     }
@@ -249,8 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored = StoredSnapshot { meta: encode(meta), data };
         let store = self.store.clone();
         let state = tokio::task::spawn_blocking(move || {
-            store.replace(&state, encode(&position))?;
-            store.save_snapshot(&stored)?;
+            store.install(&state, encode(&position), &stored)?;
             Ok::<_, goat_storage::engine::EngineError>(state)
         })
         .await
@@ -275,5 +297,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta: SnapshotMeta<NodeId, BasicNode> =
             decode(&stored.meta).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_storage::mem_engine::MemEngine;
+    use openraft::CommittedLeaderId;
+
+    fn submit(n: u64) -> Entry {
+        let spec =
+            serde_json::from_value(serde_json::json!({"name": format!("t{n}"), "image": "goat-echo:latest"})).unwrap();
+        let command = goat_storage::fsm::Command::SubmitTask { task_id: uuid::Uuid::from_u64_pair(0, n), spec, at: n };
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), n), payload: EntryPayload::Normal(command) }
+    }
+
+    /// Point 4(b): a store whose persisted state is behind its snapshot (and
+    /// so behind a log purged up to the snapshot) opens at the snapshot.
+    #[tokio::test]
+    async fn a_state_behind_its_snapshot_starts_from_the_snapshot() {
+        let engine = MemEngine::new();
+        let store = StateStore::new(Arc::new(engine.clone()));
+        let mut sm = StateMachine::open(store.clone()).unwrap();
+        sm.apply((1..=10).map(submit)).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let at_snapshot = sm.shared().read().state.clone();
+        drop(sm);
+        // Put the persisted state back to index 5 (as an older version, or a
+        // lost unsynced write, could leave it).
+        let mut older = StateMachine::open(StateStore::new(Arc::new(MemEngine::new()))).unwrap();
+        older.apply((1..=5).map(submit)).await.unwrap();
+        let older = older.shared().read().clone();
+        store.replace(&older.state, encode(&(older.last_applied, older.membership.clone()))).unwrap();
+
+        let mut sm = StateMachine::open(store.clone()).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(10));
+        assert_eq!(sm.shared().read().state.tasks, at_snapshot.tasks);
+        // And the persisted copy was brought forward too.
+        let (loaded, _) = store.load().unwrap();
+        assert_eq!(loaded.tasks, at_snapshot.tasks);
+        // It carries on applying from there.
+        sm.apply([submit(11)]).await.unwrap();
+        assert_eq!(sm.shared().read().state.tasks.len(), 11);
     }
 }

@@ -10,9 +10,13 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsm::{ClusterState, Command};
+use crate::fsm::{ClusterState, Command, MAX_EVENTS, MAX_NODE_EVENTS, MAX_RESCHEDULES_KEPT};
 use crate::model::{Node, Task, Timestamp};
-use crate::validate::FieldError;
+use crate::validate::{check_name, validate_spec, FieldError};
+
+/// Event indexes a backup may carry: anything larger could not be followed
+/// by the events the restored cluster produces next (`index + 1` wraps).
+pub const MAX_EVENT_INDEX: u64 = 1 << 62;
 
 /// The `format` field of every backup.
 pub const FORMAT: &str = "goat-snapshot";
@@ -47,7 +51,10 @@ impl Backup {
     }
 
     /// Whether this build can restore it: format, version, no repeated id
-    /// or name, and each task's events within the kept limit.
+    /// or name, every task's spec valid as if it were submitted now
+    /// (`tasks[i].spec.<field>`), node names valid and every task's node
+    /// present, and every history (events, reschedules) within the kept
+    /// limit with increasing event indexes. A bad field is named.
     pub fn check(&self) -> Result<(), FieldError> {
         if self.format != FORMAT {
             return Err(FieldError::new("format", format!("is {:?}, expected {FORMAT:?}", self.format)));
@@ -66,13 +73,55 @@ impl Backup {
         }
         let mut names = BTreeSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
+            check_name(&format!("nodes[{i}].name"), &node.name)?;
             if !names.insert(node.name.as_str()) {
                 return Err(FieldError::new(format!("nodes[{i}].name"), format!("node {} appears twice", node.name)));
+            }
+            check_history(&format!("nodes[{i}].events"), node.events.iter().map(|e| e.index), MAX_NODE_EVENTS)?;
+        }
+        for (i, task) in self.tasks.iter().enumerate() {
+            validate_spec(&task.spec)
+                .map_err(|e| FieldError::new(format!("tasks[{i}].spec.{}", e.field), e.message))?;
+            if let Some(node) = &task.node {
+                if !names.contains(node.as_str()) {
+                    return Err(FieldError::new(
+                        format!("tasks[{i}].node"),
+                        format!("names node {node:?}, which is not in the backup's nodes"),
+                    ));
+                }
+            }
+            check_history(&format!("tasks[{i}].events"), task.events.iter().map(|e| e.index), MAX_EVENTS)?;
+            if task.reschedules.len() > MAX_RESCHEDULES_KEPT {
+                return Err(FieldError::new(
+                    format!("tasks[{i}].reschedules"),
+                    format!("holds {} entries, at most {MAX_RESCHEDULES_KEPT} are kept", task.reschedules.len()),
+                ));
             }
         }
         Ok(())
     }
+}
 
+/// A history's length is at most `max` and its event indexes increase and
+/// stay below [`MAX_EVENT_INDEX`].
+fn check_history(field: &str, indexes: impl ExactSizeIterator<Item = u64>, max: usize) -> Result<(), FieldError> {
+    if indexes.len() > max {
+        return Err(FieldError::new(field, format!("holds {} events, at most {max} are kept", indexes.len())));
+    }
+    let mut previous = None;
+    for (j, index) in indexes.enumerate() {
+        if index > MAX_EVENT_INDEX {
+            return Err(FieldError::new(format!("{field}[{j}].index"), format!("must be at most {MAX_EVENT_INDEX}")));
+        }
+        if previous.is_some_and(|p| index <= p) {
+            return Err(FieldError::new(format!("{field}[{j}].index"), "must be greater than the previous event's"));
+        }
+        previous = Some(index);
+    }
+    Ok(())
+}
+
+impl Backup {
     /// The command that puts this backup in place of the current state.
     pub fn into_command(self) -> Command {
         Command::Restore { tasks: self.tasks, nodes: self.nodes }
@@ -164,6 +213,43 @@ mod tests {
         let before = s.clone();
         assert!(s.apply(&Command::Restore { tasks: b.tasks.clone(), nodes: b.nodes }).is_refused());
         assert_eq!(s.tasks, before.tasks);
+    }
+
+    /// Point 4(e): specs and histories are validated, naming the field.
+    #[test]
+    fn a_backups_specs_and_events_are_validated() {
+        let field = |b: &Backup| b.check().unwrap_err().field;
+        let mut b = Backup::of(&source(), None, 1);
+        b.tasks[1].spec.name = "not a name".into();
+        assert_eq!(field(&b), "tasks[1].spec.name");
+        let mut b = Backup::of(&source(), None, 1);
+        b.tasks[0].spec.restart_policy.initial_delay = crate::Millis(0);
+        assert_eq!(field(&b), "tasks[0].spec.restart_policy.initial_delay");
+        let mut b = Backup::of(&source(), None, 1);
+        b.tasks[0].node = Some("w9".into());
+        assert_eq!(field(&b), "tasks[0].node");
+        let mut b = Backup::of(&source(), None, 1);
+        let first = b.tasks[0].events[0].clone();
+        b.tasks[0].events = vec![first; MAX_EVENTS + 1];
+        assert_eq!(field(&b), "tasks[0].events");
+        let mut b = Backup::of(&source(), None, 1);
+        let mut e = b.tasks[0].events[0].clone();
+        b.tasks[0].events.push(e.clone());
+        assert!(field(&b).starts_with("tasks[0].events["), "{}", field(&b));
+        e.index = u64::MAX;
+        b.tasks[0].events = vec![e];
+        assert_eq!(field(&b), "tasks[0].events[0].index");
+        let mut b = Backup::of(&source(), None, 1);
+        b.tasks[0].reschedules = vec![1; MAX_RESCHEDULES_KEPT + 1];
+        assert_eq!(field(&b), "tasks[0].reschedules");
+        let mut b = Backup::of(&source(), None, 1);
+        b.nodes[0].name = "-x".into();
+        assert_eq!(field(&b), "nodes[0].name");
+        let mut b = Backup::of(&source(), None, 1);
+        let e = b.nodes[0].events[0].clone();
+        b.nodes[0].events.push(e);
+        assert_eq!(field(&b), "nodes[0].events[1].index");
+        Backup::of(&source(), None, 1).check().unwrap();
     }
 
     #[test]

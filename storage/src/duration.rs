@@ -13,6 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Millis(pub u64);
 
 impl Millis {
+    /// The longest duration the API accepts, in every form (string, integer,
+    /// float): 365 days. Longer ones are refused rather than wrapped when a
+    /// worker adds them to a clock.
+    pub const MAX: Millis = Millis(365 * 86_400_000);
+
     pub fn as_duration(self) -> Duration {
         Duration::from_millis(self.0)
     }
@@ -33,8 +38,8 @@ impl Millis {
             _ => return Err(format!("invalid duration unit {unit:?} in {text:?}: use ms, s, m or h")),
         };
         let ms = value * scale;
-        if !ms.is_finite() || !(0.0..=365.0 * 86_400_000.0).contains(&ms) {
-            return Err(format!("duration {text:?} is out of range"));
+        if !ms.is_finite() || !(0.0..=Millis::MAX.0 as f64).contains(&ms) {
+            return Err(format!("duration {text:?} is out of range (at most 365 days)"));
         }
         Ok(Millis(ms.round() as u64))
     }
@@ -67,17 +72,24 @@ impl Serialize for Millis {
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MillisVisitor;
+        /// `.0`: whether the cap applies. It does on every human-readable
+        /// (API) input; bincode carries values already accepted, and a Raft
+        /// entry written before the cap must still decode.
+        struct MillisVisitor(bool);
         impl Visitor<'_> for MillisVisitor {
             type Value = Millis;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a duration such as \"500ms\", \"2s\" or a number of milliseconds")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
+                if self.0 && v > Millis::MAX.0 {
+                    return Err(E::custom(format!("duration {v} ms is out of range (at most 365 days)")));
+                }
                 Ok(Millis(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
-                u64::try_from(v).map(Millis).map_err(|_| E::custom("a duration cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                self.visit_u64(v)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Millis, E> {
                 Millis::parse(&v.to_string()).map_err(E::custom)
@@ -87,9 +99,9 @@ impl<'de> Deserialize<'de> for Millis {
             }
         }
         if deserializer.is_human_readable() {
-            deserializer.deserialize_any(MillisVisitor)
+            deserializer.deserialize_any(MillisVisitor(true))
         } else {
-            deserializer.deserialize_u64(MillisVisitor)
+            deserializer.deserialize_u64(MillisVisitor(false))
         }
     }
 }
@@ -120,6 +132,29 @@ mod tests {
         assert_eq!(a, b);
         assert!(serde_json::from_str::<Millis>("-5").is_err());
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"2s\"");
+    }
+
+    /// Point 4(c): the 365-day cap holds for bare numbers as for strings.
+    #[test]
+    fn the_cap_applies_to_every_json_form() {
+        let max = Millis::MAX.0;
+        assert_eq!(serde_json::from_str::<Millis>(&max.to_string()).unwrap(), Millis::MAX);
+        for too_long in [
+            u64::MAX.to_string(),
+            (max + 1).to_string(),
+            format!("{}.0", max + 1),
+            "1e30".to_string(),
+            "\"9000h\"".to_string(),
+            format!("\"{}\"", u64::MAX),
+        ] {
+            let err = serde_json::from_str::<Millis>(&too_long).unwrap_err().to_string();
+            assert!(err.contains("out of range"), "{too_long}: {err}");
+        }
+        // Internal bincode still carries any value already in a log.
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(Millis(u64::MAX), cfg).unwrap();
+        let (back, _): (Millis, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, Millis(u64::MAX));
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub type FlushCallback = Box<dyn FnOnce(std::result::Result<(), std::io::Error>)
 #[derive(Clone)]
 pub struct RaftLog {
     engine: Arc<dyn Engine>,
-    flusher: mpsc::Sender<FlushCallback>,
+    /// `None`: flush inline (see [`RaftLog::new_inline`]).
+    flusher: Option<mpsc::Sender<FlushCallback>>,
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -49,7 +50,14 @@ impl RaftLog {
             .name("goat-log-flush".into())
             .spawn(move || flusher(flush_engine, rx))
             .expect("spawning the log flusher thread");
-        RaftLog { engine, flusher: tx }
+        RaftLog { engine, flusher: Some(tx) }
+    }
+
+    /// A log without a flusher thread: `append` flushes and calls `done`
+    /// before it returns (no group commit). For a deterministic simulation,
+    /// where no thread may run outside its scheduler; same durability.
+    pub fn new_inline(engine: Arc<dyn Engine>) -> RaftLog {
+        RaftLog { engine, flusher: None }
     }
 
     /// Stores entries (index, bytes); they are readable when this returns and
@@ -57,7 +65,13 @@ impl RaftLog {
     pub fn append(&self, entries: Vec<(u64, Vec<u8>)>, done: FlushCallback) -> Result<()> {
         let ops = entries.into_iter().map(|(i, bytes)| (key(i).to_vec(), Some(bytes))).collect();
         self.engine.write(Tree::Log, ops)?;
-        self.flusher.send(done).map_err(|_| EngineError::Engine("log flusher has stopped".into()))
+        match &self.flusher {
+            Some(flusher) => flusher.send(done).map_err(|_| EngineError::Engine("log flusher has stopped".into())),
+            None => {
+                done(self.engine.flush().map_err(|e| std::io::Error::other(e.to_string())));
+                Ok(())
+            }
+        }
     }
 
     /// Entries with `from <= index < to`, in order, at most `limit`.
@@ -185,6 +199,22 @@ mod tests {
         let log = open(dir.path());
         assert_eq!(log.vote().unwrap(), Some(b"term-3".to_vec()));
         assert_eq!(log.range(1, Some(3), 10).unwrap(), vec![(1, b"a".to_vec()), (2, b"b".to_vec())]);
+    }
+
+    #[test]
+    fn an_inline_log_acknowledges_after_its_flush_before_append_returns() {
+        let engine = crate::mem_engine::MemEngine::new();
+        let log = RaftLog::new_inline(Arc::new(engine.clone()));
+        let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = acked.clone();
+        log.append(
+            vec![(1, b"a".to_vec())],
+            Box::new(move |r| flag.store(r.is_ok(), std::sync::atomic::Ordering::SeqCst)),
+        )
+        .unwrap();
+        assert!(acked.load(std::sync::atomic::Ordering::SeqCst));
+        engine.crash();
+        assert_eq!(log.range(1, None, 10).unwrap(), vec![(1, b"a".to_vec())]);
     }
 
     #[test]

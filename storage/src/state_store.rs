@@ -9,7 +9,9 @@
 //!
 //! The latest snapshot (opaque metadata plus the bincode of the whole
 //! `ClusterState`) lives in the same tree, so it is what a lagging follower
-//! is sent and what the log is purged behind.
+//! is sent and what the log is purged behind. Metadata and data are one
+//! record (`s/snapshot`: the metadata's length, the metadata, the data), so
+//! a reader never pairs one snapshot's metadata with another's data.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,8 +23,11 @@ use crate::model::{Node, Task};
 const TASK_PREFIX: u8 = b't';
 const NODE_PREFIX: u8 = b'n';
 const APPLIED: &[u8] = b"a/applied";
-const SNAPSHOT_META: &[u8] = b"s/meta";
-const SNAPSHOT_DATA: &[u8] = b"s/data";
+const SNAPSHOT: &[u8] = b"s/snapshot";
+/// Where stores written before the single record kept the two halves; read
+/// once if `s/snapshot` is absent, deleted by the next `save_snapshot`.
+const LEGACY_SNAPSHOT_META: &[u8] = b"s/meta";
+const LEGACY_SNAPSHOT_DATA: &[u8] = b"s/data";
 
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain data into a Vec cannot fail.
@@ -96,6 +101,11 @@ impl StateStore {
     /// Replaces the whole persisted state (after installing a snapshot), in
     /// one atomic write.
     pub fn replace(&self, state: &ClusterState, applied: Vec<u8>) -> Result<()> {
+        let ops = self.replace_ops(state, applied)?;
+        self.engine.write(Tree::State, ops)
+    }
+
+    fn replace_ops(&self, state: &ClusterState, applied: Vec<u8>) -> Result<Vec<Op>> {
         let mut ops: Vec<Op> = Vec::new();
         for prefix in [TASK_PREFIX, NODE_PREFIX] {
             for (key, _) in self.engine.scan(Tree::State, &[prefix], Some(&[prefix + 1]), usize::MAX)? {
@@ -105,27 +115,62 @@ impl StateStore {
         ops.extend(state.tasks.iter().map(|(id, t)| (task_key(id), Some(encode(t)))));
         ops.extend(state.nodes.iter().map(|(name, n)| (node_key(name), Some(encode(n)))));
         ops.push((APPLIED.to_vec(), Some(applied)));
-        self.engine.write(Tree::State, ops)
+        Ok(ops)
     }
 
     /// Saves a snapshot durably, replacing the previous one.
     pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<()> {
-        self.engine.write(
-            Tree::State,
-            vec![
-                (SNAPSHOT_META.to_vec(), Some(snapshot.meta.clone())),
-                (SNAPSHOT_DATA.to_vec(), Some(snapshot.data.clone())),
-            ],
-        )?;
+        self.engine.write(Tree::State, snapshot_ops(snapshot))?;
         self.engine.flush()
     }
 
+    /// Installs a snapshot received from the leader: the persisted state is
+    /// replaced by `state` and the snapshot saved, in one atomic write, then
+    /// flushed.
+    pub fn install(&self, state: &ClusterState, applied: Vec<u8>, snapshot: &StoredSnapshot) -> Result<()> {
+        let mut ops = self.replace_ops(state, applied)?;
+        ops.extend(snapshot_ops(snapshot));
+        self.engine.write(Tree::State, ops)?;
+        self.engine.flush()
+    }
+
+    /// The latest snapshot, read in one get.
     pub fn snapshot(&self) -> Result<Option<StoredSnapshot>> {
-        match (self.engine.get(Tree::State, SNAPSHOT_META)?, self.engine.get(Tree::State, SNAPSHOT_DATA)?) {
+        if let Some(record) = self.engine.get(Tree::State, SNAPSHOT)? {
+            return decode_snapshot(&record).map(Some);
+        }
+        // A store from before the single record: one scan of the two
+        // adjacent keys is one consistent read.
+        let rows = self.engine.scan(Tree::State, LEGACY_SNAPSHOT_DATA, Some(b"s/n"), 2)?;
+        let find = |key: &[u8]| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        match (find(LEGACY_SNAPSHOT_META), find(LEGACY_SNAPSHOT_DATA)) {
             (Some(meta), Some(data)) => Ok(Some(StoredSnapshot { meta, data })),
             _ => Ok(None),
         }
     }
+}
+
+fn snapshot_ops(snapshot: &StoredSnapshot) -> Vec<Op> {
+    let mut record = Vec::with_capacity(8 + snapshot.meta.len() + snapshot.data.len());
+    record.extend_from_slice(&(snapshot.meta.len() as u64).to_be_bytes());
+    record.extend_from_slice(&snapshot.meta);
+    record.extend_from_slice(&snapshot.data);
+    vec![
+        (SNAPSHOT.to_vec(), Some(record)),
+        (LEGACY_SNAPSHOT_META.to_vec(), None),
+        (LEGACY_SNAPSHOT_DATA.to_vec(), None),
+    ]
+}
+
+fn decode_snapshot(record: &[u8]) -> Result<StoredSnapshot> {
+    let corrupt = |message: String| EngineError::Corrupt { tree: Tree::State, message };
+    let (len, rest) = record.split_at_checked(8).ok_or_else(|| corrupt("snapshot record under 8 bytes".into()))?;
+    let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
+    let len = usize::try_from(len).ok().filter(|l| *l <= rest.len());
+    let len =
+        len.ok_or_else(|| corrupt(format!("snapshot metadata longer than its record ({} bytes)", record.len())))?;
+    let (meta, data) = rest.split_at(len);
+    Ok(StoredSnapshot { meta: meta.to_vec(), data: data.to_vec() })
 }
 
 #[cfg(test)]
@@ -174,5 +219,54 @@ mod tests {
         assert!(store.snapshot().unwrap().is_none());
         store.save_snapshot(&StoredSnapshot { meta: b"m".to_vec(), data: b"d".to_vec() }).unwrap();
         assert_eq!(store.snapshot().unwrap().unwrap().data, b"d".to_vec());
+    }
+
+    /// Point 4(a): metadata and data come from one record. A reader racing a
+    /// writer that keeps replacing the snapshot always gets a matching pair.
+    #[test]
+    fn a_snapshot_read_never_pairs_one_snapshots_meta_with_anothers_data() {
+        let engine: Arc<dyn Engine> = Arc::new(crate::mem_engine::MemEngine::new());
+        let store = StateStore::new(engine);
+        let snap = |i: u32| StoredSnapshot { meta: i.to_be_bytes().to_vec(), data: vec![i as u8; 64 + i as usize] };
+        store.save_snapshot(&snap(0)).unwrap();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 1..2000 {
+                    store.save_snapshot(&snap(i)).unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() || reads == 0 {
+            let got = store.snapshot().unwrap().unwrap();
+            let i = u32::from_be_bytes(got.meta.as_slice().try_into().unwrap());
+            assert_eq!(got.data, snap(i).data, "torn snapshot: meta of {i} with other data");
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(store.snapshot().unwrap().unwrap().meta, 1999u32.to_be_bytes());
+    }
+
+    #[test]
+    fn a_legacy_two_key_snapshot_is_read_and_replaced() {
+        let engine: Arc<dyn Engine> = Arc::new(crate::mem_engine::MemEngine::new());
+        engine
+            .write(
+                Tree::State,
+                vec![
+                    (LEGACY_SNAPSHOT_META.to_vec(), Some(b"m".to_vec())),
+                    (LEGACY_SNAPSHOT_DATA.to_vec(), Some(b"d".to_vec())),
+                ],
+            )
+            .unwrap();
+        let store = StateStore::new(engine.clone());
+        let got = store.snapshot().unwrap().unwrap();
+        assert_eq!((got.meta, got.data), (b"m".to_vec(), b"d".to_vec()));
+        store.save_snapshot(&StoredSnapshot { meta: b"m2".to_vec(), data: vec![] }).unwrap();
+        assert_eq!(engine.get(Tree::State, LEGACY_SNAPSHOT_META).unwrap(), None);
+        let got = store.snapshot().unwrap().unwrap();
+        assert_eq!((got.meta, got.data), (b"m2".to_vec(), vec![]));
+        assert!(decode_snapshot(&[0, 0, 0, 0, 0, 0, 0, 9, 1]).is_err());
     }
 }

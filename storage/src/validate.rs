@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::model::TaskSpec;
+use crate::Millis;
 
 /// The largest resources a single task may ask for. Anything above is a typo
 /// (a unit mistake), not a real request.
@@ -89,6 +90,18 @@ pub fn check_spec_size(spec: &TaskSpec) -> Result<(), FieldError> {
 }
 
 /// Returns the first rule the spec breaks, if any.
+/// The shortest `restart_policy.initial_delay` accepted. Each restart a
+/// worker performs reaches the leader and is committed as a Raft entry, so a
+/// task crashing at once with no delay would commit entries as fast as
+/// Docker can start it. (Workers also apply this floor to specs accepted
+/// before the rule.)
+pub const MIN_RESTART_DELAY: Millis = Millis(100);
+
+/// The shortest `restart_policy.max_delay` accepted with unlimited attempts
+/// (`max_attempts: 0`): the backoff then settles at one restart a second at
+/// most, forever.
+pub const MIN_UNLIMITED_MAX_DELAY: Millis = Millis(1_000);
+
 pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     check_spec_size(spec)?;
     check_name("name", &spec.name)?;
@@ -159,6 +172,21 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     }
 
     let policy = &spec.restart_policy;
+    if policy.initial_delay < MIN_RESTART_DELAY {
+        return Err(FieldError::new(
+            "restart_policy.initial_delay",
+            format!("must be at least {MIN_RESTART_DELAY}: every restart is reported and committed to the Raft log"),
+        ));
+    }
+    if policy.max_attempts == 0 && policy.max_delay < MIN_UNLIMITED_MAX_DELAY {
+        return Err(FieldError::new(
+            "restart_policy.max_delay",
+            format!(
+                "must be at least {MIN_UNLIMITED_MAX_DELAY} when max_attempts is 0 (unlimited), so a crash loop \
+                 settles to at most one restart a second"
+            ),
+        ));
+    }
     if policy.max_delay < policy.initial_delay {
         return Err(FieldError::new("restart_policy.max_delay", "must not be less than initial_delay"));
     }
@@ -203,7 +231,6 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
 mod tests {
     use super::*;
     use crate::model::{HealthCheck, PortMapping};
-    use crate::Millis;
 
     fn spec() -> TaskSpec {
         serde_json::from_str(r#"{"name": "echo", "image": "goat-echo:latest"}"#).unwrap()
@@ -211,6 +238,25 @@ mod tests {
 
     fn field_of(spec: &TaskSpec) -> String {
         validate_spec(spec).unwrap_err().field
+    }
+
+    /// Point 4(d): no restart loop without a delay, and an unlimited one
+    /// backs off to at least a second.
+    #[test]
+    fn restart_delays_have_a_floor() {
+        let mut s = spec();
+        s.restart_policy.initial_delay = Millis(0);
+        assert_eq!(field_of(&s), "restart_policy.initial_delay");
+        s.restart_policy.initial_delay = MIN_RESTART_DELAY;
+        assert_eq!(validate_spec(&s), Ok(()));
+        s.restart_policy.max_attempts = 0;
+        s.restart_policy.max_delay = Millis(500);
+        assert_eq!(field_of(&s), "restart_policy.max_delay");
+        s.restart_policy.max_delay = MIN_UNLIMITED_MAX_DELAY;
+        assert_eq!(validate_spec(&s), Ok(()));
+        s.restart_policy.max_attempts = 3;
+        s.restart_policy.max_delay = Millis(100);
+        assert_eq!(validate_spec(&s), Ok(()), "a bounded number of quick restarts is fine");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{EngineError, SledSync};
 use crate::model::{Assignment, ObservedState, TaskId};
 
 const ASSIGNMENTS_KEY: &[u8] = b"assignments";
@@ -29,6 +30,8 @@ pub enum WorkerStateError {
     Db(#[from] sled::Error),
     #[error("worker state record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("worker state sync: {0}")]
+    Sync(#[from] EngineError),
 }
 
 pub type Result<T> = std::result::Result<T, WorkerStateError>;
@@ -80,18 +83,30 @@ impl TaskRecord {
 }
 
 /// The worker's local store. Cheap to clone: clones share the database.
+///
+/// Every write returns only once it is durable (sled's flush, then an
+/// `fdatasync` through [`SledSync`]): the worker acts on these records
+/// (starts a container, reports an outcome, counts an attempt) right after
+/// writing them, so a power cut must not take them back.
 #[derive(Clone)]
 pub struct WorkerStore {
     db: sled::Db,
+    sync: std::sync::Arc<SledSync>,
     tasks: sled::Tree,
 }
 
 impl WorkerStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<WorkerStore> {
-        let db = sled::open(dir.join("worker-state"))?;
+        let path = dir.join("worker-state");
+        let db = sled::open(&path)?;
+        let sync = std::sync::Arc::new(SledSync::open(&path)?);
         let tasks = db.open_tree(TASKS_TREE)?;
-        Ok(WorkerStore { db, tasks })
+        Ok(WorkerStore { db, sync, tasks })
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(self.sync.flush(&self.db)?)
     }
 
     /// The last assignment list received from a manager; `None` if this
@@ -105,7 +120,7 @@ impl WorkerStore {
 
     pub fn set_assignments(&self, assignments: &[Assignment]) -> Result<()> {
         self.db.insert(ASSIGNMENTS_KEY, serde_json::to_vec(assignments)?)?;
-        self.db.flush()?;
+        self.flush()?;
         Ok(())
     }
 
@@ -130,13 +145,13 @@ impl WorkerStore {
 
     pub fn put_task(&self, id: TaskId, record: &TaskRecord) -> Result<()> {
         self.tasks.insert(id.as_bytes(), serde_json::to_vec(record)?)?;
-        self.tasks.flush()?;
+        self.flush()?;
         Ok(())
     }
 
     pub fn remove_task(&self, id: TaskId) -> Result<()> {
         self.tasks.remove(id.as_bytes())?;
-        self.tasks.flush()?;
+        self.flush()?;
         Ok(())
     }
 }

@@ -300,7 +300,7 @@ fn apply_decision(
         Decision::Restart { delay } => {
             record.attempts += 1;
             record.restarts += 1;
-            record.next_start_at = Some(now + delay.as_millis() as u64);
+            record.next_start_at = Some(now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
             record.last_reason = Some(reason);
         }
         Decision::Complete => {

@@ -58,8 +58,12 @@ pub fn decide(policy: &RestartPolicy, exit: &Exit, attempts: u32, jitter: f64) -
 /// The delay before restart number `attempts + 1`: `initial_delay` doubled
 /// per previous attempt, capped at `max_delay`, then spread by up to ±20%
 /// jitter (still capped) so that many failing tasks do not restart in step.
+///
+/// `initial_delay` is at least `MIN_RESTART_DELAY` here whatever the spec
+/// says (specs accepted before that rule may still ask for 0): with no delay
+/// a crash loop would commit a Raft entry per restart as fast as Docker goes.
 pub fn backoff(policy: &RestartPolicy, attempts: u32, jitter: f64) -> Duration {
-    let initial = policy.initial_delay.0 as f64;
+    let initial = policy.initial_delay.max(goat_storage::validate::MIN_RESTART_DELAY).0 as f64;
     let max = (policy.max_delay.0 as f64).max(initial);
     let base = (initial * 2f64.powi(attempts.min(62) as i32)).min(max);
     let spread = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
@@ -161,6 +165,16 @@ mod tests {
         let mut p = policy(RestartCondition::OnFailure, 0);
         p.max_delay = Millis(10);
         assert_eq!(backoff(&p, 5, 0.5), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_zero_initial_delay_still_waits() {
+        let mut p = policy(RestartCondition::OnFailure, 0);
+        p.initial_delay = Millis(0);
+        p.max_delay = Millis(0);
+        assert_eq!(backoff(&p, 0, 0.5), Duration::from_millis(100));
+        p.max_delay = Millis(5_000);
+        assert_eq!(backoff(&p, 3, 0.5), Duration::from_millis(800));
     }
 
     #[test]
