@@ -278,7 +278,13 @@ fn submission_id(headers: &HeaderMap) -> Result<Uuid, ApiError> {
     if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid());
     }
-    Ok(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()))
+    Ok(task_id_for_key(key))
+}
+
+/// The task id a submission with this `Idempotency-Key` creates (clients
+/// that record histories know it before the answer).
+pub fn task_id_for_key(key: &str) -> Uuid {
+    Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
 }
 
 /// `POST /v1/tasks`: `201` with the new task; with an `Idempotency-Key`
