@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod drill;
 pub mod echo;
+pub mod headroom;
 pub mod history;
 pub mod manager;
 pub mod metrics;
