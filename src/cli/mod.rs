@@ -38,6 +38,8 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 4;
     /// `goat run --wait`: the task ended `failed`.
     pub const TASK_FAILED: i32 = 5;
+    /// `goat plan node-loss`: some task would find no place.
+    pub const NO_ROOM: i32 = 6;
 }
 
 /// An operator command's failure: one line for people, one code for scripts.
@@ -105,6 +107,29 @@ pub enum OperatorCommand {
     Members(MembersArgs),
     /// Save the cluster state to a file, or restore it from one.
     Snapshot(SnapshotArgs),
+    /// Plan for a failure before it happens.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The cluster token.
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub action: PlanAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanAction {
+    /// Would every task of NODE (default: the busiest node) find a place if
+    /// it died now? Exit 6 if one would not.
+    NodeLoss {
+        /// The node assumed lost.
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +281,7 @@ pub async fn main(command: OperatorCommand, log_json: bool) -> i32 {
         OperatorCommand::Node(args) => commands::node(args).await,
         OperatorCommand::Members(args) => commands::members(args).await,
         OperatorCommand::Snapshot(args) => commands::snapshot(args).await,
+        OperatorCommand::Plan(args) => commands::plan(args).await,
     };
     match result {
         Ok(()) => exit::OK,

@@ -52,6 +52,7 @@ public_api! {
     post "/v1/cluster/members" => add_member;
     delete "/v1/cluster/members/{id}" => remove_member;
     get "/v1/cluster/verify" => super::verify::verify;
+    get "/v1/cluster/headroom" => super::headroom::headroom;
     post "/v1/tasks" => submit_task;
     get "/v1/tasks" => list_tasks;
     get "/v1/tasks/{id}" => get_task;

@@ -15,12 +15,14 @@
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
 //! - [`openapi`]: the API's OpenAPI document.
 //! - [`verify`]: state fingerprints, to prove the managers agree.
+//! - [`headroom`]: would a node's tasks find a place if it died now.
 
 pub mod api;
 pub mod assignments;
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod headroom;
 pub mod json;
 pub mod leader;
 pub mod nodes;
