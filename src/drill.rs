@@ -953,7 +953,8 @@ async fn asymmetric_round(
     let mut i = 0usize;
     let mut new_leader = None;
     while Instant::now() < hold_until {
-        let (target, role) = if i % 2 == 0 { (leader, "leader") } else { (others[i / 2 % others.len()], "follower") };
+        let (target, role) =
+            if i.is_multiple_of(2) { (leader, "leader") } else { (others[i / 2 % others.len()], "follower") };
         i += 1;
         let (status, body) = deployment.submit(target, &spec, Duration::from_secs(1), "one-way").await;
         if status == Some(201) {

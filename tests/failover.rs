@@ -277,7 +277,7 @@ impl Load {
                 i += 1;
                 let http = http.clone();
                 let recorder = recorder.clone();
-                if i % 4 == 0 && !sent.is_empty() {
+                if i.is_multiple_of(4) && !sent.is_empty() {
                     let task = sent[rand::random::<usize>() % sent.len()].clone();
                     tokio::spawn(async move {
                         let pending = recorder.begin(&format!("load@manager{id}"), Call::Read { task: task.clone() });

@@ -487,20 +487,6 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_and_env_flags_parse() {
-        assert_eq!(parse_port("7777"), Ok((7777, None)));
-        assert_eq!(parse_port("7777:8080"), Ok((7777, Some(8080))));
-        assert!(parse_port("x").is_err() && parse_port("1:").is_err() && parse_port("0").is_err());
-        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
-        assert!(parse_env("=x").is_err() && parse_env("novalue").is_err());
-    }
-}
-
 /// `goat plan node-loss [NODE]`.
 pub async fn plan(args: PlanArgs) -> Result<(), CliError> {
     let client = client(&args.client, args.token.clone())?;
@@ -564,4 +550,18 @@ pub fn render_plan(plan: &crate::headroom::NodeLoss) -> String {
         out.push_str(&render(&["TASK", "NAME", "WOULD GO TO", "WHY NOT"], &rows));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_env_flags_parse() {
+        assert_eq!(parse_port("7777"), Ok((7777, None)));
+        assert_eq!(parse_port("7777:8080"), Ok((7777, Some(8080))));
+        assert!(parse_port("x").is_err() && parse_port("1:").is_err() && parse_port("0").is_err());
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("=x").is_err() && parse_env("novalue").is_err());
+    }
 }
