@@ -1003,10 +1003,12 @@ async fn quorum_round(
     round.failure_call_ms = ms(called.elapsed());
     let t0 = Instant::now();
     // What a client of the survivor sees meanwhile.
-    let hold_until = t0 + args.hold.as_duration().max(Duration::from_secs(3));
+    let hold_until = t0 + args.hold.as_duration().max(Duration::from_secs(6));
     let spec = load_spec(&deployment.run);
     while Instant::now() < hold_until {
-        let (status, body) = deployment.submit(survivor, &spec, Duration::from_secs(3), "no-quorum").await;
+        // Long enough for the survivor's own answer (a 503 once it gives up
+        // waiting for a leader, `--leader-wait`, 5 s by default).
+        let (status, body) = deployment.submit(survivor, &spec, Duration::from_secs(10), "no-quorum").await;
         if status == Some(201) {
             probes.extend(body.as_ref().and_then(|b| b["id"].as_str()).map(str::to_string));
         }
@@ -1024,8 +1026,9 @@ async fn quorum_round(
     driver.start(&victims[1]).await?;
     round.restore_call_ms = ms(restoring.elapsed());
     let pair = [survivor, follower];
+    // A survivor may still name the dead leader: wait for another one.
     let (leader_at, write_at, probe) =
-        measure_failover(deployment, &pair, None, restoring, Duration::from_secs(60)).await;
+        measure_failover(deployment, &pair, Some(leader), restoring, Duration::from_secs(60)).await;
     probes.extend(probe);
     round.leaderless_ms = leader_at.map(|t| ms(t.saturating_duration_since(t0)));
     round.first_write_ms = write_at.map(|t| ms(t.saturating_duration_since(restoring)));
