@@ -128,8 +128,8 @@ pub struct DrillArgs {
     /// (measures: leaderless, first_write, moved, unavailable, lost,
     /// copies, refused, linearizable, consistent, converged). Exit 1 if one
     /// fails.
-    #[arg(long = "assert", value_parser = gate::parse)]
-    pub assertions: Option<Vec<gate::Assertion>>,
+    #[arg(long = "assert", value_parser = gate::parse_arg)]
+    pub assertions: Option<gate::Assertions>,
     /// Write a JUnit XML report here (one testcase per scenario, history
     /// check and assertion).
     #[arg(long)]
@@ -242,7 +242,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         eprintln!("history: {} operations written to {}", operations.len(), path.display());
     }
     let outcome = outcome.map(|mut report| {
-        let checked = args.assertions.as_deref().map(|a| gate::evaluate(&report, a)).unwrap_or_default();
+        let checked = args.assertions.as_ref().map(|a| gate::evaluate(&report, &a.0)).unwrap_or_default();
         report.assertions = checked;
         report
     });
@@ -489,7 +489,7 @@ impl Deployment {
             Ok(tasks) => {
                 let listed: BTreeMap<String, Seen> = tasks
                     .iter()
-                    .filter(|t| t["labels"]["drill"] == self.run.as_str())
+                    .filter(|t| t["spec"]["labels"]["drill"] == self.run.as_str())
                     .filter_map(|t| Some((t["id"].as_str()?.to_string(), seen_of_task(t))))
                     .collect();
                 pending.listed(listed.clone());
@@ -849,15 +849,18 @@ async fn manager_round(
             // machine). So watch while it runs: once the victim stops
             // answering, probe the survivors; count from the moment the
             // engine recorded the death (`State.FinishedAt`).
-            let kill = driver.kill(&member);
+            let kill = async {
+                let result = driver.kill(&member).await;
+                (result, called.elapsed())
+            };
             let watch = async {
                 let silent = wait_silent(deployment, victim, called).await;
                 let from = silent.unwrap_or_else(Instant::now);
                 (silent, measure_failover(deployment, &survivors, lost_leader, from, limit).await)
             };
-            let (killed, (silent, (leader_at, write_at, probe))) = tokio::join!(kill, watch);
+            let ((killed, kill_took), (silent, (leader_at, write_at, probe))) = tokio::join!(kill, watch);
             killed?;
-            round.failure_call_ms = ms(called.elapsed());
+            round.failure_call_ms = ms(kill_took);
             let died = match driver.died_at(&member).await {
                 Some(at) => at,
                 None => silent.unwrap_or(called),

@@ -130,6 +130,15 @@ pub fn parse(text: &str) -> Result<Vec<Assertion>, String> {
     text.split(',').filter(|p| !p.trim().is_empty()).map(parse_one).collect()
 }
 
+/// `--assert`'s value: the assertions of one comma-separated list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assertions(pub Vec<Assertion>);
+
+/// [`parse`] for clap.
+pub fn parse_arg(text: &str) -> Result<Assertions, String> {
+    parse(text).map(Assertions)
+}
+
 /// One assertion checked against a report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Checked {
