@@ -526,11 +526,12 @@ fn encode_query(value: &str) -> String {
 pub fn render_plan(plan: &crate::headroom::NodeLoss) -> String {
     let which = if plan.busiest { " (the busiest node)" } else { "" };
     let mut out = format!(
-        "if {}{which} died now: {} of its {} tasks would find a place on the {} other ready nodes{}",
+        "if {}{which} died now: {} of its {} tasks would find a place on the {} other ready node{}{}",
         plan.node,
         plan.placed,
         plan.tasks,
         plan.nodes_left,
+        if plan.nodes_left == 1 { "" } else { "s" },
         if plan.fits { "" } else { "; NOT all" }
     );
     if !plan.moves.is_empty() {
