@@ -358,7 +358,15 @@ fn f(report: &Value, key: &str) -> f64 {
 async fn leader_killed_twenty_times_loses_no_acknowledged_task() {
     let _turn = lock().await;
     let deployment = Deployment::start("kill");
-    let report = deployment.drill("kill-leader", &["--repeat", "20", "--hold", "500ms", "--rate", "20"]);
+    let junit = tempfile::NamedTempFile::new().expect("junit file");
+    let junit_path = junit.path().to_string_lossy().to_string();
+    let gate = ["--assert", "lost=0,linearizable,converged", "--junit", &junit_path];
+    let report =
+        deployment.drill("kill-leader", &[&["--repeat", "20", "--hold", "500ms", "--rate", "20"], &gate[..]].concat());
+    let junit = std::fs::read_to_string(junit.path()).expect("the drill wrote its JUnit report");
+    println!("{}", junit.lines().take(8).collect::<Vec<_>>().join("\n"));
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    assert_eq!(report["assertions"].as_array().map(Vec::len), Some(3), "{report}");
     let rounds = report["rounds"].as_array().expect("rounds");
     let firsts: Vec<f64> = rounds.iter().map(|r| f(r, "first_write_ms")).collect();
     let calls: Vec<f64> = rounds.iter().map(|r| f(r, "failure_call_ms")).collect();
