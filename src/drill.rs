@@ -876,7 +876,10 @@ async fn manager_round(
     match args.scenario {
         Scenario::PartitionLeader => {
             // The cut-off leader's own clients: it must not acknowledge.
-            let hold_until = t0 + args.hold.as_duration().max(Duration::from_secs(6));
+            // However long the failover took to measure, its clients are
+            // tried for two seconds at least.
+            let hold_until =
+                (t0 + args.hold.as_duration().max(Duration::from_secs(6))).max(Instant::now() + Duration::from_secs(2));
             let spec = load_spec(&deployment.run);
             // What was committed before the cut may still be applied just
             // after it: measure from half a second in.

@@ -5,13 +5,13 @@
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod drill;
 pub mod echo;
 pub mod headroom;
 pub mod history;
 pub mod manager;
 pub mod metrics;
-pub mod reschedule;
-pub mod scheduler;
 
+pub use control::{reschedule, scheduler};
 pub use goat_worker::shutdown_signal;

@@ -34,8 +34,8 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::config::ManagerConfig;
 use super::error::ApiError;
-use super::ManagerArgs;
 
 /// Proposals waiting for the batcher, each with where its result goes.
 type Proposal = (Command, oneshot::Sender<Result<CommandResult, ProposeError>>);
@@ -142,7 +142,7 @@ pub enum ProposeError {
 }
 
 impl Manager {
-    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerArgs) -> Manager {
+    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerConfig) -> Manager {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true)

@@ -8,9 +8,9 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::api::{consistent, ReadOptions};
 use super::cluster::Manager;
 use super::error::ApiError;
+use super::extract::{consistent, ReadOptions};
 use crate::headroom::{node_loss, NoPlan, NodeLoss};
 
 #[derive(Debug, Default, Deserialize)]
