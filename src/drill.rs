@@ -25,11 +25,12 @@
 
 mod driver;
 pub mod gate;
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -38,8 +39,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 pub use driver::{Driver, DriverKind, Member, Proc, ProcsFile, SshHosts};
+pub use report::{Checked, Report, Round};
 
-use crate::history::{self, seen_of_task, Call, Recorder, Seen, Verdict};
+use crate::history::{self, seen_of_task, Call, Recorder, Seen};
 
 /// After cutting a leader off, how long until its applied index must stop
 /// moving (entries committed just before the cut are still being applied).
@@ -140,93 +142,6 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// What one round measured.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Round {
-    /// The member the failure hit: `manager2`, `worker1` (several: `+`).
-    pub victim: String,
-    /// How long the command that caused the failure took. The times below
-    /// run from when the victim stopped answering (kills) or from the start
-    /// of the command (partitions, pauses).
-    pub failure_call_ms: f64,
-    /// How long the command that restarted it (kills) took.
-    pub restore_call_ms: f64,
-    /// From the failure until a survivor knew a new leader.
-    pub leaderless_ms: Option<f64>,
-    /// From the failure until a write through a survivor was accepted.
-    pub first_write_ms: Option<f64>,
-    /// Quorum loss, restarts: the longest a client's writes went
-    /// unanswered (from the failure to the first accepted write after it).
-    pub unavailable_ms: Option<f64>,
-    /// Worker drills: the victim's tasks, and how long until all of them
-    /// ran elsewhere.
-    pub tasks_to_move: usize,
-    pub tasks_moved: usize,
-    pub moved_ms: Option<f64>,
-    /// Partition drills: what the cut-off member's clients got.
-    pub isolated_created: usize,
-    pub isolated_errors: usize,
-    /// Partition drills: how far the cut-off manager's applied index moved
-    /// while it was cut off, from half a second after the cut (its own
-    /// writes can not commit): must be 0.
-    pub isolated_applied_delta: Option<u64>,
-    /// What clients saw during the failure: `write via survivor: 503` → count.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub client_saw: BTreeMap<String, usize>,
-}
-
-/// The whole drill's report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
-    pub scenario: String,
-    pub driver: String,
-    pub rounds: Vec<Round>,
-    pub first_write_median_ms: Option<f64>,
-    pub first_write_max_ms: Option<f64>,
-    pub leaderless_median_ms: Option<f64>,
-    pub leaderless_max_ms: Option<f64>,
-    /// Submissions sent, answered `201`, and answered otherwise.
-    pub submitted: usize,
-    pub acknowledged: usize,
-    pub refused: BTreeMap<String, usize>,
-    /// Acknowledged tasks missing from at least one manager: must be 0.
-    pub acknowledged_lost: usize,
-    /// The most running containers of one task after convergence (worker
-    /// drills): must be at most 1.
-    pub max_copies: Option<usize>,
-    /// `GET /v1/cluster/verify` after the last round.
-    pub consistent: bool,
-    pub converged: bool,
-    pub applied_index: Option<u64>,
-    pub digest: Option<String>,
-    pub leader: Option<u64>,
-    /// The history check of every client operation the drill made.
-    pub history: Option<Verdict>,
-    /// `--assert`: each limit and whether it held.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub assertions: Vec<gate::Checked>,
-}
-
-impl Report {
-    /// The promises every drill keeps, whatever `--assert` says: the
-    /// first one broken.
-    pub fn broken(&self) -> Option<String> {
-        if self.acknowledged_lost > 0 {
-            return Some(format!("{} acknowledged tasks lost", self.acknowledged_lost));
-        }
-        if !self.consistent {
-            return Some("the managers' states diverged".into());
-        }
-        if let Some(c) = self.max_copies.filter(|c| *c > 1) {
-            return Some(format!("{c} running copies of one task"));
-        }
-        if let Some(h) = self.history.as_ref().filter(|h| !h.linearizable) {
-            return Some(h.summary());
-        }
-        None
-    }
 }
 
 /// Runs the drill, prints its report, writes `--history` and `--junit`;
@@ -615,40 +530,6 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.await.unwrap_or_default()
     }
-}
-
-/// The `Instant` of a wall-clock time in the recent past.
-pub(crate) fn instant_of(wall: SystemTime) -> Instant {
-    let (now, now_wall) = (Instant::now(), SystemTime::now());
-    let ago = now_wall.duration_since(wall).unwrap_or_default();
-    now.checked_sub(ago).unwrap_or(now)
-}
-
-/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses Docker's `2026-11-25T13:42:18.534123456Z` (UTC only).
-pub(crate) fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
-    let text = text.trim().strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-');
-    let (year, month, day): (i64, u32, u32) =
-        (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':');
-    let (h, m, sec): (u64, u64, u64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
-    let nanos: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").get(..9)?.parse().ok()? };
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let secs = days * 86_400 + h * 3_600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 /// When manager `id` stopped answering its API, watched every few ms from
@@ -1323,18 +1204,6 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn docker_times_parse() {
-        let t = parse_rfc3339_utc("2026-11-25T13:42:18.534123456Z").unwrap();
-        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(since.as_secs(), 1_795_614_138);
-        assert_eq!(since.subsec_nanos(), 534_123_456);
-        let t = parse_rfc3339_utc("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap(), Duration::from_millis(86_401_500));
-        assert_eq!(parse_rfc3339_utc("0001-01-01T00:00:00Z"), None, "a container that never ran");
-        assert_eq!(parse_rfc3339_utc("yesterday"), None);
-    }
 
     #[test]
     fn median_of_an_odd_and_an_even_count() {

@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use super::Report;
+#[cfg(test)]
+use super::report::Round;
+use super::report::{Checked, Report};
 
 /// A comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,15 +141,6 @@ pub fn parse_arg(text: &str) -> Result<Assertions, String> {
     parse(text).map(Assertions)
 }
 
-/// One assertion checked against a report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Checked {
-    pub assertion: String,
-    pub passed: bool,
-    /// What was measured, for people (`leaderless = 1520 ms`).
-    pub actual: String,
-}
-
 fn flag(b: bool) -> f64 {
     if b {
         1.0
@@ -158,7 +151,7 @@ fn flag(b: bool) -> f64 {
 
 fn measure(report: &Report, metric: Metric) -> Option<f64> {
     let rounds = &report.rounds;
-    let max = |f: &dyn Fn(&super::Round) -> Option<f64>| rounds.iter().filter_map(f).reduce(f64::max);
+    let max = |f: &dyn Fn(&super::report::Round) -> Option<f64>| rounds.iter().filter_map(f).reduce(f64::max);
     match metric {
         Metric::Leaderless => {
             // A round that measured a first write but no leaderless time
@@ -309,7 +302,6 @@ pub fn junit(suite: &str, cases: &[Case], output: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Round;
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use super::{Call, Operation, Outcome, Seen};
+use super::op::{Call, Operation, Outcome, Seen};
 
 /// The checker's answer.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -458,11 +458,11 @@ mod tests {
         let mut h = H::new();
         h.create("a", 0, 10).list(20, 30, &[("a", Seen::Live)]);
         h.op(Call::Stop { task: "a".into() }, (40, None), Outcome::Unknown, None);
-        let text = crate::history::to_json_lines(&h.0);
+        let text = super::super::op::to_json_lines(&h.0);
         assert_eq!(text.lines().count(), 3);
         assert!(text.lines().next().unwrap_or_default().contains(r#""op":"create""#), "{text}");
-        assert_eq!(crate::history::from_json_lines(&text).expect("parses"), h.0);
-        assert!(crate::history::from_json_lines("{\"op\":1}\n").unwrap_err().starts_with("line 1"));
+        assert_eq!(super::super::op::from_json_lines(&text).expect("parses"), h.0);
+        assert!(super::super::op::from_json_lines("{\"op\":1}\n").unwrap_err().starts_with("line 1"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{Call, Operation, Outcome, Seen};
+use super::op::{Call, Operation, Outcome, Seen};
 
 /// A shared, append-only history. Cloning shares it.
 #[derive(Clone)]
