@@ -79,6 +79,24 @@ fn short_id(task: &Task) -> String {
     task.id.simple().to_string()[..8].to_string()
 }
 
+/// Every task, read a page at a time (`GET /v1/tasks?limit=&after=`): the
+/// next page starts after the last id of a full one.
+pub async fn all_tasks(client: &Client) -> Result<Vec<Value>, CliError> {
+    const PAGE: usize = 1_000;
+    let mut tasks = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page: Vec<Value> = client.get(&format!("/v1/tasks?limit={PAGE}{after}")).await?;
+        let full = page.len() == PAGE;
+        let last = page.last().and_then(|t| t["id"].as_str()).map(str::to_string);
+        tasks.extend(page);
+        match last {
+            Some(id) if full => after = format!("&after={id}"),
+            _ => return Ok(tasks),
+        }
+    }
+}
+
 /// A task id from a full id or a unique prefix (dashes optional).
 pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError> {
     if let Ok(uuid) = uuid::Uuid::parse_str(id) {
@@ -88,7 +106,7 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
     if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(CliError::not_found(format!("{id:?} is not a task id or a prefix of one")));
     }
-    let tasks: Vec<Value> = client.get("/v1/tasks").await?;
+    let tasks = all_tasks(client).await?;
     let matches: Vec<String> = tasks
         .iter()
         .filter_map(|t| t["id"].as_str())
@@ -196,7 +214,7 @@ fn ports_of(task: &Task) -> String {
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     let client = client(&args.client, None)?;
     let Some(id) = &args.id else {
-        let tasks: Vec<Value> = client.get("/v1/tasks").await?;
+        let tasks = all_tasks(&client).await?;
         if args.client.json {
             return print_json(&tasks);
         }

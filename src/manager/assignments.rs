@@ -18,6 +18,10 @@
 //! Only the leader's state decides: a follower relays the poll to the leader
 //! with a shorter wait (its relay times out after 10 s), or answers `421`
 //! when the poll was already relayed to it — the heartbeat route's rule.
+//!
+//! A manager holds at most `--max-polls` polls at once (relayed ones
+//! included); past that it answers `503` with `Retry-After`, and the
+//! worker falls back on its heartbeats.
 
 use std::sync::Arc;
 
@@ -110,6 +114,9 @@ pub async fn poll(
     check_name("name", &name)?;
     let query = poll_query(query)?;
     let wait = query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    let _permit = m.polls.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(format!("this manager already holds {} assignment polls (--max-polls)", m.max_polls))
+    })?;
     if !m.is_leader() {
         if headers.contains_key("x-goat-forwarded-by") {
             return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));

@@ -55,6 +55,19 @@ pub struct ManagerArgs {
     /// Shortest election timeout (randomized up to 1.5 times it).
     #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
     pub election_timeout: Millis,
+    /// Event streams (`GET /v1/events`) this manager serves at once, at
+    /// most; past that, 503 with Retry-After.
+    #[arg(long, env = "GOAT_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams: usize,
+    /// Assignment long polls this manager holds open at once, at most
+    /// (one per worker; relayed ones count); past that, 503 with
+    /// Retry-After.
+    #[arg(long, env = "GOAT_MAX_POLLS", default_value_t = 4096)]
+    pub max_polls: usize,
+    /// A completed or failed task (one that will not be rescheduled) is
+    /// removed this long after it finished.
+    #[arg(long, env = "GOAT_TASK_RETENTION", default_value = "24h", value_parser = Millis::parse)]
+    pub task_retention: Millis,
 }
 
 /// A manager's settings, as [`run`](super::run) takes them (tests and
@@ -75,6 +88,9 @@ pub struct ManagerConfig {
     pub node_down_after: Millis,
     pub raft_heartbeat: Millis,
     pub election_timeout: Millis,
+    pub max_streams: usize,
+    pub max_polls: usize,
+    pub task_retention: Millis,
 }
 
 impl ManagerConfig {
@@ -92,6 +108,9 @@ impl ManagerConfig {
             node_down_after: Millis(10_000),
             raft_heartbeat: Millis(goat_raft::HEARTBEAT_INTERVAL_MS),
             election_timeout: Millis(goat_raft::ELECTION_TIMEOUT_MS),
+            max_streams: 256,
+            max_polls: 4096,
+            task_retention: Millis(24 * 3_600_000),
         }
     }
 }
@@ -110,6 +129,9 @@ impl From<ManagerArgs> for ManagerConfig {
             node_down_after: a.node_down_after,
             raft_heartbeat: a.raft_heartbeat,
             election_timeout: a.election_timeout,
+            max_streams: a.max_streams,
+            max_polls: a.max_polls,
+            task_retention: a.task_retention,
         }
     }
 }

@@ -53,6 +53,14 @@ impl ApiError {
         }
     }
 
+    /// 503: this manager is at a configured limit (streams, polls).
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(Duration::from_secs(5)),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+        }
+    }
+
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }

@@ -22,6 +22,14 @@ pub struct ReadOptions {
     /// For `GET /v1/tasks`: only tasks in this state.
     #[serde(default)]
     pub state: Option<TaskState>,
+    /// For `GET /v1/tasks`: at most this many tasks (default
+    /// `api::DEFAULT_PAGE`, at most `api::MAX_PAGE`).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// For `GET /v1/tasks`: only tasks whose id comes after this one (the
+    /// `X-Goat-Next` cursor of the previous page).
+    #[serde(default)]
+    pub after: Option<uuid::Uuid>,
 }
 
 pub fn read_options(

@@ -28,7 +28,7 @@ pub async fn headroom(
     query: Result<Query<HeadroomQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<NodeLoss>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
-    consistent(&m, &ReadOptions { stale: query.stale, state: None }).await?;
+    consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
     let applied = m.state.read();
     match node_loss(&applied.state, query.node.as_deref(), m.default_strategy) {
         Ok(plan) => Ok(Json(plan)),

@@ -14,7 +14,9 @@
 //!   every node a full deadline from the moment this manager took over, so a
 //!   leader change never marks a healthy node down; moves their tasks, or
 //!   lets tasks with a disconnect window wait `unknown` until it ends (see
-//!   `crate::control::nodes::liveness_commands`).
+//!   `crate::control::nodes::liveness_commands`);
+//! - collection: removes finished tasks after `--task-retention` (see
+//!   `super::gc`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +54,7 @@ pub async fn supervise(manager: Arc<Manager>) {
                 tokio::spawn(placement_loop(manager.clone(), token.clone()));
                 tokio::spawn(liveness_loop(manager.clone(), token.clone()));
                 tokio::spawn(reschedule_loop(manager.clone(), token.clone()));
+                tokio::spawn(super::gc::gc_loop(manager.clone(), token.clone()));
                 running = Some(token);
             }
             (false, true) => {

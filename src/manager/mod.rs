@@ -15,6 +15,8 @@
 //! - [`leader`]: the loops that run on the leader only.
 //! - [`snapshot`]: backup and restore of the cluster state.
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
+//! - [`gc`]: collecting finished tasks after `--task-retention`, removing
+//!   down nodes.
 //! - [`openapi`]: the API's OpenAPI document.
 //! - [`verify`]: state fingerprints, to prove the managers agree.
 //! - [`headroom`]: would a node's tasks find a place if it died now.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod gc;
 pub mod headroom;
 pub mod json;
 pub mod leader;

@@ -33,6 +33,10 @@ pub use crate::control::nodes::{
     assignments, heartbeat_commands, liveness_commands, requeue_commands, window_ends_at, HEARTBEAT_INTERVAL,
 };
 
+/// The largest heartbeat accepted: a report for each of a node's tasks
+/// (a few hundred bytes each), for thousands of tasks.
+pub const MAX_HEARTBEAT_BYTES: usize = 4 << 20;
+
 /// `POST /v1/nodes/{name}/heartbeat`.
 pub async fn heartbeat(
     State(m): State<Arc<Manager>>,

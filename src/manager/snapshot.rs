@@ -24,7 +24,7 @@ use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use crate::clock::now_ms;
 
 /// The largest backup `POST /v1/snapshot/restore` accepts.
-pub const MAX_RESTORE_BYTES: usize = 64 << 20;
+pub use goat_raft::limits::MAX_RESTORE_BYTES;
 
 /// `GET /v1/snapshot`.
 pub async fn save(

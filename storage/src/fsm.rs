@@ -59,6 +59,13 @@ pub enum Command {
     /// Replace every task and node with a backup's (`goat snapshot
     /// restore`, see `crate::backup`). Refused if an id or name repeats.
     Restore { tasks: Vec<Task>, nodes: Vec<Node> },
+    /// Remove finished tasks (see [`collectable`]): each listed task that
+    /// is still collectable at `cutoff` is removed, the others are kept.
+    /// The leader lists them (a bounded number per command) and carries
+    /// the cutoff, so every manager removes the same tasks.
+    CollectTasks { task_ids: Vec<TaskId>, cutoff: Timestamp },
+    /// Remove a node that is `down` and holds no live task.
+    RemoveNode { name: String, at: Timestamp },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -72,6 +79,8 @@ pub enum CommandResult {
     Refused(Refusal),
     /// One result per command of a batch.
     Batch(Vec<CommandResult>),
+    /// Applied; how many tasks a `CollectTasks` removed.
+    Collected(u64),
 }
 
 impl CommandResult {
@@ -262,7 +271,9 @@ impl Command {
             Command::UpsertNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::Batch(_)
-            | Command::Restore { .. } => None,
+            | Command::Restore { .. }
+            | Command::CollectTasks { .. }
+            | Command::RemoveNode { .. } => None,
         }
     }
 }
@@ -348,7 +359,54 @@ impl ClusterState {
             Command::ExpireDisconnect { task_id, generation, at } => self.expire_disconnect(*task_id, *generation, *at),
             Command::Batch(commands) => Ok(CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect())),
             Command::Restore { tasks, nodes } => self.restore(tasks, nodes),
+            Command::CollectTasks { task_ids, cutoff } => self.collect(task_ids, *cutoff),
+            Command::RemoveNode { name, at } => self.remove_node(name, *at),
         }
+    }
+
+    /// Removes the listed tasks that are collectable at `cutoff`.
+    fn collect(&mut self, task_ids: &[TaskId], cutoff: Timestamp) -> Result<CommandResult, Refusal> {
+        let mut removed = 0;
+        for id in task_ids {
+            if !self.tasks.get(id).is_some_and(|t| collectable(t, cutoff)) {
+                continue;
+            }
+            if let Some(task) = self.tasks.remove(id) {
+                self.index.remove(*id, &IndexKey::of(&task));
+                self.dirty.tasks.insert(*id);
+                removed += 1;
+            }
+        }
+        Ok(CommandResult::Collected(removed))
+    }
+
+    /// Why `name` cannot be removed now, if it cannot.
+    pub fn node_removal_refused(&self, name: &str) -> Option<Refusal> {
+        let Some(node) = self.nodes.get(name) else {
+            return Some(Refusal::not_found(format!("no node {name}")));
+        };
+        if node.status != NodeStatus::Down {
+            return Some(Refusal::conflict(format!(
+                "node {name} is {:?}, not down: only a down node can be removed",
+                node.status
+            )));
+        }
+        let live = self.tasks_on(name).count();
+        if live > 0 {
+            return Some(Refusal::conflict(format!(
+                "node {name} still holds {live} live task(s): stop or move them first"
+            )));
+        }
+        None
+    }
+
+    fn remove_node(&mut self, name: &str, _at: Timestamp) -> Result<CommandResult, Refusal> {
+        if let Some(refusal) = self.node_removal_refused(name) {
+            return Err(refusal);
+        }
+        self.nodes.remove(name);
+        self.dirty.nodes.insert(name.to_string());
+        Ok(CommandResult::Done)
     }
 
     /// Replaces the whole state; every key before and after is dirty, so the
@@ -697,6 +755,20 @@ impl ClusterState {
     }
 }
 
+/// Whether `task` may be removed by a collection with this `cutoff`: it
+/// finished (completed; or failed and nothing will run it again: stopped,
+/// or a reschedule policy of 0 attempts) and has not changed since
+/// `cutoff`. A failed task that still wants to run may be rescheduled
+/// (its policy's window moves on) and is kept until it is stopped.
+pub fn collectable(task: &Task, cutoff: Timestamp) -> bool {
+    let finished = match task.state {
+        TaskState::Completed => true,
+        TaskState::Failed => task.desired == DesiredStatus::Stop || task.spec.reschedule_policy.attempts == 0,
+        _ => false,
+    };
+    finished && task.updated_at <= cutoff
+}
+
 /// The next event index.
 fn take_index(next_event: &mut u64) -> u64 {
     let index = *next_event;
@@ -769,6 +841,61 @@ mod tests {
             restarts: 0,
             reason: None,
         }
+    }
+
+    #[test]
+    fn collection_removes_only_finished_tasks_older_than_the_cutoff() {
+        let (mut s, done) = state_with_task();
+        s.apply(&Command::StopTask { task_id: done, at: 10 });
+        assert_eq!(s.tasks[&done].state, TaskState::Completed);
+        let running = Uuid::from_u128(8);
+        s.apply(&Command::SubmitTask { task_id: running, spec: spec(), at: 3 });
+        s.apply(&Command::PlaceTask { task_id: running, node: "w1".into(), at: 4 });
+        let missing = Uuid::from_u128(99);
+        s.take_dirty();
+        let ids = vec![done, running, missing];
+        // Too recent: kept.
+        assert_eq!(s.apply(&Command::CollectTasks { task_ids: ids.clone(), cutoff: 9 }), CommandResult::Collected(0));
+        assert!(s.tasks.contains_key(&done));
+        let before = s.clone();
+        assert_eq!(s.apply(&Command::CollectTasks { task_ids: ids, cutoff: 10 }), CommandResult::Collected(1));
+        assert!(!s.tasks.contains_key(&done) && s.tasks.contains_key(&running));
+        assert!(s.take_dirty().tasks.contains(&done), "the store deletes it");
+        // The indexes are what loading the same tasks builds.
+        assert_eq!(s, ClusterState::from_parts(s.tasks.clone(), s.nodes.clone()));
+        // Deterministic: the same command on the same state, the same result.
+        let mut again = before;
+        again.apply(&Command::CollectTasks { task_ids: vec![done, running, missing], cutoff: 10 });
+        assert_eq!(again.tasks, s.tasks);
+    }
+
+    #[test]
+    fn failed_tasks_are_collected_once_nothing_will_run_them_again() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Failed), at: 4 });
+        assert_eq!(s.tasks[&id].state, TaskState::Failed);
+        assert!(!collectable(&s.tasks[&id], 100), "it may be rescheduled");
+        s.apply(&Command::StopTask { task_id: id, at: 5 });
+        assert!(collectable(&s.tasks[&id], 100));
+        assert_eq!(s.apply(&Command::CollectTasks { task_ids: vec![id], cutoff: 100 }), CommandResult::Collected(1));
+        assert!(s.failed_tasks().next().is_none());
+    }
+
+    #[test]
+    fn only_a_down_node_without_live_tasks_is_removed() {
+        let (mut s, id) = state_with_task();
+        let remove = |s: &mut ClusterState| s.apply(&Command::RemoveNode { name: "w1".into(), at: 9 });
+        assert!(remove(&mut s).is_refused(), "ready");
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Down, at: 4 });
+        assert!(matches!(remove(&mut s), CommandResult::Refused(r) if r.reason.contains("live task")));
+        s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "node down".into(), at: 5 });
+        s.take_dirty();
+        assert_eq!(remove(&mut s), CommandResult::Done);
+        assert!(!s.nodes.contains_key("w1"));
+        assert!(s.take_dirty().nodes.contains("w1"));
+        assert!(s.apply(&Command::RemoveNode { name: "w1".into(), at: 9 }).is_refused(), "gone");
     }
 
     #[test]
