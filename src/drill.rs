@@ -1,31 +1,47 @@
-//! `goat drill`: cause a real failure in a running compose deployment
-//! (deploy/up.sh) under a steady load of submissions, and measure what the
-//! cluster does about it.
+//! `goat drill`: cause a real failure in a running deployment under a
+//! steady load of client operations, measure what the cluster does about
+//! it, and check the history of those operations for linearizability.
 //!
-//! Failures are caused with the `docker` CLI on the deployment's containers
-//! (found by their compose labels): `docker kill` (SIGKILL), `docker network
-//! disconnect`/`connect` on the cluster network, `docker start`. The load is
-//! tasks that can never be placed (1024 cores), so thousands of them cost no
-//! containers; every `201` is recorded and must be found on every manager
-//! afterwards. Worker drills first place a few echo tasks (with health
+//! A driver (`--driver`, see [`driver`]) causes the failures: `compose`
+//! (the containers of deploy/up.sh, through the `docker` CLI), `procs` (the
+//! processes `goat dev` starts, by their pids) or `ssh` (machines running
+//! the systemd units, through `ssh HOST sudo systemctl ...` and `iptables`).
+//! The load is tasks that can never be placed (1024 cores), so thousands of
+//! them cost no containers, each submitted with an `Idempotency-Key` (its
+//! task id is known before the answer), interleaved with reads of earlier
+//! submissions and lists. Every operation is recorded (invoke and
+//! completion time, outcome ok / failed / unknown) and the history is
+//! checked against a model of the task API ([`crate::history`]); `--history
+//! FILE` keeps it. Worker drills first place a few echo tasks (with health
 //! checks) and watch them move, then count their running copies.
 //!
 //! Measured: time without a leader, time to the first accepted write
 //! (probing the survivors like `goat bench raft` does), acknowledged tasks
 //! lost, tasks moved and how long that took, running copies per task after
-//! convergence, and the managers' state digests (`GET /v1/cluster/verify`).
-//! The drill stops the tasks it submitted before it exits.
+//! convergence, what clients saw while a quorum was lost, and the managers'
+//! state digests (`GET /v1/cluster/verify`). `--assert` turns figures into
+//! pass/fail, `--junit FILE` writes them for CI ([`gate`]). The drill stops
+//! the tasks it submitted before it exits.
+
+mod driver;
+pub mod gate;
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use goat_storage::Millis;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+pub use driver::{Driver, DriverKind, Member, Proc, ProcsFile, SshHosts};
+pub use report::{Checked, Report, Round};
+
+use crate::history::{self, seen_of_task, Call, Recorder, Seen};
 
 /// After cutting a leader off, how long until its applied index must stop
 /// moving (entries committed just before the cut are still being applied).
@@ -35,14 +51,26 @@ const ISOLATION_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
-    /// SIGKILL the leader's container, then start it again.
+    /// SIGKILL the leader, then start it again.
     KillLeader,
-    /// SIGKILL a follower's container, then start it again.
+    /// SIGKILL a follower, then start it again.
     KillFollower,
     /// Cut the leader off the cluster network, then reconnect it.
     PartitionLeader,
-    /// SIGKILL the busiest worker's container (its tasks keep running), then
-    /// start it again.
+    /// SIGSTOP the leader (`docker pause`) for `--hold`, then resume it:
+    /// a process that freezes and comes back believing it still leads.
+    PauseLeader,
+    /// One-way cut: the leader's peers cannot reach it, it still reaches
+    /// them; healed after `--hold`.
+    AsymmetricPartition,
+    /// SIGKILL the leader and a follower (quorum lost): what a client of the
+    /// survivor sees; then start one (quorum back), then the other.
+    KillTwoManagers,
+    /// Restart every manager in turn (SIGTERM, start, wait until it is
+    /// back), followers first, the leader last.
+    RollingRestart,
+    /// SIGKILL the busiest worker (its tasks keep running), then start it
+    /// again.
     KillWorker,
     /// Cut the busiest worker off the cluster network, then reconnect it.
     PartitionWorker,
@@ -52,12 +80,36 @@ pub enum Scenario {
 pub struct DrillArgs {
     /// The failure to cause.
     pub scenario: Scenario,
-    /// The managers' published API addresses.
+    /// How failures are caused: `compose` (deploy/up.sh's containers),
+    /// `procs` (`goat dev`'s processes, `--dev-dir`), `ssh` (machines with
+    /// the systemd units, `--ssh-host`).
+    #[arg(long, value_enum, default_value = "compose")]
+    pub driver: DriverKind,
+    /// The managers' API addresses (procs: read from the deployment file).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103")]
     pub managers: Vec<String>,
-    /// The deployment's compose project.
+    /// The deployment's compose project (`--driver compose`).
     #[arg(long, env = "COMPOSE_PROJECT_NAME", default_value = "goat")]
     pub project: String,
+    /// `goat dev --data-dir DIR`'s directory (`--driver procs`): it holds
+    /// `deployment.json` (pids, command lines, logs).
+    #[arg(long, env = "GOAT_DEV_DIR")]
+    pub dev_dir: Option<std::path::PathBuf>,
+    /// `--driver ssh`: a manager's machine, ID=[USER@]HOST. Repeatable.
+    #[arg(long = "ssh-host", value_parser = driver::parse_host_pair)]
+    pub ssh_hosts: Vec<(String, String)>,
+    /// `--driver ssh`: a worker's machine, NODE=[USER@]HOST. Repeatable.
+    #[arg(long = "ssh-worker", value_parser = driver::parse_host_pair)]
+    pub ssh_workers: Vec<(String, String)>,
+    /// `--driver ssh`: extra ssh options, e.g. "-i ~/.ssh/drill -p 2222".
+    #[arg(long, default_value = "")]
+    pub ssh_options: String,
+    /// `--driver ssh`: the managers' port on their machines.
+    #[arg(long, default_value_t = 7101)]
+    pub ssh_port: u16,
+    /// The cluster token (procs: read from the deployment file).
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Submissions per second, spread over the managers, during each round.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
@@ -74,125 +126,148 @@ pub struct DrillArgs {
     /// How long to wait for the cluster to converge after each round.
     #[arg(long, default_value = "90s", value_parser = Millis::parse)]
     pub settle: Millis,
+    /// Limits the report must meet, e.g. 'leaderless<1s,lost=0,copies<=1'
+    /// (measures: leaderless, first_write, moved, unavailable, lost,
+    /// copies, refused, linearizable, consistent, converged). Exit 1 if one
+    /// fails.
+    #[arg(long = "assert", value_parser = gate::parse_arg)]
+    pub assertions: Option<gate::Assertions>,
+    /// Write a JUnit XML report here (one testcase per scenario, history
+    /// check and assertion).
+    #[arg(long)]
+    pub junit: Option<std::path::PathBuf>,
+    /// Write the history of client operations here (JSON lines).
+    #[arg(long)]
+    pub history: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// What one round measured.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Round {
-    /// The member the failure hit: `manager2`, `worker1`.
-    pub victim: String,
-    /// How long the `docker` command that caused the failure took. The
-    /// times below run from when the victim stopped answering (kills) or
-    /// from the start of the command (partitions).
-    pub failure_call_ms: f64,
-    /// How long `docker start` (kills) took.
-    pub restore_call_ms: f64,
-    /// From the failure until a survivor knew a new leader.
-    pub leaderless_ms: Option<f64>,
-    /// From the failure until a write through a survivor was accepted.
-    pub first_write_ms: Option<f64>,
-    /// Worker drills: the victim's tasks, and how long until all of them
-    /// ran elsewhere.
-    pub tasks_to_move: usize,
-    pub tasks_moved: usize,
-    pub moved_ms: Option<f64>,
-    /// Partition drills: what the cut-off member's clients got.
-    pub isolated_created: usize,
-    pub isolated_errors: usize,
-    /// Partition drills: how far the cut-off manager's applied index moved
-    /// while it was cut off, from half a second after the cut (its own
-    /// writes can not commit): must be 0.
-    pub isolated_applied_delta: Option<u64>,
-    /// Leader partitions: what the cut and the reconnection did to the
-    /// workers and the echo tasks, once converged — nodes marked down,
-    /// tasks placed again (generation changed), tasks whose container is
-    /// not the one from before the cut. The workers heard the majority all
-    /// along: all must be 0.
-    pub nodes_marked_down: Option<usize>,
-    pub generations_changed: Option<usize>,
-    pub containers_restarted: Option<usize>,
-}
-
-/// The whole drill's report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
-    pub scenario: String,
-    pub rounds: Vec<Round>,
-    pub first_write_median_ms: Option<f64>,
-    pub first_write_max_ms: Option<f64>,
-    pub leaderless_median_ms: Option<f64>,
-    pub leaderless_max_ms: Option<f64>,
-    /// Submissions sent, answered `201`, and answered otherwise.
-    pub submitted: usize,
-    pub acknowledged: usize,
-    pub refused: BTreeMap<String, usize>,
-    /// Acknowledged tasks missing from at least one manager: must be 0.
-    pub acknowledged_lost: usize,
-    /// The most running containers of one task after convergence (worker
-    /// drills): must be at most 1.
-    pub max_copies: Option<usize>,
-    /// `GET /v1/cluster/verify` after the last round.
-    pub consistent: bool,
-    pub converged: bool,
-    pub applied_index: Option<u64>,
-    pub digest: Option<String>,
-    pub leader: Option<u64>,
-}
-
-/// Runs the drill and prints its report.
+/// Runs the drill, prints its report, writes `--history` and `--junit`;
+/// fails when a promise is broken or an assertion does not hold.
 pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
-    let report = drill(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
+    let started = Instant::now();
+    let recorder = Recorder::new();
+    let outcome = drill_with(&args, &recorder).await;
+    let operations = recorder.operations();
+    if let Some(path) = &args.history {
+        std::fs::write(path, history::to_json_lines(&operations))
+            .with_context(|| format!("writing the history to {}", path.display()))?;
+        eprintln!("history: {} operations written to {}", operations.len(), path.display());
     }
-    let disturbed = report.rounds.iter().any(|r| {
-        [r.nodes_marked_down, r.generations_changed, r.containers_restarted].iter().any(|n| n.is_some_and(|n| n > 0))
+    let outcome = outcome.map(|mut report| {
+        let checked = args.assertions.as_ref().map(|a| gate::evaluate(&report, &a.0)).unwrap_or_default();
+        report.assertions = checked;
+        report
     });
-    if report.acknowledged_lost > 0 || !report.consistent || report.max_copies.is_some_and(|c| c > 1) || disturbed {
-        bail!("the drill found a broken promise (see the report)");
+    let text = match &outcome {
+        Ok(report) if args.json => serde_json::to_string_pretty(report)?,
+        Ok(report) => render(report),
+        Err(e) => format!("goat drill {}: {e:#}\n", scenario_name(args.scenario)),
+    };
+    if let Some(path) = &args.junit {
+        let result = outcome.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
+        let broken = result.as_ref().ok().and_then(Report::broken);
+        let checked = result.as_ref().map(|r| r.assertions.clone()).unwrap_or_default();
+        let cases =
+            gate::cases(&scenario_name(args.scenario), started.elapsed().as_secs_f64(), &result, broken, &checked);
+        let suite = format!("goat drill ({})", driver_name(args.driver));
+        std::fs::write(path, gate::junit(&suite, &cases, &text))
+            .with_context(|| format!("writing the JUnit report to {}", path.display()))?;
+    }
+    let report = outcome?;
+    if args.json {
+        println!("{text}");
+    } else {
+        print!("{text}");
+    }
+    if let Some(broken) = report.broken() {
+        bail!("the drill found a broken promise: {broken}");
+    }
+    let failed: Vec<String> =
+        report.assertions.iter().filter(|c| !c.passed).map(|c| format!("{} ({})", c.assertion, c.actual)).collect();
+    if !failed.is_empty() {
+        bail!("assertion failed: {}", failed.join("; "));
     }
     Ok(())
 }
 
-/// A compose deployment, reached through its published APIs and the
-/// `docker` CLI.
+fn scenario_name(s: Scenario) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn driver_name(d: DriverKind) -> String {
+    serde_json::to_value(d).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// A deployment, reached through its APIs and a driver.
 struct Deployment {
-    project: String,
+    driver: Driver,
     http: reqwest::Client,
-    /// Manager id → published API address.
+    token: Option<String>,
+    /// Manager id → API address.
     managers: BTreeMap<u64, String>,
+    history: Recorder,
+    /// This run's label on every task it submits.
+    run: String,
 }
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new("docker")
-        .args(args)
-        .output()
-        .await
-        .context("running the docker CLI (is it installed?)")?;
-    if !output.status.success() {
-        bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+/// A create's or stop's outcome from its answer: 2xx happened, another
+/// 4xx did not, 5xx or a timeout may have; a connection refused before
+/// anything was sent did not.
+fn write_outcome(answer: &Result<u16, bool>) -> history::Outcome {
+    match answer {
+        Ok(status) if (200..300).contains(status) => history::Outcome::Ok,
+        Ok(status) if (400..500).contains(status) => history::Outcome::Failed,
+        Ok(_) => history::Outcome::Unknown,
+        Err(true) => history::Outcome::Failed,
+        Err(false) => history::Outcome::Unknown,
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 impl Deployment {
-    async fn discover(args: &DrillArgs) -> anyhow::Result<Deployment> {
+    async fn discover(args: &DrillArgs, history: Recorder) -> anyhow::Result<Deployment> {
+        let driver = match args.driver {
+            DriverKind::Compose => Driver::compose(&args.project),
+            DriverKind::Procs => {
+                let dir = args.dev_dir.as_deref().context(
+                    "--driver procs needs --dev-dir DIR (or GOAT_DEV_DIR): the directory `goat dev --data-dir DIR` \
+                     writes deployment.json to",
+                )?;
+                Driver::procs(dir)?
+            }
+            DriverKind::Ssh => {
+                let mut hosts = SshHosts {
+                    port: args.ssh_port,
+                    options: args.ssh_options.split_whitespace().map(str::to_string).collect(),
+                    ..SshHosts::default()
+                };
+                for (id, target) in &args.ssh_hosts {
+                    let id: u64 = id.parse().with_context(|| format!("--ssh-host {id}=...: not a manager id"))?;
+                    hosts.managers.insert(id, target.clone());
+                }
+                hosts.workers = args.ssh_workers.iter().cloned().collect();
+                if hosts.managers.is_empty() {
+                    bail!("--driver ssh needs --ssh-host ID=[USER@]HOST for every manager");
+                }
+                Driver::ssh(hosts)
+            }
+        };
+        let addrs = driver.manager_addrs().unwrap_or_else(|| args.managers.clone());
+        let token = args.token.clone().filter(|t| !t.is_empty()).or_else(|| driver.token());
         let http = reqwest::Client::builder()
+            .no_proxy()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(15))
             .build()
             .context("building the HTTP client")?;
         let mut managers = BTreeMap::new();
-        for addr in &args.managers {
+        for addr in &addrs {
             let health: Value = http
                 .get(format!("http://{addr}/v1/health"))
                 .send()
@@ -204,36 +279,22 @@ impl Deployment {
             let id = health["id"].as_u64().with_context(|| format!("{addr}: no id in {health}"))?;
             managers.insert(id, addr.clone());
         }
-        let deployment = Deployment { project: args.project.clone(), http, managers };
-        for id in deployment.managers.keys() {
-            deployment.container(&format!("manager{id}")).await?;
-        }
-        Ok(deployment)
-    }
-
-    fn network(&self) -> String {
-        format!("{}-net", self.project)
+        let ids: Vec<u64> = managers.keys().copied().collect();
+        driver.check(&ids).await?;
+        let run = format!("{:08x}", rand::random::<u32>());
+        Ok(Deployment { driver, http, token, managers, history, run })
     }
 
     fn url(&self, id: u64) -> String {
         format!("http://{}", self.managers[&id])
     }
 
-    /// The container of a compose service of this project.
-    async fn container(&self, service: &str) -> anyhow::Result<String> {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ])
-        .await?;
-        ids.lines()
-            .next()
-            .map(str::to_string)
-            .with_context(|| format!("no container for service {service} in compose project {}", self.project))
+    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     async fn health(&self, id: u64, timeout: Duration) -> Option<Value> {
@@ -267,40 +328,141 @@ impl Deployment {
 
     async fn verify(&self, id: u64, wait: Duration) -> anyhow::Result<Value> {
         let url = format!("{}/v1/cluster/verify?wait={}ms", self.url(id), wait.as_millis());
-        let response = self.http.get(url).timeout(wait + Duration::from_secs(10)).send().await?;
+        let response = self.request(reqwest::Method::GET, url).timeout(wait + Duration::from_secs(10)).send().await?;
         Ok(response.json().await?)
     }
 
-    async fn submit(&self, id: u64, spec: &Value, timeout: Duration) -> (Option<u16>, Option<Value>) {
-        let sent = self.http.post(format!("{}/v1/tasks", self.url(id))).json(spec).timeout(timeout).send().await;
-        match sent {
+    /// `POST /v1/tasks` with a fresh `Idempotency-Key`, recorded.
+    async fn submit(&self, id: u64, spec: &Value, timeout: Duration, client: &str) -> (Option<u16>, Option<Value>) {
+        let key = uuid::Uuid::new_v4().to_string();
+        let task = crate::manager::api::task_id_for_key(&key).to_string();
+        let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Create { task });
+        let sent = self
+            .request(reqwest::Method::POST, format!("{}/v1/tasks", self.url(id)))
+            .header("Idempotency-Key", &key)
+            .json(spec)
+            .timeout(timeout)
+            .send()
+            .await;
+        let (answer, result) = match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
-                (Some(status), response.json().await.ok())
+                match response.bytes().await {
+                    Ok(bytes) => (Ok(status), (Some(status), serde_json::from_slice(&bytes).ok())),
+                    // The status came, the body broke: it happened if 2xx.
+                    Err(_) => (Ok(status), (Some(status), None)),
+                }
             }
-            Err(_) => (None, None),
+            Err(e) => (Err(e.is_connect()), (None, None)),
+        };
+        match write_outcome(&answer) {
+            history::Outcome::Ok => pending.ok(),
+            history::Outcome::Failed => pending.failed(),
+            history::Outcome::Unknown => pending.unknown(),
+        }
+        result
+    }
+
+    /// `GET /v1/tasks/{task}` (linearizable), recorded.
+    async fn read(&self, id: u64, task: &str, timeout: Duration, client: &str) -> Option<Seen> {
+        let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Read { task: task.to_string() });
+        let sent = self
+            .request(reqwest::Method::GET, format!("{}/v1/tasks/{task}", self.url(id)))
+            .timeout(timeout)
+            .send()
+            .await;
+        let seen = match sent {
+            Ok(r) if r.status() == 404 => Some(Seen::Absent),
+            Ok(r) if r.status() == 200 => r.json::<Value>().await.ok().map(|t| seen_of_task(&t)),
+            _ => None,
+        };
+        match seen {
+            Some(s) => pending.saw(s),
+            None => pending.unknown(),
+        }
+        seen
+    }
+
+    /// `GET /v1/tasks` (linearizable, or `stale`), recorded when
+    /// linearizable; this run's tasks only.
+    async fn list(&self, id: u64, timeout: Duration, client: &str) -> anyhow::Result<BTreeMap<String, Seen>> {
+        let pending = self.history.begin(&format!("{client}@manager{id}"), Call::List);
+        let answer = async {
+            let url = format!("{}/v1/tasks", self.url(id));
+            let tasks: Vec<Value> = self
+                .request(reqwest::Method::GET, url)
+                .timeout(timeout)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok::<_, anyhow::Error>(tasks)
+        }
+        .await;
+        match answer {
+            Ok(tasks) => {
+                let listed: BTreeMap<String, Seen> = tasks
+                    .iter()
+                    .filter(|t| t["spec"]["labels"]["drill"] == self.run.as_str())
+                    .filter_map(|t| Some((t["id"].as_str()?.to_string(), seen_of_task(t))))
+                    .collect();
+                pending.listed(listed.clone());
+                Ok(listed)
+            }
+            Err(e) => {
+                pending.unknown();
+                Err(e)
+            }
         }
     }
 
-    async fn tasks(&self, id: u64) -> anyhow::Result<Vec<Value>> {
+    /// `DELETE /v1/tasks/{task}`, recorded.
+    async fn stop(&self, id: u64, task: &str, client: &str) {
+        let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Stop { task: task.to_string() });
+        let sent = self
+            .request(reqwest::Method::DELETE, format!("{}/v1/tasks/{task}", self.url(id)))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        match sent.map(|r| r.status().as_u16()).map_err(|e| e.is_connect()) {
+            Ok(404) => pending.saw(Seen::Absent),
+            answer => match write_outcome(&answer) {
+                history::Outcome::Ok => pending.saw(Seen::Stopped),
+                history::Outcome::Failed => pending.failed(),
+                history::Outcome::Unknown => pending.unknown(),
+            },
+        }
+    }
+
+    /// All tasks as one manager holds them (`?stale=true`), for placement
+    /// watching.
+    async fn tasks_stale(&self, id: u64) -> anyhow::Result<Vec<Value>> {
         let url = format!("{}/v1/tasks?stale=true", self.url(id));
-        Ok(self.http.get(url).timeout(Duration::from_secs(30)).send().await?.error_for_status()?.json().await?)
+        Ok(self
+            .request(reqwest::Method::GET, url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 }
 
 /// One submission of the load.
 #[derive(Debug, Clone)]
-struct Outcome {
-    manager: u64,
-    sent: Instant,
+struct Sent {
     status: Option<u16>,
     task: Option<String>,
 }
 
-/// Steady submissions, round-robin over the managers, until stopped.
+/// Steady operations, round-robin over the managers, until stopped: mostly
+/// submissions, a read of an earlier submission every fourth tick, a list
+/// every hundredth.
 struct Load {
     stop: Arc<AtomicBool>,
-    handle: tokio::task::JoinHandle<Vec<Outcome>>,
+    handle: tokio::task::JoinHandle<Vec<Sent>>,
 }
 
 fn load_spec(run: &str) -> Value {
@@ -308,13 +470,14 @@ fn load_spec(run: &str) -> Value {
 }
 
 impl Load {
-    fn start(deployment: Arc<Deployment>, rate: f64, run: String) -> Load {
+    fn start(deployment: Arc<Deployment>, rate: f64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let handle = tokio::spawn(async move {
             let period = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 1000.0));
             let ids: Vec<u64> = deployment.managers.keys().copied().collect();
-            let spec = load_spec(&run);
+            let spec = load_spec(&deployment.run);
+            let sent_ids: Arc<Mutex<Vec<String>>> = Arc::default();
             let mut requests = Vec::new();
             let mut tick = tokio::time::interval(period);
             let mut i = 0usize;
@@ -323,12 +486,33 @@ impl Load {
                 let id = ids[i % ids.len()];
                 i += 1;
                 let deployment = deployment.clone();
+                if i % 100 == 50 {
+                    tokio::spawn(async move {
+                        let _ = deployment.list(id, Duration::from_secs(15), "load").await;
+                    });
+                    continue;
+                }
+                if i % 4 == 3 {
+                    let target = sent_ids
+                        .lock()
+                        .ok()
+                        .and_then(|s| (!s.is_empty()).then(|| s[rand::random::<usize>() % s.len()].clone()));
+                    if let Some(task) = target {
+                        tokio::spawn(async move {
+                            deployment.read(id, &task, Duration::from_secs(15), "load").await;
+                        });
+                        continue;
+                    }
+                }
                 let spec = spec.clone();
+                let sent_ids = sent_ids.clone();
                 requests.push(tokio::spawn(async move {
-                    let sent = Instant::now();
-                    let (status, body) = deployment.submit(id, &spec, Duration::from_secs(15)).await;
+                    let (status, body) = deployment.submit(id, &spec, Duration::from_secs(15), "load").await;
                     let task = body.as_ref().and_then(|b| b["id"].as_str()).map(str::to_string);
-                    Outcome { manager: id, sent, status, task }
+                    if let (Some(task), Ok(mut s)) = (&task, sent_ids.lock()) {
+                        s.push(task.clone());
+                    }
+                    Sent { status, task }
                 }));
             }
             let mut outcomes = Vec::new();
@@ -342,50 +526,10 @@ impl Load {
         Load { stop, handle }
     }
 
-    async fn finish(self) -> Vec<Outcome> {
+    async fn finish(self) -> Vec<Sent> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.await.unwrap_or_default()
     }
-}
-
-/// When the engine recorded the container's last exit.
-async fn finished_at(container: &str) -> Option<SystemTime> {
-    let text = docker(&["inspect", "-f", "{{.State.FinishedAt}}", container]).await.ok()?;
-    parse_rfc3339_utc(&text)
-}
-
-/// The `Instant` of a wall-clock time in the recent past.
-fn instant_of(wall: SystemTime) -> Instant {
-    let (now, now_wall) = (Instant::now(), SystemTime::now());
-    let ago = now_wall.duration_since(wall).unwrap_or_default();
-    now.checked_sub(ago).unwrap_or(now)
-}
-
-/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses Docker's `2026-11-25T13:42:18.534123456Z` (UTC only).
-fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
-    let text = text.trim().strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-');
-    let (year, month, day): (i64, u32, u32) =
-        (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':');
-    let (h, m, sec): (u64, u64, u64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
-    let nanos: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").get(..9)?.parse().ok()? };
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let secs = days * 86_400 + h * 3_600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 /// When manager `id` stopped answering its API, watched every few ms from
@@ -410,13 +554,14 @@ async fn wait_silent(deployment: &Deployment, id: u64, since: Instant) -> Option
 
 /// When a survivor first knew a leader other than `victim` (None: the same
 /// leader stayed), and when a write through a survivor was first accepted
-/// (the probe's task ids are acknowledged writes too), watching from `from`.
+/// (the probe's task ids are acknowledged writes too), watching from `from`
+/// for up to `limit`.
 async fn measure_failover(
     deployment: &Deployment,
     survivors: &[u64],
     victim: Option<u64>,
     from: Instant,
-    run: &str,
+    limit: Duration,
 ) -> (Option<Instant>, Option<Instant>, Vec<String>) {
     let leaderless = async {
         loop {
@@ -428,22 +573,22 @@ async fn measure_failover(
                     }
                 }
             }
-            if from.elapsed() > Duration::from_secs(30) {
+            if from.elapsed() > limit {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
     let first_write = async {
-        let spec = load_spec(run);
+        let spec = load_spec(&deployment.run);
         let mut i = 0usize;
         loop {
             let id = survivors[i % survivors.len()];
             i += 1;
-            if let (Some(201), Some(body)) = deployment.submit(id, &spec, Duration::from_millis(200)).await {
+            if let (Some(201), Some(body)) = deployment.submit(id, &spec, Duration::from_millis(200), "probe").await {
                 return (Some(Instant::now()), body["id"].as_str().map(str::to_string));
             }
-            if from.elapsed() > Duration::from_secs(30) {
+            if from.elapsed() > limit {
                 return (None, None);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -454,16 +599,16 @@ async fn measure_failover(
 }
 
 /// The tasks a worker drill watches: echo tasks with a health check.
-async fn place_echo_tasks(deployment: &Deployment, n: usize, run: &str) -> anyhow::Result<Vec<String>> {
+async fn place_echo_tasks(deployment: &Deployment, n: usize) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     let first = *deployment.managers.keys().next().context("no managers")?;
     for i in 0..n {
         let spec = json!({
             "name": format!("drill-echo-{i}"), "image": "goat-echo:latest", "cpu": 0.01, "memory": 16 << 20,
-            "ports": [{"container": 7777}], "strategy": "spread", "labels": {"drill": run},
+            "ports": [{"container": 7777}], "strategy": "spread", "labels": {"drill": deployment.run},
             "health_check": {"path": "/health", "port": 7777, "interval": "1s"}
         });
-        match deployment.submit(first, &spec, Duration::from_secs(15)).await {
+        match deployment.submit(first, &spec, Duration::from_secs(15), "echo").await {
             (Some(201), Some(body)) => ids.push(body["id"].as_str().context("task without id")?.to_string()),
             other => bail!("submitting an echo task failed: {other:?}"),
         }
@@ -485,10 +630,7 @@ async fn wait_running(
     loop {
         let mut placed = BTreeMap::new();
         for id in &survivors {
-            let Ok(response) = deployment.http.get(format!("{}/v1/tasks", deployment.url(*id))).send().await else {
-                continue;
-            };
-            let Ok(tasks) = response.json::<Vec<Value>>().await else { continue };
+            let Ok(tasks) = deployment.tasks_stale(*id).await else { continue };
             for task in tasks {
                 let (Some(tid), Some(state), Some(node)) =
                     (task["id"].as_str(), task["state"].as_str(), task["node"].as_str())
@@ -513,22 +655,12 @@ async fn wait_running(
     }
 }
 
-/// Running containers of each task, as the engine sees them.
-async fn copies(ids: &[String]) -> anyhow::Result<BTreeMap<String, usize>> {
-    let mut out = BTreeMap::new();
-    for id in ids {
-        let running = docker(&["ps", "-q", "--filter", &format!("label=goat.task={id}")]).await?;
-        out.insert(id.clone(), running.lines().filter(|l| !l.is_empty()).count());
-    }
-    Ok(out)
-}
-
 /// Waits until every task has exactly one running copy (or time is up);
 /// returns the most copies of one task seen at the end.
-async fn wait_one_copy_each(ids: &[String], timeout: Duration) -> anyhow::Result<usize> {
+async fn wait_one_copy_each(deployment: &Deployment, ids: &[String], timeout: Duration) -> anyhow::Result<usize> {
     let deadline = Instant::now() + timeout;
     loop {
-        let counts = copies(ids).await?;
+        let counts = deployment.driver.copies(ids).await?;
         let max = counts.values().copied().max().unwrap_or(0);
         if counts.values().all(|c| *c == 1) || Instant::now() > deadline {
             return Ok(max);
@@ -551,8 +683,7 @@ impl Untouched {
         let mut out = Untouched::default();
         let first = *deployment.managers.keys().next().context("no managers")?;
         let nodes: Vec<Value> = deployment
-            .http
-            .get(format!("{}/v1/nodes", deployment.url(first)))
+            .request(reqwest::Method::GET, format!("{}/v1/nodes", deployment.url(first)))
             .send()
             .await?
             .error_for_status()?
@@ -564,13 +695,13 @@ impl Untouched {
                 out.down_events.insert((name.to_string(), event["index"].as_u64().unwrap_or_default()));
             }
         }
-        for task in deployment.tasks(first).await? {
+        for task in deployment.tasks_stale(first).await? {
             if let Some(id) = task["id"].as_str().filter(|id| echo.iter().any(|e| e == id)) {
                 out.generations.insert(id.to_string(), task["generation"].as_u64().unwrap_or_default());
             }
         }
         for id in echo {
-            let running = docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=goat.task={id}")]).await?;
+            let running = driver::docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=goat.task={id}")]).await?;
             out.containers.insert(id.clone(), running.lines().filter(|l| !l.is_empty()).map(str::to_string).collect());
         }
         Ok(out)
@@ -586,41 +717,17 @@ impl Untouched {
     }
 }
 
+/// Stops the tasks (recorded), through every manager in turn.
 async fn stop_tasks(deployment: &Deployment, ids: &[String]) {
-    let Some(first) = deployment.managers.keys().next().copied() else { return };
-    futures::stream::iter(ids.iter().cloned())
-        .map(|id| {
-            let url = format!("{}/v1/tasks/{id}", deployment.url(first));
-            let http = deployment.http.clone();
-            async move {
-                let _ = http.delete(url).send().await;
-            }
-        })
+    let managers: Vec<u64> = deployment.managers.keys().copied().collect();
+    if managers.is_empty() {
+        return;
+    }
+    futures::stream::iter(ids.iter().enumerate())
+        .map(|(i, task)| deployment.stop(managers[i % managers.len()], task, "cleanup"))
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-}
-
-/// Cuts a container off the cluster network; returns its aliases there, to
-/// reconnect it under the same names.
-async fn disconnect(network: &str, container: &str) -> anyhow::Result<Vec<String>> {
-    let template = format!("{{{{json (index .NetworkSettings.Networks \"{network}\").Aliases}}}}");
-    let aliases: Vec<String> =
-        serde_json::from_str(&docker(&["inspect", "-f", &template, container]).await?).unwrap_or_default();
-    docker(&["network", "disconnect", network, container]).await?;
-    // Docker adds the short container id as an alias by itself.
-    Ok(aliases.into_iter().filter(|a| !container.starts_with(a.as_str())).collect())
-}
-
-async fn reconnect(network: &str, container: &str, aliases: &[String]) -> anyhow::Result<()> {
-    let mut args = vec!["network", "connect"];
-    for alias in aliases {
-        args.push("--alias");
-        args.push(alias);
-    }
-    args.push(network);
-    args.push(container);
-    docker(&args).await.map(|_| ())
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -629,10 +736,11 @@ fn median(values: &[f64]) -> Option<f64> {
     (!sorted.is_empty()).then(|| sorted[sorted.len() / 2])
 }
 
+/// kill-leader, kill-follower, partition-leader, pause-leader: one member
+/// fails, the others carry on; restored after `--hold`.
 async fn manager_round(
     deployment: &Arc<Deployment>,
     args: &DrillArgs,
-    run: &str,
     probes: &mut Vec<String>,
 ) -> anyhow::Result<Round> {
     let ids: Vec<u64> = deployment.managers.keys().copied().collect();
@@ -641,22 +749,27 @@ async fn manager_round(
         Scenario::KillFollower => *ids.iter().find(|id| **id != leader).context("no follower")?,
         _ => leader,
     };
+    let member = Member::Manager(victim);
     let survivors: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
-    let service = format!("manager{victim}");
-    let container = deployment.container(&service).await?;
-    let mut round = Round { victim: service, ..Round::default() };
-    let network = deployment.network();
+    let mut round = Round { victim: deployment.driver.label(&member), ..Round::default() };
+    let driver = &deployment.driver;
+    let limit = Duration::from_secs(30);
 
-    let mut aliases = Vec::new();
+    let mut cut = None;
     let called = Instant::now();
     let lost_leader = (victim == leader).then_some(victim);
     let (t0, leader_at, write_at, probe) = match args.scenario {
-        Scenario::PartitionLeader => {
-            aliases = disconnect(&network, &container).await?;
+        Scenario::PartitionLeader | Scenario::PauseLeader => {
+            if args.scenario == Scenario::PauseLeader {
+                driver.pause(&member).await?;
+            } else {
+                cut = Some(driver.cut(&member, false).await?);
+            }
             // The cut happens somewhere inside the call: count from its
             // start (an upper bound on the times below).
             round.failure_call_ms = ms(called.elapsed());
-            let (leader_at, write_at, probe) = measure_failover(deployment, &survivors, lost_leader, called, run).await;
+            let (leader_at, write_at, probe) =
+                measure_failover(deployment, &survivors, lost_leader, called, limit).await;
             (called, leader_at, write_at, probe)
         }
         _ => {
@@ -665,18 +778,20 @@ async fn manager_round(
             // machine). So watch while it runs: once the victim stops
             // answering, probe the survivors; count from the moment the
             // engine recorded the death (`State.FinishedAt`).
-            let kill_args = ["kill", container.as_str()];
-            let kill = docker(&kill_args);
+            let kill = async {
+                let result = driver.kill(&member).await;
+                (result, called.elapsed())
+            };
             let watch = async {
                 let silent = wait_silent(deployment, victim, called).await;
                 let from = silent.unwrap_or_else(Instant::now);
-                (silent, measure_failover(deployment, &survivors, lost_leader, from, run).await)
+                (silent, measure_failover(deployment, &survivors, lost_leader, from, limit).await)
             };
-            let (killed, (silent, (leader_at, write_at, probe))) = tokio::join!(kill, watch);
+            let ((killed, kill_took), (silent, (leader_at, write_at, probe))) = tokio::join!(kill, watch);
             killed?;
-            round.failure_call_ms = ms(called.elapsed());
-            let died = match finished_at(&container).await {
-                Some(wall) => instant_of(wall),
+            round.failure_call_ms = ms(kill_took);
+            let died = match driver.died_at(&member).await {
+                Some(at) => at,
                 None => silent.unwrap_or(called),
             };
             (died, leader_at, write_at, probe)
@@ -687,45 +802,210 @@ async fn manager_round(
     round.first_write_ms = write_at.map(|t| ms(t.saturating_duration_since(t0)));
     probes.extend(probe);
 
-    if args.scenario == Scenario::PartitionLeader {
-        // The cut-off leader's own clients: it must not acknowledge.
-        let hold_until = t0 + args.hold.as_duration().max(Duration::from_secs(6));
-        let spec = load_spec(run);
-        // What was committed before the cut may still be applied just
-        // after it: measure from half a second in.
-        tokio::time::sleep((t0 + ISOLATION_GRACE).saturating_duration_since(Instant::now())).await;
-        let start_index =
-            deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h["last_applied"].as_u64());
-        let mut highest = start_index;
-        while Instant::now() < hold_until {
-            let (status, body) = deployment.submit(victim, &spec, Duration::from_secs(8)).await;
-            match status {
-                Some(201) => {
-                    round.isolated_created += 1;
-                    if let Some(id) = body.as_ref().and_then(|b| b["id"].as_str()) {
-                        probes.push(id.to_string());
+    match args.scenario {
+        Scenario::PartitionLeader => {
+            // The cut-off leader's own clients: it must not acknowledge.
+            // However long the failover took to measure, its clients are
+            // tried for two seconds at least.
+            let hold_until =
+                (t0 + args.hold.as_duration().max(Duration::from_secs(6))).max(Instant::now() + Duration::from_secs(2));
+            let spec = load_spec(&deployment.run);
+            // What was committed before the cut may still be applied just
+            // after it: measure from half a second in.
+            tokio::time::sleep((t0 + ISOLATION_GRACE).saturating_duration_since(Instant::now())).await;
+            let start_index =
+                deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h["last_applied"].as_u64());
+            let mut highest = start_index;
+            while Instant::now() < hold_until {
+                let (status, body) = deployment.submit(victim, &spec, Duration::from_secs(8), "isolated").await;
+                match status {
+                    Some(201) => {
+                        round.isolated_created += 1;
+                        if let Some(id) = body.as_ref().and_then(|b| b["id"].as_str()) {
+                            probes.push(id.to_string());
+                        }
                     }
+                    _ => round.isolated_errors += 1,
                 }
-                _ => round.isolated_errors += 1,
+                if let Some(health) = deployment.health(victim, Duration::from_secs(1)).await {
+                    highest = highest.max(health["last_applied"].as_u64());
+                }
             }
-            if let Some(health) = deployment.health(victim, Duration::from_secs(1)).await {
-                highest = highest.max(health["last_applied"].as_u64());
+            round.isolated_applied_delta = match (start_index, highest) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                (None, Some(b)) => Some(b),
+                _ => None,
+            };
+            if let Some(cut) = cut {
+                driver.heal(cut).await?;
             }
         }
-        round.isolated_applied_delta = match (start_index, highest) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            (None, Some(b)) => Some(b),
-            _ => None,
-        };
-        reconnect(&network, &container, &aliases).await?;
-    } else {
-        let left = (t0 + args.hold.as_duration()).saturating_duration_since(Instant::now());
-        tokio::time::sleep(left).await;
-        let restoring = Instant::now();
-        docker(&["start", &container]).await?;
-        round.restore_call_ms = ms(restoring.elapsed());
+        Scenario::PauseLeader => {
+            let left = (t0 + args.hold.as_duration()).saturating_duration_since(Instant::now());
+            tokio::time::sleep(left).await;
+            let restoring = Instant::now();
+            driver.resume(&member).await?;
+            round.restore_call_ms = ms(restoring.elapsed());
+        }
+        _ => {
+            let left = (t0 + args.hold.as_duration()).saturating_duration_since(Instant::now());
+            tokio::time::sleep(left).await;
+            let restoring = Instant::now();
+            driver.start(&member).await?;
+            round.restore_call_ms = ms(restoring.elapsed());
+        }
     }
     Ok(round)
+}
+
+/// Counts one thing a client saw.
+fn saw(round: &mut Round, what: String) {
+    *round.client_saw.entry(what).or_default() += 1;
+}
+
+fn answer_text(status: Option<u16>) -> String {
+    status.map(|s| s.to_string()).unwrap_or_else(|| "no answer".into())
+}
+
+/// asymmetric-partition: the leader's peers cannot open connections to it,
+/// it still reaches them. Writes through the leader and through the
+/// others are tried for `--hold` (at least 3 s), then the cut is healed.
+async fn asymmetric_round(
+    deployment: &Arc<Deployment>,
+    args: &DrillArgs,
+    probes: &mut Vec<String>,
+) -> anyhow::Result<Round> {
+    let ids: Vec<u64> = deployment.managers.keys().copied().collect();
+    let leader = deployment.wait_leader(&ids, Duration::from_secs(30)).await?;
+    let member = Member::Manager(leader);
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    let mut round = Round { victim: deployment.driver.label(&member), ..Round::default() };
+    let called = Instant::now();
+    let cut = deployment.driver.cut(&member, true).await?;
+    round.failure_call_ms = ms(called.elapsed());
+    let hold_until = called + args.hold.as_duration().max(Duration::from_secs(3));
+    let spec = load_spec(&deployment.run);
+    let mut i = 0usize;
+    let mut new_leader = None;
+    while Instant::now() < hold_until {
+        let (target, role) =
+            if i.is_multiple_of(2) { (leader, "leader") } else { (others[i / 2 % others.len()], "follower") };
+        i += 1;
+        let (status, body) = deployment.submit(target, &spec, Duration::from_secs(1), "one-way").await;
+        if status == Some(201) {
+            round.first_write_ms.get_or_insert(ms(called.elapsed()));
+            probes.extend(body.as_ref().and_then(|b| b["id"].as_str()).map(str::to_string));
+        }
+        saw(&mut round, format!("write via {role}: {}", answer_text(status)));
+        for id in &others {
+            let known = deployment.health(*id, Duration::from_millis(300)).await.and_then(|h| h["leader"].as_u64());
+            if known.is_some() && known != Some(leader) && new_leader.is_none() {
+                new_leader = Some(Instant::now());
+            }
+        }
+    }
+    round.leaderless_ms = new_leader.map(|t| ms(t.saturating_duration_since(called)));
+    let healing = Instant::now();
+    deployment.driver.heal(cut).await?;
+    round.restore_call_ms = ms(healing.elapsed());
+    Ok(round)
+}
+
+/// kill-two-managers: the leader and a follower die; the survivor's clients
+/// see writes refused (no quorum) and stale reads answered; one member is
+/// started (quorum back: how long until a write is accepted), then the
+/// other.
+async fn quorum_round(
+    deployment: &Arc<Deployment>,
+    args: &DrillArgs,
+    probes: &mut Vec<String>,
+) -> anyhow::Result<Round> {
+    let ids: Vec<u64> = deployment.managers.keys().copied().collect();
+    if ids.len() < 3 {
+        bail!("kill-two-managers needs three managers");
+    }
+    let leader = deployment.wait_leader(&ids, Duration::from_secs(30)).await?;
+    let follower = *ids.iter().find(|id| **id != leader).context("no follower")?;
+    let survivor = *ids.iter().find(|id| **id != leader && **id != follower).context("no survivor")?;
+    let driver = &deployment.driver;
+    let victims = [Member::Manager(leader), Member::Manager(follower)];
+    let mut round =
+        Round { victim: victims.iter().map(|m| driver.label(m)).collect::<Vec<_>>().join("+"), ..Round::default() };
+    let called = Instant::now();
+    let (a, b) = tokio::join!(driver.kill(&victims[0]), driver.kill(&victims[1]));
+    a?;
+    b?;
+    round.failure_call_ms = ms(called.elapsed());
+    let t0 = Instant::now();
+    // What a client of the survivor sees meanwhile.
+    let hold_until = t0 + args.hold.as_duration().max(Duration::from_secs(6));
+    let spec = load_spec(&deployment.run);
+    while Instant::now() < hold_until {
+        // Long enough for the survivor's own answer (a 503 once it gives up
+        // waiting for a leader, `--leader-wait`, 5 s by default).
+        let (status, body) = deployment.submit(survivor, &spec, Duration::from_secs(10), "no-quorum").await;
+        if status == Some(201) {
+            probes.extend(body.as_ref().and_then(|b| b["id"].as_str()).map(str::to_string));
+        }
+        saw(&mut round, format!("write: {}", answer_text(status)));
+        let stale = deployment
+            .request(reqwest::Method::GET, format!("{}/v1/tasks?stale=true&state=completed", deployment.url(survivor)))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await;
+        saw(&mut round, format!("stale read: {}", answer_text(stale.ok().map(|r| r.status().as_u16()))));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One back: a quorum again.
+    let restoring = Instant::now();
+    driver.start(&victims[1]).await?;
+    round.restore_call_ms = ms(restoring.elapsed());
+    let pair = [survivor, follower];
+    // A survivor may still name the dead leader: wait for another one.
+    let (leader_at, write_at, probe) =
+        measure_failover(deployment, &pair, Some(leader), restoring, Duration::from_secs(60)).await;
+    probes.extend(probe);
+    round.leaderless_ms = leader_at.map(|t| ms(t.saturating_duration_since(t0)));
+    round.first_write_ms = write_at.map(|t| ms(t.saturating_duration_since(restoring)));
+    round.unavailable_ms = write_at.map(|t| ms(t.saturating_duration_since(t0)));
+    driver.start(&victims[0]).await?;
+    Ok(round)
+}
+
+/// rolling-restart: each manager in turn, followers first: a clean stop,
+/// a start, and back in the group (it answers, one leader agreed by all)
+/// before the next. One round per manager.
+async fn rolling_round(deployment: &Arc<Deployment>, probes: &mut Vec<String>) -> anyhow::Result<Vec<Round>> {
+    let ids: Vec<u64> = deployment.managers.keys().copied().collect();
+    let leader = deployment.wait_leader(&ids, Duration::from_secs(30)).await?;
+    let mut order: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+    order.push(leader);
+    let mut rounds = Vec::new();
+    for victim in order {
+        let member = Member::Manager(victim);
+        let current = deployment.wait_leader(&ids, Duration::from_secs(60)).await?;
+        let survivors: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
+        let mut round = Round { victim: deployment.driver.label(&member), ..Round::default() };
+        let called = Instant::now();
+        let lost_leader = (victim == current).then_some(victim);
+        let stop = deployment.driver.stop(&member);
+        let watch = measure_failover(deployment, &survivors, lost_leader, called, Duration::from_secs(30));
+        let (stopped, (leader_at, write_at, probe)) = tokio::join!(stop, watch);
+        stopped?;
+        round.failure_call_ms = ms(called.elapsed());
+        round.leaderless_ms =
+            leader_at.filter(|_| lost_leader.is_some()).map(|t| ms(t.saturating_duration_since(called)));
+        round.first_write_ms = write_at.map(|t| ms(t.saturating_duration_since(called)));
+        probes.extend(probe);
+        let restoring = Instant::now();
+        deployment.driver.start(&member).await?;
+        round.restore_call_ms = ms(restoring.elapsed());
+        // Back: it answers and agrees with the others on the leader.
+        deployment.wait_leader(&ids, Duration::from_secs(60)).await?;
+        round.unavailable_ms = Some(ms(called.elapsed()));
+        rounds.push(round);
+    }
+    Ok(rounds)
 }
 
 async fn worker_round(deployment: &Arc<Deployment>, args: &DrillArgs, echo: &[String]) -> anyhow::Result<Round> {
@@ -736,20 +1016,16 @@ async fn worker_round(deployment: &Arc<Deployment>, args: &DrillArgs, echo: &[St
     }
     let (node, count) =
         per_node.iter().max_by_key(|(_, c)| **c).map(|(n, c)| (n.to_string(), *c)).context("no tasks")?;
-    let service = node
-        .strip_prefix(&format!("{}-", deployment.project))
-        .with_context(|| format!("node {node} is not a worker of project {}", deployment.project))?
-        .to_string();
-    let container = deployment.container(&service).await?;
-    let network = deployment.network();
-    let mut round = Round { victim: service, tasks_to_move: count, ..Round::default() };
+    let driver = &deployment.driver;
+    let member = driver.worker(&node)?;
+    let mut round = Round { victim: driver.label(&member), tasks_to_move: count, ..Round::default() };
 
     let called = Instant::now();
-    let aliases = match args.scenario {
-        Scenario::PartitionWorker => disconnect(&network, &container).await?,
+    let cut = match args.scenario {
+        Scenario::PartitionWorker => Some(driver.cut(&member, false).await?),
         _ => {
-            docker(&["kill", &container]).await?;
-            Vec::new()
+            driver.kill(&member).await?;
+            None
         }
     };
     let t0 = Instant::now();
@@ -761,50 +1037,61 @@ async fn worker_round(deployment: &Arc<Deployment>, args: &DrillArgs, echo: &[St
     }
     let left = (t0 + args.hold.as_duration()).saturating_duration_since(Instant::now());
     tokio::time::sleep(left).await;
-    match args.scenario {
-        Scenario::PartitionWorker => reconnect(&network, &container, &aliases).await?,
-        _ => {
-            docker(&["start", &container]).await?;
-        }
+    match cut {
+        Some(cut) => driver.heal(cut).await?,
+        None => driver.start(&member).await?,
     }
     moved?;
     Ok(round)
 }
 
-/// Runs the drill's rounds and checks the promises afterwards.
+/// Runs the drill's rounds and checks the promises afterwards (the history
+/// goes to a fresh recorder).
 pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
-    let deployment = Arc::new(Deployment::discover(args).await?);
+    drill_with(args, &Recorder::new()).await
+}
+
+async fn drill_with(args: &DrillArgs, recorder: &Recorder) -> anyhow::Result<Report> {
+    let deployment = Arc::new(Deployment::discover(args, recorder.clone()).await?);
+    let result = rounds(&deployment, args).await;
+    // Whatever happened: no rule, pause or stopped member left behind.
+    deployment.driver.cleanup().await;
+    result
+}
+
+async fn rounds(deployment: &Arc<Deployment>, args: &DrillArgs) -> anyhow::Result<Report> {
     let ids: Vec<u64> = deployment.managers.keys().copied().collect();
-    let run = format!("{:08x}", rand::random::<u32>());
     let worker_drill = matches!(args.scenario, Scenario::KillWorker | Scenario::PartitionWorker);
     // A leader partition must not touch the workers' tasks: watch a few.
     let watch_tasks = worker_drill || args.scenario == Scenario::PartitionLeader;
-    let echo = if watch_tasks { place_echo_tasks(&deployment, args.tasks, &run).await? } else { Vec::new() };
+    let echo = if watch_tasks { place_echo_tasks(deployment, args.tasks).await? } else { Vec::new() };
 
-    let mut report = Report {
-        scenario: serde_json::to_value(args.scenario)?.as_str().unwrap_or_default().to_string(),
-        ..Report::default()
-    };
+    let mut report =
+        Report { scenario: scenario_name(args.scenario), driver: driver_name(args.driver), ..Report::default() };
     let mut acknowledged = Vec::new();
     let mut max_copies = None;
     for round_no in 0..args.repeat.max(1) {
         let before = match args.scenario {
-            Scenario::PartitionLeader => Some(Untouched::take(&deployment, &echo).await?),
+            Scenario::PartitionLeader => Some(Untouched::take(deployment, &echo).await?),
             _ => None,
         };
-        let load = Load::start(deployment.clone(), args.rate, run.clone());
+        let load = Load::start(deployment.clone(), args.rate);
         let mut probes = Vec::new();
-        let round = if worker_drill {
-            worker_round(&deployment, args, &echo).await
-        } else {
-            manager_round(&deployment, args, &run, &mut probes).await
+        let rounds = match args.scenario {
+            Scenario::KillWorker | Scenario::PartitionWorker => {
+                worker_round(deployment, args, &echo).await.map(|r| vec![r])
+            }
+            Scenario::AsymmetricPartition => asymmetric_round(deployment, args, &mut probes).await.map(|r| vec![r]),
+            Scenario::KillTwoManagers => quorum_round(deployment, args, &mut probes).await.map(|r| vec![r]),
+            Scenario::RollingRestart => rolling_round(deployment, &mut probes).await,
+            _ => manager_round(deployment, args, &mut probes).await.map(|r| vec![r]),
         };
         let converging = Instant::now();
         // Convergence: one leader all agree on, every manager at one state.
         let leader = deployment.wait_leader(&ids, args.settle.as_duration()).await;
         let converged_after = converging.elapsed();
         let outcomes = load.finish().await;
-        let mut round = round?;
+        let mut rounds = rounds?;
         let leader = leader?;
         if let Some(before) = &before {
             // Whatever the old leader decided while cut off would be
@@ -812,27 +1099,31 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
             // new containers) within a few heartbeats: look after those.
             deployment.verify(leader, args.settle.as_duration()).await?;
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let after = Untouched::take(&deployment, &echo).await?;
+            let after = Untouched::take(deployment, &echo).await?;
             let (down, generations, containers) = before.changes(&after);
-            round.nodes_marked_down = Some(down);
-            round.generations_changed = Some(generations);
-            round.containers_restarted = Some(containers);
+            for round in &mut rounds {
+                round.nodes_marked_down = Some(down);
+                round.generations_changed = Some(generations);
+                round.containers_restarted = Some(containers);
+            }
         }
         if watch_tasks {
-            let copies = wait_one_copy_each(&echo, args.settle.as_duration()).await?;
+            let copies = wait_one_copy_each(deployment, &echo, args.settle.as_duration()).await?;
             max_copies = Some(max_copies.unwrap_or(0).max(copies));
         }
-        eprintln!(
-            "round {}: {} leaderless {:?} ms, first write {:?} ms, moved {:?} ms; docker call {} ms, docker start {} ms, agreed leader {:?} after that",
-            round_no + 1,
-            round.victim,
-            round.leaderless_ms,
-            round.first_write_ms,
-            round.moved_ms,
-            round.failure_call_ms,
-            round.restore_call_ms,
-            converged_after
-        );
+        for round in &rounds {
+            eprintln!(
+                "round {}: {} leaderless {:?} ms, first write {:?} ms, moved {:?} ms; failure call {} ms, restore call {} ms, agreed leader {:?} after that",
+                round_no + 1,
+                round.victim,
+                round.leaderless_ms,
+                round.first_write_ms,
+                round.moved_ms,
+                round.failure_call_ms,
+                round.restore_call_ms,
+                converged_after
+            );
+        }
         report.submitted += outcomes.len();
         for outcome in &outcomes {
             match (outcome.status, &outcome.task) {
@@ -840,10 +1131,9 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
                 (Some(status), _) => *report.refused.entry(status.to_string()).or_default() += 1,
                 (None, _) => *report.refused.entry("no answer".into()).or_default() += 1,
             }
-            let _ = (outcome.manager, outcome.sent);
         }
         acknowledged.extend(probes);
-        report.rounds.push(round);
+        report.rounds.extend(rounds);
     }
     report.acknowledged = acknowledged.len();
     report.max_copies = max_copies;
@@ -856,12 +1146,13 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
     report.digest = first["digest"].as_str().map(str::to_string);
     report.leader = first["leader"].as_u64();
 
+    // Every acknowledged task, on every manager: a linearizable list
+    // through each (recorded: the history check sees them too).
     let wanted: BTreeSet<&str> = acknowledged.iter().map(String::as_str).collect();
     let mut lost = BTreeSet::new();
     for id in &ids {
-        let tasks = deployment.tasks(*id).await?;
-        let held: BTreeSet<&str> = tasks.iter().filter_map(|t| t["id"].as_str()).collect();
-        lost.extend(wanted.difference(&held).map(|s| s.to_string()));
+        let held = deployment.list(*id, Duration::from_secs(60), "final").await?;
+        lost.extend(wanted.iter().filter(|t| !held.contains_key(**t)).map(|s| s.to_string()));
     }
     report.acknowledged_lost = lost.len();
 
@@ -872,9 +1163,25 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
     report.leaderless_median_ms = median(&gaps);
     report.leaderless_max_ms = gaps.iter().copied().reduce(f64::max);
 
-    // Leave the deployment as it was: stop what the drill submitted.
-    stop_tasks(&deployment, &acknowledged).await;
-    stop_tasks(&deployment, &echo).await;
+    // Leave the deployment as it was: stop what the drill submitted (every
+    // create it sent, answered or not), then read the result once more.
+    let mut sent: Vec<String> = deployment
+        .history
+        .operations()
+        .iter()
+        .filter_map(|op| match &op.call {
+            Call::Create { task } if op.outcome != history::Outcome::Failed => Some(task.clone()),
+            _ => None,
+        })
+        .collect();
+    sent.sort();
+    sent.dedup();
+    stop_tasks(deployment, &sent).await;
+    let _ = deployment.list(ids[0], Duration::from_secs(60), "final").await;
+
+    let check = history::check(&deployment.history.operations());
+    eprintln!("{}", check.summary());
+    report.history = Some(check);
     Ok(report)
 }
 
@@ -886,7 +1193,7 @@ fn opt(v: Option<f64>) -> String {
 pub fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "goat drill {}: {} round(s)", r.scenario, r.rounds.len());
+    let _ = writeln!(out, "goat drill {} ({}): {} round(s)", r.scenario, r.driver, r.rounds.len());
     for (i, round) in r.rounds.iter().enumerate() {
         let _ = write!(out, "  {:>2}. {:<9}", i + 1, round.victim);
         if round.leaderless_ms.is_some() || round.first_write_ms.is_some() {
@@ -896,6 +1203,9 @@ pub fn render(r: &Report) -> String {
                 if round.leaderless_ms.is_none() { "kept".to_string() } else { opt(round.leaderless_ms) },
                 opt(round.first_write_ms)
             );
+        }
+        if round.unavailable_ms.is_some() {
+            let _ = write!(out, ", writes unavailable {}", opt(round.unavailable_ms));
         }
         if round.tasks_to_move > 0 {
             let _ =
@@ -913,7 +1223,11 @@ pub fn render(r: &Report) -> String {
         {
             let _ = write!(out, "; afterwards {down} node(s) marked down, {moved} task(s) placed again, {restarted} container(s) replaced");
         }
-        let _ = writeln!(out, " [docker call {:.0} ms]", round.failure_call_ms);
+        let _ = writeln!(out, " [failure call {:.0} ms]", round.failure_call_ms);
+        if !round.client_saw.is_empty() {
+            let seen: Vec<String> = round.client_saw.iter().map(|(k, v)| format!("{v}× {k}")).collect();
+            let _ = writeln!(out, "      clients saw: {}", seen.join(", "));
+        }
     }
     if !r.rounds.iter().all(|x| x.first_write_ms.is_none()) {
         let _ = writeln!(
@@ -951,24 +1265,18 @@ pub fn render(r: &Report) -> String {
         r.digest.as_deref().unwrap_or("-"),
         r.leader.map(|l| format!("manager{l}")).unwrap_or_else(|| "-".into())
     );
+    if let Some(h) = &r.history {
+        let _ = writeln!(out, "{}", h.summary());
+    }
+    for c in &r.assertions {
+        let _ = writeln!(out, "assert {}: {} ({})", c.assertion, if c.passed { "ok" } else { "FAILED" }, c.actual);
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn docker_times_parse() {
-        let t = parse_rfc3339_utc("2026-11-25T13:42:18.534123456Z").unwrap();
-        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(since.as_secs(), 1_795_614_138);
-        assert_eq!(since.subsec_nanos(), 534_123_456);
-        let t = parse_rfc3339_utc("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap(), Duration::from_millis(86_401_500));
-        assert_eq!(parse_rfc3339_utc("0001-01-01T00:00:00Z"), None, "a container that never ran");
-        assert_eq!(parse_rfc3339_utc("yesterday"), None);
-    }
 
     #[test]
     fn median_of_an_odd_and_an_even_count() {
@@ -990,6 +1298,7 @@ mod tests {
         };
         let text = render(&report);
         assert!(text.contains("manager1"), "{text}");
+        assert!(!text.contains("history:"), "no history, no line: {text}");
         assert!(text.contains("first write   310 ms"), "{text}");
         assert!(text.contains("consistent, not converged"), "{text}");
         assert!(text.contains("10 acknowledged, 0 lost"), "{text}");

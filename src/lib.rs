@@ -8,6 +8,8 @@ pub mod clock;
 pub mod control;
 pub mod drill;
 pub mod echo;
+pub mod headroom;
+pub mod history;
 pub mod manager;
 pub mod metrics;
 

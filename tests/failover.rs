@@ -9,7 +9,10 @@
 //! (one deployment at a time on this machine). The images are built by
 //! tests/run.sh first (deploy/build-images.sh). Figures are printed, not
 //! asserted: the promises asserted are 0 acknowledged tasks lost, at most one
-//! running copy per task, and managers agreeing on their state.
+//! running copy per task, managers agreeing on their state, and a
+//! linearizable history: every client operation a case makes (its own load,
+//! or `goat drill`'s) is recorded and checked by `goat::history` at the end,
+//! which prints `history: N operations checked, linearizable`.
 
 mod common;
 
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::free_port;
 use common::worker::ensure_images;
+use goat::history::{self, Call, Recorder, Seen};
 use serde_json::{json, Value};
 
 /// One deployment at a time: each is five containers on a 2-core machine.
@@ -126,19 +130,60 @@ impl Deployment {
         (1..=3).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
     }
 
-    /// `goat drill ... --json` against this deployment.
+    /// `goat drill ... --json` against this deployment; its history (kept
+    /// with `--history`) is checked again here and must be linearizable.
     fn drill(&self, scenario: &str, extra: &[&str]) -> Value {
+        let file = tempfile::NamedTempFile::new().expect("history file");
         let out = Command::new(env!("CARGO_BIN_EXE_goat"))
             .args(["drill", scenario, "--json", "--project", &self.project, "--managers", &self.managers_flag()])
+            .arg("--history")
+            .arg(file.path())
             .args(extra)
+            .env("GOAT_TOKEN", &self.token)
             .stderr(Stdio::inherit())
             .output()
             .expect("run goat drill");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("drill {scenario}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout))
         });
-        println!("drill {scenario}: {}", serde_json::to_string(&report).unwrap_or_default());
+        let mut brief = report.clone();
+        brief["history"]["violation"] = Value::Null;
+        println!("drill {scenario}: {}", serde_json::to_string(&brief).unwrap_or_default());
+        let text = std::fs::read_to_string(file.path()).expect("the drill wrote its history");
+        let ops = history::from_json_lines(&text).expect("the history parses");
+        let verdict = history::check(&ops);
+        println!("drill {scenario}: {}", verdict.summary());
+        assert!(verdict.operations > 0, "the drill recorded nothing");
+        assert!(verdict.linearizable, "drill {scenario}: {}", verdict.summary());
+        assert_eq!(report["history"]["operations"], verdict.operations as u64, "the drill checked the same history");
         report
+    }
+
+    /// A linearizable list of every task through each manager of `on`,
+    /// recorded; then the whole history is checked and must be
+    /// linearizable.
+    async fn check_history(&self, recorder: &Recorder, on: &[u64]) {
+        for id in on {
+            let pending = recorder.begin(&format!("final@manager{id}"), Call::List);
+            let answer =
+                self.http.get(format!("{}/v1/tasks", self.url(*id))).timeout(Duration::from_secs(60)).send().await;
+            match answer {
+                Ok(r) if r.status() == 200 => {
+                    let tasks: Vec<Value> = r.json().await.expect("tasks");
+                    pending.listed(
+                        tasks
+                            .iter()
+                            .filter_map(|t| Some((t["id"].as_str()?.to_string(), history::seen_of_task(t))))
+                            .collect(),
+                    );
+                }
+                _ => pending.unknown(),
+            }
+        }
+        let verdict = history::check(&recorder.operations());
+        println!("{}", verdict.summary());
+        assert!(verdict.operations > 0, "nothing recorded");
+        assert!(verdict.linearizable, "{}", verdict.summary());
     }
 
     async fn health(&self, id: u64) -> Option<Value> {
@@ -214,34 +259,76 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Steady submissions (one every 50 ms, round-robin over `targets`) until
-/// stopped; returns the acknowledged task ids and the other answers.
+/// Steady submissions (one every 50 ms, round-robin over `targets`, each
+/// with an `Idempotency-Key`, a read of an earlier one every fourth) until
+/// stopped, recorded in `recorder`; returns the acknowledged task ids and
+/// the other answers.
 struct Load {
     stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<(Vec<String>, Vec<String>)>,
 }
 
 impl Load {
-    fn start(deployment: &Deployment, targets: Vec<u64>) -> Load {
+    fn start(deployment: &Deployment, targets: Vec<u64>, recorder: &Recorder) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let http = deployment.http.clone();
-        let urls: Vec<String> = targets.iter().map(|id| deployment.url(*id)).collect();
+        let urls: Vec<(u64, String)> = targets.iter().map(|id| (*id, deployment.url(*id))).collect();
+        let recorder = recorder.clone();
         let handle = tokio::spawn(async move {
             let mut requests = Vec::new();
+            let mut sent: Vec<String> = Vec::new();
             let mut i = 0usize;
             while !stopping.load(Ordering::Relaxed) {
-                let url = format!("{}/v1/tasks", urls[i % urls.len()]);
+                let (id, base) = urls[i % urls.len()].clone();
                 i += 1;
                 let http = http.clone();
+                let recorder = recorder.clone();
+                if i.is_multiple_of(4) && !sent.is_empty() {
+                    let task = sent[rand::random::<usize>() % sent.len()].clone();
+                    tokio::spawn(async move {
+                        let pending = recorder.begin(&format!("load@manager{id}"), Call::Read { task: task.clone() });
+                        match http.get(format!("{base}/v1/tasks/{task}")).send().await {
+                            Ok(r) if r.status() == 404 => pending.saw(Seen::Absent),
+                            Ok(r) if r.status() == 200 => match r.json::<Value>().await {
+                                Ok(t) => pending.saw(history::seen_of_task(&t)),
+                                Err(_) => pending.unknown(),
+                            },
+                            _ => pending.unknown(),
+                        }
+                    });
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                let key = uuid::Uuid::new_v4().to_string();
+                let task = goat::manager::api::task_id_for_key(&key).to_string();
+                sent.push(task.clone());
                 requests.push(tokio::spawn(async move {
                     let spec = json!({"name": "load", "image": "goat-echo:latest", "cpu": 1024});
-                    match http.post(url).json(&spec).send().await {
-                        Ok(r) if r.status() == 201 => {
+                    let pending = recorder.begin(&format!("load@manager{id}"), Call::Create { task });
+                    let answer =
+                        http.post(format!("{base}/v1/tasks")).header("Idempotency-Key", &key).json(&spec).send().await;
+                    match answer {
+                        Ok(r) if r.status().is_success() => {
+                            pending.ok();
                             Ok(r.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_string)))
                         }
-                        Ok(r) => Err(r.status().to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(r) => {
+                            if r.status().is_client_error() {
+                                pending.failed();
+                            } else {
+                                pending.unknown();
+                            }
+                            Err(r.status().to_string())
+                        }
+                        Err(e) => {
+                            if e.is_connect() {
+                                pending.failed();
+                            } else {
+                                pending.unknown();
+                            }
+                            Err(e.to_string())
+                        }
                     }
                 }));
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -278,7 +365,15 @@ fn f(report: &Value, key: &str) -> f64 {
 async fn leader_killed_twenty_times_loses_no_acknowledged_task() {
     let _turn = lock().await;
     let deployment = Deployment::start("kill");
-    let report = deployment.drill("kill-leader", &["--repeat", "20", "--hold", "500ms", "--rate", "20"]);
+    let junit = tempfile::NamedTempFile::new().expect("junit file");
+    let junit_path = junit.path().to_string_lossy().to_string();
+    let gate = ["--assert", "lost=0,linearizable,converged", "--junit", &junit_path];
+    let report =
+        deployment.drill("kill-leader", &[&["--repeat", "20", "--hold", "500ms", "--rate", "20"], &gate[..]].concat());
+    let junit = std::fs::read_to_string(junit.path()).expect("the drill wrote its JUnit report");
+    println!("{}", junit.lines().take(8).collect::<Vec<_>>().join("\n"));
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    assert_eq!(report["assertions"].as_array().map(Vec::len), Some(3), "{report}");
     let rounds = report["rounds"].as_array().expect("rounds");
     let firsts: Vec<f64> = rounds.iter().map(|r| f(r, "first_write_ms")).collect();
     let calls: Vec<f64> = rounds.iter().map(|r| f(r, "failure_call_ms")).collect();
@@ -333,7 +428,8 @@ async fn a_follower_whose_volume_is_wiped_rejoins_and_catches_up() {
     let leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let others: Vec<u64> = (1..=3).filter(|id| *id != follower).collect();
-    let load = Load::start(&deployment, others.clone());
+    let recorder = Recorder::new();
+    let load = Load::start(&deployment, others.clone(), &recorder);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let service = format!("manager{follower}");
@@ -355,6 +451,7 @@ async fn a_follower_whose_volume_is_wiped_rejoins_and_catches_up() {
         verdict["managers"][0]["state"]["applied_index"]
     );
     deployment.assert_all_present(&acked, &[1, 2, 3]).await;
+    deployment.check_history(&recorder, &[1, 2, 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +518,8 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
     let leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
     let survivor = (1..=3).find(|id| *id != leader).expect("a follower");
     let down: Vec<u64> = (1..=3).filter(|id| *id != survivor).collect();
-    let load = Load::start(&deployment, vec![survivor]);
+    let recorder = Recorder::new();
+    let load = Load::start(&deployment, vec![survivor], &recorder);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (acked, _) = load.finish().await;
     assert!(!acked.is_empty());
@@ -453,7 +551,7 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
     docker(&["start", &deployment.container(&format!("manager{back}"))]);
     let started = Instant::now();
     deployment.leader(&[survivor, back], Duration::from_secs(30)).await;
-    let load = Load::start(&deployment, vec![survivor, back]);
+    let load = Load::start(&deployment, vec![survivor, back], &recorder);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (more, failed) = load.finish().await;
     println!(
@@ -468,6 +566,7 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
     docker(&["start", &deployment.container(&format!("manager{}", down[1]))]);
     deployment.verify(survivor).await;
     deployment.assert_all_present(&all, &[1, 2, 3]).await;
+    deployment.check_history(&recorder, &[1, 2, 3]).await;
 }
 
 /// Issue 15, point 2: a leader cut off from the other managers for longer

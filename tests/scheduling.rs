@@ -171,3 +171,50 @@ async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy
         after["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
     assert!(states.windows(2).any(|w| w == ["failed", "pending"]), "{states:?}");
 }
+
+/// `goat plan node-loss` on a real cluster: a node with a task too big for
+/// every other node names that task and the scheduler's reason, and exits 6;
+/// the plan for the small node fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_node_loss_names_the_task_that_would_find_no_place_and_why() {
+    ensure_images();
+    let cluster = Cluster::start(3, &[]).await;
+    let small = SmallWorker::start(&cluster, &unique("small"), "256MiB");
+    let big = SmallWorker::start(&cluster, &unique("big"), "2GiB");
+    for worker in [&small, &big] {
+        wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    }
+    let hog = cluster.submit(1, &sleeper(&unique("hog"), 1 << 30)).await;
+    let hog_id = hog["id"].as_str().expect("id").to_string();
+    let placed = wait_task(&cluster, &hog_id, "placed", CONVERGE, |t| t["node"].is_string()).await;
+    assert_eq!(placed["node"].as_str(), Some(big.name.as_str()), "only the big node fits 1 GiB");
+
+    let addrs: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
+    let plan = |args: &[&str]| {
+        Command::new(goat_bin())
+            .args(["plan", "node-loss"])
+            .args(args)
+            .args(["--addr", &addrs.join(","), "--token", TOKEN])
+            .output()
+            .expect("run goat plan")
+    };
+    let out = plan(&[&big.name]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("goat plan node-loss {}:\n{text}{}", big.name, String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(6), "exit 6: a task would find no place");
+    assert!(text.contains(&hog_id), "names the task: {text}");
+    assert!(text.contains("memory"), "gives the scheduler's reason: {text}");
+
+    // Without a node: the busiest (the big node, the only one with a task).
+    let out = plan(&["--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    assert_eq!(json["node"], big.name.as_str());
+    assert_eq!(json["busiest"], true);
+    assert_eq!(json["fits"], false);
+    // The small node runs nothing: losing it strands nothing.
+    let out = plan(&[&small.name]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    // An unknown node is a 404.
+    assert_eq!(plan(&["no-such-node"]).status.code(), Some(3));
+    let _ = cluster.http.delete(format!("{}/v1/tasks/{hog_id}", cluster.url(1))).send().await;
+}

@@ -40,6 +40,29 @@ pub enum OperatorCommand {
     Members(MembersArgs),
     /// Save the cluster state to a file, or restore it from one.
     Snapshot(SnapshotArgs),
+    /// Plan for a failure before it happens.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The cluster token.
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub action: PlanAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanAction {
+    /// Would every task of NODE (default: the busiest node) find a place if
+    /// it died now? Exit 6 if one would not.
+    NodeLoss {
+        /// The node assumed lost.
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 pub use super::args::{parse_env, parse_port};
 use super::args::{
-    ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, RunArgs, SnapshotAction, SnapshotArgs,
-    StatusArgs, StopArgs,
+    ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, PlanAction, PlanArgs, RunArgs,
+    SnapshotAction, SnapshotArgs, StatusArgs, StopArgs,
 };
 use super::client::Client;
 use super::error::{exit, CliError};
@@ -487,6 +487,72 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// `goat plan node-loss [NODE]`.
+pub async fn plan(args: PlanArgs) -> Result<(), CliError> {
+    let client = client(&args.client, args.token.clone())?;
+    let PlanAction::NodeLoss { node } = &args.action;
+    let path = match node {
+        Some(name) => format!("/v1/cluster/headroom?node={}", encode_query(name)),
+        None => "/v1/cluster/headroom".to_string(),
+    };
+    let plan: crate::headroom::NodeLoss = client.get(&path).await?;
+    if args.client.json {
+        print_json(&plan)?;
+    } else {
+        println!("{}", render_plan(&plan));
+    }
+    if plan.fits {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            exit::NO_ROOM,
+            format!("{} of {} tasks of {} would find no place", plan.tasks - plan.placed, plan.tasks, plan.node),
+        ))
+    }
+}
+
+/// Percent-encodes a query value (node names are simple, but be safe).
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The plan for people: a headline, then one row per task.
+pub fn render_plan(plan: &crate::headroom::NodeLoss) -> String {
+    let which = if plan.busiest { " (the busiest node)" } else { "" };
+    let mut out = format!(
+        "if {}{which} died now: {} of its {} tasks would find a place on the {} other ready node{}{}",
+        plan.node,
+        plan.placed,
+        plan.tasks,
+        plan.nodes_left,
+        if plan.nodes_left == 1 { "" } else { "s" },
+        if plan.fits { "" } else { "; NOT all" }
+    );
+    if !plan.moves.is_empty() {
+        let rows: Vec<Vec<String>> = plan
+            .moves
+            .iter()
+            .map(|m| {
+                vec![
+                    m.task.to_string(),
+                    m.name.clone(),
+                    m.to.clone().unwrap_or_else(|| "-".into()),
+                    m.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&render(&["TASK", "NAME", "WOULD GO TO", "WHY NOT"], &rows));
+    }
+    out
 }
 
 #[cfg(test)]

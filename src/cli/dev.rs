@@ -9,6 +9,13 @@
 //!
 //! The children run in their own process group, so the terminal's Ctrl-C
 //! reaches only `goat dev`, which then stops them in order.
+//!
+//! `DATA_DIR/deployment.json` names every process (pid, command line, log)
+//! for `goat drill --driver procs --dev-dir DATA_DIR`, which kills, pauses
+//! and restarts them. So a child that exits after the cluster came up does
+//! not end `goat dev` (a cluster outlives one member; the line says so), and
+//! on exit `goat dev` also stops the processes a drill started again (the
+//! file's pids that are not its own children).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +29,7 @@ pub use super::args::DevArgs;
 use super::client::Client;
 use super::commands;
 use super::error::CliError;
+use crate::drill::{Proc as DrillProc, ProcsFile};
 
 const ECHO_IMAGE: &str = "goat-echo:latest";
 
@@ -30,6 +38,7 @@ struct Proc {
     name: String,
     child: tokio::process::Child,
     log: PathBuf,
+    argv: Vec<String>,
 }
 
 /// Starts `goat ARGS...` in its own process group, stderr to `log`.
@@ -56,7 +65,7 @@ fn spawn(name: &str, args: &[String], log: &Path, log_json: bool) -> Result<Proc
         });
     }
     let child = command.spawn().map_err(|e| CliError::other(format!("starting {name}: {e}")))?;
-    Ok(Proc { name: name.to_string(), child, log: log.to_path_buf() })
+    Ok(Proc { name: name.to_string(), child, log: log.to_path_buf(), argv: args.to_vec() })
 }
 
 /// The last lines of a log, to explain a child's early exit.
@@ -167,6 +176,7 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
             .chain(["--data-dir".to_string(), data.to_string_lossy().into_owned()])
             .collect();
         procs.push(spawn("the worker", &argv, &dir.join("worker.log"), log_json)?);
+        write_deployment_file(&dir, &token, &addrs, &worker, &procs)?;
         tokio::select! {
             result = bring_up(&mut procs, &addrs, &token, args.echo_port, &mut task_id) => result?,
             _ = crate::shutdown_signal() => return Ok(()),
@@ -174,7 +184,7 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
         print_banner(&addrs, &worker, &dir, &token, args.echo_port, task_id.as_deref().unwrap_or("?"), temp.is_some());
         tokio::select! {
             _ = crate::shutdown_signal() => Ok(()),
-            e = watch_children(&mut procs) => Err(e),
+            e = watch_children(&mut procs, &dir) => Err(e),
         }
     }
     .await;
@@ -188,6 +198,7 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     for p in procs.iter_mut().rev() {
         terminate(p).await;
     }
+    terminate_adopted(&dir, &procs).await;
     remove_containers(&worker).await;
     match &temp {
         Some(_) => eprintln!("==> stopped; removed {}", dir.display()),
@@ -268,20 +279,106 @@ fn print_banner(addrs: &[String], worker: &str, dir: &Path, token: &str, echo_po
          \x20 export GOAT_ADDR={}\n\
          \x20 export GOAT_TOKEN={token}\n\
          \x20 {exe} status\n\
+         \x20 {exe} drill kill-leader --driver procs --dev-dir {}\n\
          \nPress Ctrl-C to stop.",
         addrs.join(" "),
         dir.display(),
         addrs.join(","),
+        dir.display(),
     );
 }
 
-/// Resolves (with an error) when a child exits on its own.
-async fn watch_children(procs: &mut [Proc]) -> CliError {
+/// Reports each child that exits on its own (a drill may have killed it,
+/// and may start it again: see the module's comment); resolves with an
+/// error once every child has exited and the deployment file names no live
+/// process either.
+async fn watch_children(procs: &mut [Proc], dir: &Path) -> CliError {
+    let mut reported = vec![false; procs.len()];
     loop {
-        if let Err(e) = check_alive(procs) {
-            return e;
+        for (i, p) in procs.iter_mut().enumerate() {
+            if reported[i] {
+                continue;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                reported[i] = true;
+                eprintln!("==> {} exited ({status}); the others carry on (log: {})", p.name, p.log.display());
+            }
+        }
+        let file_alive = ProcsFile::read(dir)
+            .map(|f| f.managers.iter().chain(&f.workers).any(|p| pid_alive(p.pid)))
+            .unwrap_or(false);
+        if reported.iter().all(|r| *r) && !file_alive {
+            return CliError::other("every process of the deployment exited: see their logs");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Writes `deployment.json` for `goat drill --driver procs`.
+fn write_deployment_file(
+    dir: &Path,
+    token: &str,
+    addrs: &[String],
+    worker: &str,
+    procs: &[Proc],
+) -> Result<(), CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::other(format!("locating the goat binary: {e}")))?;
+    let entry = |i: usize, id: u64, name: &str, addr: &str| DrillProc {
+        name: name.to_string(),
+        id,
+        addr: addr.to_string(),
+        pid: procs.get(i).and_then(|p| p.child.id()).unwrap_or(0),
+        argv: procs.get(i).map(|p| p.argv.clone()).unwrap_or_default(),
+        log: procs.get(i).map(|p| p.log.clone()).unwrap_or_default(),
+    };
+    let file = ProcsFile {
+        exe,
+        token: token.to_string(),
+        managers: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| entry(i, i as u64 + 1, &format!("manager{}", i + 1), a))
+            .collect(),
+        workers: vec![entry(addrs.len(), 0, "worker", worker)],
+    };
+    file.write(dir).map_err(|e| CliError::other(format!("{e:#}")))
+}
+
+/// Alive and not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Stops the processes a drill started again (named in the deployment
+/// file, not children of ours): SIGTERM, then SIGKILL after 5 s. Workers
+/// first, like our own.
+async fn terminate_adopted(dir: &Path, procs: &[Proc]) {
+    let Ok(file) = ProcsFile::read(dir) else { return };
+    let own: Vec<u32> = procs.iter().filter_map(|p| p.child.id()).collect();
+    for p in file.workers.iter().chain(&file.managers) {
+        if p.pid == 0 || own.contains(&p.pid) || !pid_alive(p.pid) {
+            continue;
+        }
+        let Ok(pid) = libc::pid_t::try_from(p.pid) else { continue };
+        // SAFETY: signals a process this deployment started (its pid is in
+        // our deployment file and alive).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && pid_alive(p.pid) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if pid_alive(p.pid) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        eprintln!("    stopped {} (pid {}, started again by a drill)", p.name, p.pid);
     }
 }
 

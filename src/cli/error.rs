@@ -19,6 +19,8 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 4;
     /// `goat run --wait`: the task ended `failed`.
     pub const TASK_FAILED: i32 = 5;
+    /// `goat plan node-loss`: some task would find no place.
+    pub const NO_ROOM: i32 = 6;
 }
 
 /// An operator command's failure: one line for people, one code for scripts.

@@ -37,6 +37,7 @@ pub async fn main(command: OperatorCommand, log_json: bool) -> i32 {
         OperatorCommand::Node(args) => commands::node(args).await,
         OperatorCommand::Members(args) => commands::members(args).await,
         OperatorCommand::Snapshot(args) => commands::snapshot(args).await,
+        OperatorCommand::Plan(args) => commands::plan(args).await,
     };
     match result {
         Ok(()) => exit::OK,

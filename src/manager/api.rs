@@ -54,6 +54,7 @@ public_api! {
     post "/v1/cluster/members" => add_member;
     delete "/v1/cluster/members/{id}" => remove_member;
     get "/v1/cluster/verify" => super::verify::verify;
+    get "/v1/cluster/headroom" => super::headroom::headroom;
     post "/v1/tasks" => submit_task;
     get "/v1/tasks" => list_tasks;
     get "/v1/tasks/{id}" => get_task;
@@ -268,7 +269,13 @@ fn submission_id(headers: &HeaderMap) -> Result<Uuid, ApiError> {
     if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid());
     }
-    Ok(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()))
+    Ok(task_id_for_key(key))
+}
+
+/// The task id a submission with this `Idempotency-Key` creates (clients
+/// that record histories know it before the answer).
+pub fn task_id_for_key(key: &str) -> Uuid {
+    Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes())
 }
 
 /// `POST /v1/tasks`: `201` with the new task; with an `Idempotency-Key`

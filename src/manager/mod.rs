@@ -19,6 +19,7 @@
 //!   down nodes.
 //! - [`openapi`]: the API's OpenAPI document.
 //! - [`verify`]: state fingerprints, to prove the managers agree.
+//! - [`headroom`]: would a node's tasks find a place if it died now.
 
 pub mod api;
 pub mod assignments;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod gc;
+pub mod headroom;
 pub mod json;
 pub mod leader;
 pub mod nodes;
