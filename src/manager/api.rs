@@ -1,5 +1,5 @@
 //! The public HTTP API (`/v1`, JSON) and the managers' internal routes
-//! (`/internal`, bincode, token required). Every manager serves all of it:
+//! (`/internal`, bincode, cluster token required; see [`super::auth`]). Every manager serves all of it:
 //! writes are proposed through the leader, reads are linearizable unless the
 //! client asks for `?stale=true`.
 
@@ -67,17 +67,25 @@ public_api! {
     get "/v1/openapi.json" => super::openapi::document;
     get "/v1/snapshot" => super::snapshot::save;
     post "/v1/snapshot/restore" => super::snapshot::restore, limit super::snapshot::MAX_RESTORE_BYTES;
+    post "/v1/tokens" => super::auth::create;
+    get "/v1/tokens" => super::auth::list;
+    delete "/v1/tokens/{id}" => super::auth::revoke;
 }
 
-pub fn router(manager: Arc<Manager>) -> Router {
+/// The whole HTTP surface of a manager: the public API, the internal
+/// routes, and `extra` (the `/raft/*` routes), all behind one
+/// authentication layer ([`super::auth::authenticate`]).
+pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
     public_router()
         .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
         .route("/internal/read-index", post(internal_read_index))
         .route("/internal/status", get(internal_status))
         .route("/internal/state-digest", get(super::verify::internal_state_digest))
         .fallback(not_found)
+        .with_state(manager.clone())
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(manager, super::auth::authenticate))
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
-        .with_state(manager)
 }
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
@@ -306,7 +314,7 @@ async fn submit_task(
     let location = format!("/v1/tasks/{}", task.id);
     // Created by this request, or by an earlier one with the same key.
     let status = if task.created_at == at { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, [(header::LOCATION, location)], Json(task)).into_response())
+    Ok((status, [(header::LOCATION, location)], Json(task.redacted())).into_response())
 }
 
 /// `GET /v1/stats`: how many tasks are in each state and nodes in each
@@ -341,7 +349,13 @@ async fn list_tasks(
     let options = read_options(query)?;
     consistent(&m, &options).await?;
     let applied = m.state.read();
-    let tasks = applied.state.tasks.values().filter(|t| options.state.is_none_or(|s| t.state == s)).cloned().collect();
+    let tasks = applied
+        .state
+        .tasks
+        .values()
+        .filter(|t| options.state.is_none_or(|s| t.state == s))
+        .map(Task::redacted)
+        .collect();
     Ok(Json(tasks))
 }
 
@@ -354,7 +368,7 @@ async fn get_task(
     let options = read_options(query)?;
     consistent(&m, &options).await?;
     let applied = m.state.read();
-    applied.state.tasks.get(&id).cloned().map(Json).ok_or_else(|| ApiError::not_found(format!("no task {id}")))
+    applied.state.tasks.get(&id).map(|t| Json(t.redacted())).ok_or_else(|| ApiError::not_found(format!("no task {id}")))
 }
 
 async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -363,14 +377,11 @@ async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response,
         CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no task {id}"))),
         other => task_of(other)?,
     };
-    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(task.redacted())).into_response())
 }
 
 /// A follower's forwarded command, proposed here if this manager leads.
-async fn internal_propose(State(m): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if !m.token_ok(&headers) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn internal_propose(State(m): Shared, body: Bytes) -> Response {
     let command: Command = match codec::decode(&body) {
         Ok(c) => c,
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
@@ -387,10 +398,7 @@ async fn internal_propose(State(m): Shared, headers: HeaderMap, body: Bytes) -> 
     codec::encode(&answer).into_response()
 }
 
-async fn internal_read_index(State(m): Shared, headers: HeaderMap) -> Response {
-    if !m.token_ok(&headers) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn internal_read_index(State(m): Shared) -> Response {
     match m.read_index().await {
         Ok(index) => codec::encode(&index).into_response(),
         Err(ProposeError::NotLeader) => {
@@ -400,10 +408,7 @@ async fn internal_read_index(State(m): Shared, headers: HeaderMap) -> Response {
     }
 }
 
-async fn internal_status(State(m): Shared, headers: HeaderMap) -> Response {
-    if !m.token_ok(&headers) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn internal_status(State(m): Shared) -> Response {
     let initialized = m.raft.is_initialized().await.unwrap_or(false);
     Json(InternalStatus { id: m.id, initialized }).into_response()
 }

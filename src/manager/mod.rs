@@ -8,6 +8,7 @@
 //!
 //! - [`cluster`]: the write and read paths (propose, forward, read index).
 //! - [`api`]: the public HTTP API.
+//! - [`auth`]: tokens and roles, checked on every route.
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
 //! - [`assignments`]: the workers' long poll on their assignments.
 //! - [`leader`]: the loops that run on the leader only.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod assignments;
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod events;
@@ -70,9 +72,16 @@ pub struct ManagerArgs {
     /// that will be added with `POST /v1/cluster/members`.
     #[arg(long, env = "GOAT_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// The cluster token, required on every internal request.
+    /// The cluster token: the bootstrap secret, with every right. Members
+    /// and workers send it on every internal request.
     #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// A previous cluster token, still accepted (never sent) while the
+    /// cluster's processes are restarted one by one with a new --token.
+    #[arg(long, env = "GOAT_PREVIOUS_TOKEN", hide_env_values = true)]
+    pub previous_token: Option<String>,
+    #[command(flatten)]
+    pub tls: goat_raft::tls::TlsArgs,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, env = "GOAT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
@@ -93,6 +102,32 @@ pub struct ManagerArgs {
     /// Shortest election timeout (randomized up to 1.5 times it).
     #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
     pub election_timeout: Millis,
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets open requests
+/// finish: plain HTTP, or with `tls` HTTPS that requires a client
+/// certificate signed by the cluster's CA (see `goat_raft::tls`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<goat_raft::tls::Tls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP");
+    };
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server);
+    axum_server::from_tcp_rustls(listener.into_std().context("the listening socket")?, config)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .context("serving HTTPS")
 }
 
 /// Parses `--scheduler` with the same names as a task's `strategy`.
@@ -144,19 +179,20 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
 
     let config = raft_config("goat", args.snapshot_every, args.raft_heartbeat.0, args.election_timeout.0);
     let config = Arc::new(config.validate().context("raft timing (--raft-heartbeat, --election-timeout)")?);
-    let raft = Raft::new(args.id, config, Network::new(&args.token), log_store, state_machine)
-        .await
-        .context("starting raft")?;
+    let tls = args.tls.load()?;
+    let network = Network::new(&args.token, tls.as_ref()).context("building the Raft client")?;
+    let raft = Raft::new(args.id, config, network, log_store, state_machine).await.context("starting raft")?;
 
-    let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args));
+    let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args, tls.as_ref())?);
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
     tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
 
-    let app = api::router(manager.clone()).merge(goat_raft::service::router(raft.clone(), &args.token));
+    let cluster_tokens: Vec<String> = std::iter::once(args.token.clone()).chain(args.previous_token.clone()).collect();
+    let app = api::router(manager.clone(), goat_raft::service::router(raft.clone(), &cluster_tokens));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(id = args.id, listen = %args.listen, "manager started");
+    tracing::info!(id = args.id, listen = %args.listen, tls = tls.is_some(), "manager started");
     let closing = manager.closing.clone();
     let shutdown = async move {
         crate::shutdown_signal().await;
@@ -164,7 +200,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         // waiting long polls for up to their wait.
         closing.cancel();
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    serve(listener, app, tls, shutdown).await?;
 
     tracing::info!(id = args.id, "shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(3), raft.shutdown()).await;

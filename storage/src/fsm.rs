@@ -59,6 +59,13 @@ pub enum Command {
     /// Replace every task and node with a backup's (`goat snapshot
     /// restore`, see `crate::backup`). Refused if an id or name repeats.
     Restore { tasks: Vec<Task>, nodes: Vec<Node> },
+    /// Keep a new API token (its hash). The id, the hash and the time are
+    /// decided by the manager that builds the command. Refused if the id
+    /// exists.
+    CreateToken { token: ApiToken },
+    /// Forget an API token: it stops working on every manager as this entry
+    /// is applied. Refused if there is no such token.
+    RevokeToken { id: String },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -90,6 +97,8 @@ impl CommandResult {
 pub struct ClusterState {
     pub tasks: BTreeMap<TaskId, Task>,
     pub nodes: BTreeMap<String, Node>,
+    /// API tokens by id (hashes only). A restore leaves them as they are.
+    pub tokens: BTreeMap<String, ApiToken>,
     /// Keys changed since the last `take_dirty`, so the store can persist
     /// only what changed. Not part of the replicated state.
     #[serde(skip)]
@@ -107,11 +116,14 @@ pub struct ClusterState {
 struct StoredState {
     tasks: BTreeMap<TaskId, Task>,
     nodes: BTreeMap<String, Node>,
+    tokens: BTreeMap<String, ApiToken>,
 }
 
 impl From<StoredState> for ClusterState {
     fn from(stored: StoredState) -> ClusterState {
-        ClusterState::from_parts(stored.tasks, stored.nodes)
+        let mut state = ClusterState::from_parts(stored.tasks, stored.nodes);
+        state.tokens = stored.tokens;
+        state
     }
 }
 
@@ -181,6 +193,7 @@ impl Index {
 pub struct Dirty {
     pub tasks: BTreeSet<TaskId>,
     pub nodes: BTreeSet<String>,
+    pub tokens: BTreeSet<String>,
 }
 
 impl Command {
@@ -199,7 +212,9 @@ impl Command {
             Command::UpsertNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::Batch(_)
-            | Command::Restore { .. } => None,
+            | Command::Restore { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. } => None,
         }
     }
 }
@@ -216,7 +231,7 @@ impl ClusterState {
         let newest_task = tasks.values().filter_map(|t| t.events.last()).map(|e| e.index + 1);
         let newest_node = nodes.values().filter_map(|n| n.events.last()).map(|e| e.index + 1);
         let next_event = newest_task.chain(newest_node).max().unwrap_or(0);
-        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event }
+        ClusterState { tasks, nodes, tokens: BTreeMap::new(), dirty: Dirty::default(), index, next_event }
     }
 
     /// Numbers the events of the next command(s) from the Raft log index of
@@ -281,7 +296,26 @@ impl ClusterState {
             Command::ExpireDisconnect { task_id, generation, at } => self.expire_disconnect(*task_id, *generation, *at),
             Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
             Command::Restore { tasks, nodes } => self.restore(tasks, nodes),
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { id } => self.revoke_token(id),
         }
+    }
+
+    fn create_token(&mut self, token: &ApiToken) -> CommandResult {
+        if self.tokens.contains_key(&token.id) {
+            return CommandResult::Refused(format!("a token {} exists already", token.id));
+        }
+        self.tokens.insert(token.id.clone(), token.clone());
+        self.dirty.tokens.insert(token.id.clone());
+        CommandResult::Done
+    }
+
+    fn revoke_token(&mut self, id: &str) -> CommandResult {
+        if self.tokens.remove(id).is_none() {
+            return CommandResult::Refused(format!("no token {id}"));
+        }
+        self.dirty.tokens.insert(id.to_string());
+        CommandResult::Done
     }
 
     /// Replaces the whole state; every key before and after is dirty, so the
@@ -295,7 +329,9 @@ impl ClusterState {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.tasks.extend(self.tasks.keys().chain(new_tasks.keys()).copied());
         dirty.nodes.extend(self.nodes.keys().chain(new_nodes.keys()).cloned());
+        let tokens = std::mem::take(&mut self.tokens);
         *self = ClusterState::from_parts(new_tasks, new_nodes);
+        self.tokens = tokens;
         self.dirty = dirty;
         CommandResult::Done
     }

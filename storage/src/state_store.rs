@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use crate::engine::{Engine, EngineError, Op, Result, Tree};
 use crate::fsm::{ClusterState, Dirty};
-use crate::model::{Node, Task};
+use crate::model::{ApiToken, Node, Task};
 
 const TASK_PREFIX: u8 = b't';
 const NODE_PREFIX: u8 = b'n';
+const TOKEN_PREFIX: u8 = b'k';
 const APPLIED: &[u8] = b"a/applied";
 const SNAPSHOT_META: &[u8] = b"s/meta";
 const SNAPSHOT_DATA: &[u8] = b"s/data";
@@ -38,6 +39,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
 fn task_key(task: &uuid::Uuid) -> Vec<u8> {
     let mut key = vec![TASK_PREFIX];
     key.extend_from_slice(task.as_bytes());
+    key
+}
+
+fn token_key(id: &str) -> Vec<u8> {
+    let mut key = vec![TOKEN_PREFIX];
+    key.extend_from_slice(id.as_bytes());
     key
 }
 
@@ -76,7 +83,12 @@ impl StateStore {
             let node: Node = decode(Tree::State, &bytes)?;
             nodes.insert(node.name.clone(), node);
         }
-        Ok((ClusterState::from_parts(tasks, nodes), self.engine.get(Tree::State, APPLIED)?))
+        let mut state = ClusterState::from_parts(tasks, nodes);
+        for (_, bytes) in self.engine.scan(Tree::State, &[TOKEN_PREFIX], Some(&[TOKEN_PREFIX + 1]), usize::MAX)? {
+            let token: ApiToken = decode(Tree::State, &bytes)?;
+            state.tokens.insert(token.id.clone(), token);
+        }
+        Ok((state, self.engine.get(Tree::State, APPLIED)?))
     }
 
     /// Writes what changed since the last save, with the applied position,
@@ -89,6 +101,9 @@ impl StateStore {
         for name in &dirty.nodes {
             ops.push((node_key(name), state.nodes.get(name).map(encode)));
         }
+        for id in &dirty.tokens {
+            ops.push((token_key(id), state.tokens.get(id).map(encode)));
+        }
         ops.push((APPLIED.to_vec(), Some(applied)));
         self.engine.write(Tree::State, ops)
     }
@@ -97,13 +112,14 @@ impl StateStore {
     /// one atomic write.
     pub fn replace(&self, state: &ClusterState, applied: Vec<u8>) -> Result<()> {
         let mut ops: Vec<Op> = Vec::new();
-        for prefix in [TASK_PREFIX, NODE_PREFIX] {
+        for prefix in [TASK_PREFIX, NODE_PREFIX, TOKEN_PREFIX] {
             for (key, _) in self.engine.scan(Tree::State, &[prefix], Some(&[prefix + 1]), usize::MAX)? {
                 ops.push((key, None));
             }
         }
         ops.extend(state.tasks.iter().map(|(id, t)| (task_key(id), Some(encode(t)))));
         ops.extend(state.nodes.iter().map(|(name, n)| (node_key(name), Some(encode(n)))));
+        ops.extend(state.tokens.iter().map(|(id, t)| (token_key(id), Some(encode(t)))));
         ops.push((APPLIED.to_vec(), Some(applied)));
         self.engine.write(Tree::State, ops)
     }
