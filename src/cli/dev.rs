@@ -199,7 +199,7 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     .await;
 
     eprintln!("\n==> stopping");
-    let client = Client::new(&addrs, None, Duration::from_secs(5))?;
+    let client = Client::new(&addrs, Some(token.clone()), Duration::from_secs(5), None)?;
     if let Some(id) = &task_id {
         stop_task(&client, id).await;
     }
@@ -224,7 +224,7 @@ async fn bring_up(
     echo_port: u16,
     task_id: &mut Option<String>,
 ) -> Result<(), CliError> {
-    let client = Client::new(addrs, Some(token.to_string()), Duration::from_secs(10))?;
+    let client = Client::new(addrs, Some(token.to_string()), Duration::from_secs(10), None)?;
     eprintln!("==> waiting for the managers to elect a leader");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

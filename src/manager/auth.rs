@@ -250,25 +250,27 @@ mod tests {
 
     #[test]
     fn every_route_class_needs_what_the_docs_say() {
-        use Access::*;
+        use Access::{Cluster, Public};
+        use Role::{Admin, Read, Submit};
+        let role = Access::Role;
         assert_eq!(needs(Method::GET, "/v1/health"), Public);
-        assert_eq!(needs(Method::POST, "/v1/health"), Role(Role::Admin));
+        assert_eq!(needs(Method::POST, "/v1/health"), role(Admin));
         for path in ["/v1/tasks", "/v1/tasks/x", "/v1/cluster", "/v1/nodes", "/v1/events", "/v1/metrics", "/v1/stats"] {
-            assert_eq!(needs(Method::GET, path), Role(Role::Read), "{path}");
+            assert_eq!(needs(Method::GET, path), role(Read), "{path}");
         }
-        assert_eq!(needs(Method::GET, "/v1/snapshot"), Role(Role::Admin));
-        assert_eq!(needs(Method::POST, "/v1/snapshot/restore"), Role(Role::Admin));
-        assert_eq!(needs(Method::GET, "/v1/tokens"), Role(Role::Admin));
-        assert_eq!(needs(Method::POST, "/v1/tasks"), Role(Role::Submit));
-        assert_eq!(needs(Method::DELETE, "/v1/tasks/abc"), Role(Role::Submit));
-        assert_eq!(needs(Method::PUT, "/v1/nodes/w1/drain"), Role(Role::Admin));
-        assert_eq!(needs(Method::POST, "/v1/cluster/members"), Role(Role::Admin));
-        assert_eq!(needs(Method::DELETE, "/v1/cluster/members/2"), Role(Role::Admin));
+        assert_eq!(needs(Method::GET, "/v1/snapshot"), role(Admin));
+        assert_eq!(needs(Method::POST, "/v1/snapshot/restore"), role(Admin));
+        assert_eq!(needs(Method::GET, "/v1/tokens"), role(Admin));
+        assert_eq!(needs(Method::POST, "/v1/tasks"), role(Submit));
+        assert_eq!(needs(Method::DELETE, "/v1/tasks/abc"), role(Submit));
+        assert_eq!(needs(Method::PUT, "/v1/nodes/w1/drain"), role(Admin));
+        assert_eq!(needs(Method::POST, "/v1/cluster/members"), role(Admin));
+        assert_eq!(needs(Method::DELETE, "/v1/cluster/members/2"), role(Admin));
         assert_eq!(needs(Method::POST, "/v1/nodes/w1/heartbeat"), Cluster);
         assert_eq!(needs(Method::GET, "/v1/nodes/w1/assignments"), Cluster);
         assert_eq!(needs(Method::POST, "/raft/append"), Cluster);
         assert_eq!(needs(Method::POST, "/internal/propose"), Cluster);
-        assert_eq!(needs(Method::POST, "/nowhere"), Role(Role::Admin));
+        assert_eq!(needs(Method::POST, "/nowhere"), role(Admin));
     }
 
     #[test]

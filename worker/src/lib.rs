@@ -49,9 +49,11 @@ pub struct WorkerArgs {
     /// Directory of the worker's local state.
     #[arg(long, env = "GOAT_DATA_DIR", default_value = "goat-worker-data")]
     pub data_dir: PathBuf,
-    /// The cluster's shared token.
+    /// The cluster token (heartbeats and assignment polls need it).
     #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
     pub token: String,
+    #[command(flatten)]
+    pub tls: goat_raft::tls::TlsArgs,
     /// Offer at most this many cores (default: all).
     #[arg(long, env = "GOAT_CPUS")]
     pub cpus: Option<f64>,
@@ -137,6 +139,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             token: args.token.clone(),
             capacity,
             interval: args.heartbeat_interval.as_duration().max(Duration::from_millis(100)),
+            tls: args.tls.load()?,
         };
         let save = move |list: &[goat_storage::model::Assignment]| {
             if let Err(e) = store.set_assignments(list) {
