@@ -77,6 +77,13 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// A token with the admin role (or the cluster token; deploy/up.sh
+    /// prints it).
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The deployment's TLS files (deploy/up.sh prints them).
+    #[command(flatten)]
+    pub tls: goat_raft::tls::TlsArgs,
 }
 
 /// What one round measured.
@@ -153,6 +160,8 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
 struct Deployment {
     project: String,
     http: reqwest::Client,
+    /// `https` with TLS.
+    scheme: &'static str,
     /// Manager id → published API address.
     managers: BTreeMap<u64, String>,
 }
@@ -175,7 +184,10 @@ async fn docker(args: &[&str]) -> anyhow::Result<String> {
 
 impl Deployment {
     async fn discover(args: &DrillArgs) -> anyhow::Result<Deployment> {
-        let http = reqwest::Client::builder()
+        let tls = args.tls.load()?;
+        let scheme = goat_raft::tls::scheme(tls.as_ref());
+        let http = goat_raft::tls::client_builder(tls.as_ref())
+            .default_headers(crate::cli::client::bearer_headers(&args.token))
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(15))
             .build()
@@ -183,7 +195,7 @@ impl Deployment {
         let mut managers = BTreeMap::new();
         for addr in &args.managers {
             let health: Value = http
-                .get(format!("http://{addr}/v1/health"))
+                .get(format!("{scheme}://{addr}/v1/health"))
                 .send()
                 .await
                 .with_context(|| format!("no manager answers at {addr}"))?
@@ -193,7 +205,7 @@ impl Deployment {
             let id = health["id"].as_u64().with_context(|| format!("{addr}: no id in {health}"))?;
             managers.insert(id, addr.clone());
         }
-        let deployment = Deployment { project: args.project.clone(), http, managers };
+        let deployment = Deployment { project: args.project.clone(), http, scheme, managers };
         for id in deployment.managers.keys() {
             deployment.container(&format!("manager{id}")).await?;
         }
@@ -205,7 +217,7 @@ impl Deployment {
     }
 
     fn url(&self, id: u64) -> String {
-        format!("http://{}", self.managers[&id])
+        format!("{}://{}", self.scheme, self.managers[&id])
     }
 
     /// The container of a compose service of this project.

@@ -28,6 +28,19 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// Default headers that send `token` as `Authorization: Bearer` (none for
+/// an empty token), for clients that do not go through [`Client`].
+pub fn bearer_headers(token: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+        value.set_sensitive(true);
+        if !token.is_empty() {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    headers
+}
+
 /// `HOST:PORT` or a URL → a base URL without trailing slash.
 #[cfg(test)]
 pub(crate) fn base_url(addr: &str) -> String {
