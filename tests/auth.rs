@@ -142,12 +142,17 @@ async fn every_route_class_needs_its_role() {
     assert_eq!(task["spec"]["secret_env"]["API_KEY"], "<secret>", "{task}");
     assert_eq!(task["spec"]["env"]["PLAIN"], "visible");
     let task_id = task["id"].as_str().expect("id").to_string();
-    let (_, both) = call(&submit, Method::POST, &url("/v1/tasks"), Some({
-        let mut s = spec("both");
-        s["env"] = json!({"K": "a"});
-        s["secret_env"] = json!({"K": "b"});
-        s
-    }))
+    let (_, both) = call(
+        &submit,
+        Method::POST,
+        &url("/v1/tasks"),
+        Some({
+            let mut s = spec("both");
+            s["env"] = json!({"K": "a"});
+            s["secret_env"] = json!({"K": "b"});
+            s
+        }),
+    )
     .await;
     assert_eq!(both["field"], "secret_env.K", "a name is secret or not: {both}");
     let not_for_submit: &[(Method, &str, Option<Value>)] = &[
@@ -176,8 +181,7 @@ async fn every_route_class_needs_its_role() {
     // The worker that runs it gets it in clear (cluster token only).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, answer) =
-            call(&cluster.http, Method::GET, &url("/v1/nodes/w1/assignments?wait=0ms"), None).await;
+        let (status, answer) = call(&cluster.http, Method::GET, &url("/v1/nodes/w1/assignments?wait=0ms"), None).await;
         if status == 200 && answer.to_string().contains("hunter2-very-secret") {
             break;
         }
@@ -269,7 +273,8 @@ async fn an_anonymous_member_add_changes_nothing_and_sends_nothing() {
                 call(&client_with_token(secret, Duration::from_secs(5)), Method::POST, &url, Some(add.clone())).await;
             assert_eq!(status, 403, "{body}");
         }
-        let (status, _) = call(&anonymous(), Method::DELETE, &format!("{}/v1/cluster/members/2", cluster.url(id)), None).await;
+        let (status, _) =
+            call(&anonymous(), Method::DELETE, &format!("{}/v1/cluster/members/2", cluster.url(id)), None).await;
         assert_eq!(status, 401);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -377,7 +382,7 @@ async fn with_tls_a_member_not_signed_by_the_ca_never_receives_a_request() {
     let (status, _) = call(&cluster.http, Method::GET, &format!("{}/v1/cluster", cluster.url(leader)), None).await;
     assert_eq!(status, 200);
     let plain = common::client().get(format!("http://{leader_addr}/v1/health")).send().await;
-    assert!(plain.map(|r| r.status().is_success()).unwrap_or(false) == false, "no plain HTTP");
+    assert!(!plain.is_ok_and(|r| r.status().is_success()), "no plain HTTP");
     let no_cert = reqwest::Client::builder()
         .no_proxy()
         .use_rustls_tls()
@@ -385,7 +390,10 @@ async fn with_tls_a_member_not_signed_by_the_ca_never_receives_a_request() {
         .add_root_certificate(ca.clone())
         .build()
         .expect("client");
-    assert!(no_cert.get(format!("https://{leader_addr}/v1/health")).send().await.is_err(), "a client certificate is required");
+    assert!(
+        no_cert.get(format!("https://{leader_addr}/v1/health")).send().await.is_err(),
+        "a client certificate is required"
+    );
 
     // A worker over TLS (no Docker needed to heartbeat: its engine is
     // reported unhealthy).

@@ -92,7 +92,8 @@ impl Deployment {
         // up.sh made the certificates: talk TLS with the client's.
         let read = |name: &str| std::fs::read(deployment.certs().join(name)).expect("a TLS file from up.sh");
         let ca = reqwest::Certificate::from_pem(&read("ca.crt")).expect("CA");
-        let identity = reqwest::Identity::from_pem(&[read("client.crt"), read("client.key")].concat()).expect("identity");
+        let identity =
+            reqwest::Identity::from_pem(&[read("client.crt"), read("client.key")].concat()).expect("identity");
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", deployment.token).parse().expect("header"));
         deployment.http = reqwest::Client::builder()

@@ -133,7 +133,10 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("image {} not found locally: run deploy/build-images.sh", args.image))?;
     let http = reqwest::Client::builder()
-        .default_headers(crate::cli::client::bearer_headers(super::procs::BENCH_TOKEN)).no_proxy().timeout(Duration::from_secs(10)).build()?;
+        .default_headers(crate::cli::client::bearer_headers(super::procs::BENCH_TOKEN))
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
 
     let mut results = Vec::new();
     if !args.no_raw {

@@ -287,10 +287,13 @@ fn print_banner(addrs: &[String], worker: &str, dir: &Path, token: &str, echo_po
          \x20 export GOAT_ADDR={}\n\
          \x20 export GOAT_TOKEN={token}\n\
          \x20 {exe} status\n\
+         \x20 curl -H \"Authorization: Bearer $GOAT_TOKEN\" {}/v1/cluster\n\
+         \nThe cluster token has every right; narrower ones: {exe} token create --role read\n\
          \nPress Ctrl-C to stop.",
         addrs.join(" "),
         dir.display(),
         addrs.join(","),
+        addrs.first().map(String::as_str).unwrap_or("127.0.0.1:7101"),
     );
 }
 

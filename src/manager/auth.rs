@@ -149,7 +149,12 @@ pub async fn authenticate(State(m): State<Arc<Manager>>, mut request: Request, n
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("{} {} needs {}; this token has the {has} role", request.method(), request.uri().path(), access.name()),
+            format!(
+                "{} {} needs {}; this token has the {has} role",
+                request.method(),
+                request.uri().path(),
+                access.name()
+            ),
         )
         .into_response();
     }

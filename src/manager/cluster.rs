@@ -158,8 +158,11 @@ impl Manager {
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true)
             .build()?;
-        let cluster_bearers =
-            std::iter::once(&args.token).chain(&args.previous_token).filter(|t| !t.is_empty()).map(|t| bearer(t)).collect();
+        let cluster_bearers = std::iter::once(&args.token)
+            .chain(&args.previous_token)
+            .filter(|t| !t.is_empty())
+            .map(|t| bearer(t))
+            .collect();
         Ok(Manager {
             id,
             batcher: Batcher::start(raft.clone()),

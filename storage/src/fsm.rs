@@ -23,6 +23,9 @@ pub const MAX_RESCHEDULES_KEPT: usize = 16;
 pub const MAX_NODE_EVENTS: usize = 16;
 
 /// A change to the cluster state, as carried by one Raft log entry.
+// `SubmitTask` carries a whole spec; commands are short-lived (built,
+// encoded, applied), so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Store a new task, `pending`.
