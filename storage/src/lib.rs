@@ -7,6 +7,8 @@
 //! - [`fsm`]: the replicated state machine, pure and deterministic.
 //! - [`events`]: the cluster's event stream, read from task and node histories.
 //! - [`engine`]: the key-value engine trait, with its sled implementation.
+//! - [`mem_engine`]: an in-memory engine that loses unsynced writes on a
+//!   simulated crash (tests and the simulation only).
 //! - [`raft_log`]: the Raft log and vote, durable before acknowledged.
 //! - [`state_store`]: the state machine's persisted copy and its snapshots.
 //! - [`backup`]: saved copies of the cluster state (`goat snapshot`).
@@ -17,6 +19,7 @@ pub mod duration;
 pub mod engine;
 pub mod events;
 pub mod fsm;
+pub mod mem_engine;
 pub mod model;
 pub mod raft_log;
 pub mod state_store;
