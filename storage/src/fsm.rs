@@ -1003,6 +1003,28 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_kept_revoked_and_survive_a_restore() {
+        let token =
+            ApiToken { id: "ab12".into(), name: "ci".into(), role: Role::Submit, hash: "00".into(), created_at: 1 };
+        let mut s = ClusterState::default();
+        assert_eq!(s.apply(&Command::CreateToken { token: token.clone() }), CommandResult::Done);
+        assert!(s.apply(&Command::CreateToken { token: token.clone() }).is_refused(), "ids are unique");
+        assert!(s.take_dirty().tokens.contains("ab12"));
+        assert_eq!(s.apply(&Command::Restore { tasks: vec![], nodes: vec![] }), CommandResult::Done);
+        assert_eq!(s.tokens.get("ab12"), Some(&token), "a restore leaves tokens alone");
+        let copy: ClusterState = bincode::serde::decode_from_slice(
+            &bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap(),
+            bincode::config::standard(),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(copy.tokens, s.tokens, "tokens are in snapshots");
+        assert_eq!(s.apply(&Command::RevokeToken { id: "ab12".into() }), CommandResult::Done);
+        assert!(s.apply(&Command::RevokeToken { id: "ab12".into() }).is_refused());
+        assert!(s.tokens.is_empty());
+    }
+
+    #[test]
     fn apply_is_deterministic_and_tracks_dirty_keys() {
         let (a, id) = state_with_task();
         let (b, _) = state_with_task();

@@ -171,6 +171,14 @@ mod tests {
             engine: engine_ok,
             at: 1,
         });
+        let token = crate::model::ApiToken {
+            id: "ab12".into(),
+            name: String::new(),
+            role: crate::model::Role::Read,
+            hash: "00".into(),
+            created_at: 1,
+        };
+        state.apply(&Command::CreateToken { token });
         let dirty = state.take_dirty();
         store.save_changes(&state, dirty, b"applied-5".to_vec()).unwrap();
 
@@ -178,6 +186,7 @@ mod tests {
         assert_eq!(applied, Some(b"applied-5".to_vec()));
         assert_eq!(loaded.tasks, state.tasks);
         assert_eq!(loaded.nodes, state.nodes);
+        assert_eq!(loaded.tokens, state.tokens);
 
         let smaller =
             ClusterState::from_parts(BTreeMap::from([(ids[0], state.tasks[&ids[0]].clone())]), BTreeMap::new());
