@@ -109,13 +109,16 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// Who `authorization` (the header's value) is, if anyone.
 pub fn identify(m: &Manager, authorization: Option<&HeaderValue>) -> Option<Caller> {
-    let value = authorization?.as_bytes();
-    if m.cluster_bearers.iter().any(|b| constant_time_eq(value, b.as_bytes())) {
-        return Some(Caller::Cluster);
-    }
-    let secret = std::str::from_utf8(value).ok()?.strip_prefix("Bearer ")?.trim();
-    if secret.is_empty() {
+    // `Bearer <secret>`, the scheme in any case (RFC 7235).
+    let value = authorization?.to_str().ok()?;
+    let (scheme, secret) = value.trim().split_once(' ')?;
+    let secret = secret.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() {
         return None;
+    }
+    let presented = goat_raft::bearer(secret);
+    if m.cluster_bearers.iter().any(|b| constant_time_eq(presented.as_bytes(), b.as_bytes())) {
+        return Some(Caller::Cluster);
     }
     let hash = hash_secret(secret);
     let applied = m.state.read();
