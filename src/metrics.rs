@@ -29,8 +29,6 @@ use goat_storage::model::{NodeStatus, TaskState};
 use openraft::ServerState;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::manager::Manager;
-
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -260,9 +258,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn read(m: &Manager) -> Snapshot {
-        let raft = m.raft.metrics().borrow().clone();
-        let applied = m.state.read();
+    fn read(raft: &Raft, state: &SharedState) -> Snapshot {
+        let raft = raft.metrics().borrow().clone();
+        let applied = state.read();
         let mut snapshot = Snapshot {
             term: raft.current_term,
             leader: raft.state == ServerState::Leader,
@@ -290,9 +288,9 @@ fn node_status(status: NodeStatus) -> &'static str {
     }
 }
 
-/// The whole exposition for manager `m`.
-pub fn render(m: &Manager) -> String {
-    render_with(global(), &Snapshot::read(m))
+/// The whole exposition for the manager of `raft` and `state`.
+pub fn render(raft: &Raft, state: &SharedState) -> String {
+    render_with(global(), &Snapshot::read(raft, state))
 }
 
 /// The exposition of `metrics` and `s`.

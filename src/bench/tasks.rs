@@ -37,7 +37,7 @@ use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
 use serde_json::{json, Value};
 
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
-use super::{median, ms};
+use super::stats::{median, ms};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TasksBenchArgs {

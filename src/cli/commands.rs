@@ -8,12 +8,14 @@ use goat_storage::model::{Health, Task, TaskState};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::client::Client;
-use super::table::{age, bytes, render};
-use super::{
-    exit, CliError, ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, RunArgs, SnapshotAction,
-    SnapshotArgs, StatusArgs, StopArgs, TokenAction, TokenArgs,
+pub use super::args::{parse_env, parse_port};
+use super::args::{
+    ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, RunArgs, SnapshotAction, SnapshotArgs,
+    StatusArgs, StopArgs, TokenAction, TokenArgs,
 };
+use super::client::Client;
+use super::error::{exit, CliError};
+use super::table::{age, bytes, render};
 use crate::clock::now_ms;
 
 fn client(args: &ClientArgs) -> Result<Client, CliError> {
@@ -24,24 +26,6 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::other(e.to_string()))?;
     println!("{text}");
     Ok(())
-}
-
-/// `--port CONTAINER[:HOST]`.
-pub fn parse_port(text: &str) -> Result<(u16, Option<u16>), String> {
-    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
-    let bad = || format!("invalid port {text:?}: expected CONTAINER[:HOST], e.g. 7777 or 7777:8080");
-    match text.split_once(':') {
-        None => Ok((port(text).ok_or_else(bad)?, None)),
-        Some((c, h)) => Ok((port(c).ok_or_else(bad)?, Some(port(h).ok_or_else(bad)?))),
-    }
-}
-
-/// `--env KEY=VALUE`.
-pub fn parse_env(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("invalid --env {text:?}: expected KEY=VALUE")),
-    }
 }
 
 /// The task spec `goat run` submits, from its file or its flags.

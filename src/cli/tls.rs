@@ -16,7 +16,8 @@ use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 
-use super::{CliError, TlsAction, TlsArgs};
+use super::args::{TlsAction, TlsArgs};
+use super::CliError;
 
 /// Runs `goat tls ...`.
 pub async fn run(args: TlsArgs) -> Result<(), CliError> {

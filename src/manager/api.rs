@@ -1,5 +1,5 @@
 //! The public HTTP API (`/v1`, JSON) and the managers' internal routes
-//! (`/internal`, bincode, cluster token required; see [`super::auth`]). Every manager serves all of it:
+//! (`/internal`, bincode, token required). Every manager serves all of it:
 //! writes are proposed through the leader, reads are linearizable unless the
 //! client asks for `?stale=true`.
 
@@ -13,14 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use goat_raft::{codec, Command, CommandResult};
-use goat_storage::model::{Task, TaskSpec, TaskState};
+use goat_storage::fsm::RefusalKind;
+use goat_storage::model::{Task, TaskSpec};
 use goat_storage::validate::validate_spec;
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::cluster::{InternalStatus, Manager, ProposeError};
 use super::error::ApiError;
+use super::extract::{consistent, forwarded, read_options, role_name, ReadOptions};
 use super::json::{parse, MAX_BODY_BYTES};
 use super::nodes;
 use crate::clock::now_ms;
@@ -90,38 +92,12 @@ pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
 async fn metrics(State(m): Shared) -> Response {
-    let body = crate::metrics::render(&m);
+    let body = crate::metrics::render(&m.raft, &m.state);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
-}
-
-/// `?stale=true` reads from local state without asking the leader.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadOptions {
-    #[serde(default)]
-    pub stale: bool,
-    /// For `GET /v1/tasks`: only tasks in this state.
-    #[serde(default)]
-    pub state: Option<TaskState>,
-}
-
-pub fn read_options(
-    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
-) -> Result<ReadOptions, ApiError> {
-    query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))
-}
-
-/// Makes this manager's state current unless the client accepts stale data.
-pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), ApiError> {
-    if options.stale {
-        Ok(())
-    } else {
-        manager.linearize().await
-    }
 }
 
 #[derive(Serialize)]
@@ -136,16 +112,6 @@ struct HealthView {
     snapshot: Option<u64>,
     /// The last log index purged from this manager's log.
     purged: Option<u64>,
-}
-
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
 }
 
 async fn health(State(m): Shared) -> Json<HealthView> {
@@ -253,16 +219,10 @@ async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Respo
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Relays a request to the leader and its answer back.
-pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
-    let (status, bytes) = m.forward_to_leader(method, path, body).await?;
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
-}
-
 fn task_of(result: CommandResult) -> Result<Task, ApiError> {
     match result {
         CommandResult::Task(task) => Ok(*task),
-        CommandResult::Refused(reason) => Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => Err(refusal.into()),
         other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
 }
@@ -304,7 +264,8 @@ async fn submit_task(
     let _enter = span.enter();
     let at = now_ms();
     let result = m.propose(Command::SubmitTask { task_id, spec, at }).await?;
-    if let CommandResult::Refused(_) = &result {
+    if result.refusal().is_some_and(|r| r.kind == RefusalKind::Conflict) {
+        // The only conflict of a submission: its id is taken by another spec.
         return Err(ApiError::conflict(format!(
             "task {task_id} already exists with another spec: an Idempotency-Key names one submission"
         )));
@@ -373,10 +334,7 @@ async fn get_task(
 
 async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
-    let task = match m.propose(Command::StopTask { task_id: id, at: now_ms() }).await? {
-        CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no task {id}"))),
-        other => task_of(other)?,
-    };
+    let task = task_of(m.propose(Command::StopTask { task_id: id, at: now_ms() }).await?)?;
     Ok((StatusCode::ACCEPTED, Json(task.redacted())).into_response())
 }
 

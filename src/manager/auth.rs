@@ -38,9 +38,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::api::{consistent, read_options, ReadOptions};
 use super::cluster::Manager;
 use super::error::ApiError;
+use super::extract::{consistent, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
 
@@ -212,7 +212,7 @@ pub async fn create(State(m): State<Arc<Manager>>, body: Result<Bytes, BytesReje
     let view = TokenView::from(&token);
     match m.propose(Command::CreateToken { token }).await? {
         CommandResult::Done => {}
-        CommandResult::Refused(reason) => return Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => return Err(refusal.into()),
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
     tracing::info!(token = %view.id, role = view.role.as_str(), name = %view.name, "created an API token");

@@ -34,8 +34,8 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::config::ManagerConfig;
 use super::error::ApiError;
-use super::ManagerArgs;
 
 /// Proposals waiting for the batcher, each with where its result goes.
 type Proposal = (Command, oneshot::Sender<Result<CommandResult, ProposeError>>);
@@ -151,7 +151,7 @@ impl Manager {
         id: NodeId,
         raft: Raft,
         state: SharedState,
-        args: &ManagerArgs,
+        args: &ManagerConfig,
         tls: Option<&goat_raft::tls::Tls>,
     ) -> anyhow::Result<Manager> {
         let http = goat_raft::tls::client_builder(tls)
