@@ -11,6 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/deploy/compose.sh"
 # `down` does not read the token, but compose checks the variable is set.
 export GOAT_TOKEN="${GOAT_TOKEN:-unused-by-down}"
+export GOAT_TLS_DIR="${GOAT_TLS_DIR:-/nonexistent-unused-by-down}"
 
 volumes=()
 for arg in "$@"; do

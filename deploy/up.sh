@@ -5,12 +5,15 @@
 #
 # Builds what it needs first (Debian packages, the static binary and the
 # images goat:latest and goat-echo:latest; no registry), generates the
-# cluster token once (deploy/.goat-token, kept across runs, ignored by git)
-# and waits until there is a leader and both workers are ready.
+# cluster token once (deploy/.goat-token, kept across runs, ignored by git),
+# the TLS certificates once per project (`goat tls init` into
+# deploy/.goat-tls/PROJECT/certs; the CA's key beside it, not mounted), and
+# waits until there is a leader and both workers are ready.
 #
 #   deploy/up.sh                 # project "goat"
 #   COMPOSE_PROJECT_NAME=demo GOAT_API_PORT1=8101 ... deploy/up.sh
-# Env: GOAT_SKIP_BUILD=1 skips the image build (they must exist).
+# Env: GOAT_SKIP_BUILD=1 skips the image build (they must exist);
+#      GOAT_TLS_DIR=DIR keeps the certificates in DIR/certs instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=deploy/compose.sh
@@ -22,7 +25,9 @@ if [ "${GOAT_SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 TOKEN_FILE="${GOAT_TOKEN_FILE:-$ROOT/deploy/.goat-token}"
+TOKEN_HINT='the cluster token you gave (GOAT_TOKEN)'
 if [ -z "${GOAT_TOKEN:-}" ]; then
+  TOKEN_HINT="\$(cat $TOKEN_FILE)"
   if [ ! -s "$TOKEN_FILE" ]; then
     (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE")
     echo "==> generated the cluster token in $TOKEN_FILE (keep it)"
@@ -31,15 +36,29 @@ if [ -z "${GOAT_TOKEN:-}" ]; then
 fi
 export GOAT_TOKEN
 
+TLS_HOME="${GOAT_TLS_HOME:-$ROOT/deploy/.goat-tls/$COMPOSE_PROJECT_NAME}"
+export GOAT_TLS_DIR="$TLS_HOME/certs"
+if [ ! -s "$GOAT_TLS_DIR/ca.crt" ]; then
+  mkdir -p "$TLS_HOME"
+  rm -rf "$GOAT_TLS_DIR"
+  docker run --rm --user "$(id -u):$(id -g)" -v "$TLS_HOME:/out" "${GOAT_IMAGE:-goat:latest}" \
+    tls init /out/certs --managers cluster-manager1,cluster-manager2,cluster-manager3 \
+    --workers worker1,worker2 >/dev/null
+  mv "$GOAT_TLS_DIR/ca.key" "$TLS_HOME/ca.key"
+  echo "==> wrote the TLS certificates to $GOAT_TLS_DIR (the CA's key: $TLS_HOME/ca.key)"
+fi
+CURL=(curl -s --cacert "$GOAT_TLS_DIR/ca.crt" --cert "$GOAT_TLS_DIR/client.crt" --key "$GOAT_TLS_DIR/client.key")
+
 echo "==> starting project $COMPOSE_PROJECT_NAME with $(compose_version)"
 compose up -d --remove-orphans
 
-API="http://${GOAT_API_BIND:-127.0.0.1}:${GOAT_API_PORT1:-7101}"
+API="https://${GOAT_API_BIND:-127.0.0.1}:${GOAT_API_PORT1:-7101}"
 echo "==> waiting for a leader and two ready workers"
 leader="" ready=0
 for _ in $(seq 1 150); do
-  leader=$(curl -s -m 1 "$API/v1/health" | sed -n 's/.*"leader":\([0-9]*\).*/\1/p' || true)
-  ready=$(curl -s -m 2 "$API/v1/nodes?stale=true" | grep -o '"name":"[^"]*","status":"ready"' | wc -l || true)
+  leader=$("${CURL[@]}" -m 1 "$API/v1/health" | sed -n 's/.*"leader":\([0-9]*\).*/\1/p' || true)
+  ready=$("${CURL[@]}" -m 2 -H "Authorization: Bearer $GOAT_TOKEN" "$API/v1/nodes?stale=true" \
+    | grep -o '"name":"[^"]*","status":"ready"' | wc -l || true)
   [ -n "$leader" ] && [ "$ready" -ge 2 ] && break
   sleep 0.2
 done
@@ -48,11 +67,16 @@ if [ -z "$leader" ] || [ "$ready" -lt 2 ]; then
   compose logs --tail 20 >&2
   exit 1
 fi
+B="${GOAT_API_BIND:-127.0.0.1}"
 cat <<EOM
-==> Goat is up: leader manager$leader, $ready workers ready.
-    APIs: 127.0.0.1:${GOAT_API_PORT1:-7101} :${GOAT_API_PORT2:-7102} :${GOAT_API_PORT3:-7103} (any of them)
-    curl -s $API/v1/cluster
-    curl -s $API/v1/cluster/verify
+==> Goat is up: leader manager$leader, $ready workers ready (TLS and tokens on).
+    APIs: https://$B:${GOAT_API_PORT1:-7101} :${GOAT_API_PORT2:-7102} :${GOAT_API_PORT3:-7103} (any of them)
+    To use them (the cluster token has every right; make narrower ones with goat token create):
+    export GOAT_ADDR=$B:${GOAT_API_PORT1:-7101},$B:${GOAT_API_PORT2:-7102},$B:${GOAT_API_PORT3:-7103}
+    export GOAT_TOKEN=$TOKEN_HINT
+    export GOAT_TLS_CA=$GOAT_TLS_DIR/ca.crt GOAT_TLS_CERT=$GOAT_TLS_DIR/client.crt GOAT_TLS_KEY=$GOAT_TLS_DIR/client.key
+    target/static/x86_64-unknown-linux-gnu/release/goat status
+    curl -s --cacert \$GOAT_TLS_CA --cert \$GOAT_TLS_CERT --key \$GOAT_TLS_KEY -H "Authorization: Bearer \$GOAT_TOKEN" $API/v1/cluster
     target/static/x86_64-unknown-linux-gnu/release/goat drill kill-leader
     deploy/down.sh [--volumes]
 EOM

@@ -107,7 +107,8 @@ pub struct DrillArgs {
     /// `--driver ssh`: the managers' port on their machines.
     #[arg(long, default_value_t = 7101)]
     pub ssh_port: u16,
-    /// The cluster token (procs: read from the deployment file).
+    /// The cluster token, or an admin token (procs: read from the
+    /// deployment file; compose: deploy/up.sh prints it).
     #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Submissions per second, spread over the managers, during each round.
@@ -142,6 +143,9 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The deployment's TLS files (deploy/up.sh prints them).
+    #[command(flatten)]
+    pub tls: goat_raft::tls::TlsArgs,
 }
 
 /// Runs the drill, prints its report, writes `--history` and `--junit`;
@@ -206,6 +210,8 @@ struct Deployment {
     driver: Driver,
     http: reqwest::Client,
     token: Option<String>,
+    /// `https` with TLS.
+    scheme: &'static str,
     /// Manager id → API address.
     managers: BTreeMap<u64, String>,
     history: Recorder,
@@ -260,8 +266,9 @@ impl Deployment {
         };
         let addrs = driver.manager_addrs().unwrap_or_else(|| args.managers.clone());
         let token = args.token.clone().filter(|t| !t.is_empty()).or_else(|| driver.token());
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let tls = args.tls.load()?;
+        let scheme = goat_raft::tls::scheme(tls.as_ref());
+        let http = goat_raft::tls::client_builder(tls.as_ref())
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(15))
             .build()
@@ -269,7 +276,7 @@ impl Deployment {
         let mut managers = BTreeMap::new();
         for addr in &addrs {
             let health: Value = http
-                .get(format!("http://{addr}/v1/health"))
+                .get(format!("{scheme}://{addr}/v1/health"))
                 .send()
                 .await
                 .with_context(|| format!("no manager answers at {addr}"))?
@@ -282,11 +289,11 @@ impl Deployment {
         let ids: Vec<u64> = managers.keys().copied().collect();
         driver.check(&ids).await?;
         let run = format!("{:08x}", rand::random::<u32>());
-        Ok(Deployment { driver, http, token, managers, history, run })
+        Ok(Deployment { driver, http, token, scheme, managers, history, run })
     }
 
     fn url(&self, id: u64) -> String {
-        format!("http://{}", self.managers[&id])
+        format!("{}://{}", self.scheme, self.managers[&id])
     }
 
     fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {

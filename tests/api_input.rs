@@ -98,7 +98,7 @@ async fn internal_routes_need_the_cluster_token() {
     let before = cluster.health(1).await;
     for route in ["/raft/vote", "/raft/append", "/raft/snapshot", "/internal/propose", "/internal/read-index"] {
         for token in [None, Some("Bearer wrong")] {
-            let mut request = cluster.http.post(format!("{}{route}", cluster.url(1))).body(vec![1, 2, 3]);
+            let mut request = cluster.anon.post(format!("{}{route}", cluster.url(1))).body(vec![1, 2, 3]);
             if let Some(token) = token {
                 request = request.header("authorization", token);
             }
@@ -108,7 +108,7 @@ async fn internal_routes_need_the_cluster_token() {
     }
     let heartbeat = json!({"capacity": {"cpu": 1.0, "memory": 1, "disk": 1}, "engine": {"healthy": true}});
     let status = cluster
-        .http
+        .anon
         .post(format!("{}/v1/nodes/w1/heartbeat", cluster.url(1)))
         .json(&heartbeat)
         .send()

@@ -36,13 +36,11 @@ impl Output {
     }
 }
 
-/// Runs `goat ARGS` with GOAT_ADDR = `addr`, without a token unless given.
+/// Runs `goat ARGS` with GOAT_ADDR = `addr` and GOAT_TOKEN = `token`
+/// (the cluster token when `None`; `Some("")` sends none).
 async fn goat(addr: &str, args: &[&str], token: Option<&str>) -> Output {
     let mut command = tokio::process::Command::new(goat_bin());
-    command.args(args).env("GOAT_ADDR", addr).env_remove("GOAT_TOKEN").env("RUST_LOG", "warn");
-    if let Some(token) = token {
-        command.env("GOAT_TOKEN", token);
-    }
+    command.args(args).env("GOAT_ADDR", addr).env("GOAT_TOKEN", token.unwrap_or(TOKEN)).env("RUST_LOG", "warn");
     let out = command.output().await.expect("run goat");
     let output = Output {
         code: out.status.code().unwrap_or(-1),
@@ -204,7 +202,7 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     // A node (heartbeats sent by the test) for the tasks to be placed on.
     let beat_url = format!("{}/v1/nodes/saved-node/heartbeat", cluster.url(1));
     let beat = json!({"capacity": {"cpu": 4.0, "memory": 8u64 << 30, "disk": 0}, "engine": {"healthy": true}});
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().expect("client");
+    let http = common::client_with_token(TOKEN, Duration::from_secs(1));
     let heartbeats = tokio::spawn(async move {
         loop {
             let _ = http.post(&beat_url).bearer_auth(TOKEN).json(&beat).send().await;
@@ -254,9 +252,10 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     // comes: the restored node still gets a full deadline.
     tokio::time::sleep(Duration::from_secs(6)).await;
 
-    // The token is required; a wrong file is a usage error.
-    let no_token = goat(&addr, &["snapshot", "restore", file], None).await;
-    assert_eq!(no_token.code, USAGE, "{}", no_token.stderr);
+    // A token is required; a wrong file is a usage error.
+    let no_token = goat(&addr, &["snapshot", "restore", file], Some("")).await;
+    assert_eq!(no_token.code, 1, "{}", no_token.stderr);
+    assert!(no_token.stderr.contains("401"), "{}", no_token.stderr);
     let wrong = goat(&addr, &["snapshot", "restore", file], Some("wrong-token")).await;
     assert_eq!(wrong.code, 1, "{}", wrong.stderr);
     assert!(wrong.stderr.contains("401"), "{}", wrong.stderr);
@@ -350,8 +349,18 @@ async fn goat_dev_runs_the_echo_and_stops_on_ctrl_c() {
     // The printed line itself, as a user pastes it.
     let pasted = Command::new("bash").args(["-c", &curl]).stderr(Stdio::null()).output().expect("run curl");
     assert_eq!(String::from_utf8_lossy(&pasted.stdout), r#"{"Msg":"Hello, world!"}"#);
-    let tasks = ok(&addrs, &["status", "--json"]).await.json();
+    // The printed token works; without it the cluster answers 401.
+    let token = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export GOAT_TOKEN="))
+        .unwrap_or_else(|| panic!("no GOAT_TOKEN in the banner: {banner}"))
+        .to_string();
+    let tasks = goat(&addrs, &["status", "--json"], Some(&token)).await;
+    assert_eq!(tasks.code, 0, "{}", tasks.stderr);
+    let tasks = tasks.json();
     assert_eq!(tasks[0]["state"], "running", "{tasks:#}");
+    let anonymous = goat(&addrs, &["status"], Some("")).await;
+    assert!(anonymous.code != 0 && anonymous.stderr.contains("401"), "{}", anonymous.stderr);
 
     // Ctrl-C.
     let pid = child.id().expect("pid").to_string();

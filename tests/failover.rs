@@ -39,16 +39,29 @@ struct Deployment {
     project: String,
     ports: [u16; 3],
     token: String,
+    /// Sends the token, over TLS with the deployment's client certificate.
     http: reqwest::Client,
     /// `--node-down-after` of its managers.
     node_down_after: &'static str,
+    /// Where deploy/up.sh writes this deployment's certificates.
+    tls: tempfile::TempDir,
 }
 
 impl Deployment {
+    fn certs(&self) -> std::path::PathBuf {
+        self.tls.path().join("certs")
+    }
+
     fn env(&self, command: &mut Command) {
+        let certs = self.certs();
         command
             .env("COMPOSE_PROJECT_NAME", &self.project)
             .env("GOAT_TOKEN", &self.token)
+            .env("GOAT_TLS_HOME", self.tls.path())
+            .env("GOAT_TLS_DIR", &certs)
+            .env("GOAT_TLS_CA", certs.join("ca.crt"))
+            .env("GOAT_TLS_CERT", certs.join("client.crt"))
+            .env("GOAT_TLS_KEY", certs.join("client.key"))
             .env("GOAT_API_PORT1", self.ports[0].to_string())
             .env("GOAT_API_PORT2", self.ports[1].to_string())
             .env("GOAT_API_PORT3", self.ports[2].to_string())
@@ -72,15 +85,12 @@ impl Deployment {
     fn start_with(case: &str, node_down_after: &'static str) -> Deployment {
         ensure_images();
         let suffix: u32 = rand::random();
-        let deployment = Deployment {
+        let mut deployment = Deployment {
             project: format!("goatft{}{case}{:06x}", std::process::id() % 1000, suffix & 0xffffff),
             ports: [free_port(), free_port(), free_port()],
             token: format!("failover-{suffix:x}"),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("client"),
+            http: reqwest::Client::new(),
+            tls: tempfile::tempdir().expect("a directory for the certificates"),
             node_down_after,
         };
         let built = std::env::var("GOAT_IMAGE").unwrap_or_else(|_| "goat:latest".into());
@@ -90,6 +100,24 @@ impl Deployment {
         deployment.env(&mut up);
         let status = up.stdout(Stdio::null()).status().expect("run deploy/up.sh");
         assert!(status.success(), "deploy/up.sh failed for project {}", deployment.project);
+        // up.sh made the certificates: talk TLS with the client's.
+        let read = |name: &str| std::fs::read(deployment.certs().join(name)).expect("a TLS file from up.sh");
+        let ca = reqwest::Certificate::from_pem(&read("ca.crt")).expect("CA");
+        let identity =
+            reqwest::Identity::from_pem(&[read("client.crt"), read("client.key")].concat()).expect("identity");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", deployment.token).parse().expect("header"));
+        deployment.http = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .default_headers(headers)
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client");
         deployment
     }
 
@@ -123,7 +151,7 @@ impl Deployment {
     }
 
     fn url(&self, id: u64) -> String {
-        format!("http://{}", self.addr(id))
+        format!("https://{}", self.addr(id))
     }
 
     fn managers_flag(&self) -> String {
@@ -134,7 +162,9 @@ impl Deployment {
     /// with `--history`) is checked again here and must be linearizable.
     fn drill(&self, scenario: &str, extra: &[&str]) -> Value {
         let file = tempfile::NamedTempFile::new().expect("history file");
-        let out = Command::new(env!("CARGO_BIN_EXE_goat"))
+        let mut drill = Command::new(env!("CARGO_BIN_EXE_goat"));
+        self.env(&mut drill);
+        let out = drill
             .args(["drill", scenario, "--json", "--project", &self.project, "--managers", &self.managers_flag()])
             .arg("--history")
             .arg(file.path())

@@ -208,6 +208,7 @@ async fn events_follow_a_task_start_and_stop_and_resume_from_an_index_on_any_man
         Command::new(goat_bin())
             .args(["events", "--index", "0", "--json", "--limit", "3"])
             .env("GOAT_ADDR", addrs)
+            .env("GOAT_TOKEN", common::TOKEN)
             .output()
     });
     let output = tokio::time::timeout(CONVERGE, output).await.expect("goat events exits").unwrap().expect("runs");

@@ -8,6 +8,7 @@
 //!   `ClusterState`, persisted in the `StateStore`, with snapshots.
 //! - [`network`]: Raft RPCs to peers over HTTP, bincode bodies, cluster token.
 //! - [`service`]: the receiving end of those RPCs (`/raft/*` routes).
+//! - [`tls`]: TLS for managers, workers and their clients (rustls).
 
 // openraft's storage traits return its `StorageError` (over 200 bytes) by
 // value; the helpers here return what those traits return.
@@ -21,6 +22,7 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
+pub mod tls;
 
 pub use goat_storage::fsm::{Command, CommandResult};
 

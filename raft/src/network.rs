@@ -1,5 +1,6 @@
 //! The sending side of Raft RPCs: `POST http://<peer>/raft/{vote,append,snapshot}`
-//! with bincode bodies and the cluster token, over one pooled HTTP client.
+//! (`https` with TLS) with bincode bodies and the cluster token, over one
+//! pooled HTTP client that never goes through a proxy.
 //!
 //! The answer body is the bincode of the peer's `Result<Response, RaftError>`,
 //! so a peer's Raft-level refusal reaches openraft as a `RemoteError`, while
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{decode, encode};
+use crate::tls::{client_builder, scheme, Tls};
 use crate::{bearer, NodeId, TypeConfig, TOKEN_HEADER};
 
 /// Creates one [`PeerClient`] per peer; all share the connection pool.
@@ -26,17 +28,19 @@ use crate::{bearer, NodeId, TypeConfig, TOKEN_HEADER};
 pub struct Network {
     http: reqwest::Client,
     token: String,
+    scheme: &'static str,
 }
 
 impl Network {
-    pub fn new(token: &str) -> Network {
-        let http = reqwest::Client::builder()
+    /// With `tls`, every RPC goes over HTTPS to a peer whose certificate the
+    /// cluster's CA signed; the token is sent only after that handshake.
+    pub fn new(token: &str, tls: Option<&Tls>) -> anyhow::Result<Network> {
+        let http = client_builder(tls)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
-            .build()
-            .expect("building the HTTP client (no TLS, no system configuration involved)");
-        Network { http, token: bearer(token) }
+            .build()?;
+        Ok(Network { http, token: bearer(token), scheme: scheme(tls) })
     }
 }
 
@@ -44,7 +48,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), http: self.http.clone(), token: self.token.clone() }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            http: self.http.clone(),
+            token: self.token.clone(),
+            scheme: self.scheme,
+        }
     }
 }
 
@@ -53,6 +63,7 @@ pub struct PeerClient {
     addr: String,
     http: reqwest::Client,
     token: String,
+    scheme: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +82,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{route}", self.addr);
+        let url = format!("{}://{}/raft/{route}", self.scheme, self.addr);
         let response = self
             .http
             .post(url)

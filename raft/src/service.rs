@@ -1,14 +1,17 @@
 //! The receiving side of Raft RPCs: `/raft/vote`, `/raft/append` and
 //! `/raft/snapshot`, mounted on the manager's own HTTP port. Each request
-//! must carry the cluster token; without it the answer is 401 and Raft never
-//! sees the request. Each route has its body limit (see [`crate::limits`]):
-//! a declared length over it is refused with 413 before the body is read.
+//! must carry a cluster token: a middleware checks it before the body is
+//! read, so without it the answer is 401 and Raft never sees the request.
+//! (The manager's own authentication layer checks it as well.)
+//! Each route has its body limit (see [`crate::limits`]): a declared length
+//! over it is refused with 413 before the body is read.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -19,70 +22,71 @@ use crate::codec::{decode, encode};
 use crate::limits::{limited, MAX_APPEND_BYTES, MAX_SNAPSHOT_BYTES, MAX_VOTE_BYTES};
 use crate::{bearer, Raft, TOKEN_HEADER};
 
-#[derive(Clone)]
-struct RaftService {
-    raft: Raft,
-    expected: Arc<str>,
-}
-
-/// The `/raft/*` routes for `raft`, guarded by `token`.
-pub fn router(raft: Raft, token: &str) -> Router {
-    let service = RaftService { raft, expected: bearer(token).into() };
+/// The `/raft/*` routes for `raft`, guarded by `tokens` (the cluster token,
+/// and during a rotation the previous one).
+pub fn router(raft: Raft, tokens: &[String]) -> Router {
+    let accepted: Arc<[String]> = tokens.iter().filter(|t| !t.is_empty()).map(|t| bearer(t)).collect();
     Router::new()
         .route("/raft/vote", limited(post(vote), MAX_VOTE_BYTES))
         .route("/raft/append", limited(post(append), MAX_APPEND_BYTES))
         .route("/raft/snapshot", limited(post(snapshot), MAX_SNAPSHOT_BYTES))
-        .with_state(service)
+        .route_layer(axum::middleware::from_fn_with_state(accepted, require_token))
+        .with_state(raft)
 }
 
-/// Whether `headers` carry `expected` (compared without early exit).
+async fn require_token(State(accepted): State<Arc<[String]>>, request: Request, next: Next) -> Response {
+    if accepted.iter().any(|t| token_matches(request.headers(), t)) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
+/// Whether `headers` carry `expected` (compared in constant time).
 pub fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
     let Some(got) = headers.get(TOKEN_HEADER).map(|v| v.as_bytes()) else {
         return false;
     };
-    got.len() == expected.len() && got.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    constant_time_eq(got, expected.as_bytes())
+}
+
+/// Equality of two byte strings without an early exit on the first
+/// difference (the length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, "missing or wrong cluster token").into_response()
+    let body = r#"{"error":"missing or wrong cluster token","code":"unauthorized","field":null}"#;
+    (StatusCode::UNAUTHORIZED, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn bad_request(e: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("undecodable Raft request: {e}")).into_response()
 }
 
-/// Decodes the request, checks the token, runs `handle`, encodes its result.
-async fn serve<Req, Resp, Fut>(
-    service: &RaftService,
-    headers: &HeaderMap,
-    body: &[u8],
-    handle: impl FnOnce(Req) -> Fut,
-) -> Response
+/// Decodes the request, runs `handle`, encodes its result.
+async fn serve<Req, Resp, Fut>(body: &[u8], handle: impl FnOnce(Req) -> Fut) -> Response
 where
     Req: DeserializeOwned,
     Resp: Serialize,
     Fut: std::future::Future<Output = Resp>,
 {
-    if !token_matches(headers, &service.expected) {
-        return unauthorized();
-    }
     match decode::<Req>(body) {
         Ok(request) => encode(&handle(request).await).into_response(),
         Err(e) => bad_request(e),
     }
 }
 
-async fn vote(State(service): State<RaftService>, headers: HeaderMap, body: Bytes) -> Response {
-    let raft = service.raft.clone();
-    serve(&service, &headers, &body, |req| async move { raft.vote(req).await }).await
+async fn vote(State(raft): State<Raft>, body: Bytes) -> Response {
+    serve(&body, |req| async move { raft.vote(req).await }).await
 }
 
-async fn append(State(service): State<RaftService>, headers: HeaderMap, body: Bytes) -> Response {
-    let raft = service.raft.clone();
-    serve(&service, &headers, &body, |req| async move { raft.append_entries(req).await }).await
+async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
+    serve(&body, |req| async move { raft.append_entries(req).await }).await
 }
 
-async fn snapshot(State(service): State<RaftService>, headers: HeaderMap, body: Bytes) -> Response {
-    let raft = service.raft.clone();
-    serve(&service, &headers, &body, |req| async move { raft.install_snapshot(req).await }).await
+async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
+    serve(&body, |req| async move { raft.install_snapshot(req).await }).await
 }

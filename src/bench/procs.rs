@@ -103,9 +103,12 @@ impl GoatCluster {
 
     /// The cluster's shared token.
     pub fn token(&self) -> &'static str {
-        "bench"
+        BENCH_TOKEN
     }
 }
+
+/// The cluster token of the managers a benchmark starts (loopback only).
+pub const BENCH_TOKEN: &str = "bench";
 
 /// A `goat worker` process (this very binary) heartbeating to `managers`,
 /// on the real Docker engine. Killed on drop; its containers are the
@@ -185,7 +188,7 @@ impl BenchCluster for GoatCluster {
         let log = log_file(&self.dir, &format!("m{}.log", member + 1))?;
         let child = Command::new(std::env::current_exe()?)
             .args(["manager", "--id", &(member + 1).to_string(), "--listen", &self.addrs[member]])
-            .args(["--peers", &self.peers, "--token", "bench"])
+            .args(["--peers", &self.peers, "--token", BENCH_TOKEN])
             .args(&self.extra)
             .arg("--data-dir")
             .arg(&data)

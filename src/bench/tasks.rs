@@ -132,7 +132,11 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
         .inspect_image(&args.image)
         .await
         .with_context(|| format!("image {} not found locally: run deploy/build-images.sh", args.image))?;
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .default_headers(crate::cli::client::bearer_headers(super::procs::BENCH_TOKEN))
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
 
     let mut results = Vec::new();
     if !args.no_raw {

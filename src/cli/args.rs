@@ -18,6 +18,32 @@ pub struct ClientArgs {
     /// Timeout of each request to a manager.
     #[arg(long, default_value = "10s", value_parser = Millis::parse, global = true)]
     pub timeout: Millis,
+    /// The token sent as `Authorization: Bearer`: an API token
+    /// (`goat token create`) or the cluster token.
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// With TLS: the cluster's CA certificate (PEM), to verify managers.
+    #[arg(long, env = "GOAT_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// With TLS: a client certificate signed by the CA (PEM).
+    #[arg(long, env = "GOAT_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// With TLS: the key of --tls-cert (PEM).
+    #[arg(long, env = "GOAT_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// The TLS material given, if any (all three or none).
+    pub fn tls(&self) -> Result<Option<goat_raft::tls::Tls>, super::CliError> {
+        goat_raft::tls::TlsArgs {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+        }
+        .load()
+        .map_err(|e| super::CliError::usage(format!("{e:#}")))
+    }
 }
 
 /// The operator's subcommands, flattened into `goat`'s.
@@ -40,6 +66,10 @@ pub enum OperatorCommand {
     Members(MembersArgs),
     /// Save the cluster state to a file, or restore it from one.
     Snapshot(SnapshotArgs),
+    /// Create, list or revoke API tokens (needs an admin token).
+    Token(TokenArgs),
+    /// Write a CA and per-node certificates for a TLS deployment.
+    Tls(TlsArgs),
     /// Plan for a failure before it happens.
     Plan(PlanArgs),
 }
@@ -48,9 +78,6 @@ pub enum OperatorCommand {
 pub struct PlanArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The cluster token.
-    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
     #[command(subcommand)]
     pub action: PlanAction,
 }
@@ -62,6 +89,57 @@ pub enum PlanAction {
     NodeLoss {
         /// The node assumed lost.
         node: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// read, submit or admin.
+        #[arg(long)]
+        role: String,
+        /// A label, e.g. who or what uses it.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the tokens (ids, names, roles; never secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id, as `goat token list` shows it.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    #[command(subcommand)]
+    pub action: TlsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsAction {
+    /// Write DIR/ca.crt (and its key), one NAME.crt/NAME.key per manager and
+    /// worker, and client.crt/client.key for operators. Each certificate
+    /// names its host (a DNS name or an IP), localhost and 127.0.0.1.
+    Init {
+        /// Where to write the files (created if missing).
+        dir: PathBuf,
+        /// Manager host names or IPs, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        managers: Vec<String>,
+        /// Worker host names or IPs, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        workers: Vec<String>,
     },
 }
 
@@ -191,13 +269,10 @@ pub enum SnapshotAction {
         /// Where to write the backup (`-` for stdout).
         file: PathBuf,
     },
-    /// Replace the cluster's state with FILE's (needs the cluster token).
+    /// Replace the cluster's state with FILE's (needs an admin token).
     Restore {
         /// A file written by `goat snapshot save`.
         file: PathBuf,
-        /// The cluster token.
-        #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
-        token: Option<String>,
     },
 }
 

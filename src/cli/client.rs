@@ -29,25 +29,54 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// Default headers that send `token` as `Authorization: Bearer` (none for
+/// an empty token), for clients that do not go through [`Client`].
+pub fn bearer_headers(token: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+        value.set_sensitive(true);
+        if !token.is_empty() {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    headers
+}
+
 /// `HOST:PORT` or a URL → a base URL without trailing slash.
+#[cfg(test)]
 pub(crate) fn base_url(addr: &str) -> String {
+    base_url_with(addr, "http")
+}
+
+/// [`base_url`] with `scheme` for a bare `HOST:PORT`.
+pub(crate) fn base_url_with(addr: &str, scheme: &str) -> String {
     let addr = addr.trim().trim_end_matches('/');
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 
 impl Client {
     /// `addrs`: managers as `HOST:PORT` (or URLs); `timeout`: per request.
-    pub fn new(addrs: &[String], token: Option<String>, timeout: Duration) -> Result<Client, CliError> {
-        let bases: Vec<String> = addrs.iter().filter(|a| !a.trim().is_empty()).map(|a| base_url(a)).collect();
+    /// `tls`: the CA to verify managers with and the client certificate to
+    /// present; a bare `HOST:PORT` then means `https://HOST:PORT`.
+    pub fn new(
+        addrs: &[String],
+        token: Option<String>,
+        timeout: Duration,
+        tls: Option<&goat_raft::tls::Tls>,
+    ) -> Result<Client, CliError> {
+        let bases: Vec<String> = addrs
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| base_url_with(a, goat_raft::tls::scheme(tls)))
+            .collect();
         if bases.is_empty() {
             return Err(CliError::usage("no manager address: use --addr or GOAT_ADDR (HOST:PORT[,HOST:PORT...])"));
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = goat_raft::tls::client_builder(tls)
             .connect_timeout(Duration::from_secs(1))
             .timeout(timeout)
             .build()
@@ -198,7 +227,7 @@ mod tests {
     fn addresses_become_base_urls() {
         assert_eq!(base_url("127.0.0.1:7101"), "http://127.0.0.1:7101");
         assert_eq!(base_url(" http://h:1/ "), "http://h:1");
-        assert!(Client::new(&[" ".into()], None, Duration::from_secs(1)).is_err());
+        assert!(Client::new(&[" ".into()], None, Duration::from_secs(1), None).is_err());
     }
 
     #[test]

@@ -11,15 +11,15 @@ use serde_json::{json, Value};
 pub use super::args::{parse_env, parse_port};
 use super::args::{
     ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, PlanAction, PlanArgs, RunArgs,
-    SnapshotAction, SnapshotArgs, StatusArgs, StopArgs,
+    SnapshotAction, SnapshotArgs, StatusArgs, StopArgs, TokenAction, TokenArgs,
 };
 use super::client::Client;
 use super::error::{exit, CliError};
 use super::table::{age, bytes, render};
 use crate::clock::now_ms;
 
-fn client(args: &ClientArgs, token: Option<String>) -> Result<Client, CliError> {
-    Client::new(&args.addr, token, args.timeout.as_duration())
+fn client(args: &ClientArgs) -> Result<Client, CliError> {
+    Client::new(&args.addr, args.token.clone(), args.timeout.as_duration(), args.tls()?.as_ref())
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
@@ -123,7 +123,7 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
 /// `goat run`.
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let spec = spec_of(&args)?;
-    let client = client(&args.client, None)?;
+    let client = client(&args.client)?;
     let created = client.submit(&spec).await?;
     let task = parse_task(&created)?;
     if !args.wait {
@@ -212,7 +212,7 @@ fn ports_of(task: &Task) -> String {
 
 /// `goat status [ID]`.
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
-    let client = client(&args.client, None)?;
+    let client = client(&args.client)?;
     let Some(id) = &args.id else {
         let tasks = all_tasks(&client).await?;
         if args.client.json {
@@ -285,7 +285,7 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
 
 /// `goat stop ID`.
 pub async fn stop(args: StopArgs) -> Result<(), CliError> {
-    let client = client(&args.client, None)?;
+    let client = client(&args.client)?;
     let id = resolve_task(&client, &args.id).await?;
     let task = client.send_ok(Method::DELETE, &format!("/v1/tasks/{id}"), None).await?;
     if args.client.json {
@@ -298,7 +298,7 @@ pub async fn stop(args: StopArgs) -> Result<(), CliError> {
 
 /// `goat nodes`.
 pub async fn nodes(args: NodesArgs) -> Result<(), CliError> {
-    let client = client(&args.client, None)?;
+    let client = client(&args.client)?;
     let nodes: Vec<Value> = client.get("/v1/nodes").await?;
     if args.client.json {
         return print_json(&nodes);
@@ -334,7 +334,7 @@ pub async fn nodes(args: NodesArgs) -> Result<(), CliError> {
 
 /// `goat node drain NAME`, `goat node undrain NAME`.
 pub async fn node(args: NodeArgs) -> Result<(), CliError> {
-    let client = client(&args.client, None)?;
+    let client = client(&args.client)?;
     match &args.action {
         NodeAction::Drain { name } => {
             let node = client.send_ok(Method::PUT, &format!("/v1/nodes/{name}/drain"), None).await?;
@@ -356,7 +356,7 @@ pub async fn node(args: NodeArgs) -> Result<(), CliError> {
 
 /// `goat members`, `goat members add ID ADDR`, `goat members remove ID`.
 pub async fn members(args: MembersArgs) -> Result<(), CliError> {
-    let client = client(&args.client, None)?;
+    let client = client(&args.client)?;
     match &args.action {
         Some(MembersAction::Add { id, addr }) => {
             let answer = client.post_json("/v1/cluster/members", &json!({"id": id, "addr": addr})).await?;
@@ -384,13 +384,14 @@ async fn list_members(client: &Client, args: &ClientArgs) -> Result<(), CliError
     let view: Value = client.get("/v1/cluster").await?;
     let leader = view["leader"].as_u64();
     let members = view["members"].as_array().cloned().unwrap_or_default();
-    let probe = reqwest::Client::builder()
-        .no_proxy()
+    let tls = args.tls()?;
+    let scheme = goat_raft::tls::scheme(tls.as_ref());
+    let probe = goat_raft::tls::client_builder(tls.as_ref())
         .timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| CliError::other(e.to_string()))?;
     let healths = futures::future::join_all(members.iter().map(|m| {
-        let url = format!("http://{}/v1/health", m["addr"].as_str().unwrap_or_default());
+        let url = format!("{scheme}://{}/v1/health", m["addr"].as_str().unwrap_or_default());
         let probe = probe.clone();
         async move {
             let response = probe.get(url).send().await.ok()?;
@@ -439,7 +440,7 @@ async fn list_members(client: &Client, args: &ClientArgs) -> Result<(), CliError
 pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     match &args.action {
         SnapshotAction::Save { file } => {
-            let client = client(&args.client, None)?;
+            let client = client(&args.client)?;
             let (status, body) = client.send(Method::GET, "/v1/snapshot", None).await?;
             if !status.is_success() {
                 return Err(CliError::from_status(status, &body));
@@ -468,17 +469,14 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             );
             Ok(())
         }
-        SnapshotAction::Restore { file, token } => {
-            let token = token
-                .clone()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| CliError::usage("restoring needs the cluster token: --token or GOAT_TOKEN"))?;
+        SnapshotAction::Restore { file } => {
             let body = std::fs::read(file).map_err(|e| CliError::usage(format!("reading {}: {e}", file.display())))?;
             let backup: Backup = serde_json::from_slice(&body)
                 .map_err(|e| CliError::usage(format!("{} is not a Goat backup: {e}", file.display())))?;
             backup.check().map_err(|e| CliError::usage(format!("{}: {}: {}", file.display(), e.field, e.message)))?;
             let timeout = args.client.timeout.as_duration().max(Duration::from_secs(60));
-            let client = Client::new(&args.client.addr, Some(token), timeout)?;
+            let tls = args.client.tls()?;
+            let client = Client::new(&args.client.addr, args.client.token.clone(), timeout, tls.as_ref())?;
             let answer = client.send_ok(Method::POST, "/v1/snapshot/restore", Some(body)).await?;
             if args.client.json {
                 return print_json(&answer);
@@ -491,7 +489,7 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
 
 /// `goat plan node-loss [NODE]`.
 pub async fn plan(args: PlanArgs) -> Result<(), CliError> {
-    let client = client(&args.client, args.token.clone())?;
+    let client = client(&args.client)?;
     let PlanAction::NodeLoss { node } = &args.action;
     let path = match node {
         Some(name) => format!("/v1/cluster/headroom?node={}", encode_query(name)),
@@ -553,6 +551,58 @@ pub fn render_plan(plan: &crate::headroom::NodeLoss) -> String {
         out.push_str(&render(&["TASK", "NAME", "WOULD GO TO", "WHY NOT"], &rows));
     }
     out
+}
+
+/// `goat token create|list|revoke`.
+pub async fn token(args: TokenArgs) -> Result<(), CliError> {
+    let client = client(&args.client)?;
+    match &args.action {
+        TokenAction::Create { role, name } => {
+            if !["read", "submit", "admin"].contains(&role.as_str()) {
+                return Err(CliError::usage(format!("--role {role:?}: use read, submit or admin")));
+            }
+            let created = client.post_json("/v1/tokens", &json!({"role": role, "name": name})).await?;
+            if args.client.json {
+                return print_json(&created);
+            }
+            println!(
+                "created token {} ({} role{}). Its secret, shown this once:\n\n  {}\n\nUse it with: export GOAT_TOKEN=<secret>",
+                created["id"].as_str().unwrap_or("?"),
+                created["role"].as_str().unwrap_or("?"),
+                if name.is_empty() { String::new() } else { format!(", {name}") },
+                created["secret"].as_str().unwrap_or("?"),
+            );
+            Ok(())
+        }
+        TokenAction::List => {
+            let tokens: Vec<Value> = client.get("/v1/tokens").await?;
+            if args.client.json {
+                return print_json(&tokens);
+            }
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t["id"].as_str().unwrap_or("").to_string(),
+                        t["role"].as_str().unwrap_or("").to_string(),
+                        t["name"].as_str().unwrap_or("").to_string(),
+                        age(now.saturating_sub(t["created_at"].as_u64().unwrap_or(now))),
+                    ]
+                })
+                .collect();
+            println!("{}", render(&["ID", "ROLE", "NAME", "CREATED"], &rows));
+            Ok(())
+        }
+        TokenAction::Revoke { id } => {
+            client.send_ok(Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
+            if args.client.json {
+                return print_json(&json!({"revoked": id}));
+            }
+            println!("revoked token {id}");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

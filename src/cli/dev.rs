@@ -190,7 +190,7 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     .await;
 
     eprintln!("\n==> stopping");
-    let client = Client::new(&addrs, None, Duration::from_secs(5))?;
+    let client = Client::new(&addrs, Some(token.clone()), Duration::from_secs(5), None)?;
     if let Some(id) = &task_id {
         stop_task(&client, id).await;
     }
@@ -216,7 +216,7 @@ async fn bring_up(
     echo_port: u16,
     task_id: &mut Option<String>,
 ) -> Result<(), CliError> {
-    let client = Client::new(addrs, Some(token.to_string()), Duration::from_secs(10))?;
+    let client = Client::new(addrs, Some(token.to_string()), Duration::from_secs(10), None)?;
     eprintln!("==> waiting for the managers to elect a leader");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -280,11 +280,14 @@ fn print_banner(addrs: &[String], worker: &str, dir: &Path, token: &str, echo_po
          \x20 export GOAT_TOKEN={token}\n\
          \x20 {exe} status\n\
          \x20 {exe} drill kill-leader --driver procs --dev-dir {}\n\
+         \x20 curl -H \"Authorization: Bearer $GOAT_TOKEN\" {}/v1/cluster\n\
+         \nThe cluster token has every right; narrower ones: {exe} token create --role read\n\
          \nPress Ctrl-C to stop.",
         addrs.join(" "),
         dir.display(),
         addrs.join(","),
         dir.display(),
+        addrs.first().map(String::as_str).unwrap_or("127.0.0.1:7101"),
     );
 }
 

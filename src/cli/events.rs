@@ -11,21 +11,18 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::client::base_url;
+use super::client::base_url_with;
 
 /// `goat events`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
-    /// Managers to ask, comma-separated; the next is tried when one is down.
-    #[arg(long, env = "GOAT_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7101")]
-    pub addr: Vec<String>,
+    /// Managers (the next is tried when one is down), token, TLS.
+    #[command(flatten)]
+    pub client: super::ClientArgs,
     /// Start after this event index (0: every retained event); default: new
     /// events only.
     #[arg(long)]
     pub index: Option<u64>,
-    /// Print each event's JSON on one line.
-    #[arg(long)]
-    pub json: bool,
     /// Exit after this many events.
     #[arg(long)]
     pub limit: Option<u64>,
@@ -96,11 +93,17 @@ pub fn describe(event: &Value) -> String {
 }
 
 pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
-    let addrs: Vec<String> = args.addr.iter().filter(|a| !a.trim().is_empty()).map(|a| base_url(a)).collect();
+    let tls = args.client.tls().map_err(|e| anyhow::anyhow!(e.message))?;
+    let scheme = goat_raft::tls::scheme(tls.as_ref());
+    let addrs: Vec<String> =
+        args.client.addr.iter().filter(|a| !a.trim().is_empty()).map(|a| base_url_with(a, scheme)).collect();
     if addrs.is_empty() {
         bail!("no manager address: use --addr or GOAT_ADDR");
     }
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build().context("HTTP client")?;
+    let http = goat_raft::tls::client_builder(tls.as_ref())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("HTTP client")?;
     let mut resume = args.index;
     let mut printed = 0u64;
     let mut failures = 0usize;
@@ -108,6 +111,9 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     loop {
         let url = &addrs[next % addrs.len()];
         let mut request = http.get(format!("{url}/v1/events"));
+        if let Some(token) = args.client.token.as_deref().filter(|t| !t.is_empty()) {
+            request = request.bearer_auth(token);
+        }
         if let Some(index) = resume {
             request = request.query(&[("index", index)]);
         }
@@ -150,7 +156,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
                         if let Some(index) = message.id.as_deref().and_then(|id| id.parse().ok()) {
                             resume = Some(index);
                         }
-                        if args.json {
+                        if args.client.json {
                             println!("{}", message.data);
                         } else {
                             let event: Value = serde_json::from_str(&message.data).unwrap_or_default();
@@ -195,6 +201,6 @@ mod tests {
         assert_eq!(describe(&task), "9 task echo (d16c67ea) scheduled -> running on w1");
         let node = serde_json::json!({"type": "node", "index": 3, "node": "w1", "status": "down", "reason": "missed"});
         assert_eq!(describe(&node), "3 node w1 down: missed");
-        assert_eq!(base_url("127.0.0.1:7101/"), "http://127.0.0.1:7101");
+        assert_eq!(super::super::client::base_url("127.0.0.1:7101/"), "http://127.0.0.1:7101");
     }
 }

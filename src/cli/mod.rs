@@ -9,6 +9,7 @@
 //! - [`events`]: `goat events`, following the event stream.
 //! - [`config`]: `--config FILE` for managers and workers.
 //! - [`args`]: the commands' arguments; [`error`]: how they fail.
+//! - [`tls`]: `goat tls init`, a CA and certificates for a TLS deployment.
 //!
 //! Exit codes scripts can rely on: see [`exit`].
 
@@ -20,6 +21,7 @@ pub mod dev;
 pub mod error;
 pub mod events;
 mod table;
+pub mod tls;
 
 pub use args::*;
 pub use error::{exit, CliError};
@@ -38,6 +40,8 @@ pub async fn main(command: OperatorCommand, log_json: bool) -> i32 {
         OperatorCommand::Members(args) => commands::members(args).await,
         OperatorCommand::Snapshot(args) => commands::snapshot(args).await,
         OperatorCommand::Plan(args) => commands::plan(args).await,
+        OperatorCommand::Token(args) => commands::token(args).await,
+        OperatorCommand::Tls(args) => tls::run(args).await,
     };
     match result {
         Ok(()) => exit::OK,

@@ -72,17 +72,25 @@ public_api! {
     get "/v1/snapshot" => super::snapshot::save;
     post "/v1/snapshot/restore" => super::snapshot::restore, limit super::snapshot::MAX_RESTORE_BYTES;
     post "/v1/gc" => super::gc::run;
+    post "/v1/tokens" => super::auth::create;
+    get "/v1/tokens" => super::auth::list;
+    delete "/v1/tokens/{id}" => super::auth::revoke;
 }
 
-pub fn router(manager: Arc<Manager>) -> Router {
+/// The whole HTTP surface of a manager: the public API, the internal
+/// routes, and `extra` (the `/raft/*` routes), all behind one
+/// authentication layer ([`super::auth::authenticate`]).
+pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
     public_router()
         .route("/internal/propose", limited(post(internal_propose), limits::MAX_PROPOSE_BYTES))
         .route("/internal/read-index", limited(post(internal_read_index), limits::NO_BODY_BYTES))
         .route("/internal/status", limited(get(internal_status), limits::NO_BODY_BYTES))
         .route("/internal/state-digest", limited(get(super::verify::internal_state_digest), limits::NO_BODY_BYTES))
         .fallback(not_found)
+        .with_state(manager.clone())
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(manager, super::auth::authenticate))
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
-        .with_state(manager)
 }
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
@@ -304,7 +312,7 @@ async fn submit_task(
     let location = format!("/v1/tasks/{}", task.id);
     // Created by this request, or by an earlier one with the same key.
     let status = if task.created_at == at { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, [(header::LOCATION, location)], Json(task)).into_response())
+    Ok((status, [(header::LOCATION, location)], Json(task.redacted())).into_response())
 }
 
 /// `GET /v1/stats`: how many tasks are in each state and nodes in each
@@ -349,6 +357,7 @@ async fn list_tasks(
     let (body, next) = {
         let applied = m.state.read();
         let (page, next) = task_page(&applied.state.tasks, options.after, options.state, limit);
+        let page: Vec<Task> = page.into_iter().map(Task::redacted).collect();
         (serde_json::to_vec(&page).map_err(ApiError::internal)?, next)
     };
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
@@ -374,20 +383,17 @@ async fn get_task(
     let options = read_options(query)?;
     consistent(&m, &options).await?;
     let applied = m.state.read();
-    applied.state.tasks.get(&id).cloned().map(Json).ok_or_else(|| ApiError::not_found(format!("no task {id}")))
+    applied.state.tasks.get(&id).map(|t| Json(t.redacted())).ok_or_else(|| ApiError::not_found(format!("no task {id}")))
 }
 
 async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
     let task = task_of(m.propose(Command::StopTask { task_id: id, at: now_ms() }).await?)?;
-    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(task.redacted())).into_response())
 }
 
 /// A follower's forwarded command, proposed here if this manager leads.
-async fn internal_propose(State(m): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if !m.token_ok(&headers) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn internal_propose(State(m): Shared, body: Bytes) -> Response {
     let command: Command = match codec::decode(&body) {
         Ok(c) => c,
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
@@ -412,10 +418,7 @@ async fn internal_propose(State(m): Shared, headers: HeaderMap, body: Bytes) -> 
     codec::encode(&answer).into_response()
 }
 
-async fn internal_read_index(State(m): Shared, headers: HeaderMap) -> Response {
-    if !m.token_ok(&headers) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn internal_read_index(State(m): Shared) -> Response {
     match m.read_index().await {
         Ok(index) => codec::encode(&index).into_response(),
         Err(ProposeError::NotLeader) => {
@@ -425,10 +428,7 @@ async fn internal_read_index(State(m): Shared, headers: HeaderMap) -> Response {
     }
 }
 
-async fn internal_status(State(m): Shared, headers: HeaderMap) -> Response {
-    if !m.token_ok(&headers) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn internal_status(State(m): Shared) -> Response {
     let initialized = m.raft.is_initialized().await.unwrap_or(false);
     Json(InternalStatus { id: m.id, initialized }).into_response()
 }

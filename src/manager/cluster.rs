@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use goat_raft::state_machine::SharedState;
 use goat_raft::{bearer, codec, Command, CommandResult, NodeId, Raft, TOKEN_HEADER};
 use openraft::error::{ClientWriteError, RaftError};
@@ -148,6 +148,11 @@ pub struct Manager {
     pub http: reqwest::Client,
     /// `Bearer <token>`, as internal requests carry it.
     pub bearer: String,
+    /// Every `Bearer <token>` accepted as the cluster token: `--token`,
+    /// and `--previous-token` during a rotation.
+    pub cluster_bearers: Vec<String>,
+    /// `https` with TLS, else `http`: the scheme of internal URLs.
+    pub scheme: &'static str,
     pub leader_wait: Duration,
     pub node_down_after: Duration,
     /// How tasks without a strategy of their own are placed.
@@ -201,19 +206,31 @@ pub enum ProposeError {
 }
 
 impl Manager {
-    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerConfig) -> Manager {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: SharedState,
+        args: &ManagerConfig,
+        tls: Option<&goat_raft::tls::Tls>,
+    ) -> anyhow::Result<Manager> {
+        let http = goat_raft::tls::client_builder(tls)
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true)
-            .build()
-            .expect("building the HTTP client (no TLS, no system configuration involved)");
-        Manager {
+            .build()?;
+        let cluster_bearers = std::iter::once(&args.token)
+            .chain(&args.previous_token)
+            .filter(|t| !t.is_empty())
+            .map(|t| bearer(t))
+            .collect();
+        Ok(Manager {
             id,
             batcher: Batcher::start(raft.clone()),
             raft,
             state,
             http,
             bearer: bearer(&args.token),
+            cluster_bearers,
+            scheme: goat_raft::tls::scheme(tls),
             leader_wait: args.leader_wait.as_duration(),
             node_down_after: args.node_down_after.as_duration(),
             default_strategy: args.scheduler,
@@ -227,7 +244,7 @@ impl Manager {
             task_retention: args.task_retention.as_duration(),
             leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
             quorum_ack: Mutex::new(None),
-        }
+        })
     }
 
     /// Takes in openraft's metrics (called on each change): the term this
@@ -294,10 +311,6 @@ impl Manager {
                 Err(_) => Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into())),
             },
         }
-    }
-
-    pub fn token_ok(&self, headers: &HeaderMap) -> bool {
-        goat_raft::service::token_matches(headers, &self.bearer)
     }
 
     /// The leader this manager knows of, with its address.
@@ -436,7 +449,7 @@ impl Manager {
     async fn internal_call(&self, addr: &str, route: &str, body: Vec<u8>) -> Result<Bytes, String> {
         let response = self
             .http
-            .post(format!("http://{addr}/internal/{route}"))
+            .post(format!("{}://{addr}/internal/{route}", self.scheme))
             .header(TOKEN_HEADER, &self.bearer)
             .timeout(Duration::from_secs(5))
             .body(body)
@@ -464,7 +477,7 @@ impl Manager {
             if let Some((leader, addr)) = self.leader().filter(|(leader, _)| *leader != self.id) {
                 let sent = self
                     .http
-                    .request(method.clone(), format!("http://{addr}{path_and_query}"))
+                    .request(method.clone(), format!("{}://{addr}{path_and_query}", self.scheme))
                     .header(TOKEN_HEADER, &self.bearer)
                     .header("content-type", "application/json")
                     .header("x-goat-forwarded-by", self.id.to_string())
@@ -520,7 +533,7 @@ pub async fn bootstrap(manager: Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>
         return;
     }
     for (id, node) in members.iter().filter(|(id, _)| **id != manager.id) {
-        let url = format!("http://{}/internal/status", node.addr);
+        let url = format!("{}://{}/internal/status", manager.scheme, node.addr);
         let answer = manager
             .http
             .get(url)

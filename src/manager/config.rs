@@ -32,9 +32,16 @@ pub struct ManagerArgs {
     /// that will be added with `POST /v1/cluster/members`.
     #[arg(long, env = "GOAT_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// The cluster token, required on every internal request.
+    /// The cluster token: the bootstrap secret, with every right. Members
+    /// and workers send it on every internal request.
     #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// A previous cluster token, still accepted (never sent) while the
+    /// cluster's processes are restarted one by one with a new --token.
+    #[arg(long, env = "GOAT_PREVIOUS_TOKEN", hide_env_values = true)]
+    pub previous_token: Option<String>,
+    #[command(flatten)]
+    pub tls: goat_raft::tls::TlsArgs,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     #[arg(long, env = "GOAT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
@@ -82,6 +89,10 @@ pub struct ManagerConfig {
     /// `ID=HOST:PORT` entries, as `--peers`.
     pub peers: Vec<String>,
     pub token: String,
+    /// Also accepted as the cluster token (`--previous-token`).
+    pub previous_token: Option<String>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`.
+    pub tls: goat_raft::tls::TlsArgs,
     pub snapshot_every: u64,
     pub leader_wait: Millis,
     pub scheduler: Strategy,
@@ -102,6 +113,8 @@ impl ManagerConfig {
             data_dir,
             peers: Vec::new(),
             token: token.into(),
+            previous_token: None,
+            tls: goat_raft::tls::TlsArgs::default(),
             snapshot_every: 10_000,
             leader_wait: Millis(5_000),
             scheduler: Strategy::BinPack,
@@ -123,6 +136,8 @@ impl From<ManagerArgs> for ManagerConfig {
             data_dir: a.data_dir,
             peers: a.peers,
             token: a.token,
+            previous_token: a.previous_token,
+            tls: a.tls,
             snapshot_every: a.snapshot_every,
             leader_wait: a.leader_wait,
             scheduler: a.scheduler,

@@ -8,6 +8,7 @@
 //!
 //! - [`cluster`]: the write and read paths (propose, forward, read index).
 //! - [`api`]: the public HTTP API (the route table).
+//! - [`auth`]: tokens and roles, checked on every route.
 //! - [`extract`]: what the handlers share (read options, relaying).
 //! - [`config`]: a manager's settings.
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod assignments;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -51,6 +53,32 @@ use goat_storage::state_store::StateStore;
 
 pub use cluster::Manager;
 pub use config::{parse_peers, ManagerArgs, ManagerConfig};
+
+/// Serves `app` on `listener` until `shutdown`, then lets open requests
+/// finish: plain HTTP, or with `tls` HTTPS that requires a client
+/// certificate signed by the cluster's CA (see `goat_raft::tls`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<goat_raft::tls::Tls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP");
+    };
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.server);
+    axum_server::from_tcp_rustls(listener.into_std().context("the listening socket")?, config)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .context("serving HTTPS")
+}
 
 /// Runs a manager on `listener` until `shutdown` completes (the binary
 /// passes `crate::shutdown_signal()`: SIGINT or SIGTERM).
@@ -85,17 +113,18 @@ pub async fn run(
 
     let config = raft_config("goat", args.snapshot_every, args.raft_heartbeat.0, args.election_timeout.0);
     let config = Arc::new(config.validate().context("raft timing (--raft-heartbeat, --election-timeout)")?);
-    let raft = Raft::new(args.id, config, Network::new(&args.token), log_store, state_machine)
-        .await
-        .context("starting raft")?;
+    let tls = args.tls.load()?;
+    let network = Network::new(&args.token, tls.as_ref()).context("building the Raft client")?;
+    let raft = Raft::new(args.id, config, network, log_store, state_machine).await.context("starting raft")?;
 
-    let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args));
+    let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args, tls.as_ref())?);
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
     tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
 
-    let app = api::router(manager.clone()).merge(goat_raft::service::router(raft.clone(), &args.token));
-    tracing::info!(id = args.id, %listen, "manager started");
+    let cluster_tokens: Vec<String> = std::iter::once(args.token.clone()).chain(args.previous_token.clone()).collect();
+    let app = api::router(manager.clone(), goat_raft::service::router(raft.clone(), &cluster_tokens));
+    tracing::info!(id = args.id, %listen, tls = tls.is_some(), "manager started");
     let closing = manager.closing.clone();
     let shutdown = async move {
         shutdown.await;
@@ -103,7 +132,7 @@ pub async fn run(
         // waiting long polls for up to their wait.
         closing.cancel();
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    serve(listener, app, tls, shutdown).await?;
 
     tracing::info!(id = args.id, "shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(3), raft.shutdown()).await;

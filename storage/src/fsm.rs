@@ -23,6 +23,9 @@ pub const MAX_RESCHEDULES_KEPT: usize = 16;
 pub const MAX_NODE_EVENTS: usize = 16;
 
 /// A change to the cluster state, as carried by one Raft log entry.
+// `SubmitTask` carries a whole spec; commands are short-lived (built,
+// encoded, applied), so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Store a new task, `pending`.
@@ -73,6 +76,13 @@ pub enum Command {
     /// changes. A deposed leader's judgement, made from its frozen view, can
     /// thus never be committed by the next leader.
     Fenced { term: u64, leader: u64, command: Box<Command> },
+    /// Keep a new API token (its hash). The id, the hash and the time are
+    /// decided by the manager that builds the command. Refused if the id
+    /// exists.
+    CreateToken { token: ApiToken },
+    /// Forget an API token: it stops working on every manager as this entry
+    /// is applied. Refused if there is no such token.
+    RevokeToken { id: String },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -169,6 +179,8 @@ fn task_mut(tasks: &mut BTreeMap<TaskId, Task>, task_id: TaskId) -> Result<&mut 
 pub struct ClusterState {
     pub tasks: BTreeMap<TaskId, Task>,
     pub nodes: BTreeMap<String, Node>,
+    /// API tokens by id (hashes only). A restore leaves them as they are.
+    pub tokens: BTreeMap<String, ApiToken>,
     /// Keys changed since the last `take_dirty`, so the store can persist
     /// only what changed. Not part of the replicated state.
     #[serde(skip)]
@@ -190,11 +202,14 @@ pub struct ClusterState {
 struct StoredState {
     tasks: BTreeMap<TaskId, Task>,
     nodes: BTreeMap<String, Node>,
+    tokens: BTreeMap<String, ApiToken>,
 }
 
 impl From<StoredState> for ClusterState {
     fn from(stored: StoredState) -> ClusterState {
-        ClusterState::from_parts(stored.tasks, stored.nodes)
+        let mut state = ClusterState::from_parts(stored.tasks, stored.nodes);
+        state.tokens = stored.tokens;
+        state
     }
 }
 
@@ -264,6 +279,7 @@ impl Index {
 pub struct Dirty {
     pub tasks: BTreeSet<TaskId>,
     pub nodes: BTreeSet<String>,
+    pub tokens: BTreeSet<String>,
 }
 
 impl Command {
@@ -285,7 +301,9 @@ impl Command {
             | Command::Restore { .. }
             | Command::CollectTasks { .. }
             | Command::RemoveNode { .. }
-            | Command::Fenced { .. } => None,
+            | Command::Fenced { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. } => None,
         }
     }
 }
@@ -302,7 +320,7 @@ impl ClusterState {
         let newest_task = tasks.values().filter_map(|t| t.events.last()).map(|e| e.index + 1);
         let newest_node = nodes.values().filter_map(|n| n.events.last()).map(|e| e.index + 1);
         let next_event = newest_task.chain(newest_node).max().unwrap_or(0);
-        ClusterState { tasks, nodes, dirty: Dirty::default(), index, next_event, entry_leader: None }
+        ClusterState { tasks, nodes, tokens: BTreeMap::new(), dirty: Dirty::default(), index, next_event, entry_leader: None }
     }
 
     /// Numbers the events of the next command(s) from the Raft log index of
@@ -391,6 +409,8 @@ impl ClusterState {
                     "decided by manager {leader} as leader of term {term}, applied outside a Raft entry"
                 ))),
             },
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { id } => self.revoke_token(id),
         }
     }
 
@@ -439,6 +459,23 @@ impl ClusterState {
         Ok(CommandResult::Done)
     }
 
+    fn create_token(&mut self, token: &ApiToken) -> Applied {
+        if self.tokens.contains_key(&token.id) {
+            return Err(Refusal::conflict(format!("a token {} exists already", token.id)));
+        }
+        self.tokens.insert(token.id.clone(), token.clone());
+        self.dirty.tokens.insert(token.id.clone());
+        Ok(CommandResult::Done)
+    }
+
+    fn revoke_token(&mut self, id: &str) -> Applied {
+        if self.tokens.remove(id).is_none() {
+            return Err(Refusal::not_found(format!("no token {id}")));
+        }
+        self.dirty.tokens.insert(id.to_string());
+        Ok(CommandResult::Done)
+    }
+
     /// Replaces the whole state; every key before and after is dirty, so the
     /// store deletes what the backup does not hold.
     fn restore(&mut self, tasks: &[Task], nodes: &[Node]) -> Applied {
@@ -451,7 +488,9 @@ impl ClusterState {
         dirty.tasks.extend(self.tasks.keys().chain(new_tasks.keys()).copied());
         dirty.nodes.extend(self.nodes.keys().chain(new_nodes.keys()).cloned());
         let entry_leader = self.entry_leader;
+        let tokens = std::mem::take(&mut self.tokens);
         *self = ClusterState::from_parts(new_tasks, new_nodes);
+        self.tokens = tokens;
         self.dirty = dirty;
         self.entry_leader = entry_leader;
         Ok(CommandResult::Done)
@@ -1202,6 +1241,28 @@ mod tests {
         assert_eq!(results.len(), 100);
         assert_eq!(s.tasks[&id].events.len(), MAX_EVENTS);
         assert_eq!(s.tasks[&id].events.last().unwrap().at, 109);
+    }
+
+    #[test]
+    fn tokens_are_kept_revoked_and_survive_a_restore() {
+        let token =
+            ApiToken { id: "ab12".into(), name: "ci".into(), role: Role::Submit, hash: "00".into(), created_at: 1 };
+        let mut s = ClusterState::default();
+        assert_eq!(s.apply(&Command::CreateToken { token: token.clone() }), CommandResult::Done);
+        assert!(s.apply(&Command::CreateToken { token: token.clone() }).is_refused(), "ids are unique");
+        assert!(s.take_dirty().tokens.contains("ab12"));
+        assert_eq!(s.apply(&Command::Restore { tasks: vec![], nodes: vec![] }), CommandResult::Done);
+        assert_eq!(s.tokens.get("ab12"), Some(&token), "a restore leaves tokens alone");
+        let copy: ClusterState = bincode::serde::decode_from_slice(
+            &bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap(),
+            bincode::config::standard(),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(copy.tokens, s.tokens, "tokens are in snapshots");
+        assert_eq!(s.apply(&Command::RevokeToken { id: "ab12".into() }), CommandResult::Done);
+        assert!(s.apply(&Command::RevokeToken { id: "ab12".into() }).is_refused());
+        assert!(s.tokens.is_empty());
     }
 
     #[test]

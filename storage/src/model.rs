@@ -23,7 +23,8 @@ pub type Timestamp = u64;
 pub type TaskId = Uuid;
 
 /// What a user submits: the desired shape of one containerized task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// (Its `Debug` redacts `secret_env`, so a log line never holds a secret.)
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// Docker-style name: 1–63 characters of `[a-zA-Z0-9_.-]`, starting with
@@ -37,6 +38,12 @@ pub struct TaskSpec {
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret: given to the
+    /// container like `env`, but never shown by a read, an event or a log
+    /// (the API answers [`SECRET_PLACEHOLDER`] for each value). Only the
+    /// worker that runs the task, and a backup, hold them in clear.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
     /// CPU reserved, in cores (0.5 = half a core). A scheduling reservation,
     /// enforced on the node as a relative weight (CPU shares) unless
     /// `cpu_hard_limit` is set.
@@ -75,6 +82,78 @@ pub struct TaskSpec {
     /// task is moved to another node as soon as its node is down.
     #[serde(default)]
     pub disconnect_window: Option<Millis>,
+}
+
+impl fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(&self.redacted()) {
+            Ok(json) => write!(f, "TaskSpec{json}"),
+            Err(_) => write!(f, "TaskSpec {{ name: {:?}, .. }}", self.name),
+        }
+    }
+}
+
+/// What the API shows instead of a secret value.
+pub const SECRET_PLACEHOLDER: &str = "<secret>";
+
+impl TaskSpec {
+    /// This spec with every `secret_env` value replaced by
+    /// [`SECRET_PLACEHOLDER`]: what reads show.
+    pub fn redacted(&self) -> TaskSpec {
+        let mut spec = self.clone();
+        for value in spec.secret_env.values_mut() {
+            *value = SECRET_PLACEHOLDER.to_string();
+        }
+        spec
+    }
+}
+
+impl Task {
+    /// This task with its secret values redacted (see [`TaskSpec::redacted`]).
+    pub fn redacted(&self) -> Task {
+        let mut task = self.clone();
+        if !task.spec.secret_env.is_empty() {
+            task.spec = task.spec.redacted();
+        }
+        task
+    }
+}
+
+/// What an API token may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every read: `GET` routes, events, metrics (not backups, not tokens).
+    Read,
+    /// `read`, plus submitting and stopping tasks.
+    Submit,
+    /// Everything: nodes, drains, members, backups, restore, tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Submit => "submit",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An API token as the cluster keeps it: its secret only as a SHA-256
+/// hash (hex), so the replicated state, snapshots and backups never hold
+/// a usable secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// A short random id (hex), shown by listings and used to revoke.
+    pub id: String,
+    /// A label chosen by the operator.
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    pub created_at: Timestamp,
 }
 
 /// How the scheduler ranks the nodes a task fits on.

@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use crate::engine::{Engine, EngineError, Op, Result, Tree};
 use crate::fsm::{ClusterState, Dirty};
-use crate::model::{Node, Task};
+use crate::model::{ApiToken, Node, Task};
 
 const TASK_PREFIX: u8 = b't';
 const NODE_PREFIX: u8 = b'n';
+const TOKEN_PREFIX: u8 = b'k';
 const APPLIED: &[u8] = b"a/applied";
 const SNAPSHOT: &[u8] = b"s/snapshot";
 /// Where stores written before the single record kept the two halves; read
@@ -43,6 +44,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
 fn task_key(task: &uuid::Uuid) -> Vec<u8> {
     let mut key = vec![TASK_PREFIX];
     key.extend_from_slice(task.as_bytes());
+    key
+}
+
+fn token_key(id: &str) -> Vec<u8> {
+    let mut key = vec![TOKEN_PREFIX];
+    key.extend_from_slice(id.as_bytes());
     key
 }
 
@@ -81,7 +88,12 @@ impl StateStore {
             let node: Node = decode(Tree::State, &bytes)?;
             nodes.insert(node.name.clone(), node);
         }
-        Ok((ClusterState::from_parts(tasks, nodes), self.engine.get(Tree::State, APPLIED)?))
+        let mut state = ClusterState::from_parts(tasks, nodes);
+        for (_, bytes) in self.engine.scan(Tree::State, &[TOKEN_PREFIX], Some(&[TOKEN_PREFIX + 1]), usize::MAX)? {
+            let token: ApiToken = decode(Tree::State, &bytes)?;
+            state.tokens.insert(token.id.clone(), token);
+        }
+        Ok((state, self.engine.get(Tree::State, APPLIED)?))
     }
 
     /// Writes what changed since the last save, with the applied position,
@@ -93,6 +105,9 @@ impl StateStore {
         }
         for name in &dirty.nodes {
             ops.push((node_key(name), state.nodes.get(name).map(encode)));
+        }
+        for id in &dirty.tokens {
+            ops.push((token_key(id), state.tokens.get(id).map(encode)));
         }
         ops.push((APPLIED.to_vec(), Some(applied)));
         self.engine.write(Tree::State, ops)
@@ -107,13 +122,14 @@ impl StateStore {
 
     fn replace_ops(&self, state: &ClusterState, applied: Vec<u8>) -> Result<Vec<Op>> {
         let mut ops: Vec<Op> = Vec::new();
-        for prefix in [TASK_PREFIX, NODE_PREFIX] {
+        for prefix in [TASK_PREFIX, NODE_PREFIX, TOKEN_PREFIX] {
             for (key, _) in self.engine.scan(Tree::State, &[prefix], Some(&[prefix + 1]), usize::MAX)? {
                 ops.push((key, None));
             }
         }
         ops.extend(state.tasks.iter().map(|(id, t)| (task_key(id), Some(encode(t)))));
         ops.extend(state.nodes.iter().map(|(name, n)| (node_key(name), Some(encode(n)))));
+        ops.extend(state.tokens.iter().map(|(id, t)| (token_key(id), Some(encode(t)))));
         ops.push((APPLIED.to_vec(), Some(applied)));
         Ok(ops)
     }
@@ -200,6 +216,14 @@ mod tests {
             engine: engine_ok,
             at: 1,
         });
+        let token = crate::model::ApiToken {
+            id: "ab12".into(),
+            name: String::new(),
+            role: crate::model::Role::Read,
+            hash: "00".into(),
+            created_at: 1,
+        };
+        state.apply(&Command::CreateToken { token });
         let dirty = state.take_dirty();
         store.save_changes(&state, dirty, b"applied-5".to_vec()).unwrap();
 
@@ -207,6 +231,7 @@ mod tests {
         assert_eq!(applied, Some(b"applied-5".to_vec()));
         assert_eq!(loaded.tasks, state.tasks);
         assert_eq!(loaded.nodes, state.nodes);
+        assert_eq!(loaded.tokens, state.tokens);
 
         let smaller =
             ClusterState::from_parts(BTreeMap::from([(ids[0], state.tasks[&ids[0]].clone())]), BTreeMap::new());

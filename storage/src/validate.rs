@@ -118,13 +118,21 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
             return Err(FieldError::new(format!("cmd[{i}]"), "must not contain NUL"));
         }
     }
-    for (key, value) in &spec.env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(FieldError::new(format!("env.{key}"), "variable names must be non-empty, without '=' or NUL"));
+    for (field, vars) in [("env", &spec.env), ("secret_env", &spec.secret_env)] {
+        for (key, value) in vars {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(FieldError::new(
+                    format!("{field}.{key}"),
+                    "variable names must be non-empty, without '=' or NUL",
+                ));
+            }
+            if value.contains('\0') {
+                return Err(FieldError::new(format!("{field}.{key}"), "must not contain NUL"));
+            }
         }
-        if value.contains('\0') {
-            return Err(FieldError::new(format!("env.{key}"), "must not contain NUL"));
-        }
+    }
+    if let Some(key) = spec.secret_env.keys().find(|k| spec.env.contains_key(*k)) {
+        return Err(FieldError::new(format!("secret_env.{key}"), "is also in env: a variable is secret or not"));
     }
 
     if !spec.cpu.is_finite() || spec.cpu < 0.0 {

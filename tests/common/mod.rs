@@ -13,6 +13,25 @@ use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-token";
 
+/// An HTTP client that sends `token` on every request and never goes
+/// through a proxy.
+pub fn client_with_token(token: &str, timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().no_proxy().default_headers(headers).timeout(timeout).build().expect("client")
+}
+
+/// An HTTP client with the cluster token.
+pub fn client() -> reqwest::Client {
+    client_with_token(TOKEN, Duration::from_secs(15))
+}
+
+/// An HTTP client without any token.
+pub fn anonymous() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().expect("client")
+}
+
 /// The `goat` binary under test.
 pub fn goat_bin() -> &'static str {
     env!("CARGO_BIN_EXE_goat")
@@ -36,13 +55,31 @@ pub struct Cluster {
     pub peers: String,
     pub extra_args: Vec<String>,
     _dir: tempfile::TempDir,
+    /// Sends the cluster token.
     pub http: reqwest::Client,
+    /// Sends no token.
+    pub anon: reqwest::Client,
+    /// `http`, or `https` for a TLS cluster.
+    pub scheme: &'static str,
 }
 
 impl Cluster {
     /// Starts `n` managers (ids 1..=n) and waits for a leader.
     pub async fn start(n: u64, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        Cluster::start_in(dir, n, extra_args, client(), anonymous(), "http").await
+    }
+
+    /// Starts `n` managers with `extra_args`, talking to them with `http`
+    /// (token) and `anon` (no token) over `scheme`.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        n: u64,
+        extra_args: &[&str],
+        http: reqwest::Client,
+        anon: reqwest::Client,
+        scheme: &'static str,
+    ) -> Cluster {
         let managers: Vec<ManagerProc> = (1..=n)
             .map(|id| ManagerProc {
                 id,
@@ -52,13 +89,14 @@ impl Cluster {
             })
             .collect();
         let peers = managers.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
         let mut cluster = Cluster {
             managers,
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
             http,
+            anon,
+            scheme,
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -73,7 +111,7 @@ impl Cluster {
 
     pub fn url(&self, id: u64) -> String {
         let m = self.managers.iter().find(|m| m.id == id).expect("known manager id");
-        format!("http://{}", m.addr)
+        format!("{}://{}", self.scheme, m.addr)
     }
 
     /// Starts (or restarts) manager `id` from its data directory.
@@ -197,6 +235,13 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// The cluster's directory (data of each manager, TLS files).
+impl Cluster {
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 }
 

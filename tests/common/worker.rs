@@ -265,9 +265,10 @@ pub fn host_port(task: &Value, container_port: u16) -> Option<u16> {
     task["host_ports"][container_port.to_string()].as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
-/// A plain HTTP client that never goes through a proxy.
+/// A plain HTTP client that never goes through a proxy and sends the
+/// cluster token.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("client")
+    super::client_with_token(TOKEN, Duration::from_secs(5))
 }
 
 /// Waits until `POST http://127.0.0.1:{port}/` echoes `body`.

@@ -591,6 +591,8 @@ pub struct HeartbeatConfig {
     pub token: String,
     pub capacity: Resources,
     pub interval: Duration,
+    /// With TLS: `https`, this worker's certificate, the cluster's CA.
+    pub tls: Option<goat_raft::tls::Tls>,
 }
 
 /// How one heartbeat attempt went.
@@ -721,7 +723,7 @@ pub async fn heartbeat_loop(
     let (polled_tx, polled_rx) = mpsc::channel(4);
     let held =
         Held { order: AssignmentOrder::default(), version: String::new(), assignments, store: store_assignments };
-    let poll = long_poll_loop(config.node.clone(), config.token.clone(), target_rx, polled_tx);
+    let poll = long_poll_loop(config.node.clone(), config.token.clone(), config.tls.clone(), target_rx, polled_tx);
     tokio::select! {
         _ = heartbeats(config, status, held, target_tx, polled_rx) => {}
         _ = poll => {}
@@ -735,7 +737,7 @@ async fn heartbeats(
     target: watch::Sender<Option<PollTarget>>,
     mut polled: mpsc::Receiver<(String, HeartbeatReply)>,
 ) {
-    let client = match reqwest::Client::builder().no_proxy().timeout(HEARTBEAT_TIMEOUT).build() {
+    let client = match goat_raft::tls::client_builder(config.tls.as_ref()).timeout(HEARTBEAT_TIMEOUT).build() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; no heartbeats will be sent");
@@ -853,10 +855,12 @@ async fn heartbeats(
 async fn long_poll_loop(
     node: String,
     token: String,
+    tls: Option<goat_raft::tls::Tls>,
     mut target: watch::Receiver<Option<PollTarget>>,
     polled: mpsc::Sender<(String, HeartbeatReply)>,
 ) {
-    let client = match reqwest::Client::builder().no_proxy().timeout(POLL_WAIT + POLL_MARGIN).build() {
+    let scheme = goat_raft::tls::scheme(tls.as_ref());
+    let client = match goat_raft::tls::client_builder(tls.as_ref()).timeout(POLL_WAIT + POLL_MARGIN).build() {
         Ok(client) => client,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the HTTP client; no long polls, heartbeats only");
@@ -880,7 +884,7 @@ async fn long_poll_loop(
             _ => aim.version.clone(),
         };
         let url = format!(
-            "http://{}/v1/nodes/{node}/assignments?after={after}&wait={}ms",
+            "{scheme}://{}/v1/nodes/{node}/assignments?after={after}&wait={}ms",
             aim.manager,
             POLL_WAIT.as_millis()
         );
@@ -918,7 +922,8 @@ async fn long_poll_loop(
 }
 
 async fn send(client: &reqwest::Client, manager: &str, config: &HeartbeatConfig, heartbeat: &Heartbeat) -> Sent {
-    let url = format!("http://{manager}/v1/nodes/{}/heartbeat", config.node);
+    let scheme = goat_raft::tls::scheme(config.tls.as_ref());
+    let url = format!("{scheme}://{manager}/v1/nodes/{}/heartbeat", config.node);
     let response = match client.post(&url).bearer_auth(&config.token).json(heartbeat).send().await {
         Ok(response) => response,
         Err(e) => return Sent::Unreachable(e.to_string()),
@@ -1042,6 +1047,7 @@ mod tests {
             token: "secret".into(),
             capacity: Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 30 },
             interval: Duration::from_millis(100),
+            tls: None,
         };
         let (tx, mut rx) = watch::channel(None);
         let stored = Arc::new(Mutex::new(None));
@@ -1069,6 +1075,7 @@ mod tests {
             token: "wrong".into(),
             capacity: Resources::default(),
             interval: Duration::from_millis(50),
+            tls: None,
         };
         let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));
@@ -1107,6 +1114,7 @@ mod tests {
             token: "t".into(),
             capacity: Resources::default(),
             interval: Duration::from_secs(10),
+            tls: None,
         };
         let status = status();
         let (tx, _rx) = watch::channel(None);
@@ -1204,6 +1212,7 @@ mod tests {
             token: "t".into(),
             capacity: Resources::default(),
             interval: Duration::from_secs(10),
+            tls: None,
         };
         let (tx, _rx) = watch::channel(None);
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));

@@ -49,9 +49,11 @@ pub struct WorkerArgs {
     /// Directory of the worker's local state.
     #[arg(long, env = "GOAT_DATA_DIR", default_value = "goat-worker-data")]
     pub data_dir: PathBuf,
-    /// The cluster's shared token.
+    /// The cluster token (heartbeats and assignment polls need it).
     #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
     pub token: String,
+    #[command(flatten)]
+    pub tls: goat_raft::tls::TlsArgs,
     /// Offer at most this many cores (default: all).
     #[arg(long, env = "GOAT_CPUS")]
     pub cpus: Option<f64>,
@@ -106,6 +108,8 @@ pub struct WorkerConfig {
     pub managers: Vec<String>,
     pub data_dir: PathBuf,
     pub token: String,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`.
+    pub tls: goat_raft::tls::TlsArgs,
     pub cpus: Option<f64>,
     pub memory: Option<u64>,
     pub disk: Option<u64>,
@@ -123,6 +127,7 @@ impl WorkerConfig {
             managers,
             data_dir,
             token: token.into(),
+            tls: goat_raft::tls::TlsArgs::default(),
             cpus: None,
             memory: None,
             disk: None,
@@ -141,6 +146,7 @@ impl From<WorkerArgs> for WorkerConfig {
             managers: a.managers,
             data_dir: a.data_dir,
             token: a.token,
+            tls: a.tls,
             cpus: a.cpus,
             memory: a.memory,
             disk: a.disk,
@@ -193,6 +199,7 @@ pub async fn run(args: WorkerConfig, shutdown: impl std::future::Future<Output =
             token: args.token.clone(),
             capacity,
             interval: args.heartbeat_interval.as_duration().max(Duration::from_millis(100)),
+            tls: args.tls.load()?,
         };
         let save = move |list: &[goat_storage::model::Assignment]| {
             if let Err(e) = store.set_assignments(list) {

@@ -99,7 +99,7 @@ impl ContainerConfig {
             name: container_name(&spec.name, task_id, generation),
             image: spec.image.clone(),
             cmd: spec.cmd.clone(),
-            env: spec.env.clone(),
+            env: spec.env.iter().chain(&spec.secret_env).map(|(k, v)| (k.clone(), v.clone())).collect(),
             labels,
             ports: spec.ports.clone(),
             memory: spec.memory,
