@@ -25,7 +25,9 @@ pub type FlushCallback = Box<dyn FnOnce(std::result::Result<(), std::io::Error>)
 #[derive(Clone)]
 pub struct RaftLog {
     engine: Arc<dyn Engine>,
-    flusher: mpsc::Sender<FlushCallback>,
+    /// The flusher thread, or `None` to flush inline in `append` (see
+    /// [`RaftLog::with_inline_flush`]).
+    flusher: Option<mpsc::Sender<FlushCallback>>,
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -49,7 +51,16 @@ impl RaftLog {
             .name("goat-log-flush".into())
             .spawn(move || flusher(flush_engine, rx))
             .expect("spawning the log flusher thread");
-        RaftLog { engine, flusher: tx }
+        RaftLog { engine, flusher: Some(tx) }
+    }
+
+    /// A log without the flusher thread: `append` flushes before it returns
+    /// and calls `done` itself (no group commit across callers). For the
+    /// deterministic simulation, where a thread working outside the async
+    /// runtime's virtual clock would make runs unrepeatable; production
+    /// uses [`RaftLog::new`].
+    pub fn with_inline_flush(engine: Arc<dyn Engine>) -> RaftLog {
+        RaftLog { engine, flusher: None }
     }
 
     /// Stores entries (index, bytes); they are readable when this returns and
@@ -57,7 +68,14 @@ impl RaftLog {
     pub fn append(&self, entries: Vec<(u64, Vec<u8>)>, done: FlushCallback) -> Result<()> {
         let ops = entries.into_iter().map(|(i, bytes)| (key(i).to_vec(), Some(bytes))).collect();
         self.engine.write(Tree::Log, ops)?;
-        self.flusher.send(done).map_err(|_| EngineError::Engine("log flusher has stopped".into()))
+        match &self.flusher {
+            Some(flusher) => flusher.send(done).map_err(|_| EngineError::Engine("log flusher has stopped".into())),
+            None => {
+                let result = self.engine.flush();
+                done(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+                Ok(())
+            }
+        }
     }
 
     /// Entries with `from <= index < to`, in order, at most `limit`.
@@ -198,6 +216,17 @@ mod tests {
         }
         let order: Vec<u64> = rx.iter().take(50).collect();
         assert_eq!(order, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_inline_log_acknowledges_only_flushed_entries() {
+        let engine = crate::mem_engine::MemEngine::new();
+        let log = RaftLog::with_inline_flush(Arc::new(engine.clone()));
+        let (tx, rx) = channel();
+        log.append(vec![(1, b"a".to_vec())], Box::new(move |r| tx.send(r.is_ok()).unwrap())).unwrap();
+        assert!(rx.try_recv().unwrap(), "acknowledged before append returned");
+        engine.crash();
+        assert_eq!(log.range(1, None, 10).unwrap(), vec![(1, b"a".to_vec())]);
     }
 }
 
