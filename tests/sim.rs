@@ -82,14 +82,39 @@ fn parse_spec(spec: &str) -> Options {
     opts
 }
 
-/// Runs one seed here, in this process.
+/// Runs one seed here, in this process. A run that takes more than a
+/// minute of real time (a livelock at one virtual instant) or ten minutes of
+/// virtual time is reported with its trace.
 fn run_here(opts: Options) -> Report {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("sim runtime");
-    runtime.block_on(async { World::new(opts).run().await })
+    let world = World::new(opts.clone());
+    let watched = world.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let (at, tail) = watched.tail();
+        let mut r = Report { seed: watched.opts.seed, mode: watched.opts.mode.name().into(), ..Default::default() };
+        r.violations.push(format!("stuck: no end after 60 s of real time (virtual time {at} ms)"));
+        r.tail = tail;
+        println!("\nGOATSIM {}", serde_json::to_string(&r).expect("report json"));
+        std::process::exit(1);
+    });
+    runtime.block_on(async {
+        let limit = std::time::Duration::from_secs(600);
+        match tokio::time::timeout(limit, world.clone().run()).await {
+            Ok(report) => report,
+            Err(_) => {
+                let (at, tail) = world.tail();
+                let mut r = Report { seed: opts.seed, mode: opts.mode.name().into(), ..Default::default() };
+                r.violations.push(format!("stuck: no end after {at} ms of virtual time"));
+                r.tail = tail;
+                r
+            }
+        }
+    })
 }
 
 /// Not a test on its own: the child process's entry point.
@@ -97,7 +122,7 @@ fn run_here(opts: Options) -> Report {
 fn sim_child() {
     let Ok(spec) = std::env::var("GOAT_SIM_RUN") else { return };
     let report = run_here(parse_spec(&spec));
-    println!("GOATSIM {}", serde_json::to_string(&report).expect("report json"));
+    println!("\nGOATSIM {}", serde_json::to_string(&report).expect("report json"));
 }
 
 /// Runs each spec in its own child process, `jobs` at a time.
@@ -120,7 +145,7 @@ fn run_children(specs: &[String], jobs: usize) -> Vec<Report> {
         for (child, spec) in children.into_iter().zip(chunk) {
             let out = child.wait_with_output().expect("sim child output");
             let stdout = String::from_utf8_lossy(&out.stdout);
-            match stdout.lines().find_map(|l| l.strip_prefix("GOATSIM ")) {
+            match stdout.lines().find_map(|l| l.find("GOATSIM ").map(|i| &l[i + 8..])) {
                 Some(json) => reports.push(serde_json::from_str(json).expect("sim report")),
                 None => {
                     let mut r = Report { seed: parse_spec(spec).seed, ..Default::default() };

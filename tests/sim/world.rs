@@ -82,9 +82,9 @@ impl Options {
             managers: 3,
             workers: 2,
             tasks: 8,
-            fault_phase: Duration::from_secs(30),
-            settle: Duration::from_secs(15),
-            node_down_after: Duration::from_secs(4),
+            fault_phase: Duration::from_secs(26),
+            settle: Duration::from_secs(12),
+            node_down_after: Duration::from_secs(8),
         }
     }
 }
@@ -99,6 +99,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// retry to another manager).
 const TRUTH_SLACK: Duration = Duration::from_secs(3);
 const SNAPSHOT_EVERY: u64 = 150;
+/// As the worker agent's: how long a heartbeat may take, and the pause
+/// before the next one to another manager after a failure.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+const MIN_HEARTBEAT_GAP: Duration = Duration::from_millis(150);
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
 /// What one run found.
@@ -174,6 +178,8 @@ struct Checks {
     placements: BTreeMap<(uuid::Uuid, u64), String>,
     judged_downs: BTreeSet<(String, u64)>,
     acked: BTreeSet<uuid::Uuid>,
+    /// The trace's tail when the first violation was seen.
+    first_tail: Vec<String>,
 }
 
 struct Trace {
@@ -226,8 +232,13 @@ async fn write_local(raft: &Raft, command: Command) -> Result<(CommandResult, u6
     }
 }
 
+/// `Manager::wait_for_leader_change`, except that it marks the current
+/// metrics seen first: a clone of `Raft::metrics()` starts at the version
+/// the Raft's own receiver saw (the first), so without that `changed()`
+/// returns at once and the retry loops spin (as production's do).
 async fn wait_for_leader_change(raft: &Raft, at_most: Duration) {
     let mut metrics = raft.metrics();
+    metrics.borrow_and_update();
     let _ = tokio::time::timeout(at_most, metrics.changed()).await;
 }
 
@@ -281,9 +292,18 @@ impl World {
         }
     }
 
+    /// The last trace lines and the virtual time (for the watchdog).
+    pub fn tail(&self) -> (u64, Vec<String>) {
+        (self.elapsed_ms(), lock(&self.trace).tail.iter().cloned().collect())
+    }
+
     fn violation(&self, what: String) {
         self.trace(format!("VIOLATION {what}"));
+        let tail: Vec<String> = lock(&self.trace).tail.iter().cloned().collect();
         let mut c = lock(&self.checks);
+        if c.violations.is_empty() {
+            c.first_tail = tail;
+        }
         if c.violations.len() < 20 {
             c.violations.push(format!("t={}ms {what}", self.elapsed_ms()));
         }
@@ -736,7 +756,7 @@ impl World {
             }
             reply
         };
-        tokio::time::timeout(Duration::from_secs(3), call).await.unwrap_or_else(|_| Err("timed out".into()))
+        tokio::time::timeout(HEARTBEAT_TIMEOUT, call).await.unwrap_or_else(|_| Err("timed out".into()))
     }
 
     // ---- the client -----------------------------------------------------------
@@ -866,7 +886,7 @@ impl World {
             nodes_marked_down: stats.downs,
             requeued_tasks: requeued,
             leaders: checks.leaders.len(),
-            tail: if checks.violations.is_empty() { Vec::new() } else { trace.tail.iter().cloned().collect() },
+            tail: checks.first_tail.clone(),
         }
     }
 
@@ -1097,8 +1117,10 @@ async fn worker_loop(w: Arc<World>, i: usize) {
     let n = w.opts.managers;
     let mut target = 1 + (i as u64 % n);
     let capacity = Resources { cpu: 4.0, memory: 4 << 30, disk: 10 << 30 };
+    let mut pause = Duration::from_millis(1_000);
     loop {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::sleep(pause).await;
+        pause = Duration::from_millis(1_000);
         let (frozen, running) = {
             let workers = lock(&w.workers);
             (workers[i].frozen, workers[i].running.clone())
@@ -1138,6 +1160,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
             Err(e) => {
                 w.trace(format!("w{i} heartbeat to {target} failed: {e}"));
                 target = target % n + 1;
+                pause = MIN_HEARTBEAT_GAP;
             }
         }
     }
