@@ -805,13 +805,14 @@ impl World {
         tokio::time::sleep(self.opts.settle).await;
         let _ = client.await;
         self.final_checks().await;
+        let report = self.report();
         for id in 1..=n {
             if let Some(r) = lock(&self.slots)[id as usize - 1].running.take() {
                 r.stop.cancel();
                 let _ = r.raft.shutdown().await;
             }
         }
-        self.report()
+        report
     }
 
     /// Ends every fault: links back, no loss, fast disks, workers thawed,
