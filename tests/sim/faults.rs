@@ -77,9 +77,7 @@ pub fn schedule(w: &World) -> Vec<Fault> {
                     48..=55 => Kind::Delay { extra_ms: r.gen_range(5..300) },
                     56..=62 => Kind::Loss { p: r.gen_range(0.02..0.3) },
                     63..=70 => Kind::Duplicate { p: r.gen_range(0.05..0.5) },
-                    71..=80 => {
-                        Kind::SlowDisk { target: target(r), delay: Duration::from_millis(r.gen_range(10..400)) }
-                    }
+                    71..=80 => Kind::SlowDisk { target: target(r), delay: Duration::from_millis(r.gen_range(10..400)) },
                     81..=88 => Kind::ClockJump {
                         target: target(r),
                         by_ms: if r.gen_bool(0.5) { 1 } else { -1 } * r.gen_range(1_000..120_000),

@@ -48,7 +48,13 @@ impl SimPeer {
     /// a lost leg waits out the RPC's time limit (as a real timeout would);
     /// a duplicated request is delivered a second time later (its answer
     /// ignored).
-    async fn rpc<Req, Resp, E, F, Fut>(&self, kind: &'static str, request: Req, option: &RPCOption, call: F) -> RpcResult<Resp, E>
+    async fn rpc<Req, Resp, E, F, Fut>(
+        &self,
+        kind: &'static str,
+        request: Req,
+        option: &RPCOption,
+        call: F,
+    ) -> RpcResult<Resp, E>
     where
         Req: Clone + Send + 'static,
         Resp: Send + 'static,
@@ -57,7 +63,8 @@ impl SimPeer {
         Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
     {
         let w = &self.world;
-        let lost = || RPCError::Network(NetworkError::new(&SimNetError(format!("{kind} {}->{} lost", self.from, self.to))));
+        let lost =
+            || RPCError::Network(NetworkError::new(&SimNetError(format!("{kind} {}->{} lost", self.from, self.to))));
         if !w.leg(self.from, self.to, kind).await {
             tokio::time::sleep(option.hard_ttl()).await;
             return Err(lost());

@@ -366,8 +366,7 @@ impl World {
 
     async fn boot(self: &Arc<Self>, id: NodeId) {
         let mem = lock(&self.slots)[id as usize - 1].engine.clone();
-        let engine: Arc<dyn Engine> =
-            if self.opts.broken_flush { Arc::new(NoSyncEngine(mem)) } else { Arc::new(mem) };
+        let engine: Arc<dyn Engine> = if self.opts.broken_flush { Arc::new(NoSyncEngine(mem)) } else { Arc::new(mem) };
         let log = SimLog {
             inner: LogStore::new(RaftLog::with_inline_flush(engine.clone())).with_inline_io(),
             world: self.clone(),
@@ -384,7 +383,8 @@ impl World {
         // openraft draws one election timeout per Raft instance from
         // `thread_rng` in [min, max); a range of one value makes it the
         // seed's choice instead.
-        let timeout = self.rand(|r| r.gen_range(goat_raft::ELECTION_TIMEOUT_MS..goat_raft::ELECTION_TIMEOUT_MS * 3 / 2));
+        let timeout =
+            self.rand(|r| r.gen_range(goat_raft::ELECTION_TIMEOUT_MS..goat_raft::ELECTION_TIMEOUT_MS * 3 / 2));
         let mut config = raft_config("goat-sim", SNAPSHOT_EVERY, goat_raft::HEARTBEAT_INTERVAL_MS, timeout);
         config.election_timeout_max = config.election_timeout_min + 1;
         let config = Arc::new(config.validate().expect("sim raft config"));
@@ -466,7 +466,8 @@ impl World {
             let heard = !w.frozen
                 && !lossy
                 && (0u32..(1 << up.len())).any(|mask| {
-                    let set: Vec<u64> = up.iter().enumerate().filter(|(j, _)| mask & (1 << j) != 0).map(|(_, m)| *m).collect();
+                    let set: Vec<u64> =
+                        up.iter().enumerate().filter(|(j, _)| mask & (1 << j) != 0).map(|(_, m)| *m).collect();
                     set.len() >= majority
                         && set.iter().all(|a| both(*a, addr) && set.iter().all(|b| a == b || both(*a, *b)))
                 });
@@ -501,17 +502,15 @@ impl World {
         let (index, digest, placed, downs) = {
             let applied = r.shared.read();
             let index = applied.last_applied.map_or(0, |l| l.index);
-            let placed: Vec<(uuid::Uuid, u64, String)> = applied
-                .state
-                .tasks
-                .values()
-                .filter_map(|t| t.node.clone().map(|n| (t.id, t.generation, n)))
-                .collect();
+            let placed: Vec<(uuid::Uuid, u64, String)> =
+                applied.state.tasks.values().filter_map(|t| t.node.clone().map(|n| (t.id, t.generation, n))).collect();
             let downs: Vec<(String, u64)> = applied
                 .state
                 .nodes
                 .values()
-                .flat_map(|n| n.events.iter().filter(|e| e.status == NodeStatus::Down).map(|e| (n.name.clone(), e.index)))
+                .flat_map(|n| {
+                    n.events.iter().filter(|e| e.status == NodeStatus::Down).map(|e| (n.name.clone(), e.index))
+                })
                 .collect();
             (index, state_digest(&applied.state), placed, downs)
         };
@@ -541,7 +540,8 @@ impl World {
                     }
                 }
             }
-            let new_downs: Vec<(String, u64)> = downs.into_iter().filter(|d| c.judged_downs.insert(d.clone())).collect();
+            let new_downs: Vec<(String, u64)> =
+                downs.into_iter().filter(|d| c.judged_downs.insert(d.clone())).collect();
             drop(c);
             let workers = lock(&self.workers);
             let now = Instant::now();
@@ -671,7 +671,8 @@ impl World {
 
     /// Fixed mode: does a quorum confirm, now, that `r` leads in `term`?
     async fn quorum_confirms(&self, r: &Running, term: u64) -> bool {
-        let confirmed = matches!(tokio::time::timeout(Duration::from_millis(500), r.raft.ensure_linearizable()).await, Ok(Ok(_)));
+        let confirmed =
+            matches!(tokio::time::timeout(Duration::from_millis(500), r.raft.ensure_linearizable()).await, Ok(Ok(_)));
         confirmed && leading(&r.raft, r.id) == (true, term)
     }
 
@@ -743,7 +744,12 @@ impl World {
     }
 
     /// A worker's heartbeat to manager `to`, as the worker sees it.
-    async fn send_heartbeat(self: &Arc<Self>, worker: usize, to: NodeId, hb: Heartbeat) -> Result<Vec<Assignment>, String> {
+    async fn send_heartbeat(
+        self: &Arc<Self>,
+        worker: usize,
+        to: NodeId,
+        hb: Heartbeat,
+    ) -> Result<Vec<Assignment>, String> {
         let from = WORKER_BASE + worker as u64;
         let call = async {
             if !self.leg(from, to, "hb").await {
@@ -763,7 +769,11 @@ impl World {
 
     /// `POST /v1/tasks` (or a stop) on manager `to`: the manager stamps and
     /// proposes the command.
-    async fn send_client(self: &Arc<Self>, to: NodeId, make: impl FnOnce(u64) -> Command) -> Result<CommandResult, String> {
+    async fn send_client(
+        self: &Arc<Self>,
+        to: NodeId,
+        make: impl FnOnce(u64) -> Command,
+    ) -> Result<CommandResult, String> {
         let call = async {
             if !self.leg(CLIENT, to, "client").await {
                 return std::future::pending().await;
@@ -786,7 +796,8 @@ impl World {
         for id in 1..=n {
             self.boot(id).await;
         }
-        let members: BTreeMap<NodeId, BasicNode> = (1..=n).map(|id| (id, BasicNode { addr: format!("m{id}") })).collect();
+        let members: BTreeMap<NodeId, BasicNode> =
+            (1..=n).map(|id| (id, BasicNode { addr: format!("m{id}") })).collect();
         if let Some(first) = self.raft_of(1) {
             if let Err(e) = first.initialize(members).await {
                 self.violation(format!("bootstrap failed: {e}"));
@@ -868,9 +879,8 @@ impl World {
         let trace = lock(&self.trace);
         let checks = lock(&self.checks);
         let stats = lock(&self.stats);
-        let requeued = self
-            .running(1)
-            .map_or(0, |r| r.shared.read().state.tasks.values().filter(|t| t.generation > 1).count());
+        let requeued =
+            self.running(1).map_or(0, |r| r.shared.read().state.tasks.values().filter(|t| t.generation > 1).count());
         Report {
             seed: self.opts.seed,
             mode: self.opts.mode.name().into(),
@@ -1151,8 +1161,11 @@ async fn worker_loop(w: Arc<World>, i: usize) {
         };
         match w.send_heartbeat(i, target, hb).await {
             Ok(list) => {
-                let now: BTreeMap<uuid::Uuid, u64> =
-                    list.iter().filter(|a| a.desired == DesiredStatus::Run).map(|a| (a.task_id, a.generation)).collect();
+                let now: BTreeMap<uuid::Uuid, u64> = list
+                    .iter()
+                    .filter(|a| a.desired == DesiredStatus::Run)
+                    .map(|a| (a.task_id, a.generation))
+                    .collect();
                 if now != running {
                     w.trace(format!("w{i} runs {now:?}"));
                 }
@@ -1180,7 +1193,8 @@ async fn client_loop(w: Arc<World>) {
             w.trace(format!("client stop {task_id} via {to}: {:?}", result.as_ref().map(|_| ())));
         }
         let task_id = uuid::Uuid::from_u128(w.random(|r| r.gen()));
-        let mut spec = serde_json::json!({"name": format!("t{k}"), "image": "goat-echo:latest", "cpu": 0.5, "memory": 64 << 20});
+        let mut spec =
+            serde_json::json!({"name": format!("t{k}"), "image": "goat-echo:latest", "cpu": 0.5, "memory": 64 << 20});
         if w.random(|r| r.gen_bool(0.3)) {
             spec["disconnect_window"] = serde_json::json!(5_000);
         }
