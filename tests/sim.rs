@@ -40,6 +40,10 @@ thread_local! {
 /// `rand::thread_rng`, which reads the kernel through a raw syscall; the
 /// sim gives each Raft a one-value timeout range drawn from its seed
 /// instead.)
+///
+/// # Safety
+///
+/// As getrandom(2): `buf` points to `len` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn getrandom(buf: *mut u8, len: usize, _flags: u32) -> isize {
     ENTROPY.with(|state| {
@@ -129,39 +133,58 @@ fn sim_child() {
     println!("\nGOATSIM {}", serde_json::to_string(&report).expect("report json"));
 }
 
-/// Runs each spec in its own child process, `jobs` at a time.
+/// Runs each spec in its own child process, `jobs` at a time (progress on
+/// stderr every 500 runs).
 fn run_children(specs: &[String], jobs: usize) -> Vec<Report> {
     let exe = std::env::current_exe().expect("test binary path");
-    let mut reports = Vec::with_capacity(specs.len());
-    for chunk in specs.chunks(jobs.max(1)) {
-        let children: Vec<_> = chunk
-            .iter()
-            .map(|spec| {
-                Command::new(&exe)
-                    .args(["sim_child", "--exact", "--nocapture", "--test-threads", "1"])
-                    .env("GOAT_SIM_RUN", spec)
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawning a sim child")
-            })
-            .collect();
-        for (child, spec) in children.into_iter().zip(chunk) {
-            let out = child.wait_with_output().expect("sim child output");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            match stdout.lines().find_map(|l| l.find("GOATSIM ").map(|i| &l[i + 8..])) {
-                Some(json) => reports.push(serde_json::from_str(json).expect("sim report")),
-                None => {
-                    let mut r = Report { seed: parse_spec(spec).seed, ..Default::default() };
-                    let stderr = String::from_utf8_lossy(&out.stderr);
-                    let tail: String = stderr.chars().rev().take(3_000).collect::<Vec<_>>().into_iter().rev().collect();
-                    r.violations.push(format!("the run crashed ({}): {tail}", out.status));
-                    reports.push(r);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Report>>> = std::sync::Mutex::new(vec![None; specs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(spec) = specs.get(i) else { return };
+                let report = run_child(&exe, spec);
+                let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                results[i] = Some(report);
+                let done = results.iter().filter(|r| r.is_some()).count();
+                if done % 500 == 0 && specs.len() > 500 {
+                    eprintln!("simulation: {done}/{} runs done", specs.len());
                 }
-            }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every run reported"))
+        .collect()
+}
+
+fn run_child(exe: &std::path::Path, spec: &str) -> Report {
+    let out = Command::new(exe)
+        .args(["sim_child", "--exact", "--nocapture", "--test-threads", "1"])
+        .env("GOAT_SIM_RUN", spec)
+        .output()
+        .expect("running a sim child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().find_map(|l| l.find("GOATSIM ").map(|i| &l[i + 8..])) {
+        Some(json) => serde_json::from_str(json).expect("sim report"),
+        None => {
+            let opts = parse_spec(spec);
+            let mut r = Report {
+                seed: opts.seed,
+                mode: opts.mode.name().into(),
+                broken_flush: opts.broken_flush,
+                ..Default::default()
+            };
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: String = stderr.chars().rev().take(3_000).collect::<Vec<_>>().into_iter().rev().collect();
+            r.violations.push(format!("the run crashed ({}): {tail}", out.status));
+            r
         }
     }
-    reports
 }
 
 fn jobs() -> usize {

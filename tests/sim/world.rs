@@ -818,7 +818,8 @@ impl World {
         self.final_checks().await;
         let report = self.report();
         for id in 1..=n {
-            if let Some(r) = lock(&self.slots)[id as usize - 1].running.take() {
+            let running = lock(&self.slots)[id as usize - 1].running.take();
+            if let Some(r) = running {
                 r.stop.cancel();
                 let _ = r.raft.shutdown().await;
             }
