@@ -5,11 +5,11 @@
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod drill;
 pub mod echo;
 pub mod manager;
 pub mod metrics;
-pub mod reschedule;
-pub mod scheduler;
 
+pub use control::{reschedule, scheduler};
 pub use goat_worker::shutdown_signal;

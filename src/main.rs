@@ -77,8 +77,11 @@ async fn main() {
         Command::Operator(command) => {
             std::process::exit(cli::main(command, matches!(cli.log_format, LogFormat::Json)).await)
         }
-        Command::Manager(args) => manager::run(args).await,
-        Command::Worker(args) => goat_worker::run(args).await,
+        Command::Manager(args) => match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => manager::run(args.into(), listener, goat::shutdown_signal()).await,
+            Err(e) => Err(anyhow::Error::new(e).context(format!("binding {}", args.listen))),
+        },
+        Command::Worker(args) => goat_worker::run(args.into(), goat::shutdown_signal()).await,
         Command::Echo(args) => echo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(args) => cli::events::run(args).await,

@@ -29,8 +29,6 @@ use goat_storage::model::{NodeStatus, TaskState};
 use openraft::ServerState;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::manager::Manager;
-
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -157,14 +155,37 @@ pub fn log_observer() -> Arc<dyn LogObserver> {
     Arc::new(GlobalLogObserver)
 }
 
-/// Middleware: counts every request by the route it matched (the pattern,
-/// `/v1/tasks/{id}`, not the raw path), its method and status.
+/// The `method` label: one of the methods the API knows, else `other`, so
+/// that a client cannot add series by inventing methods.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The `route` label: the pattern a request matched (`/v1/tasks/{id}`,
+/// never the raw path), else `other`.
+pub fn route_label(matched: Option<&MatchedPath>) -> String {
+    matched.map_or_else(|| "other".to_string(), |p| p.as_str().to_string())
+}
+
+/// Middleware: counts every request by the route it matched, its method
+/// and status. Labels come from fixed sets (the route table, the known
+/// methods, `other`): the number of series is bounded whatever clients send.
 pub async fn track_requests(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = request.method().to_string();
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    global().request(&route, &method, response.status().as_u16(), started.elapsed());
+    global().request(&route, method, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -260,9 +281,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn read(m: &Manager) -> Snapshot {
-        let raft = m.raft.metrics().borrow().clone();
-        let applied = m.state.read();
+    fn read(raft: &Raft, state: &SharedState) -> Snapshot {
+        let raft = raft.metrics().borrow().clone();
+        let applied = state.read();
         let mut snapshot = Snapshot {
             term: raft.current_term,
             leader: raft.state == ServerState::Leader,
@@ -290,9 +311,9 @@ fn node_status(status: NodeStatus) -> &'static str {
     }
 }
 
-/// The whole exposition for manager `m`.
-pub fn render(m: &Manager) -> String {
-    render_with(global(), &Snapshot::read(m))
+/// The whole exposition for the manager of `raft` and `state`.
+pub fn render(raft: &Raft, state: &SharedState) -> String {
+    render_with(global(), &Snapshot::read(raft, state))
 }
 
 /// The exposition of `metrics` and `s`.
@@ -384,6 +405,17 @@ pub fn render_with(metrics: &Metrics, s: &Snapshot) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn labels_come_from_fixed_sets() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        for invented in ["FOO", "BREW", "x1"] {
+            assert_eq!(method_label(&Method::from_bytes(invented.as_bytes()).unwrap()), "other");
+        }
+        assert_eq!(route_label(None), "other");
+    }
+
     use super::*;
 
     #[test]

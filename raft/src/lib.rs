@@ -16,6 +16,7 @@
 use std::io::Cursor;
 
 pub mod codec;
+pub mod limits;
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -84,10 +85,10 @@ pub fn raft_config(
         // `HEARTBEAT_INTERVAL_MS`), and a batched entry can hold 512 commands.
         // With 1,000, a lagging follower was sent RPCs too big to ever finish
         // in time, never caught up, and the cluster kept electing leaders.
-        max_payload_entries: 16,
+        max_payload_entries: limits::MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: 1_000.min(snapshot_every),
-        snapshot_max_chunk_size: 4 << 20,
+        snapshot_max_chunk_size: limits::SNAPSHOT_CHUNK_BYTES,
         ..Default::default()
     }
 }

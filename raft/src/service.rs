@@ -1,12 +1,13 @@
 //! The receiving side of Raft RPCs: `/raft/vote`, `/raft/append` and
 //! `/raft/snapshot`, mounted on the manager's own HTTP port. Each request
 //! must carry the cluster token; without it the answer is 401 and Raft never
-//! sees the request.
+//! sees the request. Each route has its body limit (see [`crate::limits`]):
+//! a declared length over it is refused with 413 before the body is read.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -15,10 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{decode, encode};
+use crate::limits::{limited, MAX_APPEND_BYTES, MAX_SNAPSHOT_BYTES, MAX_VOTE_BYTES};
 use crate::{bearer, Raft, TOKEN_HEADER};
-
-/// The largest Raft request accepted: a snapshot chunk or a batch of entries.
-const MAX_RPC_BYTES: usize = 256 << 20;
 
 #[derive(Clone)]
 struct RaftService {
@@ -30,10 +29,9 @@ struct RaftService {
 pub fn router(raft: Raft, token: &str) -> Router {
     let service = RaftService { raft, expected: bearer(token).into() };
     Router::new()
-        .route("/raft/vote", post(vote))
-        .route("/raft/append", post(append))
-        .route("/raft/snapshot", post(snapshot))
-        .layer(DefaultBodyLimit::max(MAX_RPC_BYTES))
+        .route("/raft/vote", limited(post(vote), MAX_VOTE_BYTES))
+        .route("/raft/append", limited(post(append), MAX_APPEND_BYTES))
+        .route("/raft/snapshot", limited(post(snapshot), MAX_SNAPSHOT_BYTES))
         .with_state(service)
 }
 

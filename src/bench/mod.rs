@@ -15,6 +15,7 @@
 mod load;
 mod procs;
 mod scale;
+mod stats;
 mod tasks;
 
 use std::fmt::Write as _;
@@ -26,6 +27,7 @@ use goat_storage::Millis;
 
 use load::{run_load, LoadResult};
 use procs::{wait_leader, BenchCluster, EtcdCluster, GoatCluster};
+use stats::{median, ms};
 pub use tasks::TasksBenchArgs;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -173,16 +175,6 @@ async fn measure<C: BenchCluster>(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Ok(SystemResult { name: cluster.name(), loads, failovers })
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn median(values: &[Duration]) -> Duration {
-    let mut v = values.to_vec();
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 fn report(results: &[SystemResult], args: &RaftBenchArgs) -> String {

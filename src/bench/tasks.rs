@@ -37,7 +37,7 @@ use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
 use serde_json::{json, Value};
 
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
-use super::{median, ms};
+use super::stats::{median, ms};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TasksBenchArgs {
@@ -512,10 +512,11 @@ async fn goat_start_all(
 
 /// Our tasks as the leader has them (an empty list if it does not answer).
 async fn goat_tasks(http: &reqwest::Client, url: &str, ids: &[String]) -> Vec<Value> {
-    let tasks: Vec<Value> = match http.get(format!("{url}/v1/tasks")).send().await {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let tasks: Vec<Value> =
+        match http.get(format!("{url}/v1/tasks?limit={}", crate::manager::api::MAX_PAGE)).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
     tasks.into_iter().filter(|t| t["id"].as_str().is_some_and(|id| ids.iter().any(|i| i == id))).collect()
 }
 

@@ -17,7 +17,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::CliError;
+pub use super::error::error_text;
+use super::error::CliError;
 
 pub struct Client {
     /// Base URLs (`http://HOST:PORT`), in the order given.
@@ -169,19 +170,6 @@ fn parse_answer<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result
         return Err(CliError::from_status(status, bytes));
     }
     serde_json::from_slice(bytes).map_err(|e| CliError::other(format!("unexpected answer from the manager ({e})")))
-}
-
-/// The API's `{"error": ...}` message, or the raw body.
-pub fn error_text(status: StatusCode, body: &[u8]) -> String {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-    if message.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("{message} (HTTP {})", status.as_u16())
-    }
 }
 
 /// reqwest's error chain in one line.

@@ -8,12 +8,14 @@ use goat_storage::model::{Health, Task, TaskState};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::client::Client;
-use super::table::{age, bytes, render};
-use super::{
-    exit, CliError, ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, RunArgs, SnapshotAction,
-    SnapshotArgs, StatusArgs, StopArgs,
+pub use super::args::{parse_env, parse_port};
+use super::args::{
+    ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, RunArgs, SnapshotAction, SnapshotArgs,
+    StatusArgs, StopArgs,
 };
+use super::client::Client;
+use super::error::{exit, CliError};
+use super::table::{age, bytes, render};
 use crate::clock::now_ms;
 
 fn client(args: &ClientArgs, token: Option<String>) -> Result<Client, CliError> {
@@ -24,24 +26,6 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::other(e.to_string()))?;
     println!("{text}");
     Ok(())
-}
-
-/// `--port CONTAINER[:HOST]`.
-pub fn parse_port(text: &str) -> Result<(u16, Option<u16>), String> {
-    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
-    let bad = || format!("invalid port {text:?}: expected CONTAINER[:HOST], e.g. 7777 or 7777:8080");
-    match text.split_once(':') {
-        None => Ok((port(text).ok_or_else(bad)?, None)),
-        Some((c, h)) => Ok((port(c).ok_or_else(bad)?, Some(port(h).ok_or_else(bad)?))),
-    }
-}
-
-/// `--env KEY=VALUE`.
-pub fn parse_env(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("invalid --env {text:?}: expected KEY=VALUE")),
-    }
 }
 
 /// The task spec `goat run` submits, from its file or its flags.
@@ -95,6 +79,24 @@ fn short_id(task: &Task) -> String {
     task.id.simple().to_string()[..8].to_string()
 }
 
+/// Every task, read a page at a time (`GET /v1/tasks?limit=&after=`): the
+/// next page starts after the last id of a full one.
+pub async fn all_tasks(client: &Client) -> Result<Vec<Value>, CliError> {
+    const PAGE: usize = 1_000;
+    let mut tasks = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page: Vec<Value> = client.get(&format!("/v1/tasks?limit={PAGE}{after}")).await?;
+        let full = page.len() == PAGE;
+        let last = page.last().and_then(|t| t["id"].as_str()).map(str::to_string);
+        tasks.extend(page);
+        match last {
+            Some(id) if full => after = format!("&after={id}"),
+            _ => return Ok(tasks),
+        }
+    }
+}
+
 /// A task id from a full id or a unique prefix (dashes optional).
 pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError> {
     if let Ok(uuid) = uuid::Uuid::parse_str(id) {
@@ -104,7 +106,7 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
     if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(CliError::not_found(format!("{id:?} is not a task id or a prefix of one")));
     }
-    let tasks: Vec<Value> = client.get("/v1/tasks").await?;
+    let tasks = all_tasks(client).await?;
     let matches: Vec<String> = tasks
         .iter()
         .filter_map(|t| t["id"].as_str())
@@ -212,7 +214,7 @@ fn ports_of(task: &Task) -> String {
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     let client = client(&args.client, None)?;
     let Some(id) = &args.id else {
-        let tasks: Vec<Value> = client.get("/v1/tasks").await?;
+        let tasks = all_tasks(&client).await?;
         if args.client.json {
             return print_json(&tasks);
         }

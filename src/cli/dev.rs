@@ -18,31 +18,12 @@ use goat_storage::model::{Task, TaskState};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+pub use super::args::DevArgs;
 use super::client::Client;
-use super::{commands, CliError};
+use super::commands;
+use super::error::CliError;
 
 const ECHO_IMAGE: &str = "goat-echo:latest";
-
-#[derive(Debug, clap::Args)]
-pub struct DevArgs {
-    /// Where the managers and the worker keep their data and logs (default:
-    /// a new temporary directory, removed on exit).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// The managers listen on 127.0.0.1 ports PORT_BASE, PORT_BASE+1 and
-    /// PORT_BASE+2.
-    #[arg(long, default_value_t = 7101)]
-    pub port_base: u16,
-    /// The host port the echo task is published on.
-    #[arg(long, default_value_t = 7777)]
-    pub echo_port: u16,
-    /// The worker's node name (default: dev-PORT_BASE).
-    #[arg(long)]
-    pub worker_name: Option<String>,
-    /// The cluster token (default: a random one, printed).
-    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
 
 /// One child process and where its log goes.
 struct Proc {

@@ -7,20 +7,23 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use goat_raft::limits::{self, limited};
 use goat_raft::{codec, Command, CommandResult};
+use goat_storage::fsm::RefusalKind;
 use goat_storage::model::{Task, TaskSpec, TaskState};
 use goat_storage::validate::validate_spec;
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::cluster::{InternalStatus, Manager, ProposeError};
 use super::error::ApiError;
+use super::extract::{consistent, forwarded, read_options, role_name, ReadOptions};
 use super::json::{parse, MAX_BODY_BYTES};
 use super::nodes;
 use crate::clock::now_ms;
@@ -40,8 +43,7 @@ macro_rules! public_api {
 
         fn public_router() -> Router<Arc<Manager>> {
             Router::new()
-                $(.route($path, axum::routing::$method($handler)
-                    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES $(.max($limit))?))))*
+                $(.route($path, limited(axum::routing::$method($handler), MAX_BODY_BYTES $(.max($limit))?)))*
         }
     };
 }
@@ -58,7 +60,8 @@ public_api! {
     delete "/v1/tasks/{id}" => stop_task;
     get "/v1/stats" => stats;
     get "/v1/nodes" => nodes::list_nodes;
-    post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat;
+    delete "/v1/nodes/{name}" => super::gc::remove_node;
+    post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat, limit nodes::MAX_HEARTBEAT_BYTES;
     get "/v1/nodes/{name}/assignments" => super::assignments::poll;
     put "/v1/nodes/{name}/drain" => nodes::drain;
     delete "/v1/nodes/{name}/drain" => nodes::undrain;
@@ -67,14 +70,15 @@ public_api! {
     get "/v1/openapi.json" => super::openapi::document;
     get "/v1/snapshot" => super::snapshot::save;
     post "/v1/snapshot/restore" => super::snapshot::restore, limit super::snapshot::MAX_RESTORE_BYTES;
+    post "/v1/gc" => super::gc::run;
 }
 
 pub fn router(manager: Arc<Manager>) -> Router {
     public_router()
-        .route("/internal/propose", post(internal_propose).layer(DefaultBodyLimit::max(64 << 20)))
-        .route("/internal/read-index", post(internal_read_index))
-        .route("/internal/status", get(internal_status))
-        .route("/internal/state-digest", get(super::verify::internal_state_digest))
+        .route("/internal/propose", limited(post(internal_propose), limits::MAX_PROPOSE_BYTES))
+        .route("/internal/read-index", limited(post(internal_read_index), limits::NO_BODY_BYTES))
+        .route("/internal/status", limited(get(internal_status), limits::NO_BODY_BYTES))
+        .route("/internal/state-digest", limited(get(super::verify::internal_state_digest), limits::NO_BODY_BYTES))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         .with_state(manager)
@@ -82,7 +86,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
 async fn metrics(State(m): Shared) -> Response {
-    let body = crate::metrics::render(&m);
+    let body = crate::metrics::render(&m.raft, &m.state);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -90,30 +94,32 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// `?stale=true` reads from local state without asking the leader.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadOptions {
-    #[serde(default)]
-    pub stale: bool,
-    /// For `GET /v1/tasks`: only tasks in this state.
-    #[serde(default)]
-    pub state: Option<TaskState>,
-}
+/// Tasks per page of `GET /v1/tasks` when the client does not say.
+pub const DEFAULT_PAGE: usize = 1_000;
+/// The most tasks one page may hold.
+pub const MAX_PAGE: usize = 5_000;
+/// The response header that carries the cursor of the next page.
+pub const NEXT_HEADER: &str = "x-goat-next";
 
-pub fn read_options(
-    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
-) -> Result<ReadOptions, ApiError> {
-    query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))
-}
-
-/// Makes this manager's state current unless the client accepts stale data.
-pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), ApiError> {
-    if options.stale {
-        Ok(())
-    } else {
-        manager.linearize().await
+/// One page of tasks in id order: up to `limit` tasks after `after` (in
+/// `state`, if given), and the cursor of the next page if there are more.
+pub fn task_page(
+    tasks: &std::collections::BTreeMap<Uuid, Task>,
+    after: Option<Uuid>,
+    state: Option<TaskState>,
+    limit: usize,
+) -> (Vec<&Task>, Option<Uuid>) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    let mut page = Vec::new();
+    for task in tasks.range((from, Unbounded)).map(|(_, t)| t).filter(|t| state.is_none_or(|s| t.state == s)) {
+        if page.len() == limit {
+            let next = page.last().map(|t: &&Task| t.id);
+            return (page, next);
+        }
+        page.push(task);
     }
+    (page, None)
 }
 
 #[derive(Serialize)]
@@ -128,16 +134,6 @@ struct HealthView {
     snapshot: Option<u64>,
     /// The last log index purged from this manager's log.
     purged: Option<u64>,
-}
-
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
 }
 
 async fn health(State(m): Shared) -> Json<HealthView> {
@@ -245,16 +241,10 @@ async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Respo
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Relays a request to the leader and its answer back.
-pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
-    let (status, bytes) = m.forward_to_leader(method, path, body).await?;
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
-}
-
 fn task_of(result: CommandResult) -> Result<Task, ApiError> {
     match result {
         CommandResult::Task(task) => Ok(*task),
-        CommandResult::Refused(reason) => Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => Err(refusal.into()),
         other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
 }
@@ -296,7 +286,8 @@ async fn submit_task(
     let _enter = span.enter();
     let at = now_ms();
     let result = m.propose(Command::SubmitTask { task_id, spec, at }).await?;
-    if let CommandResult::Refused(_) = &result {
+    if result.refusal().is_some_and(|r| r.kind == RefusalKind::Conflict) {
+        // The only conflict of a submission: its id is taken by another spec.
         return Err(ApiError::conflict(format!(
             "task {task_id} already exists with another spec: an Idempotency-Key names one submission"
         )));
@@ -334,15 +325,37 @@ fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::field("invalid_field", "id", format!("{id:?} is not a task id (a UUID)")))
 }
 
+/// `GET /v1/tasks[?state=S][&limit=N][&after=ID]`: a JSON array of tasks
+/// in id order, a page at a time; when more follow, the `X-Goat-Next`
+/// header holds the cursor to pass as `after` (and `Link` the next page's
+/// URL).
 async fn list_tasks(
     State(m): Shared,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Task>>, ApiError> {
+) -> Result<Response, ApiError> {
     let options = read_options(query)?;
+    let limit = options.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::field("invalid_field", "limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
     consistent(&m, &options).await?;
-    let applied = m.state.read();
-    let tasks = applied.state.tasks.values().filter(|t| options.state.is_none_or(|s| t.state == s)).cloned().collect();
-    Ok(Json(tasks))
+    let (body, next) = {
+        let applied = m.state.read();
+        let (page, next) = task_page(&applied.state.tasks, options.after, options.state, limit);
+        (serde_json::to_vec(&page).map_err(ApiError::internal)?, next)
+    };
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(next) = next {
+        let state = options.state.map(|s| format!("&state={}", s.as_str())).unwrap_or_default();
+        let stale = if options.stale { "&stale=true" } else { "" };
+        let link = format!("</v1/tasks?limit={limit}&after={next}{state}{stale}>; rel=\"next\"");
+        for (name, value) in [(NEXT_HEADER, next.to_string()), ("link", link)] {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    Ok(response)
 }
 
 async fn get_task(
@@ -359,10 +372,7 @@ async fn get_task(
 
 async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
-    let task = match m.propose(Command::StopTask { task_id: id, at: now_ms() }).await? {
-        CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no task {id}"))),
-        other => task_of(other)?,
-    };
+    let task = task_of(m.propose(Command::StopTask { task_id: id, at: now_ms() }).await?)?;
     Ok((StatusCode::ACCEPTED, Json(task)).into_response())
 }
 
@@ -406,4 +416,36 @@ async fn internal_status(State(m): Shared, headers: HeaderMap) -> Response {
     }
     let initialized = m.raft.is_initialized().await.unwrap_or(false);
     Json(InternalStatus { id: m.id, initialized }).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_storage::fsm::ClusterState;
+
+    #[test]
+    fn pages_walk_every_task_once_in_id_order() {
+        let mut s = ClusterState::default();
+        let spec: TaskSpec = serde_json::from_str(r#"{"name":"t","image":"i"}"#).unwrap();
+        for i in 0..10u128 {
+            s.apply(&Command::SubmitTask { task_id: Uuid::from_u128(i * 7 % 10), spec: spec.clone(), at: 1 });
+        }
+        s.apply(&Command::StopTask { task_id: Uuid::from_u128(4), at: 2 });
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = task_page(&s.tasks, after, None, 3);
+            assert!(page.len() <= 3);
+            seen.extend(page.iter().map(|t| t.id.as_u128()));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        // An exact fit has no next page; a filter pages over the matches.
+        assert_eq!(task_page(&s.tasks, None, None, 10).1, None);
+        let (page, next) = task_page(&s.tasks, None, Some(TaskState::Completed), 1);
+        assert_eq!((page.len(), page[0].id.as_u128(), next), (1, 4, None));
+    }
 }

@@ -3,7 +3,8 @@
 //! of at its next heartbeat (up to a second later).
 //!
 //! The worker names the list it holds by its `version` (a fingerprint of
-//! the tasks, generations and desired statuses, see [`version_on`]). The
+//! the tasks, generations and desired statuses, see
+//! [`crate::control::assignments`]). The
 //! leader answers at once when the node's list differs from it, otherwise
 //! it waits until an applied batch changes the list or the wait is over
 //! (then `304 Not Modified`). It wakes on the state machine's applied-index
@@ -17,6 +18,10 @@
 //! Only the leader's state decides: a follower relays the poll to the leader
 //! with a shorter wait (its relay times out after 10 s), or answers `421`
 //! when the poll was already relayed to it — the heartbeat route's rule.
+//!
+//! A manager holds at most `--max-polls` polls at once (relayed ones
+//! included); past that it answers `503` with `Retry-After`, and the
+//! worker falls back on its heartbeats.
 
 use std::sync::Arc;
 
@@ -25,18 +30,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use goat_raft::state_machine::{Applied, SharedState};
-use goat_storage::model::{Assignment, DesiredStatus, HeartbeatReply};
+use goat_raft::state_machine::SharedState;
+use goat_storage::model::HeartbeatReply;
 use goat_storage::validate::check_name;
 use goat_storage::Millis;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::api::forwarded;
 use super::cluster::Manager;
 use super::error::ApiError;
-use super::nodes::{assignments, HEARTBEAT_INTERVAL};
+use super::extract::forwarded;
+pub use crate::control::assignments::{must_answer, reply_at, version_of, version_on};
 
 /// How long a poll waits when it does not say.
 pub const DEFAULT_WAIT: Millis = Millis(10_000);
@@ -47,63 +52,6 @@ pub const MAX_WAIT: Millis = Millis(30_000);
 const RELAYED_WAIT: Millis = Millis(8_000);
 /// The longest `after` accepted (a version is 16 hex digits).
 const MAX_VERSION_LEN: usize = 64;
-
-/// FNV-1a over each task's id, generation and desired status, in task-id
-/// order: the same list gives the same version on every manager. A task's
-/// spec is left out: it never changes for a given task and generation
-/// (a heartbeat's answer carries the full list anyway).
-fn fingerprint<'a>(tasks: impl Iterator<Item = (&'a uuid::Uuid, u64, DesiredStatus)>) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(PRIME);
-        }
-    };
-    let mut count = 0u64;
-    for (id, generation, desired) in tasks {
-        eat(id.as_bytes());
-        eat(&generation.to_le_bytes());
-        eat(&[match desired {
-            DesiredStatus::Run => 0,
-            DesiredStatus::Stop => 1,
-        }]);
-        count += 1;
-    }
-    eat(&count.to_le_bytes());
-    format!("{hash:016x}")
-}
-
-/// The version of an assignment list (as sent in an answer).
-pub fn version_of(list: &[Assignment]) -> String {
-    fingerprint(list.iter().map(|a| (&a.task_id, a.generation, a.desired)))
-}
-
-/// The version of `node`'s assignments in `applied`, without building the
-/// list (a waiting poll computes it after every applied batch).
-pub fn version_on(applied: &Applied, node: &str) -> String {
-    // `assignments` lists the same tasks in the same (task-id) order.
-    fingerprint(applied.state.tasks_on(node).map(|t| (&t.id, t.generation, t.desired)))
-}
-
-/// The answer for `node` at `applied`'s index: its list, numbered.
-pub fn reply_at(applied: &Applied, node: &str) -> HeartbeatReply {
-    let list = assignments(&applied.state, node);
-    HeartbeatReply {
-        version: version_of(&list),
-        assignments: list,
-        heartbeat_interval: HEARTBEAT_INTERVAL,
-        index: applied.last_applied.map_or(0, |l| l.index),
-    }
-}
-
-/// Whether a poll that holds `after` must be answered now: the list has
-/// another version than the worker's (or the worker named none).
-pub fn must_answer(current: &str, after: Option<&str>) -> bool {
-    after != Some(current)
-}
 
 /// Waits until `node`'s list in `state` differs from `after` (its answer),
 /// or until `until` passes or `closing` is cancelled (`None`).
@@ -166,6 +114,9 @@ pub async fn poll(
     check_name("name", &name)?;
     let query = poll_query(query)?;
     let wait = query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    let _permit = m.polls.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(format!("this manager already holds {} assignment polls (--max-polls)", m.max_polls))
+    })?;
     if !m.is_leader() {
         if headers.contains_key("x-goat-forwarded-by") {
             return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
@@ -189,57 +140,7 @@ pub async fn poll(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use goat_raft::Command;
-    use goat_storage::fsm::ClusterState;
-    use goat_storage::model::{EngineStatus, Resources};
     use std::time::Duration;
-    use uuid::Uuid;
-
-    /// w1 registered with one task placed on it.
-    fn placed() -> (ClusterState, Uuid) {
-        let mut s = ClusterState::default();
-        s.apply(&Command::UpsertNode {
-            name: "w1".into(),
-            capacity: Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 30 },
-            engine: EngineStatus { healthy: true, error: None },
-            at: 1,
-        });
-        let id = Uuid::from_u128(7);
-        let spec = serde_json::from_str(r#"{"name":"t","image":"i"}"#).unwrap();
-        s.apply(&Command::SubmitTask { task_id: id, spec, at: 1 });
-        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 2 });
-        (s, id)
-    }
-
-    fn applied(state: ClusterState) -> Applied {
-        Applied { state, ..Applied::default() }
-    }
-
-    #[test]
-    fn the_version_follows_what_the_worker_acts_on() {
-        let (mut s, id) = placed();
-        let before = version_on(&applied(s.clone()), "w1");
-        assert_eq!(before.len(), 16);
-        // The same list, built or not, on any manager: the same version.
-        assert_eq!(version_of(&assignments(&s, "w1")), before);
-        assert_eq!(version_on(&applied(s.clone()), "w1"), before);
-        // Empty lists have a version too, unlike any non-empty one.
-        assert_ne!(version_on(&applied(s.clone()), "w2"), before);
-        // A stop (no event, no state change) changes it.
-        s.apply(&Command::StopTask { task_id: id, at: 3 });
-        let stopped = version_on(&applied(s.clone()), "w1");
-        assert_ne!(stopped, before);
-        // A report that changes nothing the worker acts on does not.
-        s.apply(&Command::SetPendingReason { task_id: id, reason: Some("x".into()), at: 4 });
-        assert_eq!(version_on(&applied(s), "w1"), stopped);
-    }
-
-    #[test]
-    fn a_poll_is_answered_at_once_unless_it_holds_the_current_version() {
-        assert!(must_answer("00ab", None), "no version: answer");
-        assert!(must_answer("00ab", Some("00ac")), "another version: answer");
-        assert!(!must_answer("00ab", Some("00ab")), "the same: wait");
-    }
 
     #[tokio::test]
     async fn waiting_answers_a_changed_list_at_once_and_times_out_on_the_same() {

@@ -20,6 +20,10 @@
 //! the proposals that arrive while earlier ones are in flight into one
 //! `Command::Batch` entry (group commit above Raft) and hands each caller its
 //! own result back. Under no load a batch is one command and costs nothing.
+//! A batch is bounded by count and by bytes ([`MAX_ENTRY_BYTES`]), so that
+//! one AppendEntries of full batches still replicates within a heartbeat
+//! interval: a burst of large specs becomes more, smaller entries, not one
+//! entry too large to replicate before the followers' election timeout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,16 +38,24 @@ use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
+use super::config::ManagerConfig;
 use super::error::ApiError;
-use super::ManagerArgs;
 
-/// Proposals waiting for the batcher, each with where its result goes.
-type Proposal = (Command, oneshot::Sender<Result<CommandResult, ProposeError>>);
+/// Proposals waiting for the batcher: each with its encoded size and where
+/// its result goes.
+type Proposal = (Command, usize, oneshot::Sender<Result<CommandResult, ProposeError>>);
 
-/// Commands in one batched log entry, at most.
-const MAX_BATCH: usize = 512;
+pub use goat_raft::limits::{MAX_BATCH, MAX_ENTRY_BYTES};
 /// Batched entries in flight in Raft at once.
 const MAX_IN_FLIGHT: usize = 4;
+
+/// Whether a proposal of `size` bytes joins a batch that holds `count`
+/// commands of `bytes` bytes: up to [`MAX_BATCH`] commands and
+/// [`MAX_ENTRY_BYTES`] bytes. A batch always takes its first command,
+/// however large (a spec is capped well below that, a restore goes alone).
+pub fn joins_batch(count: usize, bytes: usize, size: usize) -> bool {
+    count == 0 || (count < MAX_BATCH && bytes.saturating_add(size) <= MAX_ENTRY_BYTES)
+}
 
 /// Gathers concurrent proposals into batched log entries.
 pub struct Batcher {
@@ -60,28 +72,46 @@ impl Batcher {
     /// Proposes `command` in the next batch and waits for its own result.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((command, tx)).map_err(|_| ProposeError::Failed("the batcher has stopped".into()))?;
+        let size = goat_raft::limits::encoded_len(&command);
+        self.tx.send((command, size, tx)).map_err(|_| ProposeError::Failed("the batcher has stopped".into()))?;
         rx.await.map_err(|_| ProposeError::Failed("the batcher dropped the proposal".into()))?
     }
 }
 
 async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A proposal that did not fit in the previous batch starts the next.
+    let mut carried: Option<Proposal> = None;
+    loop {
+        let first = match carried.take() {
+            Some(proposal) => proposal,
+            None => match rx.recv().await {
+                Some(proposal) => proposal,
+                None => return,
+            },
+        };
         // Wait for a slot before draining: proposals pile up meanwhile and
         // go out together.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.1;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(proposal) => batch.push(proposal),
+                Ok(proposal) if joins_batch(batch.len(), bytes, proposal.1) => {
+                    bytes += proposal.1;
+                    batch.push(proposal);
+                }
+                Ok(proposal) => {
+                    carried = Some(proposal);
+                    break;
+                }
                 Err(_) => break,
             }
         }
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|(c, _, r)| (c, r)).unzip();
             let results = if commands.len() == 1 {
                 let command = commands.into_iter().next().expect("one command");
                 vec![client_write(&raft, command).await]
@@ -131,6 +161,14 @@ pub struct Manager {
     /// streams, assignment polls) end at once, so the graceful shutdown
     /// does not wait for them.
     pub closing: tokio_util::sync::CancellationToken,
+    /// Permits for open event streams (`--max-streams`).
+    pub streams: Arc<Semaphore>,
+    pub max_streams: usize,
+    /// Permits for waiting assignment polls (`--max-polls`).
+    pub polls: Arc<Semaphore>,
+    pub max_polls: usize,
+    /// How long finished tasks are kept (`--task-retention`).
+    pub task_retention: Duration,
 }
 
 /// Why a proposal failed, as `/internal/propose` reports it.
@@ -142,7 +180,7 @@ pub enum ProposeError {
 }
 
 impl Manager {
-    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerArgs) -> Manager {
+    pub fn new(id: NodeId, raft: Raft, state: SharedState, args: &ManagerConfig) -> Manager {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(300))
             .tcp_nodelay(true)
@@ -161,6 +199,11 @@ impl Manager {
             last_seen: Mutex::new(HashMap::new()),
             placement_kick: Notify::new(),
             closing: tokio_util::sync::CancellationToken::new(),
+            streams: Arc::new(Semaphore::new(args.max_streams)),
+            max_streams: args.max_streams,
+            polls: Arc::new(Semaphore::new(args.max_polls)),
+            max_polls: args.max_polls,
+            task_retention: args.task_retention.as_duration(),
         }
     }
 
@@ -419,4 +462,22 @@ pub async fn bootstrap(manager: Arc<Manager>, peers: BTreeMap<NodeId, BasicNode>
 pub struct InternalStatus {
     pub id: NodeId,
     pub initialized: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        assert!(joins_batch(0, 0, usize::MAX), "a batch takes its first command, however large");
+        assert!(joins_batch(1, 100, 100));
+        assert!(!joins_batch(MAX_BATCH, 0, 1), "count");
+        assert!(joins_batch(1, MAX_ENTRY_BYTES - 10, 10));
+        assert!(!joins_batch(1, MAX_ENTRY_BYTES - 10, 11), "bytes");
+        // 900 KB commands go one per entry; 60 KB ones four at a time.
+        assert!(!joins_batch(1, 900_000, 900_000));
+        let per_entry = (1..).take_while(|n| joins_batch(*n, n * 60_000, 60_000)).count() + 1;
+        assert_eq!(per_entry, MAX_ENTRY_BYTES / 60_000);
+    }
 }

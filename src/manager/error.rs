@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use goat_storage::fsm::{Refusal, RefusalKind};
 use goat_storage::validate::FieldError;
 use serde::Serialize;
 
@@ -52,6 +53,14 @@ impl ApiError {
         }
     }
 
+    /// 503: this manager is at a configured limit (streams, polls).
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(Duration::from_secs(5)),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+        }
+    }
+
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -62,6 +71,18 @@ impl ApiError {
 
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message.to_string())
+    }
+}
+
+/// The state machine's refusals, by kind: `NotFound` 404, `Conflict` and
+/// `Stale` 409, `Invalid` 422.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        match r.kind {
+            RefusalKind::NotFound => ApiError::not_found(r.reason),
+            RefusalKind::Conflict | RefusalKind::Stale => ApiError::conflict(r.reason),
+            RefusalKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", r.reason),
+        }
     }
 }
 

@@ -8,6 +8,12 @@
 //! manager. A client that fell behind the feed, or a manager that installed
 //! a snapshot, re-reads the histories from the last index sent: nothing is
 //! skipped and nothing is sent twice.
+//!
+//! The retained events are read from the state a chunk at a time (see
+//! `goat_storage::events::Backlog`): the state lock is held for short
+//! looks, never for the whole backlog, and a stream holds one heap entry
+//! per history rather than a copy of every event. A manager serves at most
+//! `--max-streams` streams at once; past that, `503` with `Retry-After`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -18,7 +24,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use goat_raft::state_machine::Feed;
-use goat_storage::events::{complete_from, events_after, last_index, ClusterEvent};
+use goat_storage::events::{last_index, Backlog, ClusterEvent};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -86,15 +92,21 @@ impl Item {
     }
 }
 
-/// The retained events after `after`, preceded by a gap marker if some of
-/// them are gone.
-fn backlog(manager: &Manager, after: u64, queue: &mut VecDeque<Item>) {
-    let applied = manager.state.read();
-    let complete = complete_from(&applied.state);
-    if after.saturating_add(1) < complete {
-        queue.push_back(Item::Gap { after, complete_from: complete });
+/// Histories looked at, and events copied, per look at the state.
+const CHUNK: usize = 256;
+
+/// Scans the histories for the events after `after`, a chunk per short
+/// read of the state, yielding in between: the state machine is never
+/// kept waiting for the whole backlog.
+async fn scan(manager: &Manager, after: u64) -> Backlog {
+    let mut backlog = Backlog::new(after);
+    loop {
+        let done = backlog.scan(&manager.state.read().state, CHUNK);
+        if done {
+            return backlog;
+        }
+        tokio::task::yield_now().await;
     }
-    queue.extend(events_after(&applied.state, after).into_iter().map(Item::Event));
 }
 
 /// One client's stream.
@@ -104,9 +116,25 @@ struct Follower {
     /// The index of the last event sent (or the resume point).
     last: u64,
     queue: VecDeque<Item>,
+    /// Retained events still to send before the feed's, read a chunk at
+    /// a time.
+    backlog: Option<Backlog>,
+    /// Counts this stream against `--max-streams` while it lives.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Follower {
+    /// Starts sending the retained events after `after` (again), with a
+    /// gap marker first if some are gone.
+    async fn replay(&mut self, after: u64) {
+        let backlog = scan(&self.manager, after).await;
+        let complete = backlog.complete_from();
+        if after.saturating_add(1) < complete {
+            self.queue.push_back(Item::Gap { after, complete_from: complete });
+        }
+        self.backlog = Some(backlog);
+    }
+
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(item) = self.queue.pop_front() {
@@ -118,6 +146,15 @@ impl Follower {
                 }
                 return Some(item.to_sse());
             }
+            if let Some(backlog) = &mut self.backlog {
+                // The feed's events come after the backlog's: it waits.
+                let events = backlog.take(&self.manager.state.read().state, CHUNK);
+                self.queue.extend(events.into_iter().map(Item::Event));
+                if backlog.is_done() {
+                    self.backlog = None;
+                }
+                continue;
+            }
             let received = tokio::select! {
                 _ = self.manager.closing.cancelled() => return None,
                 received = self.feed.recv() => received,
@@ -128,7 +165,8 @@ impl Follower {
                 }
                 Ok(Feed::Reset) | Err(RecvError::Lagged(_)) => {
                     tracing::debug!(after = self.last, "event stream re-reading the histories");
-                    backlog(&self.manager, self.last, &mut self.queue);
+                    self.queue.clear();
+                    self.replay(self.last).await;
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -144,20 +182,24 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
     let resume = resume_point(&query, &headers)?;
+    let permit = m.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(format!("this manager already serves {} event streams (--max-streams)", m.max_streams))
+    })?;
     // Subscribe first, then read: what is applied in between comes twice
     // and is sent once.
     let feed = m.state.subscribe();
-    let (position, complete) = {
-        let applied = m.state.read();
-        (applied.last_applied.map_or(0, |l| last_index(l.index)), complete_from(&applied.state))
-    };
+    let position = m.state.read().last_applied.map_or(0, |l| last_index(l.index));
     let start = resume.unwrap_or(position);
+    // Without a resume point the scan finds no event to send, only where
+    // the retained events are complete from.
+    let backlog = scan(&m, if resume.is_some() { start } else { u64::MAX }).await;
+    let complete = backlog.complete_from();
     let mut queue = VecDeque::from([Item::Open { index: start, position, complete_from: complete }]);
-    if resume.is_some() {
-        backlog(&m, start, &mut queue);
+    if resume.is_some() && start.saturating_add(1) < complete {
+        queue.push_back(Item::Gap { after: start, complete_from: complete });
     }
     tracing::debug!(from = start, "event stream opened");
-    let follower = Follower { manager: m, feed, last: start, queue };
+    let follower = Follower { manager: m, feed, last: start, queue, backlog: Some(backlog), _permit: permit };
     let events = futures::stream::unfold(follower, |mut f| async move { f.next().await.map(|e| (Ok(e), f)) });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

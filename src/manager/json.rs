@@ -9,15 +9,18 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// The largest request body the public API accepts.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest request body the public API accepts, unless a route says
+/// otherwise: a task spec at its size cap
+/// ([`goat_storage::validate::MAX_SPEC_BYTES`]) with room for JSON escapes.
+pub const MAX_BODY_BYTES: usize = 4 * goat_storage::validate::MAX_SPEC_BYTES;
 
 /// Parses `body` as `T`, or explains precisely what is wrong with it.
 pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "body_too_large", format!("request body is over {} bytes", MAX_BODY_BYTES))
+            // The route's body limit answers with its own limit named.
+            ApiError::new(status, "body_too_large", "request body is over this route's limit")
         } else {
             ApiError::new(status, "bad_body", rejection.body_text())
         }

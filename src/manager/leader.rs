@@ -7,28 +7,30 @@
 //! loops keep nothing that cannot be rebuilt from the store: a new leader
 //! starts from the replicated state and fresh liveness deadlines.
 //!
-//! - placement: puts pending tasks on nodes (see `crate::scheduler`);
+//! - placement: puts pending tasks on nodes (see `crate::control::scheduler`);
 //! - rescheduling: gives tasks that failed on a node another chance
-//!   elsewhere, under their reschedule policy (see `crate::reschedule`);
+//!   elsewhere, under their reschedule policy (see `crate::control::reschedule`);
 //! - liveness: marks nodes whose heartbeats stopped `down`, after giving
 //!   every node a full deadline from the moment this manager took over, so a
 //!   leader change never marks a healthy node down; moves their tasks, or
 //!   lets tasks with a disconnect window wait `unknown` until it ends (see
-//!   `nodes::liveness_commands`).
+//!   `crate::control::nodes::liveness_commands`);
+//! - collection: removes finished tasks after `--task-retention` (see
+//!   `super::gc`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goat_raft::{Command, CommandResult};
-use goat_storage::model::{Strategy, Timestamp};
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
-use super::nodes::liveness_commands;
 use crate::clock::now_ms;
-use crate::scheduler::{Scheduler, NO_NODES};
+use crate::control::nodes::liveness_commands;
+use crate::control::placement::{decide, PendingTask};
+use crate::control::scheduler::{Scheduler, NO_NODES};
 
 /// Placement rounds start at most this often: submissions arriving in
 /// between are placed together.
@@ -52,6 +54,7 @@ pub async fn supervise(manager: Arc<Manager>) {
                 tokio::spawn(placement_loop(manager.clone(), token.clone()));
                 tokio::spawn(liveness_loop(manager.clone(), token.clone()));
                 tokio::spawn(reschedule_loop(manager.clone(), token.clone()));
+                tokio::spawn(super::gc::gc_loop(manager.clone(), token.clone()));
                 running = Some(token);
             }
             (false, true) => {
@@ -111,49 +114,6 @@ enum Round {
 /// and the first placements of a big backlog are committing while the rest
 /// are being decided.
 const CHUNK: usize = 2_000;
-
-/// What placement needs of a pending task, copied out of the state.
-#[derive(Debug, Clone)]
-pub struct PendingTask {
-    pub id: goat_storage::model::TaskId,
-    pub created_at: Timestamp,
-    pub spec: goat_storage::model::TaskSpec,
-    pub reason: Option<String>,
-    pub failed_on: Option<String>,
-}
-
-impl PendingTask {
-    fn of(task: &goat_storage::model::Task) -> PendingTask {
-        PendingTask {
-            id: task.id,
-            created_at: task.created_at,
-            spec: task.spec.clone(),
-            reason: task.reason.clone(),
-            failed_on: task.failed_on.clone(),
-        }
-    }
-}
-
-/// The commands for a chunk of pending tasks: a node for each task that
-/// fits (charged to the scheduler at once, so later chunks of the round see
-/// it), and a reason for each that does not, unless it already says so.
-pub fn decide(scheduler: &mut Scheduler, tasks: &[PendingTask], default: Strategy, at: Timestamp) -> Vec<Command> {
-    let mut commands = Vec::new();
-    for task in tasks {
-        if !scheduler.has_nodes() && task.reason.as_deref() == Some(NO_NODES) {
-            // Nothing can be placed anywhere and the task already says so.
-            continue;
-        }
-        match scheduler.place_avoiding(&task.spec, default, task.failed_on.as_deref()) {
-            Ok(node) => commands.push(Command::PlaceTask { task_id: task.id, node, at }),
-            Err(reason) if task.reason.as_deref() != Some(reason.as_str()) => {
-                commands.push(Command::SetPendingReason { task_id: task.id, reason: Some(reason), at })
-            }
-            Err(_) => {}
-        }
-    }
-    commands
-}
 
 /// One placement round: every pending task that fits gets a node; the
 /// others get (or keep) a reason. The round's decisions are committed in
@@ -232,7 +192,7 @@ async fn reschedule_loop(manager: Arc<Manager>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let commands = crate::reschedule::due(&manager.state.read().state, now_ms());
+        let commands = crate::control::reschedule::due(&manager.state.read().state, now_ms());
         if commands.is_empty() {
             continue;
         }
@@ -286,46 +246,6 @@ async fn liveness_loop(manager: Arc<Manager>, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pending(n: u128, memory: u64, reason: Option<&str>) -> PendingTask {
-        let spec =
-            serde_json::from_value(serde_json::json!({"name": "t", "image": "i", "memory": memory})).expect("spec");
-        PendingTask {
-            id: uuid::Uuid::from_u128(n),
-            created_at: 1,
-            spec,
-            reason: reason.map(str::to_string),
-            failed_on: None,
-        }
-    }
-
-    #[test]
-    fn a_round_places_what_fits_and_gives_the_others_a_reason_once() {
-        use goat_storage::fsm::ClusterState;
-        use goat_storage::model::{EngineStatus, Resources};
-        let mut s = ClusterState::default();
-        let engine = EngineStatus { healthy: true, error: None };
-        let capacity = Resources { cpu: 1.0, memory: 1 << 30, disk: 1 << 30 };
-        s.apply(&Command::UpsertNode { name: "w1".into(), capacity, engine, at: 0 });
-        let mut scheduler = Scheduler::new(&s, |_| true);
-        let tasks = [pending(1, 1 << 29, None), pending(2, 1 << 29, None), pending(3, 1 << 29, None)];
-        let commands = decide(&mut scheduler, &tasks, Strategy::BinPack, 5);
-        assert!(
-            matches!(&commands[..], [
-            Command::PlaceTask { node: a, .. },
-            Command::PlaceTask { node: b, .. },
-            Command::SetPendingReason { reason: Some(r), .. },
-        ] if a == "w1" && b == "w1" && r.contains("memory")),
-            "{commands:?}"
-        );
-        // The same verdict is not committed again.
-        let Command::SetPendingReason { reason: Some(r), .. } = &commands[2] else { unreachable!() };
-        assert!(decide(&mut scheduler, &[pending(3, 1 << 29, Some(r))], Strategy::BinPack, 6).is_empty());
-        // With no node at all, tasks that already say so are skipped.
-        let mut none = Scheduler::new(&ClusterState::default(), |_| true);
-        assert!(decide(&mut none, &[pending(4, 0, Some(NO_NODES))], Strategy::BinPack, 7).is_empty());
-        assert_eq!(decide(&mut none, &[pending(5, 0, None)], Strategy::BinPack, 7).len(), 1);
-    }
 
     #[test]
     fn a_new_leader_gives_every_node_a_full_deadline() {

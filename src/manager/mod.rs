@@ -7,20 +7,27 @@
 //! `/internal`.
 //!
 //! - [`cluster`]: the write and read paths (propose, forward, read index).
-//! - [`api`]: the public HTTP API.
+//! - [`api`]: the public HTTP API (the route table).
+//! - [`extract`]: what the handlers share (read options, relaying).
+//! - [`config`]: a manager's settings.
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
 //! - [`assignments`]: the workers' long poll on their assignments.
 //! - [`leader`]: the loops that run on the leader only.
 //! - [`snapshot`]: backup and restore of the cluster state.
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
+//! - [`gc`]: collecting finished tasks after `--task-retention`, removing
+//!   down nodes.
 //! - [`openapi`]: the API's OpenAPI document.
 //! - [`verify`]: state fingerprints, to prove the managers agree.
 
 pub mod api;
 pub mod assignments;
 pub mod cluster;
+pub mod config;
 pub mod error;
 pub mod events;
+pub mod extract;
+pub mod gc;
 pub mod json;
 pub mod leader;
 pub mod nodes;
@@ -28,9 +35,6 @@ pub mod openapi;
 pub mod snapshot;
 pub mod verify;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,87 +42,22 @@ use anyhow::{bail, Context};
 use goat_raft::log_store::LogStore;
 use goat_raft::network::Network;
 use goat_raft::state_machine::StateMachine;
-use goat_raft::{raft_config, NodeId, Raft};
+use goat_raft::{raft_config, Raft};
 use goat_storage::engine::SledEngine;
-use goat_storage::model::Strategy;
 use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
-use goat_storage::Millis;
-use openraft::BasicNode;
 
 pub use cluster::Manager;
+pub use config::{parse_peers, ManagerArgs, ManagerConfig};
 
-/// `goat manager`: run one manager.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ManagerArgs {
-    /// This manager's id in the Raft group (a positive integer).
-    #[arg(long, env = "GOAT_ID")]
-    pub id: NodeId,
-    /// Address to listen on for the API and Raft.
-    #[arg(long, env = "GOAT_LISTEN", default_value = "127.0.0.1:7101")]
-    pub listen: SocketAddr,
-    /// Address other managers and workers use to reach this one (default:
-    /// --listen).
-    #[arg(long, env = "GOAT_ADVERTISE")]
-    pub advertise: Option<String>,
-    /// Where the manager keeps its data.
-    #[arg(long, env = "GOAT_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// The initial members: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (a
-    /// single-manager cluster lists only itself). The lowest id bootstraps a
-    /// new cluster; others wait to be contacted. Omit it to start a manager
-    /// that will be added with `POST /v1/cluster/members`.
-    #[arg(long, env = "GOAT_PEERS", value_delimiter = ',')]
-    pub peers: Vec<String>,
-    /// The cluster token, required on every internal request.
-    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
-    pub token: String,
-    /// Take a snapshot (and purge the log behind it) every this many entries.
-    #[arg(long, env = "GOAT_SNAPSHOT_EVERY", default_value_t = 10_000)]
-    pub snapshot_every: u64,
-    /// How long a forwarded write or a read waits for a leader before 503.
-    #[arg(long, env = "GOAT_LEADER_WAIT", default_value = "5s", value_parser = Millis::parse)]
-    pub leader_wait: Millis,
-    /// How to rank nodes for tasks that do not choose: bin-pack, spread or epvm.
-    #[arg(long, env = "GOAT_SCHEDULER", default_value = "bin-pack", value_parser = parse_strategy)]
-    pub scheduler: Strategy,
-    /// A node that has not sent a heartbeat for this long is marked down.
-    #[arg(long, env = "GOAT_NODE_DOWN_AFTER", default_value = "10s", value_parser = Millis::parse)]
-    pub node_down_after: Millis,
-    /// Raft heartbeat interval; also the time limit of one log replication
-    /// round trip (follower's fsync included), so it must stay above that
-    /// under load. Must be below --election-timeout.
-    #[arg(long, env = "GOAT_RAFT_HEARTBEAT", default_value_t = Millis(goat_raft::HEARTBEAT_INTERVAL_MS), value_parser = Millis::parse)]
-    pub raft_heartbeat: Millis,
-    /// Shortest election timeout (randomized up to 1.5 times it).
-    #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
-    pub election_timeout: Millis,
-}
-
-/// Parses `--scheduler` with the same names as a task's `strategy`.
-fn parse_strategy(name: &str) -> Result<Strategy, String> {
-    serde_json::from_value(serde_json::Value::String(name.to_string()))
-        .map_err(|_| format!("unknown strategy {name:?}: use bin-pack, spread or epvm"))
-}
-
-/// Parses `--peers` entries `ID=HOST:PORT`.
-pub fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<NodeId, BasicNode>> {
-    let mut members = BTreeMap::new();
-    for peer in peers.iter().filter(|p| !p.trim().is_empty()) {
-        let (id, addr) = peer.split_once('=').with_context(|| format!("--peers entry {peer:?} is not ID=HOST:PORT"))?;
-        let id: NodeId = id.trim().parse().with_context(|| format!("--peers entry {peer:?}: id is not a number"))?;
-        if id == 0 {
-            bail!("--peers entry {peer:?}: ids start at 1");
-        }
-        if members.insert(id, BasicNode { addr: addr.trim().to_string() }).is_some() {
-            bail!("--peers lists id {id} twice");
-        }
-    }
-    Ok(members)
-}
-
-/// Runs a manager until SIGINT or SIGTERM.
-pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+/// Runs a manager on `listener` until `shutdown` completes (the binary
+/// passes `crate::shutdown_signal()`: SIGINT or SIGTERM).
+pub async fn run(
+    args: ManagerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = listener.local_addr().context("reading the listener's address")?;
     if args.id == 0 {
         bail!("--id must be a positive integer");
     }
@@ -126,7 +65,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         bail!("a cluster token is required: --token or GOAT_TOKEN");
     }
     let peers = parse_peers(&args.peers)?;
-    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+    let advertise = args.advertise.clone().unwrap_or_else(|| listen.to_string());
     if let Some(me) = peers.get(&args.id) {
         if me.addr != advertise {
             tracing::warn!(peers_addr = %me.addr, %advertise, "--peers gives this manager another address than it advertises");
@@ -154,12 +93,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
 
     let app = api::router(manager.clone()).merge(goat_raft::service::router(raft.clone(), &args.token));
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(id = args.id, listen = %args.listen, "manager started");
+    tracing::info!(id = args.id, %listen, "manager started");
     let closing = manager.closing.clone();
     let shutdown = async move {
-        crate::shutdown_signal().await;
+        shutdown.await;
         // Open event streams would hold the graceful shutdown forever, and
         // waiting long polls for up to their wait.
         closing.cancel();

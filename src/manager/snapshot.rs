@@ -18,13 +18,13 @@ use axum::Json;
 use goat_raft::CommandResult;
 use goat_storage::backup::Backup;
 
-use super::api::{consistent, forwarded, read_options, ReadOptions};
 use super::cluster::Manager;
 use super::error::ApiError;
+use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use crate::clock::now_ms;
 
 /// The largest backup `POST /v1/snapshot/restore` accepts.
-pub const MAX_RESTORE_BYTES: usize = 64 << 20;
+pub use goat_raft::limits::MAX_RESTORE_BYTES;
 
 /// `GET /v1/snapshot`.
 pub async fn save(
@@ -78,7 +78,7 @@ pub async fn restore(
     }
     let (tasks, nodes) = (backup.tasks.len(), backup.nodes.len());
     match m.propose(backup.into_command()).await? {
-        CommandResult::Refused(reason) => return Err(ApiError::conflict(reason)),
+        CommandResult::Refused(refusal) => return Err(refusal.into()),
         CommandResult::Done => {}
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }

@@ -85,7 +85,7 @@ pub fn local_digest(m: &Manager) -> StateDigest {
     let applied = m.state.read();
     StateDigest {
         id: m.id,
-        role: super::api::role_name(metrics.state).to_string(),
+        role: super::extract::role_name(metrics.state).to_string(),
         term: metrics.current_term,
         leader: metrics.current_leader,
         applied_index: applied.last_applied.map(|l| l.index),

@@ -142,6 +142,121 @@ pub fn complete_from(state: &ClusterState) -> u64 {
     tasks.chain(nodes).max().unwrap_or(0)
 }
 
+/// What a history is keyed by in a [`Backlog`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Task(TaskId),
+    Node(String),
+}
+
+/// The retained events after an index, read from the state a bounded
+/// number of histories or events at a time, so that the reader holds the
+/// state lock for short looks only, never for the whole backlog.
+///
+/// First [`Backlog::scan`] walks the histories in key order, a chunk per
+/// call, noting for each the index of its first event after `after` (and
+/// [`complete_from`] on the way). Then [`Backlog::take`] hands out the
+/// events in index order, merging the histories (a heap of their next
+/// indexes), a chunk per call. Between calls the state may move on:
+/// events applied meanwhile have higher indexes than any event noted, so
+/// the order holds; a history that is gone (a task collected) is skipped.
+/// Memory: one heap entry per history with events to send.
+#[derive(Debug)]
+pub struct Backlog {
+    after: u64,
+    /// Where the scan stands: the last task and node key looked at.
+    task_cursor: Option<TaskId>,
+    node_cursor: Option<String>,
+    scanned: bool,
+    complete_from: u64,
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<(u64, Source)>>,
+}
+
+impl Backlog {
+    pub fn new(after: u64) -> Backlog {
+        Backlog {
+            after,
+            task_cursor: None,
+            node_cursor: None,
+            scanned: false,
+            complete_from: 0,
+            heads: Default::default(),
+        }
+    }
+
+    /// Looks at up to `chunk` more histories; true once all were.
+    pub fn scan(&mut self, state: &ClusterState, chunk: usize) -> bool {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut left = chunk.max(1);
+        if self.scanned {
+            return true;
+        }
+        let from = self.task_cursor.map_or(Unbounded, Excluded);
+        for (id, task) in state.tasks.range((from, Unbounded)).take(left) {
+            self.task_cursor = Some(*id);
+            left -= 1;
+            if task.events.len() >= MAX_EVENTS {
+                self.complete_from = self.complete_from.max(task.events[0].index);
+            }
+            if let Some(next) = task.events.iter().map(|e| e.index).find(|i| *i > self.after) {
+                self.heads.push(std::cmp::Reverse((next, Source::Task(*id))));
+            }
+        }
+        if left == 0 {
+            return false;
+        }
+        let from = match &self.node_cursor {
+            Some(name) => Excluded(name.clone()),
+            None => Unbounded,
+        };
+        for (name, node) in state.nodes.range((from, Unbounded)).take(left) {
+            self.node_cursor = Some(name.clone());
+            left -= 1;
+            if node.events.len() >= MAX_NODE_EVENTS {
+                self.complete_from = self.complete_from.max(node.events[0].index);
+            }
+            if let Some(next) = node.events.iter().map(|e| e.index).find(|i| *i > self.after) {
+                self.heads.push(std::cmp::Reverse((next, Source::Node(name.clone()))));
+            }
+        }
+        self.scanned = left > 0;
+        self.scanned
+    }
+
+    /// [`complete_from`] of the histories scanned so far (of the state,
+    /// once the scan is over).
+    pub fn complete_from(&self) -> u64 {
+        self.complete_from
+    }
+
+    /// Whether every event was taken.
+    pub fn is_done(&self) -> bool {
+        self.scanned && self.heads.is_empty()
+    }
+
+    /// Up to `chunk` more events, in index order. Call after the scan.
+    pub fn take(&mut self, state: &ClusterState, chunk: usize) -> Vec<ClusterEvent> {
+        let mut out = Vec::new();
+        while out.len() < chunk {
+            let Some(std::cmp::Reverse((index, source))) = self.heads.pop() else { break };
+            let mut one = Vec::new();
+            match &source {
+                Source::Task(id) => task_events_after(state, id, index - 1, &mut one),
+                Source::Node(name) => node_events_after(state, name, index - 1, &mut one),
+            }
+            let mut events = one.into_iter();
+            if let Some(event) = events.next() {
+                let next = events.next().map(|e| e.index());
+                out.push(event);
+                if let Some(next) = next {
+                    self.heads.push(std::cmp::Reverse((next, source)));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +421,67 @@ mod tests {
         }
         assert_eq!(events_after(&reloaded, 0), events_after(&s, 0));
         assert_eq!(s.tasks[&id].events.last().map(|e| e.index), Some(first_index(2) + 2));
+    }
+
+    /// A state with `n` tasks, each with a few events, interleaved.
+    fn busy_state(n: u128) -> ClusterState {
+        let mut s = ClusterState::default();
+        apply_entries(&mut s, 1, vec![upsert("w1", 1), upsert("w2", 1)]);
+        let ids: Vec<TaskId> = (0..n).map(Uuid::from_u128).collect();
+        let mut entry = 2;
+        for id in &ids {
+            apply_entries(&mut s, entry, vec![Command::SubmitTask { task_id: *id, spec: spec(), at: 2 }]);
+            entry += 1;
+        }
+        for id in ids.iter().rev() {
+            apply_entries(&mut s, entry, vec![Command::PlaceTask { task_id: *id, node: "w1".into(), at: 3 }]);
+            entry += 1;
+        }
+        apply_entries(
+            &mut s,
+            entry,
+            vec![Command::SetNodeStatus { name: "w2".into(), status: NodeStatus::Down, at: 4 }],
+        );
+        s
+    }
+
+    fn drain(backlog: &mut Backlog, state: &ClusterState, chunk: usize) -> Vec<ClusterEvent> {
+        while !backlog.scan(state, chunk) {}
+        let mut out = Vec::new();
+        while !backlog.is_done() {
+            out.extend(backlog.take(state, chunk));
+        }
+        out
+    }
+
+    #[test]
+    fn the_backlog_in_chunks_is_the_backlog_at_once() {
+        let s = busy_state(20);
+        for after in [0, first_index(5), first_index(30), u64::MAX - 1] {
+            for chunk in [1, 3, 1000] {
+                let mut backlog = Backlog::new(after);
+                assert_eq!(drain(&mut backlog, &s, chunk), events_after(&s, after), "after {after}, chunk {chunk}");
+                assert_eq!(backlog.complete_from(), complete_from(&s));
+            }
+        }
+    }
+
+    #[test]
+    fn the_backlog_keeps_its_order_while_the_state_moves_on() {
+        let mut s = busy_state(10);
+        let mut backlog = Backlog::new(0);
+        while !backlog.scan(&s, 2) {}
+        let mut out = backlog.take(&s, 5);
+        // Applied meanwhile: more events, a task collected.
+        let next = s.tasks.values().flat_map(|t| t.events.iter()).map(|e| e.index).max().unwrap() >> POSITION_BITS;
+        apply_entries(&mut s, next + 1, vec![report(Uuid::from_u128(3), ObservedState::Running)]);
+        s.tasks.remove(&Uuid::from_u128(9));
+        while !backlog.is_done() {
+            out.extend(backlog.take(&s, 5));
+        }
+        let indexes: Vec<u64> = out.iter().map(ClusterEvent::index).collect();
+        assert!(indexes.windows(2).all(|w| w[0] < w[1]), "in order, once each: {indexes:?}");
+        assert!(out.iter().any(|e| e.index() == first_index(next + 1)), "the new event is there");
     }
 
     #[test]

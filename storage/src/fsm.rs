@@ -59,6 +59,13 @@ pub enum Command {
     /// Replace every task and node with a backup's (`goat snapshot
     /// restore`, see `crate::backup`). Refused if an id or name repeats.
     Restore { tasks: Vec<Task>, nodes: Vec<Node> },
+    /// Remove finished tasks (see [`collectable`]): each listed task that
+    /// is still collectable at `cutoff` is removed, the others are kept.
+    /// The leader lists them (a bounded number per command) and carries
+    /// the cutoff, so every manager removes the same tasks.
+    CollectTasks { task_ids: Vec<TaskId>, cutoff: Timestamp },
+    /// Remove a node that is `down` and holds no live task.
+    RemoveNode { name: String, at: Timestamp },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -68,16 +75,81 @@ pub enum CommandResult {
     Done,
     /// Applied; the task as it now is.
     Task(Box<Task>),
-    /// Not applied, with the reason; nothing changed.
-    Refused(String),
+    /// Not applied, with its kind and reason; nothing changed.
+    Refused(Refusal),
     /// One result per command of a batch.
     Batch(Vec<CommandResult>),
+    /// Applied; how many tasks a `CollectTasks` removed.
+    Collected(u64),
 }
 
 impl CommandResult {
     pub fn is_refused(&self) -> bool {
         matches!(self, CommandResult::Refused(_))
     }
+
+    /// Why the command was refused, if it was.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            CommandResult::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of refusal: what the proposer should make of it (the HTTP edge
+/// maps them to 404, 409, 409 and 422).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// The task or node named does not exist.
+    NotFound,
+    /// The state does not allow it (a task in the wrong state, an id already
+    /// taken by another spec).
+    Conflict,
+    /// It was decided on an older view: the task moved on (another
+    /// generation), the report is from an old copy, the node changed.
+    Stale,
+    /// The command itself is wrong (a backup that repeats an id).
+    Invalid,
+}
+
+/// A command the state machine refused: its kind and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, reason: impl Into<String>) -> Refusal {
+        Refusal { kind, reason: reason.into() }
+    }
+    pub fn not_found(reason: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::NotFound, reason)
+    }
+    pub fn conflict(reason: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Conflict, reason)
+    }
+    pub fn stale(reason: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Stale, reason)
+    }
+    pub fn invalid(reason: impl Into<String>) -> Refusal {
+        Refusal::new(RefusalKind::Invalid, reason)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// What applying one command gives: a result, or a refusal.
+type Applied = Result<CommandResult, Refusal>;
+
+/// The task `task_id`, or a `NotFound` refusal.
+fn task_mut(tasks: &mut BTreeMap<TaskId, Task>, task_id: TaskId) -> Result<&mut Task, Refusal> {
+    tasks.get_mut(&task_id).ok_or_else(|| Refusal::not_found(format!("no task {task_id}")))
 }
 
 /// The cluster's tasks and nodes: the state every manager converges on.
@@ -199,7 +271,9 @@ impl Command {
             Command::UpsertNode { .. }
             | Command::SetNodeStatus { .. }
             | Command::Batch(_)
-            | Command::Restore { .. } => None,
+            | Command::Restore { .. }
+            | Command::CollectTasks { .. }
+            | Command::RemoveNode { .. } => None,
         }
     }
 }
@@ -265,6 +339,10 @@ impl ClusterState {
     }
 
     fn apply_one(&mut self, command: &Command) -> CommandResult {
+        self.apply_checked(command).unwrap_or_else(CommandResult::Refused)
+    }
+
+    fn apply_checked(&mut self, command: &Command) -> Applied {
         match command {
             Command::SubmitTask { task_id, spec, at } => self.submit(*task_id, spec, *at),
             Command::StopTask { task_id, at } => self.stop(*task_id, *at),
@@ -279,25 +357,72 @@ impl ClusterState {
             Command::SetNodeStatus { name, status, at } => self.set_node_status(name, *status, *at),
             Command::DisconnectTask { task_id, generation, at } => self.disconnect(*task_id, *generation, *at),
             Command::ExpireDisconnect { task_id, generation, at } => self.expire_disconnect(*task_id, *generation, *at),
-            Command::Batch(commands) => CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect()),
+            Command::Batch(commands) => Ok(CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect())),
             Command::Restore { tasks, nodes } => self.restore(tasks, nodes),
+            Command::CollectTasks { task_ids, cutoff } => self.collect(task_ids, *cutoff),
+            Command::RemoveNode { name, at } => self.remove_node(name, *at),
         }
+    }
+
+    /// Removes the listed tasks that are collectable at `cutoff`.
+    fn collect(&mut self, task_ids: &[TaskId], cutoff: Timestamp) -> Result<CommandResult, Refusal> {
+        let mut removed = 0;
+        for id in task_ids {
+            if !self.tasks.get(id).is_some_and(|t| collectable(t, cutoff)) {
+                continue;
+            }
+            if let Some(task) = self.tasks.remove(id) {
+                self.index.remove(*id, &IndexKey::of(&task));
+                self.dirty.tasks.insert(*id);
+                removed += 1;
+            }
+        }
+        Ok(CommandResult::Collected(removed))
+    }
+
+    /// Why `name` cannot be removed now, if it cannot.
+    pub fn node_removal_refused(&self, name: &str) -> Option<Refusal> {
+        let Some(node) = self.nodes.get(name) else {
+            return Some(Refusal::not_found(format!("no node {name}")));
+        };
+        if node.status != NodeStatus::Down {
+            return Some(Refusal::conflict(format!(
+                "node {name} is {:?}, not down: only a down node can be removed",
+                node.status
+            )));
+        }
+        let live = self.tasks_on(name).count();
+        if live > 0 {
+            return Some(Refusal::conflict(format!(
+                "node {name} still holds {live} live task(s): stop or move them first"
+            )));
+        }
+        None
+    }
+
+    fn remove_node(&mut self, name: &str, _at: Timestamp) -> Result<CommandResult, Refusal> {
+        if let Some(refusal) = self.node_removal_refused(name) {
+            return Err(refusal);
+        }
+        self.nodes.remove(name);
+        self.dirty.nodes.insert(name.to_string());
+        Ok(CommandResult::Done)
     }
 
     /// Replaces the whole state; every key before and after is dirty, so the
     /// store deletes what the backup does not hold.
-    fn restore(&mut self, tasks: &[Task], nodes: &[Node]) -> CommandResult {
+    fn restore(&mut self, tasks: &[Task], nodes: &[Node]) -> Applied {
         let new_tasks: BTreeMap<TaskId, Task> = tasks.iter().map(|t| (t.id, t.clone())).collect();
         let new_nodes: BTreeMap<String, Node> = nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
         if new_tasks.len() != tasks.len() || new_nodes.len() != nodes.len() {
-            return CommandResult::Refused("the backup lists a task id or a node name twice".into());
+            return Err(Refusal::invalid("the backup lists a task id or a node name twice"));
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.tasks.extend(self.tasks.keys().chain(new_tasks.keys()).copied());
         dirty.nodes.extend(self.nodes.keys().chain(new_nodes.keys()).cloned());
         *self = ClusterState::from_parts(new_tasks, new_nodes);
         self.dirty = dirty;
-        CommandResult::Done
+        Ok(CommandResult::Done)
     }
 
     /// The keys changed since the last call.
@@ -322,14 +447,14 @@ impl ClusterState {
         self.index.by_node.get(node).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
-    fn submit(&mut self, task_id: TaskId, spec: &TaskSpec, at: Timestamp) -> CommandResult {
+    fn submit(&mut self, task_id: TaskId, spec: &TaskSpec, at: Timestamp) -> Applied {
         // A retried submission (same id, same spec) is answered with the
         // stored task: forwarding may resend a command whose answer was lost.
         if let Some(existing) = self.tasks.get(&task_id) {
             if existing.spec == *spec {
-                return CommandResult::Task(Box::new(existing.clone()));
+                return Ok(CommandResult::Task(Box::new(existing.clone())));
             }
-            return CommandResult::Refused(format!("task {task_id} already exists"));
+            return Err(Refusal::conflict(format!("task {task_id} already exists")));
         }
         let task = Task {
             id: task_id,
@@ -357,13 +482,11 @@ impl ClusterState {
         };
         self.tasks.insert(task_id, task.clone());
         self.dirty.tasks.insert(task_id);
-        CommandResult::Task(Box::new(task))
+        Ok(CommandResult::Task(Box::new(task)))
     }
 
-    fn stop(&mut self, task_id: TaskId, at: Timestamp) -> CommandResult {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+    fn stop(&mut self, task_id: TaskId, at: Timestamp) -> Applied {
+        let task = task_mut(&mut self.tasks, task_id)?;
         self.dirty.tasks.insert(task_id);
         task.desired = DesiredStatus::Stop;
         task.updated_at = at;
@@ -386,51 +509,45 @@ impl ClusterState {
                 at,
             );
         }
-        CommandResult::Task(Box::new(task.clone()))
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
 
-    fn place(&mut self, task_id: TaskId, node: &str, at: Timestamp) -> CommandResult {
+    fn place(&mut self, task_id: TaskId, node: &str, at: Timestamp) -> Applied {
         let Some(target) = self.nodes.get(node) else {
-            return CommandResult::Refused(format!("no node {node}"));
+            return Err(Refusal::not_found(format!("no node {node}")));
         };
         // The leader chose on a view that may have aged while the command
         // was in flight: a node that went down or was drained meanwhile
         // takes nothing.
         if target.status == NodeStatus::Down {
-            return CommandResult::Refused(format!("node {node} is down and takes no task"));
+            return Err(Refusal::stale(format!("node {node} is down and takes no task")));
         }
         if target.drain {
-            return CommandResult::Refused(format!("node {node} is drained and takes no task"));
+            return Err(Refusal::stale(format!("node {node} is drained and takes no task")));
         }
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.state != TaskState::Pending || task.desired != DesiredStatus::Run {
-            return CommandResult::Refused(format!("task {task_id} is {} and cannot be placed", task.state));
+            return Err(Refusal::conflict(format!("task {task_id} is {} and cannot be placed", task.state)));
         }
         self.dirty.tasks.insert(task_id);
         task.generation += 1;
         task.node = Some(node.to_string());
-        task.container_id = None;
-        task.host_ports.clear();
-        task.health = Health::Unknown;
+        task.forget_placement();
         task.restarts = 0;
         transition(task, &mut self.next_event, TaskState::Scheduled, None, at);
-        CommandResult::Task(Box::new(task.clone()))
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
 
-    fn requeue(&mut self, task_id: TaskId, generation: u64, reason: &str, at: Timestamp) -> CommandResult {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+    fn requeue(&mut self, task_id: TaskId, generation: u64, reason: &str, at: Timestamp) -> Applied {
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.generation != generation {
-            return CommandResult::Refused(format!(
+            return Err(Refusal::stale(format!(
                 "task {task_id} is at generation {}, not {generation}",
                 task.generation
-            ));
+            )));
         }
         if !task.state.can_become(TaskState::Pending) || task.state == TaskState::Pending {
-            return CommandResult::Refused(format!("task {task_id} is {} and cannot be requeued", task.state));
+            return Err(Refusal::conflict(format!("task {task_id} is {} and cannot be requeued", task.state)));
         }
         self.dirty.tasks.insert(task_id);
         if task.desired == DesiredStatus::Stop {
@@ -440,18 +557,14 @@ impl ClusterState {
             transition(task, &mut self.next_event, TaskState::Pending, Some(reason.to_string()), at);
         }
         task.node = None;
-        task.container_id = None;
-        task.host_ports.clear();
-        task.health = Health::Unknown;
-        CommandResult::Task(Box::new(task.clone()))
+        task.forget_placement();
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
 
-    fn reschedule(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> CommandResult {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+    fn reschedule(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> Applied {
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.state != TaskState::Failed || task.generation != generation || task.desired != DesiredStatus::Run {
-            return CommandResult::Refused(format!("task {task_id} is not a failed task at generation {generation}"));
+            return Err(Refusal::stale(format!("task {task_id} is not a failed task at generation {generation}")));
         }
         self.dirty.tasks.insert(task_id);
         let node = task.node.take();
@@ -461,11 +574,9 @@ impl ClusterState {
         if task.reschedules.len() > MAX_RESCHEDULES_KEPT {
             task.reschedules.remove(0);
         }
-        task.container_id = None;
-        task.host_ports.clear();
-        task.health = Health::Unknown;
+        task.forget_placement();
         transition(task, &mut self.next_event, TaskState::Pending, Some(reason), at);
-        CommandResult::Task(Box::new(task.clone()))
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
 
     /// Failed tasks that still want to run, for the rescheduler.
@@ -473,33 +584,29 @@ impl ClusterState {
         self.index.failed.iter().filter_map(|id| self.tasks.get(id))
     }
 
-    fn set_pending_reason(&mut self, task_id: TaskId, reason: &Option<String>, at: Timestamp) -> CommandResult {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+    fn set_pending_reason(&mut self, task_id: TaskId, reason: &Option<String>, at: Timestamp) -> Applied {
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.state != TaskState::Pending {
-            return CommandResult::Refused(format!("task {task_id} is {}, not pending", task.state));
+            return Err(Refusal::conflict(format!("task {task_id} is {}, not pending", task.state)));
         }
         self.dirty.tasks.insert(task_id);
         task.reason = reason.clone();
         task.updated_at = at;
-        CommandResult::Done
+        Ok(CommandResult::Done)
     }
 
-    fn report(&mut self, node: &str, report: &TaskReport, at: Timestamp) -> CommandResult {
+    fn report(&mut self, node: &str, report: &TaskReport, at: Timestamp) -> Applied {
         let task_id = report.task_id;
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.node.as_deref() != Some(node) || task.generation != report.generation {
-            return CommandResult::Refused(format!(
+            return Err(Refusal::stale(format!(
                 "stale report for task {task_id} from {node} (generation {})",
                 report.generation
-            ));
+            )));
         }
         let to = report.state.task_state();
         if !task.state.can_become(to) {
-            return CommandResult::Refused(format!("task {task_id} cannot go from {} to {to}", task.state));
+            return Err(Refusal::conflict(format!("task {task_id} cannot go from {} to {to}", task.state)));
         }
         self.dirty.tasks.insert(task_id);
         task.restarts = report.restarts;
@@ -523,10 +630,10 @@ impl ClusterState {
             // A finished task holds nothing on its node any more.
             task.host_ports.clear();
         }
-        CommandResult::Task(Box::new(task.clone()))
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
 
-    fn upsert_node(&mut self, name: &str, capacity: Resources, engine: &EngineStatus, at: Timestamp) -> CommandResult {
+    fn upsert_node(&mut self, name: &str, capacity: Resources, engine: &EngineStatus, at: Timestamp) -> Applied {
         self.dirty.nodes.insert(name.to_string());
         let registering = !self.nodes.contains_key(name);
         let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
@@ -554,7 +661,7 @@ impl ClusterState {
             node_event(node, &mut self.next_event, "heartbeats resumed", at);
             self.node_is_back(name, at);
         }
-        CommandResult::Done
+        Ok(CommandResult::Done)
     }
 
     /// A node that was down reports again. Its `unknown` tasks the worker
@@ -572,9 +679,9 @@ impl ClusterState {
         }
     }
 
-    fn set_node_status(&mut self, name: &str, status: NodeStatus, at: Timestamp) -> CommandResult {
+    fn set_node_status(&mut self, name: &str, status: NodeStatus, at: Timestamp) -> Applied {
         let Some(node) = self.nodes.get_mut(name) else {
-            return CommandResult::Refused(format!("no node {name}"));
+            return Err(Refusal::not_found(format!("no node {name}")));
         };
         self.dirty.nodes.insert(name.to_string());
         node.updated_at = at;
@@ -602,56 +709,64 @@ impl ClusterState {
             };
             node_event(node, &mut self.next_event, reason, at);
         }
-        CommandResult::Done
+        Ok(CommandResult::Done)
     }
 
-    fn disconnect(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> CommandResult {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+    fn disconnect(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> Applied {
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.generation != generation || !matches!(task.state, TaskState::Scheduled | TaskState::Running) {
-            return CommandResult::Refused(format!(
+            return Err(Refusal::stale(format!(
                 "task {task_id} is {} at generation {}, not placed at generation {generation}",
                 task.state, task.generation
-            ));
+            )));
         }
         let Some(window) = task.spec.disconnect_window else {
-            return CommandResult::Refused(format!("task {task_id} has no disconnect window"));
+            return Err(Refusal::conflict(format!("task {task_id} has no disconnect window")));
         };
         let node = task.node.clone().unwrap_or_default();
         if self.nodes.get(&node).is_none_or(|n| n.status != NodeStatus::Down) {
-            return CommandResult::Refused(format!("node {node} of task {task_id} is not down"));
+            return Err(Refusal::stale(format!("node {node} of task {task_id} is not down")));
         }
         self.dirty.tasks.insert(task_id);
         let reason = format!("node {node} is down; waiting up to {window} for it to come back");
         transition(task, &mut self.next_event, TaskState::Unknown, Some(reason), at);
-        CommandResult::Task(Box::new(task.clone()))
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
 
-    fn expire_disconnect(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> CommandResult {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return CommandResult::Refused(format!("no task {task_id}"));
-        };
+    fn expire_disconnect(&mut self, task_id: TaskId, generation: u64, at: Timestamp) -> Applied {
+        let task = task_mut(&mut self.tasks, task_id)?;
         if task.generation != generation || task.state != TaskState::Unknown {
-            return CommandResult::Refused(format!(
+            return Err(Refusal::stale(format!(
                 "task {task_id} is {} at generation {}, not unknown at generation {generation}",
                 task.state, task.generation
-            ));
+            )));
         }
         let node = task.node.clone().unwrap_or_default();
         if self.nodes.get(&node).is_some_and(|n| n.status != NodeStatus::Down) {
-            return CommandResult::Refused(format!("node {node} of task {task_id} is back"));
+            return Err(Refusal::stale(format!("node {node} of task {task_id} is back")));
         }
         self.dirty.tasks.insert(task_id);
         let window = task.spec.disconnect_window.unwrap_or_default();
         let reason = format!("node {node} did not come back within {window}");
         transition(task, &mut self.next_event, TaskState::Pending, Some(reason), at);
         task.node = None;
-        task.container_id = None;
-        task.host_ports.clear();
-        task.health = Health::Unknown;
-        CommandResult::Task(Box::new(task.clone()))
+        task.forget_placement();
+        Ok(CommandResult::Task(Box::new(task.clone())))
     }
+}
+
+/// Whether `task` may be removed by a collection with this `cutoff`: it
+/// finished (completed; or failed and nothing will run it again: stopped,
+/// or a reschedule policy of 0 attempts) and has not changed since
+/// `cutoff`. A failed task that still wants to run may be rescheduled
+/// (its policy's window moves on) and is kept until it is stopped.
+pub fn collectable(task: &Task, cutoff: Timestamp) -> bool {
+    let finished = match task.state {
+        TaskState::Completed => true,
+        TaskState::Failed => task.desired == DesiredStatus::Stop || task.spec.reschedule_policy.attempts == 0,
+        _ => false,
+    };
+    finished && task.updated_at <= cutoff
 }
 
 /// The next event index.
@@ -726,6 +841,61 @@ mod tests {
             restarts: 0,
             reason: None,
         }
+    }
+
+    #[test]
+    fn collection_removes_only_finished_tasks_older_than_the_cutoff() {
+        let (mut s, done) = state_with_task();
+        s.apply(&Command::StopTask { task_id: done, at: 10 });
+        assert_eq!(s.tasks[&done].state, TaskState::Completed);
+        let running = Uuid::from_u128(8);
+        s.apply(&Command::SubmitTask { task_id: running, spec: spec(), at: 3 });
+        s.apply(&Command::PlaceTask { task_id: running, node: "w1".into(), at: 4 });
+        let missing = Uuid::from_u128(99);
+        s.take_dirty();
+        let ids = vec![done, running, missing];
+        // Too recent: kept.
+        assert_eq!(s.apply(&Command::CollectTasks { task_ids: ids.clone(), cutoff: 9 }), CommandResult::Collected(0));
+        assert!(s.tasks.contains_key(&done));
+        let before = s.clone();
+        assert_eq!(s.apply(&Command::CollectTasks { task_ids: ids, cutoff: 10 }), CommandResult::Collected(1));
+        assert!(!s.tasks.contains_key(&done) && s.tasks.contains_key(&running));
+        assert!(s.take_dirty().tasks.contains(&done), "the store deletes it");
+        // The indexes are what loading the same tasks builds.
+        assert_eq!(s, ClusterState::from_parts(s.tasks.clone(), s.nodes.clone()));
+        // Deterministic: the same command on the same state, the same result.
+        let mut again = before;
+        again.apply(&Command::CollectTasks { task_ids: vec![done, running, missing], cutoff: 10 });
+        assert_eq!(again.tasks, s.tasks);
+    }
+
+    #[test]
+    fn failed_tasks_are_collected_once_nothing_will_run_them_again() {
+        let (mut s, id) = state_with_task();
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::ReportTask { node: "w1".into(), report: report(id, 1, ObservedState::Failed), at: 4 });
+        assert_eq!(s.tasks[&id].state, TaskState::Failed);
+        assert!(!collectable(&s.tasks[&id], 100), "it may be rescheduled");
+        s.apply(&Command::StopTask { task_id: id, at: 5 });
+        assert!(collectable(&s.tasks[&id], 100));
+        assert_eq!(s.apply(&Command::CollectTasks { task_ids: vec![id], cutoff: 100 }), CommandResult::Collected(1));
+        assert!(s.failed_tasks().next().is_none());
+    }
+
+    #[test]
+    fn only_a_down_node_without_live_tasks_is_removed() {
+        let (mut s, id) = state_with_task();
+        let remove = |s: &mut ClusterState| s.apply(&Command::RemoveNode { name: "w1".into(), at: 9 });
+        assert!(remove(&mut s).is_refused(), "ready");
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        s.apply(&Command::SetNodeStatus { name: "w1".into(), status: NodeStatus::Down, at: 4 });
+        assert!(matches!(remove(&mut s), CommandResult::Refused(r) if r.reason.contains("live task")));
+        s.apply(&Command::RequeueTask { task_id: id, generation: 1, reason: "node down".into(), at: 5 });
+        s.take_dirty();
+        assert_eq!(remove(&mut s), CommandResult::Done);
+        assert!(!s.nodes.contains_key("w1"));
+        assert!(s.take_dirty().nodes.contains("w1"));
+        assert!(s.apply(&Command::RemoveNode { name: "w1".into(), at: 9 }).is_refused(), "gone");
     }
 
     #[test]
@@ -1048,7 +1218,46 @@ mod tests {
         let before = (s.tasks.clone(), s.nodes.clone(), s.index.clone());
         let CommandResult::Refused(why) = s.apply(&command) else { panic!("{command:?} was applied") };
         assert_eq!((s.tasks.clone(), s.nodes.clone(), s.index.clone()), before, "{command:?} changed the state");
-        why
+        why.reason
+    }
+
+    fn kind_of(s: &mut ClusterState, command: Command) -> RefusalKind {
+        s.apply(&command).refusal().unwrap_or_else(|| panic!("{command:?} was applied")).kind
+    }
+
+    #[test]
+    fn refusals_say_their_kind() {
+        let (mut s, id) = state_with_task();
+        let nil = Uuid::nil();
+        for command in [
+            Command::StopTask { task_id: nil, at: 3 },
+            Command::PlaceTask { task_id: nil, node: "w1".into(), at: 3 },
+            Command::PlaceTask { task_id: id, node: "nope".into(), at: 3 },
+            Command::RequeueTask { task_id: nil, generation: 0, reason: "x".into(), at: 3 },
+            Command::RescheduleTask { task_id: nil, generation: 0, at: 3 },
+            Command::SetPendingReason { task_id: nil, reason: None, at: 3 },
+            Command::ReportTask { node: "w1".into(), report: report(nil, 1, ObservedState::Running), at: 3 },
+            Command::SetNodeStatus { name: "nope".into(), status: NodeStatus::Down, at: 3 },
+            Command::DisconnectTask { task_id: nil, generation: 1, at: 3 },
+            Command::ExpireDisconnect { task_id: nil, generation: 1, at: 3 },
+        ] {
+            assert_eq!(kind_of(&mut s, command), RefusalKind::NotFound);
+        }
+        let mut other = spec();
+        other.image = "another".into();
+        assert_eq!(kind_of(&mut s, Command::SubmitTask { task_id: id, spec: other, at: 3 }), RefusalKind::Conflict);
+        s.apply(&Command::PlaceTask { task_id: id, node: "w1".into(), at: 3 });
+        assert_eq!(
+            kind_of(&mut s, Command::PlaceTask { task_id: id, node: "w2".into(), at: 4 }),
+            RefusalKind::Conflict
+        );
+        let old = Command::RequeueTask { task_id: id, generation: 0, reason: "x".into(), at: 4 };
+        assert_eq!(kind_of(&mut s, old), RefusalKind::Stale);
+        let stale = Command::ReportTask { node: "w2".into(), report: report(id, 1, ObservedState::Running), at: 4 };
+        assert_eq!(kind_of(&mut s, stale), RefusalKind::Stale);
+        let task = s.tasks[&id].clone();
+        let twice = Command::Restore { tasks: vec![task.clone(), task], nodes: vec![] };
+        assert_eq!(kind_of(&mut s, twice), RefusalKind::Invalid);
     }
 
     #[test]

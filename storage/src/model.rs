@@ -344,6 +344,17 @@ pub struct Task {
     pub failed_on: Option<String>,
 }
 
+impl Task {
+    /// Forgets what the task's last placement left: its container, its host
+    /// ports, its health. (Its node, generation and restarts are each
+    /// caller's business.)
+    pub fn forget_placement(&mut self) {
+        self.container_id = None;
+        self.host_ports.clear();
+        self.health = Health::Unknown;
+    }
+}
+
 /// Resources in the units of `TaskSpec`: cores and bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

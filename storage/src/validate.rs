@@ -12,6 +12,12 @@ use crate::model::TaskSpec;
 pub const MAX_CPU: f64 = 1024.0;
 pub const MAX_MEMORY: u64 = 16 << 40; // 16 TiB
 pub const MAX_DISK: u64 = 1 << 50; // 1 PiB
+/// The most bytes of text one spec may carry in all: its name, image,
+/// `cmd` arguments, `env` names and values, `labels` keys and values and
+/// health check path together. A spec is replicated to every manager and
+/// sent to its worker on every answer; this keeps one log entry, one
+/// AppendEntries and one heartbeat answer small (see `goat_raft::limits`).
+pub const MAX_SPEC_BYTES: usize = 64 << 10;
 
 /// A spec field that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +55,42 @@ pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// The bytes of text in each variable-size part of `spec`, largest
+/// first, as `(field, bytes)`.
+pub fn spec_sizes(spec: &TaskSpec) -> Vec<(&'static str, usize)> {
+    let pairs = |map: &std::collections::BTreeMap<String, String>| map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let mut sizes = vec![
+        ("cmd", spec.cmd.iter().map(String::len).sum()),
+        ("env", pairs(&spec.env)),
+        ("labels", pairs(&spec.labels)),
+        ("name", spec.name.len()),
+        ("image", spec.image.len()),
+        ("health_check.path", spec.health_check.as_ref().and_then(|h| h.path.as_ref()).map_or(0, String::len)),
+    ];
+    sizes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    sizes
+}
+
+/// Refuses a spec over [`MAX_SPEC_BYTES`], naming its largest part.
+pub fn check_spec_size(spec: &TaskSpec) -> Result<(), FieldError> {
+    let sizes = spec_sizes(spec);
+    let total: usize = sizes.iter().map(|(_, n)| n).sum();
+    if total <= MAX_SPEC_BYTES {
+        return Ok(());
+    }
+    let (field, largest) = sizes[0];
+    Err(FieldError::new(
+        field,
+        format!(
+            "the spec carries {total} bytes of text ({field}: {largest}), over the limit of {MAX_SPEC_BYTES} bytes \
+             for name, image, cmd, env, labels and health_check.path together"
+        ),
+    ))
+}
+
 /// Returns the first rule the spec breaks, if any.
 pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
+    check_spec_size(spec)?;
     check_name("name", &spec.name)?;
 
     let image = spec.image.trim();
@@ -268,6 +308,21 @@ mod tests {
         let mut s = spec();
         s.labels.insert("goat.task".into(), "x".into());
         assert_eq!(field_of(&s), "labels.goat.task");
+    }
+
+    #[test]
+    fn the_spec_size_is_capped_and_the_largest_part_named() {
+        let mut s = spec();
+        s.env.insert("BIG".into(), "x".repeat(MAX_SPEC_BYTES / 2));
+        s.labels.insert("l".into(), "y".repeat(MAX_SPEC_BYTES / 4));
+        assert_eq!(validate_spec(&s), Ok(()));
+        s.cmd = vec!["z".repeat(MAX_SPEC_BYTES / 4)];
+        let e = validate_spec(&s).unwrap_err();
+        assert_eq!(e.field, "env");
+        assert!(e.message.contains(&MAX_SPEC_BYTES.to_string()), "{e}");
+        let mut s = spec();
+        s.cmd = (0..1000).map(|_| "a".repeat(100)).collect();
+        assert_eq!(validate_spec(&s).unwrap_err().field, "cmd");
     }
 
     #[test]

@@ -97,9 +97,65 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     n.checked_mul(scale).ok_or_else(|| format!("size {text:?} is too large"))
 }
 
-/// Runs the worker until SIGINT or SIGTERM. The containers keep running
+/// A worker's settings, as [`run`] takes them (tests and the simulation
+/// build one directly; the command line builds [`WorkerArgs`]). The fields
+/// mean what the flags of the same names do.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub name: String,
+    pub managers: Vec<String>,
+    pub data_dir: PathBuf,
+    pub token: String,
+    pub cpus: Option<f64>,
+    pub memory: Option<u64>,
+    pub disk: Option<u64>,
+    pub docker_socket: String,
+    pub task_network: Option<String>,
+    pub heartbeat_interval: Millis,
+    pub stop_tasks_after_manager_loss: Option<Millis>,
+}
+
+impl WorkerConfig {
+    /// The defaults of `goat worker` for node `name` of `managers`.
+    pub fn new(name: impl Into<String>, managers: Vec<String>, data_dir: PathBuf, token: impl Into<String>) -> Self {
+        WorkerConfig {
+            name: name.into(),
+            managers,
+            data_dir,
+            token: token.into(),
+            cpus: None,
+            memory: None,
+            disk: None,
+            docker_socket: "/var/run/docker.sock".into(),
+            task_network: None,
+            heartbeat_interval: Millis(1_000),
+            stop_tasks_after_manager_loss: None,
+        }
+    }
+}
+
+impl From<WorkerArgs> for WorkerConfig {
+    fn from(a: WorkerArgs) -> WorkerConfig {
+        WorkerConfig {
+            name: a.name,
+            managers: a.managers,
+            data_dir: a.data_dir,
+            token: a.token,
+            cpus: a.cpus,
+            memory: a.memory,
+            disk: a.disk,
+            docker_socket: a.docker_socket,
+            task_network: a.task_network,
+            heartbeat_interval: a.heartbeat_interval,
+            stop_tasks_after_manager_loss: a.stop_tasks_after_manager_loss,
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` completes (the binary passes
+/// `shutdown_signal()`: SIGINT or SIGTERM). The containers keep running
 /// when the worker stops; a restarted worker adopts them.
-pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+pub async fn run(args: WorkerConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(!args.name.is_empty(), "--name must not be empty");
     anyhow::ensure!(!args.managers.is_empty(), "--managers must list at least one manager");
     let span = tracing::info_span!("worker", node = %args.name);
@@ -147,7 +203,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let heartbeat = tokio::spawn(agent::heartbeat_loop(config, status, save, assign_tx).in_current_span());
         let supervise = tokio::spawn(supervisor.run().in_current_span());
 
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("worker stopping; containers keep running");
         watcher.abort();
         heartbeat.abort();

@@ -1,0 +1,218 @@
+//! The operator commands' arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use goat_storage::Millis;
+
+/// How to reach the cluster; shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Managers to talk to, HOST:PORT[,HOST:PORT...]; when one does not
+    /// answer, the next is tried.
+    #[arg(long, env = "GOAT_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7101", global = true)]
+    pub addr: Vec<String>,
+    /// Print JSON (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Timeout of each request to a manager.
+    #[arg(long, default_value = "10s", value_parser = Millis::parse, global = true)]
+    pub timeout: Millis,
+}
+
+/// The operator's subcommands, flattened into `goat`'s.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Run a local cluster in the foreground: three managers, one worker and
+    /// the echo task (Ctrl-C stops everything).
+    Dev(DevArgs),
+    /// Submit a task (from a JSON file or flags); --wait follows it.
+    Run(RunArgs),
+    /// List tasks, or show one task and its history.
+    Status(StatusArgs),
+    /// Stop a task.
+    Stop(StopArgs),
+    /// List the worker nodes.
+    Nodes(NodesArgs),
+    /// Act on one worker node.
+    Node(NodeArgs),
+    /// List the managers (the Raft group), or change it.
+    Members(MembersArgs),
+    /// Save the cluster state to a file, or restore it from one.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A task spec in JSON, as `POST /v1/tasks` takes it (`-` reads stdin).
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "image", "cpu", "memory", "ports", "env", "health_path", "health_port", "cmd"])]
+    pub file: Option<PathBuf>,
+    /// Task name (default: the image name without its tag).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image, e.g. goat-echo:latest.
+    #[arg(long, required_unless_present = "file")]
+    pub image: Option<String>,
+    /// CPU reserved, in cores.
+    #[arg(long)]
+    pub cpu: Option<f64>,
+    /// Memory reserved and enforced (bytes, or with a K/M/G suffix).
+    #[arg(long, value_parser = goat_worker::parse_bytes)]
+    pub memory: Option<u64>,
+    /// Publish a port: CONTAINER[:HOST] (without HOST the node picks one). Repeatable.
+    #[arg(long = "port", value_parser = parse_port)]
+    pub ports: Vec<(u16, Option<u16>)>,
+    /// An environment variable KEY=VALUE. Repeatable.
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// HTTP health check path (probed on --health-port, default the first --port).
+    #[arg(long)]
+    pub health_path: Option<String>,
+    /// Container port of the health check (TCP connect without --health-path).
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    /// Command and arguments, after `--`.
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+    /// Follow the task until it runs (and is healthy, if it has a check).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "5m", value_parser = Millis::parse)]
+    pub wait_timeout: Millis,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A task id, or a unique prefix of one: show its details and history.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A task id, or a unique prefix of one.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: NodeAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Take no new tasks on this node and move its tasks elsewhere.
+    Drain {
+        /// The node's name.
+        name: String,
+    },
+    /// End a drain: the node takes tasks again.
+    Undrain {
+        /// The node's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: Option<MembersAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MembersAction {
+    /// Add a manager (started without --peers): learner first, then voter.
+    Add {
+        /// Its Raft id (a positive integer, unused so far).
+        id: u64,
+        /// The address it listens on, HOST:PORT.
+        #[arg(id = "member_addr", value_name = "ADDR")]
+        addr: String,
+    },
+    /// Remove a manager from the group.
+    Remove {
+        /// Its Raft id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: SnapshotAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// Save every task and node to FILE (JSON).
+    Save {
+        /// Where to write the backup (`-` for stdout).
+        file: PathBuf,
+    },
+    /// Replace the cluster's state with FILE's (needs the cluster token).
+    Restore {
+        /// A file written by `goat snapshot save`.
+        file: PathBuf,
+        /// The cluster token.
+        #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the managers and the worker keep their data and logs (default:
+    /// a new temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The managers listen on 127.0.0.1 ports PORT_BASE, PORT_BASE+1 and
+    /// PORT_BASE+2.
+    #[arg(long, default_value_t = 7101)]
+    pub port_base: u16,
+    /// The host port the echo task is published on.
+    #[arg(long, default_value_t = 7777)]
+    pub echo_port: u16,
+    /// The worker's node name (default: dev-PORT_BASE).
+    #[arg(long)]
+    pub worker_name: Option<String>,
+    /// The cluster token (default: a random one, printed).
+    #[arg(long, env = "GOAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `--port CONTAINER[:HOST]`.
+pub fn parse_port(text: &str) -> Result<(u16, Option<u16>), String> {
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    let bad = || format!("invalid port {text:?}: expected CONTAINER[:HOST], e.g. 7777 or 7777:8080");
+    match text.split_once(':') {
+        None => Ok((port(text).ok_or_else(bad)?, None)),
+        Some((c, h)) => Ok((port(c).ok_or_else(bad)?, Some(port(h).ok_or_else(bad)?))),
+    }
+}
+
+/// `--env KEY=VALUE`.
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("invalid --env {text:?}: expected KEY=VALUE")),
+    }
+}

@@ -1,0 +1,17 @@
+//! The control core: the leader's decisions as pure functions of the
+//! replicated state. No HTTP, no sockets, no files, no clocks: callers pass
+//! the state and the time in and commit the commands that come out. The
+//! HTTP edge and the leader's loops (`crate::manager`) call into it; it
+//! imports nothing from them (checked by `tests/layout.rs`).
+//!
+//! - [`scheduler`]: ranks nodes for a task (bin-pack, spread, epvm).
+//! - [`placement`]: which pending task goes where, or why it waits.
+//! - [`reschedule`]: failed tasks that get another chance elsewhere.
+//! - [`nodes`]: heartbeats, liveness, drains, and a node's assignments.
+//! - [`assignments`]: assignment lists as answered, and their versions.
+
+pub mod assignments;
+pub mod nodes;
+pub mod placement;
+pub mod reschedule;
+pub mod scheduler;

@@ -1,0 +1,65 @@
+//! What the HTTP handlers share: reading the query's read options, making
+//! a read consistent, relaying a request to the leader, naming a Raft role.
+//! Handlers import it; it imports no handler (nor the router).
+
+use axum::body::Bytes;
+use axum::extract::Query;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use goat_storage::model::TaskState;
+use openraft::ServerState;
+use serde::Deserialize;
+
+use super::cluster::Manager;
+use super::error::ApiError;
+
+/// `?stale=true` reads from local state without asking the leader.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadOptions {
+    #[serde(default)]
+    pub stale: bool,
+    /// For `GET /v1/tasks`: only tasks in this state.
+    #[serde(default)]
+    pub state: Option<TaskState>,
+    /// For `GET /v1/tasks`: at most this many tasks (default
+    /// `api::DEFAULT_PAGE`, at most `api::MAX_PAGE`).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// For `GET /v1/tasks`: only tasks whose id comes after this one (the
+    /// `X-Goat-Next` cursor of the previous page).
+    #[serde(default)]
+    pub after: Option<uuid::Uuid>,
+}
+
+pub fn read_options(
+    query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
+) -> Result<ReadOptions, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))
+}
+
+/// Makes this manager's state current unless the client accepts stale data.
+pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), ApiError> {
+    if options.stale {
+        Ok(())
+    } else {
+        manager.linearize().await
+    }
+}
+
+/// Relays a request to the leader and its answer back.
+pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
+    let (status, bytes) = m.forward_to_leader(method, path, body).await?;
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// A Raft role's name in the API.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
