@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use goat::manager::cluster::{Batcher, ProposeError};
-use goat::manager::leader::{decide, PendingTask};
-use goat::manager::nodes::{assignments, heartbeat_commands, liveness_commands};
-use goat::scheduler::Scheduler;
+use goat::control::placement::{decide, PendingTask};
+use goat::control::nodes::{assignments, heartbeat_commands, liveness_commands};
+use goat::control::scheduler::Scheduler;
 use goat_raft::log_store::LogStore;
 use goat_raft::state_machine::{SharedState, StateMachine};
 use goat_raft::{raft_config, Command, CommandResult, NodeId, Raft};
@@ -1086,7 +1086,7 @@ async fn liveness_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken,
 
 async fn reschedule_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
     while tick(&token, Duration::from_millis(500)).await {
-        let commands = goat::reschedule::due(&r.shared.read().state, w.now_ms(r.id));
+        let commands = goat::control::reschedule::due(&r.shared.read().state, w.now_ms(r.id));
         if !commands.is_empty() {
             w.loop_propose(&r, term, "reschedule", commands).await;
         }
