@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use goat::manager::cluster::{Batcher, ProposeError};
-use goat::control::placement::{decide, PendingTask};
 use goat::control::nodes::{assignments, heartbeat_commands, liveness_commands};
+use goat::control::placement::{decide, PendingTask};
 use goat::control::scheduler::Scheduler;
+use goat::manager::cluster::{Batcher, ProposeError};
 use goat_raft::log_store::LogStore;
 use goat_raft::state_machine::{SharedState, StateMachine};
 use goat_raft::{raft_config, Command, CommandResult, NodeId, Raft};
