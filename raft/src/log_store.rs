@@ -69,11 +69,34 @@ pub struct LogStore {
     log: RaftLog,
     tail: Arc<Mutex<TailCache>>,
     observer: Option<Arc<dyn LogObserver>>,
+    /// Run storage calls on the caller's task instead of the blocking pool.
+    inline: bool,
 }
 
 impl LogStore {
     pub fn new(log: RaftLog) -> LogStore {
-        LogStore { log, tail: Arc::default(), observer: None }
+        LogStore { log, tail: Arc::default(), observer: None, inline: false }
+    }
+
+    /// Runs storage calls on the Raft task itself, not on tokio's blocking
+    /// pool: for the deterministic simulation (an in-memory engine, one
+    /// thread, a virtual clock), where a pool thread would make the order of
+    /// events depend on the OS scheduler.
+    pub fn with_inline_io(mut self) -> LogStore {
+        self.inline = true;
+        self
+    }
+
+    /// Runs a storage call on the blocking pool (or inline, see
+    /// [`LogStore::with_inline_io`]).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        if self.inline {
+            return f();
+        }
+        blocking(f).await
     }
 
     /// Reports appends and commits to `observer`.
@@ -97,7 +120,7 @@ impl LogStore {
         self.tail().insert(&entries);
         let log = self.log.clone();
         let (observer, started, count) = (self.observer.clone(), Instant::now(), rows.len());
-        blocking(move || {
+        self.blocking(move || {
             let done = move |result: Result<(), std::io::Error>| {
                 if let (Some(observer), Ok(())) = (&observer, &result) {
                     observer.appended(count, started.elapsed());
@@ -154,7 +177,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(entries);
         }
         let log = self.log.clone();
-        blocking(move || {
+        self.blocking(move || {
             let rows = log.range(from, to, usize::MAX).map_err(|e| logs_err(ErrorVerb::Read, e))?;
             rows.into_iter().map(|(_, bytes)| decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, e))).collect()
         })
@@ -167,7 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let log = self.log.clone();
-        blocking(move || {
+        self.blocking(move || {
             let last_purged_log_id: Option<LogId> =
                 decode_opt(log.last_purged().map_err(|e| logs_err(ErrorVerb::Read, e))?)?;
             let last = log.last().map_err(|e| logs_err(ErrorVerb::Read, e))?;
@@ -186,12 +209,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let (log, bytes) = (self.log.clone(), encode(vote));
-        blocking(move || log.save_vote(bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))).await
+        self.blocking(move || log.save_vote(bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         let log = self.log.clone();
-        blocking(move || decode_opt(log.vote().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?)).await
+        self.blocking(move || decode_opt(log.vote().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?)).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -199,12 +222,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             observer.committed(committed.index);
         }
         let (log, bytes) = (self.log.clone(), encode(&committed));
-        blocking(move || log.save_committed(bytes).map_err(|e| logs_err(ErrorVerb::Write, e))).await
+        self.blocking(move || log.save_committed(bytes).map_err(|e| logs_err(ErrorVerb::Write, e))).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let log = self.log.clone();
-        blocking(move || {
+        self.blocking(move || {
             let committed: Option<Option<LogId>> =
                 decode_opt(log.committed().map_err(|e| logs_err(ErrorVerb::Read, e))?)?;
             Ok(committed.flatten())
@@ -223,12 +246,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.tail().entries.retain(|index, _| *index < log_id.index);
         let log = self.log.clone();
-        blocking(move || log.truncate(log_id.index).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
+        self.blocking(move || log.truncate(log_id.index).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.tail().entries.retain(|index, _| *index > log_id.index);
         let log = self.log.clone();
-        blocking(move || log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
+        self.blocking(move || log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e)))
+            .await
     }
 }

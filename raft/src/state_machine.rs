@@ -127,6 +127,8 @@ pub struct StateMachine {
     shared: SharedState,
     /// Snapshots built so far, to give each a distinct id.
     snapshots_built: u64,
+    /// Write snapshots on the caller's task, not the blocking pool.
+    inline: bool,
 }
 
 impl StateMachine {
@@ -161,7 +163,15 @@ impl StateMachine {
             }
         }
         let shared = SharedState::new(Applied { state, last_applied, membership });
-        Ok(StateMachine { store, shared, snapshots_built: 0 })
+        Ok(StateMachine { store, shared, snapshots_built: 0, inline: false })
+    }
+
+    /// Writes snapshots on the state machine's task instead of tokio's
+    /// blocking pool: for the deterministic simulation (see
+    /// `LogStore::with_inline_io`).
+    pub fn with_inline_io(mut self) -> StateMachine {
+        self.inline = true;
+        self
     }
 
     pub fn shared(&self) -> SharedState {
@@ -174,6 +184,21 @@ pub struct SnapshotBuilder {
     store: StateStore,
     shared: SharedState,
     seq: u64,
+    inline: bool,
+}
+
+/// Runs `f` on the blocking pool, or at once when `inline`.
+async fn off_task<T: Send + 'static>(
+    inline: bool,
+    f: impl FnOnce() -> Result<T, goat_storage::engine::EngineError> + Send + 'static,
+) -> Result<T, StorageError> {
+    if inline {
+        return f().map_err(|e| snapshot_err(ErrorVerb::Write, e));
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+        .map_err(|e| snapshot_err(ErrorVerb::Write, e))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -190,10 +215,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         let stored = StoredSnapshot { meta: encode(&meta), data };
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.save_snapshot(&stored).map(|_| stored))
-            .await
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
-            .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        let stored = off_task(self.inline, move || store.save_snapshot(&stored).map(|_| stored)).await?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
@@ -254,7 +276,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshots_built += 1;
-        SnapshotBuilder { store: self.store.clone(), shared: self.shared.clone(), seq: self.snapshots_built }
+        SnapshotBuilder {
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+            seq: self.snapshots_built,
+            inline: self.inline,
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -271,13 +298,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let position: AppliedPosition = (meta.last_log_id, meta.last_membership.clone());
         let stored = StoredSnapshot { meta: encode(meta), data };
         let store = self.store.clone();
-        let state = tokio::task::spawn_blocking(move || {
+        let state = off_task(self.inline, move || {
             store.install(&state, encode(&position), &stored)?;
-            Ok::<_, goat_storage::engine::EngineError>(state)
+            Ok(state)
         })
-        .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
-        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        .await?;
         let mut applied = self.shared.write();
         applied.state = state;
         applied.state.take_dirty();

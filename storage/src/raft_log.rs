@@ -229,6 +229,17 @@ mod tests {
         let order: Vec<u64> = rx.iter().take(50).collect();
         assert_eq!(order, (1..=50).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn an_inline_log_acknowledges_only_flushed_entries() {
+        let engine = crate::mem_engine::MemEngine::new();
+        let log = RaftLog::new_inline(Arc::new(engine.clone()));
+        let (tx, rx) = channel();
+        log.append(vec![(1, b"a".to_vec())], Box::new(move |r| tx.send(r.is_ok()).unwrap())).unwrap();
+        assert!(rx.try_recv().unwrap(), "acknowledged before append returned");
+        engine.crash();
+        assert_eq!(log.range(1, None, 10).unwrap(), vec![(1, b"a".to_vec())]);
+    }
 }
 
 #[cfg(test)]

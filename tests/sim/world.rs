@@ -1,0 +1,1220 @@
+//! One simulated cluster: managers (real openraft, real log store and state
+//! machine on the in-memory engine), simulated workers, a client, the fault
+//! schedule, and the invariant checks. Everything runs on one tokio
+//! current-thread runtime with paused (virtual) time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use goat::control::nodes::{assignments, heartbeat_commands, liveness_commands};
+use goat::control::placement::{decide, PendingTask};
+use goat::control::scheduler::Scheduler;
+use goat::manager::cluster::{Batcher, ProposeError};
+use goat_raft::log_store::LogStore;
+use goat_raft::state_machine::{SharedState, StateMachine};
+use goat_raft::{raft_config, Command, CommandResult, NodeId, Raft};
+use goat_storage::digest::state_digest;
+use goat_storage::engine::Engine;
+use goat_storage::mem_engine::MemEngine;
+use goat_storage::model::{
+    Assignment, DesiredStatus, EngineStatus, Heartbeat, NodeStatus, ObservedState, Resources, Strategy, TaskReport,
+    TaskSpec,
+};
+use goat_storage::raft_log::RaftLog;
+use goat_storage::state_store::StateStore;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::disk::{NoSyncEngine, SimLog};
+use super::net::SimNetwork;
+
+/// How the leader loops behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Before the fix of the trustworthy-core issue, part 1, point 2: loop
+    /// proposals go through whoever leads now (forwarded when this manager
+    /// no longer leads), liveness is judged from the leader's own view with
+    /// no quorum check, and a leader that cannot reach a quorum still
+    /// answers heartbeats.
+    Legacy,
+    /// The fix: loop proposals are local only and bound to the term the
+    /// loops started in (dropped otherwise); liveness decisions and
+    /// heartbeat answers need a quorum to confirm this manager still leads.
+    Fixed,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Legacy => "legacy",
+            Mode::Fixed => "fixed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub mode: Mode,
+    /// The engine's flush does nothing (acknowledged before durable).
+    pub broken_flush: bool,
+    pub managers: u64,
+    pub workers: usize,
+    pub tasks: usize,
+    /// Faults start and end within this time; then everything heals.
+    pub fault_phase: Duration,
+    /// After healing, how long the cluster gets to converge.
+    pub settle: Duration,
+    pub node_down_after: Duration,
+}
+
+impl Options {
+    pub fn new(seed: u64, mode: Mode) -> Options {
+        Options {
+            seed,
+            mode,
+            broken_flush: false,
+            managers: 3,
+            workers: 2,
+            tasks: 8,
+            fault_phase: Duration::from_secs(26),
+            settle: Duration::from_secs(12),
+            node_down_after: Duration::from_secs(8),
+        }
+    }
+}
+
+/// The sim's client and workers have network addresses too.
+const WORKER_BASE: u64 = 100;
+const CLIENT: u64 = 200;
+/// As `--leader-wait`.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// A node is judged heard-by-a-majority only after this much more than its
+/// deadline of uninterrupted hearing (heartbeat period, failover, one
+/// retry to another manager).
+const TRUTH_SLACK: Duration = Duration::from_secs(3);
+const SNAPSHOT_EVERY: u64 = 150;
+/// As the worker agent's: how long a heartbeat may take, and the pause
+/// before the next one to another manager after a failure.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+const MIN_HEARTBEAT_GAP: Duration = Duration::from_millis(150);
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// What one run found.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub seed: u64,
+    pub mode: String,
+    pub broken_flush: bool,
+    pub violations: Vec<String>,
+    pub trace_hash: String,
+    pub trace_events: u64,
+    pub sim_ms: u64,
+    pub faults: BTreeMap<String, u64>,
+    pub messages: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub acked: usize,
+    pub nodes_marked_down: u64,
+    pub requeued_tasks: usize,
+    pub leaders: usize,
+    /// The last trace lines (on failure, to see what happened).
+    pub tail: Vec<String>,
+}
+
+#[derive(Default)]
+struct Net {
+    /// Directed links cut, per active fault.
+    cuts: BTreeMap<u64, Vec<(u64, u64)>>,
+    loss: BTreeMap<u64, f64>,
+    dup: BTreeMap<u64, f64>,
+    extra_delay_ms: BTreeMap<u64, u64>,
+}
+
+impl Net {
+    fn cut(&self, from: u64, to: u64) -> bool {
+        self.cuts.values().any(|c| c.contains(&(from, to)))
+    }
+    fn loss(&self) -> f64 {
+        self.loss.values().copied().fold(0.0, f64::max)
+    }
+}
+
+/// A running manager (one incarnation: a kill ends it).
+pub struct Running {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub shared: SharedState,
+    batcher: Batcher,
+    last_seen: Mutex<BTreeMap<String, Instant>>,
+    stop: CancellationToken,
+}
+
+struct Slot {
+    engine: MemEngine,
+    running: Option<Arc<Running>>,
+    disk_delay: Duration,
+    clock_offset_ms: i64,
+}
+
+struct WorkerState {
+    frozen: bool,
+    /// (task, generation) it runs.
+    running: BTreeMap<uuid::Uuid, u64>,
+    /// Since when a majority of managers has heard it without a break.
+    heard_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Checks {
+    violations: Vec<String>,
+    leaders: BTreeMap<u64, NodeId>,
+    digests: BTreeMap<u64, (String, NodeId)>,
+    placements: BTreeMap<(uuid::Uuid, u64), String>,
+    judged_downs: BTreeSet<(String, u64)>,
+    acked: BTreeSet<uuid::Uuid>,
+    /// The trace's tail when the first violation was seen.
+    first_tail: Vec<String>,
+}
+
+struct Trace {
+    hash: u64,
+    events: u64,
+    tail: VecDeque<String>,
+}
+
+#[derive(Default)]
+struct Stats {
+    faults: BTreeMap<String, u64>,
+    messages: u64,
+    lost: u64,
+    duplicated: u64,
+    downs: u64,
+}
+
+pub struct World {
+    pub opts: Options,
+    start: Instant,
+    rng: Mutex<StdRng>,
+    net: Mutex<Net>,
+    slots: Mutex<Vec<Slot>>,
+    workers: Mutex<Vec<WorkerState>>,
+    trace: Mutex<Trace>,
+    checks: Mutex<Checks>,
+    stats: Mutex<Stats>,
+    next_fault: Mutex<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn leading(raft: &Raft, id: NodeId) -> (bool, u64) {
+    let m = raft.metrics();
+    let m = m.borrow();
+    (m.state == ServerState::Leader && m.current_leader == Some(id), m.current_term)
+}
+
+fn leader_of(raft: &Raft) -> Option<NodeId> {
+    raft.metrics().borrow().current_leader
+}
+
+async fn write_local(raft: &Raft, command: Command) -> Result<(CommandResult, u64), ProposeError> {
+    match raft.client_write(command).await {
+        Ok(response) => Ok((response.data, response.log_id.leader_id.term)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
+        Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
+
+/// `Manager::wait_for_leader_change`, except that it marks the current
+/// metrics seen first: a clone of `Raft::metrics()` starts at the version
+/// the Raft's own receiver saw (the first), so without that `changed()`
+/// returns at once and the retry loops spin (as production's do).
+async fn wait_for_leader_change(raft: &Raft, at_most: Duration) {
+    let mut metrics = raft.metrics();
+    metrics.borrow_and_update();
+    let _ = tokio::time::timeout(at_most, metrics.changed()).await;
+}
+
+impl World {
+    pub fn new(opts: Options) -> Arc<World> {
+        let slots = (0..opts.managers)
+            .map(|_| Slot { engine: MemEngine::new(), running: None, disk_delay: Duration::ZERO, clock_offset_ms: 0 })
+            .collect();
+        let workers = (0..opts.workers)
+            .map(|_| WorkerState { frozen: false, running: BTreeMap::new(), heard_since: None })
+            .collect();
+        Arc::new(World {
+            rng: Mutex::new(StdRng::seed_from_u64(opts.seed)),
+            opts,
+            start: Instant::now(),
+            net: Mutex::default(),
+            slots: Mutex::new(slots),
+            workers: Mutex::new(workers),
+            trace: Mutex::new(Trace { hash: 0xcbf29ce484222325, events: 0, tail: VecDeque::new() }),
+            checks: Mutex::default(),
+            stats: Mutex::default(),
+            next_fault: Mutex::new(0),
+        })
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Manager `id`'s wall clock (what `clock::now_ms` reads there).
+    pub fn now_ms(&self, id: NodeId) -> u64 {
+        let offset = lock(&self.slots).get(id as usize - 1).map_or(0, |s| s.clock_offset_ms);
+        (EPOCH_MS as i64 + self.elapsed_ms() as i64 + offset).max(0) as u64
+    }
+
+    fn rand<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        f(&mut lock(&self.rng))
+    }
+
+    pub fn trace(&self, line: impl AsRef<str>) {
+        let line = format!("{:>7} {}", self.elapsed_ms(), line.as_ref());
+        let mut t = lock(&self.trace);
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            t.hash ^= u64::from(b);
+            t.hash = t.hash.wrapping_mul(0x100000001b3);
+        }
+        t.events += 1;
+        t.tail.push_back(line);
+        if t.tail.len() > 400 {
+            t.tail.pop_front();
+        }
+    }
+
+    /// The last trace lines and the virtual time (for the watchdog).
+    pub fn tail(&self) -> (u64, Vec<String>) {
+        (self.elapsed_ms(), lock(&self.trace).tail.iter().cloned().collect())
+    }
+
+    fn violation(&self, what: String) {
+        self.trace(format!("VIOLATION {what}"));
+        let tail: Vec<String> = lock(&self.trace).tail.iter().cloned().collect();
+        let mut c = lock(&self.checks);
+        if c.violations.is_empty() {
+            c.first_tail = tail;
+        }
+        if c.violations.len() < 20 {
+            c.violations.push(format!("t={}ms {what}", self.elapsed_ms()));
+        }
+    }
+
+    fn count_fault(&self, kind: &str) {
+        *lock(&self.stats).faults.entry(kind.to_string()).or_default() += 1;
+    }
+
+    pub fn disk_delay(&self, id: NodeId) -> Duration {
+        lock(&self.slots)[id as usize - 1].disk_delay
+    }
+
+    pub fn raft_of(&self, id: NodeId) -> Option<Raft> {
+        self.running(id).map(|r| r.raft.clone())
+    }
+
+    fn running(&self, id: NodeId) -> Option<Arc<Running>> {
+        lock(&self.slots).get((id as usize).wrapping_sub(1)).and_then(|s| s.running.clone())
+    }
+
+    /// One leg of a message: false if it is lost (cut link, dropped, or the
+    /// link was cut while it travelled); otherwise it arrives after a delay.
+    pub async fn leg(&self, from: u64, to: u64, kind: &str) -> bool {
+        let (cut, loss, extra) = {
+            let net = lock(&self.net);
+            (net.cut(from, to), net.loss(), net.extra_delay_ms.values().copied().max().unwrap_or(0))
+        };
+        lock(&self.stats).messages += 1;
+        if cut {
+            self.trace(format!("{kind} {from}->{to} cut"));
+            return false;
+        }
+        let (dropped, delay) = self.rand(|r| (r.gen_bool(loss), r.gen_range(1..=3) + r.gen_range(0..=extra)));
+        if dropped {
+            lock(&self.stats).lost += 1;
+            self.trace(format!("{kind} {from}->{to} dropped"));
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if lock(&self.net).cut(from, to) {
+            self.trace(format!("{kind} {from}->{to} cut in flight"));
+            return false;
+        }
+        self.trace(format!("{kind} {from}->{to} +{delay}ms"));
+        true
+    }
+
+    /// Whether to deliver a request a second time.
+    pub fn duplicate(&self) -> bool {
+        let p = lock(&self.net).dup.values().copied().fold(0.0, f64::max);
+        let yes = p > 0.0 && self.rand(|r| r.gen_bool(p));
+        if yes {
+            lock(&self.stats).duplicated += 1;
+        }
+        yes
+    }
+
+    // ---- managers -------------------------------------------------------
+
+    async fn boot(self: &Arc<Self>, id: NodeId) {
+        let mem = lock(&self.slots)[id as usize - 1].engine.clone();
+        let engine: Arc<dyn Engine> = if self.opts.broken_flush { Arc::new(NoSyncEngine(mem)) } else { Arc::new(mem) };
+        let log = SimLog {
+            inner: LogStore::new(RaftLog::new_inline(engine.clone())).with_inline_io(),
+            world: self.clone(),
+            id,
+        };
+        let sm = match StateMachine::open(StateStore::new(engine)) {
+            Ok(sm) => sm.with_inline_io(),
+            Err(e) => {
+                self.violation(format!("manager {id} cannot load its state after a restart: {e}"));
+                return;
+            }
+        };
+        let shared = sm.shared();
+        // openraft draws one election timeout per Raft instance from
+        // `thread_rng` in [min, max); a range of one value makes it the
+        // seed's choice instead.
+        let timeout =
+            self.rand(|r| r.gen_range(goat_raft::ELECTION_TIMEOUT_MS..goat_raft::ELECTION_TIMEOUT_MS * 3 / 2));
+        let mut config = raft_config("goat-sim", SNAPSHOT_EVERY, goat_raft::HEARTBEAT_INTERVAL_MS, timeout);
+        config.election_timeout_max = config.election_timeout_min + 1;
+        let config = Arc::new(config.validate().expect("sim raft config"));
+        let network = SimNetwork { world: self.clone(), from: id };
+        let raft = match Raft::new(id, config, network, log, sm).await {
+            Ok(raft) => raft,
+            Err(e) => {
+                self.violation(format!("manager {id} cannot start raft: {e}"));
+                return;
+            }
+        };
+        self.trace(format!("boot {id} election-timeout {timeout}ms"));
+        let running = Arc::new(Running {
+            id,
+            batcher: Batcher::start(raft.clone()),
+            raft,
+            shared,
+            last_seen: Mutex::default(),
+            stop: CancellationToken::new(),
+        });
+        lock(&self.slots)[id as usize - 1].running = Some(running.clone());
+        tokio::spawn(supervise(self.clone(), running.clone()));
+        tokio::spawn(watch_applied(self.clone(), running.clone()));
+        tokio::spawn(watch_leaders(self.clone(), running));
+        self.refresh_truth();
+    }
+
+    async fn kill(self: &Arc<Self>, id: NodeId) {
+        let Some(running) = lock(&self.slots)[id as usize - 1].running.take() else { return };
+        self.refresh_truth();
+        running.stop.cancel();
+        let _ = running.raft.shutdown().await;
+        // Let whatever the dead process had in flight finish failing.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let engine = lock(&self.slots)[id as usize - 1].engine.clone();
+        let unsynced = engine.unsynced_batches();
+        let kept = if self.opts.broken_flush { 0 } else { self.rand(|r| r.gen_range(0..=unsynced)) };
+        engine.crash_keeping(kept);
+        self.trace(format!("kill {id}: crash kept {kept} of {unsynced} unsynced batches"));
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        let slots = lock(&self.slots);
+        slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .map(|r| {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                (m.current_term, m.state == ServerState::Leader, r.id)
+            })
+            .filter(|(_, leads, _)| *leads)
+            .max()
+            .map(|(_, _, id)| id)
+    }
+
+    // ---- ground truth for liveness ------------------------------------------
+
+    /// Recomputes, for every worker, whether a majority of managers hears it
+    /// now: it is not frozen, no packet loss is being injected, and some
+    /// majority of running managers is connected (both ways) among itself
+    /// and to the worker.
+    fn refresh_truth(&self) {
+        let n = self.opts.managers;
+        let up: Vec<u64> = {
+            let slots = lock(&self.slots);
+            (1..=n).filter(|id| slots[*id as usize - 1].running.is_some()).collect()
+        };
+        let net = lock(&self.net);
+        let lossy = net.loss() > 0.0;
+        let both = |a: u64, b: u64| !net.cut(a, b) && !net.cut(b, a);
+        let majority = (n / 2 + 1) as usize;
+        let mut workers = lock(&self.workers);
+        let now = Instant::now();
+        for (i, w) in workers.iter_mut().enumerate() {
+            let addr = WORKER_BASE + i as u64;
+            let heard = !w.frozen
+                && !lossy
+                && (0u32..(1 << up.len())).any(|mask| {
+                    let set: Vec<u64> =
+                        up.iter().enumerate().filter(|(j, _)| mask & (1 << j) != 0).map(|(_, m)| *m).collect();
+                    set.len() >= majority
+                        && set.iter().all(|a| both(*a, addr) && set.iter().all(|b| a == b || both(*a, *b)))
+                });
+            match (heard, w.heard_since) {
+                (true, None) => w.heard_since = Some(now),
+                (false, Some(_)) => w.heard_since = None,
+                _ => {}
+            }
+        }
+    }
+
+    // ---- invariant checks --------------------------------------------------
+
+    fn check_leader(&self, term: u64, id: NodeId) {
+        let other = {
+            let mut c = lock(&self.checks);
+            match c.leaders.get(&term) {
+                Some(other) if *other != id => Some(*other),
+                Some(_) => None,
+                None => {
+                    c.leaders.insert(term, id);
+                    None
+                }
+            }
+        };
+        if let Some(other) = other {
+            self.violation(format!("two leaders in term {term}: {other} and {id}"));
+        }
+    }
+
+    fn check_applied(&self, r: &Running) {
+        let (index, digest, placed, downs) = {
+            let applied = r.shared.read();
+            let index = applied.last_applied.map_or(0, |l| l.index);
+            let placed: Vec<(uuid::Uuid, u64, String)> =
+                applied.state.tasks.values().filter_map(|t| t.node.clone().map(|n| (t.id, t.generation, n))).collect();
+            let downs: Vec<(String, u64)> = applied
+                .state
+                .nodes
+                .values()
+                .flat_map(|n| {
+                    n.events.iter().filter(|e| e.status == NodeStatus::Down).map(|e| (n.name.clone(), e.index))
+                })
+                .collect();
+            (index, state_digest(&applied.state), placed, downs)
+        };
+        self.trace(format!("applied {} {index} {}", r.id, &digest[..12]));
+        let mut found = Vec::new();
+        {
+            let mut c = lock(&self.checks);
+            match c.digests.get(&index) {
+                Some((d, other)) if *d != digest => found.push(format!(
+                    "applied states differ at index {index}: manager {other} has {d}, manager {} has {digest}",
+                    r.id
+                )),
+                Some(_) => {}
+                None => {
+                    c.digests.insert(index, (digest, r.id));
+                }
+            }
+            for (task, generation, node) in placed {
+                match c.placements.get(&(task, generation)) {
+                    Some(n) if *n != node => found.push(format!(
+                        "task {task} generation {generation} placed on two nodes: {n} and {node} (manager {})",
+                        r.id
+                    )),
+                    Some(_) => {}
+                    None => {
+                        c.placements.insert((task, generation), node);
+                    }
+                }
+            }
+            let new_downs: Vec<(String, u64)> =
+                downs.into_iter().filter(|d| c.judged_downs.insert(d.clone())).collect();
+            drop(c);
+            let workers = lock(&self.workers);
+            let now = Instant::now();
+            for (name, index) in new_downs {
+                lock(&self.stats).downs += 1;
+                let Some(i) = name.strip_prefix('w').and_then(|n| n.parse::<usize>().ok()) else { continue };
+                if let Some(since) = workers.get(i).and_then(|w| w.heard_since) {
+                    if now.duration_since(since) >= self.opts.node_down_after + TRUTH_SLACK {
+                        found.push(format!(
+                            "node {name} marked down (event {index}) while a majority of managers had heard it without a break for {} ms",
+                            now.duration_since(since).as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
+    }
+
+    fn record_loop_commit(&self, origin: NodeId, loop_term: u64, commit_term: u64, what: &str) {
+        self.trace(format!("loop-commit {what} from {origin} loop-term {loop_term} log-term {commit_term}"));
+        if commit_term != loop_term {
+            self.violation(format!(
+                "a deposed leader decided: {what} of manager {origin}'s term-{loop_term} loop was committed in term {commit_term}"
+            ));
+        }
+    }
+
+    // ---- proposals -------------------------------------------------------------
+
+    /// `Manager::propose` as it is for API writes (and as the leader loops
+    /// used it in legacy mode): commit through whoever leads, forwarding
+    /// when this manager does not, retrying through elections up to the
+    /// leader wait. `batched` goes through the real `Batcher` (API writes);
+    /// otherwise straight to `client_write`, to learn the log term.
+    async fn propose_forwarding(
+        self: &Arc<Self>,
+        r: &Arc<Running>,
+        command: Command,
+        batched: bool,
+    ) -> Result<(CommandResult, Option<u64>), String> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut last = String::from("no leader");
+        loop {
+            let attempt = match leader_of(&r.raft) {
+                Some(leader) if leader == r.id => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let local = async {
+                        if batched {
+                            r.batcher.propose(command.clone()).await.map(|res| (res, None))
+                        } else {
+                            write_local(&r.raft, command.clone()).await.map(|(res, t)| (res, Some(t)))
+                        }
+                    };
+                    match tokio::time::timeout(left, local).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ProposeError::Failed("this leader may have lost its quorum".into())),
+                    }
+                }
+                Some(leader) => self.forward_propose(r.id, leader, command.clone(), batched).await,
+                None => Err(ProposeError::NotLeader),
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(ProposeError::NotLeader) => {}
+                Err(ProposeError::Failed(e)) => last = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no leader accepted the write: {last}"));
+            }
+            wait_for_leader_change(&r.raft, Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/internal/propose` on `to`.
+    async fn forward_propose(
+        self: &Arc<Self>,
+        from: NodeId,
+        to: NodeId,
+        command: Command,
+        batched: bool,
+    ) -> Result<(CommandResult, Option<u64>), ProposeError> {
+        let call = async {
+            if !self.leg(from, to, "propose").await {
+                return std::future::pending().await;
+            }
+            let Some(target) = self.running(to) else { return Err(ProposeError::Failed(format!("{to} is down"))) };
+            let result = if batched {
+                target.batcher.propose(command).await.map(|res| (res, None))
+            } else {
+                write_local(&target.raft, command).await.map(|(res, t)| (res, Some(t)))
+            };
+            if !self.leg(to, from, "propose-reply").await {
+                return std::future::pending().await;
+            }
+            result
+        };
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap_or_else(|_| Err(ProposeError::Failed(format!("leader {to} did not answer"))))
+    }
+
+    /// A leader loop's proposal, as the mode has it.
+    async fn loop_propose(self: &Arc<Self>, r: &Arc<Running>, loop_term: u64, what: &str, commands: Vec<Command>) {
+        let command = Command::Batch(commands);
+        match self.opts.mode {
+            Mode::Legacy => match self.propose_forwarding(r, command, false).await {
+                Ok((_, Some(term))) => self.record_loop_commit(r.id, loop_term, term, what),
+                Ok((_, None)) => {}
+                Err(e) => self.trace(format!("loop {what} of {} failed: {e}", r.id)),
+            },
+            Mode::Fixed => {
+                if leading(&r.raft, r.id) != (true, loop_term) {
+                    self.trace(format!("loop {what} of {} dropped: no longer leads in term {loop_term}", r.id));
+                    return;
+                }
+                match tokio::time::timeout(LEADER_WAIT, write_local(&r.raft, command)).await {
+                    Ok(Ok((_, term))) => self.record_loop_commit(r.id, loop_term, term, what),
+                    Ok(Err(e)) => self.trace(format!("loop {what} of {} dropped: {e:?}", r.id)),
+                    Err(_) => self.trace(format!("loop {what} of {} dropped: not committed in time", r.id)),
+                }
+            }
+        }
+    }
+
+    /// Fixed mode: does a quorum confirm, now, that `r` leads in `term`?
+    async fn quorum_confirms(&self, r: &Running, term: u64) -> bool {
+        let confirmed =
+            matches!(tokio::time::timeout(Duration::from_millis(500), r.raft.ensure_linearizable()).await, Ok(Ok(_)));
+        confirmed && leading(&r.raft, r.id) == (true, term)
+    }
+
+    // ---- heartbeats ----------------------------------------------------------------
+
+    /// `POST /v1/nodes/{name}/heartbeat` on manager `r`.
+    async fn handle_heartbeat(
+        self: &Arc<Self>,
+        r: Arc<Running>,
+        name: String,
+        hb: Heartbeat,
+        forwarded: bool,
+    ) -> Result<Vec<Assignment>, String> {
+        let (leads, term) = leading(&r.raft, r.id);
+        if !leads {
+            if forwarded {
+                return Err("421 not leader".into());
+            }
+            // forward_to_leader: wait (bounded) for a leader to forward to.
+            let deadline = Instant::now() + LEADER_WAIT;
+            loop {
+                if let Some(leader) = leader_of(&r.raft).filter(|l| *l != r.id) {
+                    if let Ok(reply) = self.forward_heartbeat(r.id, leader, name.clone(), hb.clone()).await {
+                        return reply;
+                    }
+                } else if leading(&r.raft, r.id).0 {
+                    return Err("421 this manager leads".into());
+                }
+                if Instant::now() >= deadline {
+                    return Err("503 no leader reachable".into());
+                }
+                wait_for_leader_change(&r.raft, Duration::from_millis(50)).await;
+            }
+        }
+        if self.opts.mode == Mode::Fixed && !self.quorum_confirms(&r, term).await {
+            return Err("503 cannot confirm leadership".into());
+        }
+        lock(&r.last_seen).insert(name.clone(), Instant::now());
+        let commands = heartbeat_commands(&r.shared.read().state, &name, &hb, self.now_ms(r.id));
+        if !commands.is_empty() {
+            self.propose_forwarding(&r, Command::Batch(commands), true).await?;
+        }
+        Ok(assignments(&r.shared.read().state, &name))
+    }
+
+    /// A follower relaying a heartbeat to the leader (and the answer back).
+    async fn forward_heartbeat(
+        self: &Arc<Self>,
+        from: NodeId,
+        to: NodeId,
+        name: String,
+        hb: Heartbeat,
+    ) -> Result<Result<Vec<Assignment>, String>, ()> {
+        let call = async {
+            if !self.leg(from, to, "hb-fwd").await {
+                return std::future::pending().await;
+            }
+            let Some(target) = self.running(to) else { return Err(()) };
+            let reply = Box::pin(self.handle_heartbeat(target, name, hb, true)).await;
+            if !self.leg(to, from, "hb-fwd-reply").await {
+                return std::future::pending().await;
+            }
+            match reply {
+                Err(e) if e.starts_with("421") => Err(()),
+                other => Ok(other),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), call).await.unwrap_or(Err(()))
+    }
+
+    /// A worker's heartbeat to manager `to`, as the worker sees it.
+    async fn send_heartbeat(
+        self: &Arc<Self>,
+        worker: usize,
+        to: NodeId,
+        hb: Heartbeat,
+    ) -> Result<Vec<Assignment>, String> {
+        let from = WORKER_BASE + worker as u64;
+        let call = async {
+            if !self.leg(from, to, "hb").await {
+                return std::future::pending().await;
+            }
+            let Some(target) = self.running(to) else { return Err(format!("{to} refused the connection")) };
+            let reply = self.handle_heartbeat(target, format!("w{worker}"), hb, false).await;
+            if !self.leg(to, from, "hb-reply").await {
+                return std::future::pending().await;
+            }
+            reply
+        };
+        tokio::time::timeout(HEARTBEAT_TIMEOUT, call).await.unwrap_or_else(|_| Err("timed out".into()))
+    }
+
+    // ---- the client -----------------------------------------------------------
+
+    /// `POST /v1/tasks` (or a stop) on manager `to`: the manager stamps and
+    /// proposes the command.
+    async fn send_client(
+        self: &Arc<Self>,
+        to: NodeId,
+        make: impl FnOnce(u64) -> Command,
+    ) -> Result<CommandResult, String> {
+        let call = async {
+            if !self.leg(CLIENT, to, "client").await {
+                return std::future::pending().await;
+            }
+            let Some(target) = self.running(to) else { return Err(format!("{to} refused the connection")) };
+            let command = make(self.now_ms(to));
+            let reply = self.propose_forwarding(&target, command, true).await.map(|(r, _)| r);
+            if !self.leg(to, CLIENT, "client-reply").await {
+                return std::future::pending().await;
+            }
+            reply
+        };
+        tokio::time::timeout(Duration::from_secs(10), call).await.unwrap_or_else(|_| Err("timed out".into()))
+    }
+
+    // ---- the run ----------------------------------------------------------------
+
+    pub async fn run(self: Arc<Self>) -> Report {
+        let n = self.opts.managers;
+        for id in 1..=n {
+            self.boot(id).await;
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            (1..=n).map(|id| (id, BasicNode { addr: format!("m{id}") })).collect();
+        if let Some(first) = self.raft_of(1) {
+            if let Err(e) = first.initialize(members).await {
+                self.violation(format!("bootstrap failed: {e}"));
+            }
+        }
+        for i in 0..self.opts.workers {
+            tokio::spawn(worker_loop(self.clone(), i));
+        }
+        let client = tokio::spawn(client_loop(self.clone()));
+        let schedule = super::faults::schedule(&self);
+        for fault in schedule {
+            tokio::spawn(super::faults::inject(self.clone(), fault));
+        }
+        tokio::time::sleep(self.opts.fault_phase).await;
+        self.heal().await;
+        tokio::time::sleep(self.opts.settle).await;
+        let _ = client.await;
+        self.final_checks().await;
+        let report = self.report();
+        for id in 1..=n {
+            let running = lock(&self.slots)[id as usize - 1].running.take();
+            if let Some(r) = running {
+                r.stop.cancel();
+                let _ = r.raft.shutdown().await;
+            }
+        }
+        report
+    }
+
+    /// Ends every fault: links back, no loss, fast disks, workers thawed,
+    /// dead managers restarted.
+    pub async fn heal(self: &Arc<Self>) {
+        *lock(&self.net) = Net::default();
+        for slot in lock(&self.slots).iter_mut() {
+            slot.disk_delay = Duration::ZERO;
+        }
+        for w in lock(&self.workers).iter_mut() {
+            w.frozen = false;
+        }
+        for id in 1..=self.opts.managers {
+            if self.running(id).is_none() {
+                self.boot(id).await;
+            }
+        }
+        self.refresh_truth();
+        self.trace("heal");
+    }
+
+    async fn final_checks(self: &Arc<Self>) {
+        // Converged: every manager applied the same index.
+        let mut converged = false;
+        for _ in 0..200 {
+            let indexes: BTreeSet<u64> = (1..=self.opts.managers)
+                .map(|id| self.running(id).map_or(u64::MAX, |r| r.shared.read().last_applied.map_or(0, |l| l.index)))
+                .collect();
+            if indexes.len() == 1 && !indexes.contains(&u64::MAX) {
+                converged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !converged {
+            self.violation("managers did not converge on one applied index after healing".into());
+        }
+        let acked = lock(&self.checks).acked.clone();
+        for id in 1..=self.opts.managers {
+            let Some(r) = self.running(id) else { continue };
+            self.check_applied(&r);
+            let state = r.shared.read();
+            let missing: Vec<_> = acked.iter().filter(|t| !state.state.tasks.contains_key(t)).collect();
+            if !missing.is_empty() {
+                let (n, first) = (missing.len(), missing[0]);
+                drop(state);
+                self.violation(format!("manager {id} lost {n} acknowledged task(s), e.g. {first}"));
+            }
+        }
+    }
+
+    fn report(&self) -> Report {
+        let trace = lock(&self.trace);
+        let checks = lock(&self.checks);
+        let stats = lock(&self.stats);
+        let requeued =
+            self.running(1).map_or(0, |r| r.shared.read().state.tasks.values().filter(|t| t.generation > 1).count());
+        Report {
+            seed: self.opts.seed,
+            mode: self.opts.mode.name().into(),
+            broken_flush: self.opts.broken_flush,
+            violations: checks.violations.clone(),
+            trace_hash: format!("{:016x}", trace.hash),
+            trace_events: trace.events,
+            sim_ms: self.elapsed_ms(),
+            faults: stats.faults.clone(),
+            messages: stats.messages,
+            lost: stats.lost,
+            duplicated: stats.duplicated,
+            acked: checks.acked.len(),
+            nodes_marked_down: stats.downs,
+            requeued_tasks: requeued,
+            leaders: checks.leaders.len(),
+            tail: checks.first_tail.clone(),
+        }
+    }
+
+    // ---- fault actions (used by `faults`) ------------------------------------------
+
+    pub fn fault_id(&self) -> u64 {
+        let mut n = lock(&self.next_fault);
+        *n += 1;
+        *n
+    }
+
+    pub fn resolve(&self, target: Option<NodeId>) -> Option<NodeId> {
+        target.or_else(|| self.current_leader())
+    }
+
+    pub fn set_cuts(&self, fault: u64, cuts: Option<Vec<(u64, u64)>>) {
+        {
+            let mut net = lock(&self.net);
+            match cuts {
+                Some(c) => net.cuts.insert(fault, c),
+                None => net.cuts.remove(&fault),
+            };
+        }
+        self.refresh_truth();
+    }
+
+    pub fn set_loss(&self, fault: u64, p: Option<f64>) {
+        match p {
+            Some(p) => lock(&self.net).loss.insert(fault, p),
+            None => lock(&self.net).loss.remove(&fault),
+        };
+        self.refresh_truth();
+    }
+
+    pub fn set_dup(&self, fault: u64, p: Option<f64>) {
+        match p {
+            Some(p) => lock(&self.net).dup.insert(fault, p),
+            None => lock(&self.net).dup.remove(&fault),
+        };
+    }
+
+    pub fn set_delay(&self, fault: u64, ms: Option<u64>) {
+        match ms {
+            Some(ms) => lock(&self.net).extra_delay_ms.insert(fault, ms),
+            None => lock(&self.net).extra_delay_ms.remove(&fault),
+        };
+    }
+
+    pub fn set_disk_delay(&self, id: NodeId, delay: Duration) {
+        lock(&self.slots)[id as usize - 1].disk_delay = delay;
+    }
+
+    pub fn jump_clock(&self, id: NodeId, by_ms: i64) {
+        lock(&self.slots)[id as usize - 1].clock_offset_ms += by_ms;
+    }
+
+    pub fn set_frozen(&self, worker: usize, frozen: bool) {
+        lock(&self.workers)[worker].frozen = frozen;
+        self.refresh_truth();
+    }
+
+    pub async fn kill_manager(self: &Arc<Self>, id: NodeId) {
+        self.kill(id).await;
+    }
+
+    pub async fn restart_manager(self: &Arc<Self>, id: NodeId) {
+        if self.running(id).is_none() {
+            self.boot(id).await;
+        }
+    }
+
+    pub fn note_fault(&self, kind: &str, detail: String) {
+        self.count_fault(kind);
+        self.trace(format!("fault {kind} {detail}"));
+    }
+
+    pub fn manager_addrs(&self) -> Vec<u64> {
+        (1..=self.opts.managers).collect()
+    }
+
+    pub fn worker_addrs(&self) -> Vec<u64> {
+        (0..self.opts.workers as u64).map(|i| WORKER_BASE + i).collect()
+    }
+
+    pub fn random<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        self.rand(f)
+    }
+}
+
+// ---- the leader loops, as src/manager/leader.rs runs them ------------------------
+
+/// Whether the leader believes `node` alive (leader.rs `alive`).
+fn alive(seen: &BTreeMap<String, Instant>, node: &str, since: Instant, deadline: Duration) -> bool {
+    let heard = seen.get(node).copied().unwrap_or(since).max(since);
+    heard.elapsed() < deadline
+}
+
+async fn supervise(w: Arc<World>, r: Arc<Running>) {
+    let mut metrics = r.raft.metrics();
+    let mut loops: Option<CancellationToken> = None;
+    loop {
+        let (leads, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader && m.current_leader == Some(r.id), m.current_term)
+        };
+        match (leads, loops.is_some()) {
+            (true, false) => {
+                w.trace(format!("loops start on {} term {term}", r.id));
+                let token = r.stop.child_token();
+                tokio::spawn(placement_loop(w.clone(), r.clone(), token.clone(), term));
+                tokio::spawn(liveness_loop(w.clone(), r.clone(), token.clone(), term));
+                tokio::spawn(reschedule_loop(w.clone(), r.clone(), token.clone(), term));
+                loops = Some(token);
+            }
+            (false, true) => {
+                w.trace(format!("loops stop on {}", r.id));
+                if let Some(t) = loops.take() {
+                    t.cancel();
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            biased;
+            _ = r.stop.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Sleeps `period` unless cancelled first (then false).
+async fn tick(token: &CancellationToken, period: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
+async fn placement_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
+    let since = Instant::now();
+    let deadline = w.opts.node_down_after;
+    while tick(&token, Duration::from_millis(500)).await {
+        let commands = {
+            let seen = lock(&r.last_seen).clone();
+            let applied = r.shared.read();
+            let mut scheduler = Scheduler::new(&applied.state, |node| alive(&seen, node, since, deadline));
+            let pending: Vec<PendingTask> = applied
+                .state
+                .pending_tasks()
+                .map(|t| PendingTask {
+                    id: t.id,
+                    created_at: t.created_at,
+                    spec: t.spec.clone(),
+                    reason: t.reason.clone(),
+                    failed_on: t.failed_on.clone(),
+                })
+                .collect();
+            decide(&mut scheduler, &pending, Strategy::BinPack, w.now_ms(r.id))
+        };
+        if !commands.is_empty() {
+            w.loop_propose(&r, term, "placement", commands).await;
+        }
+    }
+}
+
+async fn liveness_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
+    let since = Instant::now();
+    let deadline = w.opts.node_down_after;
+    while tick(&token, Duration::from_millis(500)).await {
+        if w.opts.mode == Mode::Fixed && !w.quorum_confirms(&r, term).await {
+            w.trace(format!("liveness on {} skipped: no quorum confirms term {term}", r.id));
+            continue;
+        }
+        let commands = {
+            let seen = lock(&r.last_seen).clone();
+            let applied = r.shared.read();
+            liveness_commands(&applied.state, w.now_ms(r.id), |node| alive(&seen, node, since, deadline))
+        };
+        if !commands.is_empty() {
+            w.loop_propose(&r, term, "liveness", commands).await;
+        }
+    }
+}
+
+async fn reschedule_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
+    while tick(&token, Duration::from_millis(500)).await {
+        let commands = goat::control::reschedule::due(&r.shared.read().state, w.now_ms(r.id));
+        if !commands.is_empty() {
+            w.loop_propose(&r, term, "reschedule", commands).await;
+        }
+    }
+}
+
+async fn watch_applied(w: Arc<World>, r: Arc<Running>) {
+    let mut rx = r.shared.watch_applied();
+    loop {
+        tokio::select! {
+            biased;
+            _ = r.stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        w.check_applied(&r);
+    }
+}
+
+async fn watch_leaders(w: Arc<World>, r: Arc<Running>) {
+    let mut metrics = r.raft.metrics();
+    loop {
+        let (leads, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if leads {
+            w.check_leader(term, r.id);
+        }
+        tokio::select! {
+            biased;
+            _ = r.stop.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+// ---- workers and the client -------------------------------------------------------
+
+async fn worker_loop(w: Arc<World>, i: usize) {
+    let n = w.opts.managers;
+    let mut target = 1 + (i as u64 % n);
+    let capacity = Resources { cpu: 4.0, memory: 4 << 30, disk: 10 << 30 };
+    let mut pause = Duration::from_millis(1_000);
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = Duration::from_millis(1_000);
+        let (frozen, running) = {
+            let workers = lock(&w.workers);
+            (workers[i].frozen, workers[i].running.clone())
+        };
+        if frozen {
+            continue;
+        }
+        let tasks = running
+            .iter()
+            .map(|(task, generation)| TaskReport {
+                task_id: *task,
+                generation: *generation,
+                state: ObservedState::Running,
+                container_id: Some(format!("c-{generation}-{task}")),
+                exit_code: None,
+                host_ports: BTreeMap::new(),
+                health: Default::default(),
+                restarts: 0,
+                reason: None,
+            })
+            .collect();
+        let hb = Heartbeat {
+            capacity,
+            usage: Resources::default(),
+            engine: EngineStatus { healthy: true, error: None },
+            tasks,
+        };
+        match w.send_heartbeat(i, target, hb).await {
+            Ok(list) => {
+                let now: BTreeMap<uuid::Uuid, u64> = list
+                    .iter()
+                    .filter(|a| a.desired == DesiredStatus::Run)
+                    .map(|a| (a.task_id, a.generation))
+                    .collect();
+                if now != running {
+                    w.trace(format!("w{i} runs {now:?}"));
+                }
+                lock(&w.workers)[i].running = now;
+            }
+            Err(e) => {
+                w.trace(format!("w{i} heartbeat to {target} failed: {e}"));
+                target = target % n + 1;
+                pause = MIN_HEARTBEAT_GAP;
+            }
+        }
+    }
+}
+
+async fn client_loop(w: Arc<World>) {
+    let n = w.opts.managers;
+    let mut acked: Vec<uuid::Uuid> = Vec::new();
+    for k in 0..w.opts.tasks {
+        let pause = w.random(|r| r.gen_range(500..3_000));
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if !acked.is_empty() && w.random(|r| r.gen_bool(0.15)) {
+            let task_id = acked[w.random(|r| r.gen_range(0..acked.len()))];
+            let to = w.random(|r| r.gen_range(1..=n));
+            let result = w.send_client(to, |at| Command::StopTask { task_id, at }).await;
+            w.trace(format!("client stop {task_id} via {to}: {:?}", result.as_ref().map(|_| ())));
+        }
+        let task_id = uuid::Uuid::from_u128(w.random(|r| r.gen()));
+        let mut spec =
+            serde_json::json!({"name": format!("t{k}"), "image": "goat-echo:latest", "cpu": 0.5, "memory": 64 << 20});
+        if w.random(|r| r.gen_bool(0.3)) {
+            spec["disconnect_window"] = serde_json::json!(5_000);
+        }
+        let spec: TaskSpec = serde_json::from_value(spec).expect("sim task spec");
+        for attempt in 0..4 {
+            let to = w.random(|r| r.gen_range(1..=n));
+            let spec = spec.clone();
+            match w.send_client(to, |at| Command::SubmitTask { task_id, spec, at }).await {
+                Ok(CommandResult::Task(_)) => {
+                    w.trace(format!("client ack {task_id} via {to}"));
+                    lock(&w.checks).acked.insert(task_id);
+                    acked.push(task_id);
+                    break;
+                }
+                other => {
+                    w.trace(format!("client submit {task_id} via {to} attempt {attempt}: {other:?}"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
