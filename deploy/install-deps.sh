@@ -5,6 +5,9 @@
 #   - etcd-server:  the peer `goat bench raft` measures against
 #   - curl:         README examples and manual checks
 #   - strace, bc:   deploy/count-syncs.sh (syncs per acknowledged write)
+#   - iptables, nsenter (util-linux): the failover suite's one-way and
+#                   asymmetric cuts, made inside a container's network
+#                   namespace from the host
 # Rust and Docker come with the machine. Safe to run again: it installs only
 # what is missing.
 set -euo pipefail
@@ -14,6 +17,8 @@ command -v file >/dev/null 2>&1 || need+=(file)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   need+=(docker-compose)
 fi

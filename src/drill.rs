@@ -708,7 +708,8 @@ impl Untouched {
             }
         }
         for id in echo {
-            let running = driver::docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=goat.task={id}")]).await?;
+            let running =
+                driver::docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=goat.task={id}")]).await?;
             out.containers.insert(id.clone(), running.lines().filter(|l| !l.is_empty()).map(str::to_string).collect());
         }
         Ok(out)

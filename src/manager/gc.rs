@@ -157,10 +157,7 @@ pub async fn run(
 
 /// `DELETE /v1/nodes/{name}` (admin): `204`, or `409` if the node
 /// is not down or still holds live tasks.
-pub async fn remove_node(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     m.linearize().await?;
     {

@@ -320,7 +320,15 @@ impl ClusterState {
         let newest_task = tasks.values().filter_map(|t| t.events.last()).map(|e| e.index + 1);
         let newest_node = nodes.values().filter_map(|n| n.events.last()).map(|e| e.index + 1);
         let next_event = newest_task.chain(newest_node).max().unwrap_or(0);
-        ClusterState { tasks, nodes, tokens: BTreeMap::new(), dirty: Dirty::default(), index, next_event, entry_leader: None }
+        ClusterState {
+            tasks,
+            nodes,
+            tokens: BTreeMap::new(),
+            dirty: Dirty::default(),
+            index,
+            next_event,
+            entry_leader: None,
+        }
     }
 
     /// Numbers the events of the next command(s) from the Raft log index of
