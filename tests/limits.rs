@@ -38,10 +38,11 @@ fn pid(cluster: &Cluster, id: u64) -> u32 {
 /// Sends the head of a request declaring a `length`-byte body, and none of
 /// the body, then reads the answer: a server that waited for the body would
 /// never answer (the guard below fails the test instead of hanging).
-async fn declare_only(addr: &str, path: &str, length: u64) -> (u16, Value) {
+async fn declare_only(addr: &str, path: &str, length: u64, token: Option<&str>) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.expect("write the head");
     let mut answer = Vec::new();
@@ -72,7 +73,8 @@ async fn huge_bodies_are_refused_unread_and_memory_stays_flat() {
     let addr = cluster.managers[0].addr.clone();
     cluster.submit(1, &spec("before")).await;
     let before = rss_bytes(pid(&cluster, 1));
-    let answers = futures::future::join_all((0..40).map(|_| declare_only(&addr, "/raft/append", 250_000_000))).await;
+    let answers =
+        futures::future::join_all((0..40).map(|_| declare_only(&addr, "/raft/append", 250_000_000, None))).await;
     for (status, body) in &answers {
         assert!(*status == 413 || *status == 401, "{status} {body}");
         if *status == 413 {
@@ -80,7 +82,11 @@ async fn huge_bodies_are_refused_unread_and_memory_stays_flat() {
             assert!(body["limit"].as_u64().is_some_and(|l| l < 250_000_000), "{body}");
         }
     }
-    let (status, body) = declare_only(&addr, "/v1/tasks", 250_000_000).await;
+    // Without a token the authentication layer refuses first (401, body
+    // unread); with one, the route's limit does (413, body unread).
+    let (status, body) = declare_only(&addr, "/v1/tasks", 250_000_000, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = declare_only(&addr, "/v1/tasks", 250_000_000, Some(TOKEN)).await;
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains(&body["limit"].to_string())), "names the limit: {body}");
     let after = rss_bytes(pid(&cluster, 1));
@@ -267,7 +273,7 @@ async fn task_lists_are_paged() {
     }
     // The CLI lists them all.
     let out = std::process::Command::new(common::goat_bin())
-        .args(["status", "--json", "--addr", &cluster.managers[0].addr])
+        .args(["status", "--json", "--addr", &cluster.managers[0].addr, "--token", TOKEN])
         .output()
         .expect("goat status");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -321,10 +327,9 @@ async fn gc_on_request() {
     let id = cluster.submit(1, &spec("done")).await["id"].as_str().unwrap().to_string();
     cluster.http.delete(format!("{}/v1/tasks/{id}", cluster.url(1))).send().await.expect("stop");
     let gc = |query: &str, token: bool| {
-        let mut request = cluster.http.post(format!("{}/v1/gc{query}", cluster.url(1)));
-        if token {
-            request = request.bearer_auth(TOKEN);
-        }
+        // `http` sends the cluster token, `anon` none.
+        let client = if token { &cluster.http } else { &cluster.anon };
+        let request = client.post(format!("{}/v1/gc{query}", cluster.url(1)));
         async move {
             let response = request.send().await.expect("POST /v1/gc");
             let status = response.status().as_u16();
@@ -359,10 +364,8 @@ async fn down_nodes_can_be_removed() {
     task["disconnect_window"] = json!("1h");
     let id = cluster.submit(1, &task).await["id"].as_str().unwrap().to_string();
     let remove = |token: bool| {
-        let mut request = cluster.http.delete(format!("{url}/v1/nodes/w1"));
-        if token {
-            request = request.bearer_auth(TOKEN);
-        }
+        let client = if token { &cluster.http } else { &cluster.anon };
+        let request = client.delete(format!("{url}/v1/nodes/w1"));
         async move { request.send().await.expect("DELETE").status().as_u16() }
     };
     assert_eq!(remove(false).await, 401);

@@ -35,14 +35,14 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     /// The TLS material given, if any (all three or none).
-    pub fn tls(&self) -> Result<Option<goat_raft::tls::Tls>, super::CliError> {
+    pub fn tls(&self) -> Result<Option<goat_raft::tls::Tls>, super::error::CliError> {
         goat_raft::tls::TlsArgs {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             tls_ca: self.tls_ca.clone(),
         }
         .load()
-        .map_err(|e| super::CliError::usage(format!("{e:#}")))
+        .map_err(|e| super::error::CliError::usage(format!("{e:#}")))
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 
 use super::args::{TlsAction, TlsArgs};
-use super::CliError;
+use super::error::CliError;
 
 /// Runs `goat tls ...`.
 pub async fn run(args: TlsArgs) -> Result<(), CliError> {

@@ -508,6 +508,10 @@ impl Manager {
     /// Sleeps until the Raft metrics change or `at_most` passes.
     async fn wait_for_leader_change(&self, at_most: Duration) {
         let mut metrics = self.raft.metrics();
+        // A cloned receiver starts at the version openraft's own receiver
+        // last saw, so without this `changed()` returns at once and the
+        // retry loops spin instead of waiting (found by the simulation).
+        metrics.borrow_and_update();
         let _ = tokio::time::timeout(at_most, metrics.changed()).await;
     }
 }
