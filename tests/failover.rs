@@ -154,6 +154,18 @@ impl Deployment {
         format!("https://{}", self.addr(id))
     }
 
+    /// Every task as manager `id` holds it.
+    async fn tasks(&self, id: u64) -> Vec<Value> {
+        self.http
+            .get(format!("{}/v1/tasks", self.url(id)))
+            .send()
+            .await
+            .expect("GET tasks")
+            .json()
+            .await
+            .expect("tasks")
+    }
+
     fn managers_flag(&self) -> String {
         (1..=3).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
     }
@@ -808,15 +820,7 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = loop {
-        let tasks: Vec<Value> = deployment
-            .http
-            .get(format!("{}/v1/tasks", deployment.url(1)))
-            .send()
-            .await
-            .expect("GET tasks")
-            .json()
-            .await
-            .expect("tasks");
+        let tasks: Vec<Value> = deployment.tasks(1).await;
         let now = placed(&tasks);
         if now.len() == ids.len() {
             break now;
@@ -868,15 +872,7 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
     deployment.verify(2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let tasks: Vec<Value> = deployment
-        .http
-        .get(format!("{}/v1/tasks", deployment.url(2)))
-        .send()
-        .await
-        .expect("GET tasks")
-        .json()
-        .await
-        .expect("tasks");
+    let tasks: Vec<Value> = deployment.tasks(2).await;
     let after = placed(&tasks);
     let containers_after = task_containers(&ids);
     let replaced = containers.iter().filter(|(id, c)| containers_after.get(*id) != Some(c)).count();
