@@ -191,6 +191,11 @@ async fn hand_over(m: &Manager, term: u64, target: NodeId, addr: &str) -> Result
             let now = metrics.borrow_and_update();
             (now.current_leader, now.current_term, now.state)
         };
+        if state != ServerState::Leader {
+            // Deposed: the held proposals may go (openraft refuses them at
+            // once and they are retried at the new leader).
+            m.batcher.hold(false);
+        }
         if current_term > term && state != ServerState::Leader {
             if let Some(leader) = leader.filter(|l| *l != m.id) {
                 return Ok(leader);
