@@ -82,6 +82,24 @@ pub async fn serve(
         .context("serving HTTPS")
 }
 
+/// The Raft runtime, let go in the background when dropped (dropping a
+/// runtime from async code, as `run` is, would panic), on every path out.
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the runtime lives until dropped").handle()
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Runs a manager on `listener` until `shutdown` completes (the binary
 /// passes `crate::shutdown_signal()`: SIGINT or SIGTERM).
 pub async fn run(
@@ -119,13 +137,39 @@ pub async fn run(
     let config = Arc::new(timing.config("goat", args.snapshot_every));
     let tls = args.tls.load()?;
     let network = Network::new(&args.token, tls.as_ref()).context("building the Raft client")?;
-    let raft = Raft::new(args.id, config, network.clone(), log_store, state_machine).await.context("starting raft")?;
+    // Raft (openraft's core, replication, state-machine worker, and Goat's
+    // timers) runs on a runtime of its own: a handler or leader loop that
+    // keeps the main runtime's threads busy (a placement round over 100,000
+    // tasks, a burst of heartbeats) must not delay the leader's heartbeats
+    // past the followers' election timeout. Its threads compete with the
+    // main ones for the CPU, never queue behind their tasks.
+    let raft_runtime = RaftRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("goat-raft")
+            .enable_all()
+            .build()
+            .context("starting the Raft runtime")?,
+    ));
+    let (id, raft_network) = (args.id, network.clone());
+    let raft = raft_runtime
+        .handle()
+        .spawn(async move { Raft::new(id, config, raft_network, log_store, state_machine).await })
+        .await
+        .context("starting raft")?
+        .context("starting raft")?;
 
     let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args, tls.as_ref())?);
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
     tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
-    tokio::spawn(goat_raft::timing::drive(raft.clone(), timing, manager.activity.clone(), network, args.id));
+    raft_runtime.handle().spawn(goat_raft::timing::drive(
+        raft.clone(),
+        timing,
+        manager.activity.clone(),
+        network,
+        args.id,
+    ));
 
     let cluster_tokens: Vec<String> = std::iter::once(args.token.clone()).chain(args.previous_token.clone()).collect();
     let raft_routes = goat_raft::service::router(raft.clone(), &cluster_tokens, timing, manager.activity.clone());
@@ -151,5 +195,6 @@ pub async fn run(
 
     tracing::info!(id = args.id, "shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(3), raft.shutdown()).await;
+    drop(raft_runtime);
     Ok(())
 }
