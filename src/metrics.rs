@@ -210,8 +210,10 @@ pub async fn follow(raft: Raft, state: SharedState) {
                     let m = raft_metrics.borrow_and_update();
                     (m.current_leader, m.current_term)
                 };
+                // The bootstrap's election (from term 0) is not counted.
                 if now_term > term {
-                    global().term_changes.fetch_add(now_term - term, Ordering::Relaxed);
+                    let counted = if term == 0 { now_term - 1 } else { now_term - term };
+                    global().term_changes.fetch_add(counted, Ordering::Relaxed);
                     term = now_term;
                 }
                 if now.is_some() && now != leader {
@@ -352,7 +354,7 @@ pub fn render_with(metrics: &Metrics, s: &Snapshot) -> String {
     out.single(
         "goat_raft_term_changes_total",
         "counter",
-        "Times the Raft term rose while this manager ran: elections anywhere, planned or not.",
+        "Times the Raft term rose while this manager ran (the bootstrap not counted): elections anywhere, planned or not.",
         counter(&metrics.term_changes),
     );
     out.single(
