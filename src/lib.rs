@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod control;
 pub mod drill;

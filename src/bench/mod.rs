@@ -93,7 +93,7 @@ async fn raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let http = reqwest::Client::builder()
-        .default_headers(crate::cli::client::bearer_headers(procs::BENCH_TOKEN))
+        .default_headers(crate::client::bearer_headers(procs::BENCH_TOKEN))
         .no_proxy()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
