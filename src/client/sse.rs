@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use goat_storage::events::ClusterEvent;
 
-use super::{ApiFailure, Client, Error};
+use super::http::{ApiFailure, Client, Error};
 
 /// One server-sent event.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -76,9 +76,16 @@ pub struct Events {
     queue: VecDeque<StreamItem>,
 }
 
+impl Client {
+    /// Follows `GET /v1/events` after `index` (new events only if `None`).
+    pub fn events(&self, index: Option<u64>) -> Events {
+        Events::new(self.clone(), index)
+    }
+}
+
 impl Events {
-    pub(super) fn new(client: Client, resume: Option<u64>) -> Events {
-        let next = client.inner.preferred.load(std::sync::atomic::Ordering::Relaxed);
+    pub fn new(client: Client, resume: Option<u64>) -> Events {
+        let next = client.preferred();
         Events {
             client,
             resume,
@@ -116,15 +123,18 @@ impl Events {
         let n = self.client.bases().len();
         loop {
             let index = self.next % n;
-            let mut request = self.client.get("/v1/events");
-            match (self.resume, self.last_event_id) {
-                (Some(at), false) => request = request.get_path_query(at),
-                (Some(at), true) => request = request.header("last-event-id", &at.to_string()),
-                (None, _) => {}
-            }
+            let request = match (self.resume, self.last_event_id) {
+                (Some(at), false) => self.client.get(format!("/v1/events?index={at}")),
+                (Some(at), true) => self.client.get("/v1/events").header("last-event-id", &at.to_string()),
+                (None, _) => self.client.get("/v1/events"),
+            };
             let base = self.client.bases()[index].clone();
             match request.send_streaming(index).await {
                 Ok(response) if response.status().is_success() => {
+                    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE);
+                    if !content_type.is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream")) {
+                        return Err(Error::Decode(format!("{base}: /v1/events is not an event stream ({content_type:?})")));
+                    }
                     self.failures = 0;
                     self.response = Some(response);
                     self.parser = SseParser::default();
@@ -203,13 +213,6 @@ impl Events {
                 }
             }
         }
-    }
-}
-
-impl<'a> super::Request<'a> {
-    fn get_path_query(mut self, index: u64) -> super::Request<'a> {
-        self.path = format!("{}?index={index}", self.path);
-        self
     }
 }
 
