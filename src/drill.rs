@@ -335,8 +335,13 @@ impl Deployment {
         let key = uuid::Uuid::new_v4().to_string();
         let task = crate::manager::api::task_id_for_key(&key).to_string();
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Create { task });
-        let answer =
-            self.on(id, reqwest::Method::POST, "/v1/tasks").idempotency_key(&key).json(spec).timeout(timeout).send().await;
+        let answer = self
+            .on(id, reqwest::Method::POST, "/v1/tasks")
+            .idempotency_key(&key)
+            .json(spec)
+            .timeout(timeout)
+            .send()
+            .await;
         let result = match &answer {
             Ok(a) => (Some(a.status.as_u16()), serde_json::from_slice(&a.body).ok()),
             Err(_) => (None, None),
@@ -370,7 +375,8 @@ impl Deployment {
     async fn list(&self, id: u64, timeout: Duration, client: &str) -> anyhow::Result<BTreeMap<String, Seen>> {
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::List);
         let answer = async {
-            let tasks: Vec<Value> = self.on(id, reqwest::Method::GET, "/v1/tasks").timeout(timeout).json_answer().await?;
+            let tasks: Vec<Value> =
+                self.on(id, reqwest::Method::GET, "/v1/tasks").timeout(timeout).json_answer().await?;
             Ok::<_, anyhow::Error>(tasks)
         }
         .await;
@@ -394,8 +400,11 @@ impl Deployment {
     /// `DELETE /v1/tasks/{task}`, recorded.
     async fn stop(&self, id: u64, task: &str, client: &str) {
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Stop { task: task.to_string() });
-        let sent =
-            self.on(id, reqwest::Method::DELETE, format!("/v1/tasks/{task}")).timeout(Duration::from_secs(15)).send().await;
+        let sent = self
+            .on(id, reqwest::Method::DELETE, format!("/v1/tasks/{task}"))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
         match sent {
             Ok(a) if a.status == 404 => pending.saw(Seen::Absent),
             answer => match write_outcome(&answer) {
@@ -409,7 +418,11 @@ impl Deployment {
     /// All tasks as one manager holds them (`?stale=true`), for placement
     /// watching.
     async fn tasks_stale(&self, id: u64) -> anyhow::Result<Vec<Value>> {
-        Ok(self.on(id, reqwest::Method::GET, "/v1/tasks?stale=true").timeout(Duration::from_secs(30)).json_answer().await?)
+        Ok(self
+            .on(id, reqwest::Method::GET, "/v1/tasks?stale=true")
+            .timeout(Duration::from_secs(30))
+            .json_answer()
+            .await?)
     }
 }
 
@@ -771,8 +784,7 @@ async fn manager_round(
             // What was committed before the cut may still be applied just
             // after it: measure from half a second in.
             tokio::time::sleep((t0 + ISOLATION_GRACE).saturating_duration_since(Instant::now())).await;
-            let start_index =
-                deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h.last_applied);
+            let start_index = deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h.last_applied);
             let mut highest = start_index;
             while Instant::now() < hold_until {
                 let (status, body) = deployment.submit(victim, &spec, Duration::from_secs(8), "isolated").await;

@@ -218,7 +218,8 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     ok(&addr, &["stop", &ids[3]]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let tasks: Vec<Task> = serde_json::from_value(goat(&addr, &["status", "--json"], None).await.json()).expect("tasks");
+        let tasks: Vec<Task> =
+            serde_json::from_value(goat(&addr, &["status", "--json"], None).await.json()).expect("tasks");
         // (The stopped task completes at once, or stays placed if it was
         // placed before the stop: its fake node never reports.)
         if tasks.iter().all(|t| t.state == TaskState::Completed || t.node.as_deref() == Some("saved-node")) {

@@ -10,11 +10,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use goat::client::Client;
 use goat::manager::ManagerConfig;
+use goat_storage::model::{Health, Task, TaskState};
 use goat_storage::Millis;
 use goat_worker::WorkerConfig;
-use goat::client::Client;
-use goat_storage::model::{Health, Task, TaskState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -109,10 +109,9 @@ async fn three_managers_and_a_worker_in_process_run_the_echo_task() {
     };
     let id = submitted.id.to_string();
 
-    let running = wait_task(&api, &id, "running and healthy", |t| {
-        t.state == TaskState::Running && t.health == Health::Healthy
-    })
-    .await;
+    let running =
+        wait_task(&api, &id, "running and healthy", |t| t.state == TaskState::Running && t.health == Health::Healthy)
+            .await;
     assert_eq!(running.node.as_deref(), Some(node.as_str()));
     let port = *running.host_ports.get(&7777).expect("a host port for 7777");
     let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");

@@ -159,8 +159,7 @@ async fn tasks_with_a_disconnect_window_wait_for_their_node_and_move_only_once_i
     let moved = wait_moved(&cluster, &short, &cut.name).await;
     assert_eq!(moved.node.as_deref(), Some(other.name.as_str()));
     assert_eq!(moved.generation, 2);
-    let states: Vec<&str> =
-        moved.events.iter().map(|e| e.state.as_str()).collect();
+    let states: Vec<&str> = moved.events.iter().map(|e| e.state.as_str()).collect();
     assert!(states.windows(3).any(|w| w == ["running", "unknown", "pending"]), "{states:?}");
     let waiting = wait_task(&cluster, &long, "unknown", CONVERGE, |t| t.state == TaskState::Unknown).await;
     assert_eq!(waiting.node.as_deref(), Some(cut.name.as_str()), "not moved within its window");
@@ -174,8 +173,7 @@ async fn tasks_with_a_disconnect_window_wait_for_their_node_and_move_only_once_i
     assert_eq!(back.generation, 1);
     assert_eq!(back.container_id, first.container_id, "the same container");
     assert_eq!(back.restarts, 0);
-    let states: Vec<&str> =
-        back.events.iter().map(|e| e.state.as_str()).collect();
+    let states: Vec<&str> = back.events.iter().map(|e| e.state.as_str()).collect();
     assert!(states.ends_with(&["running", "unknown", "running"]), "{states:?}");
     assert_eq!(running_copies(&long), 1);
     assert_eq!(settle_copies(&short).await, 1, "at most one running copy after convergence");
@@ -196,19 +194,16 @@ async fn draining_a_node_moves_its_tasks() {
     let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
     let node = first.node.clone().expect("node");
 
-    let response =
-        cluster.api.put(format!("/v1/nodes/{node}/drain")).on(1).send().await.expect("PUT drain");
+    let response = cluster.api.put(format!("/v1/nodes/{node}/drain")).on(1).send().await.expect("PUT drain");
     assert_eq!(response.status, 200);
     wait_node(&cluster, &node, "draining", CONVERGE, |n| n.node.status == NodeStatus::Draining).await;
     wait_moved(&cluster, &id, &node).await;
     assert_eq!(settle_copies(&id).await, 1);
-    let response =
-        cluster.api.put(format!("/v1/nodes/no-such-node/drain")).on(1).send().await.expect("PUT drain");
+    let response = cluster.api.put(format!("/v1/nodes/no-such-node/drain")).on(1).send().await.expect("PUT drain");
     assert_eq!(response.status, 404);
 
     // Ending the drain: the node takes tasks again (the moved task stays).
-    let response =
-        cluster.api.delete(format!("/v1/nodes/{node}/drain")).on(2).send().await.expect("DELETE drain");
+    let response = cluster.api.delete(format!("/v1/nodes/{node}/drain")).on(2).send().await.expect("DELETE drain");
     assert_eq!(response.status, 200);
     wait_node(&cluster, &node, "ready again", CONVERGE, |n| n.node.status == NodeStatus::Ready && !n.node.drain).await;
 }

@@ -112,7 +112,8 @@ impl Sse {
     /// and states of that task's events on the way.
     async fn until_task(&mut self, id: &str, state: TaskState, seen: &mut Vec<(u64, TaskState)>) {
         loop {
-            if let StreamItem::Event { event: ClusterEvent::Task { index, task, state: s, .. }, .. } = self.next().await {
+            if let StreamItem::Event { event: ClusterEvent::Task { index, task, state: s, .. }, .. } = self.next().await
+            {
                 if task.to_string() == id {
                     seen.push((index, s));
                     if s == state {
@@ -133,7 +134,9 @@ async fn events_follow_a_task_start_and_stop_and_resume_from_an_index_on_any_man
 
     // Follow on a follower, new events only.
     let mut stream = Sse::open(&cluster, follower, None, None);
-    let StreamItem::Open { index: start, .. } = stream.next().await else { panic!("the stream opens with its resume point") };
+    let StreamItem::Open { index: start, .. } = stream.next().await else {
+        panic!("the stream opens with its resume point")
+    };
 
     let node = unique("w-events");
     let _worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
@@ -166,9 +169,7 @@ async fn events_follow_a_task_start_and_stop_and_resume_from_an_index_on_any_man
     // Resume after the `scheduled` event on the leader (Last-Event-ID) and on
     // the third manager (?index=): the same events with the same indexes.
     let after_scheduled = seen[1].0;
-    for (manager, query, header) in
-        [(leader, None, Some(after_scheduled)), (other, Some(after_scheduled), None)]
-    {
+    for (manager, query, header) in [(leader, None, Some(after_scheduled)), (other, Some(after_scheduled), None)] {
         let mut resumed = Sse::open(&cluster, manager, query, header);
         let StreamItem::Open { index: open, .. } = resumed.next().await else { panic!("opens first") };
         assert_eq!(open, after_scheduled);

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{spec, Cluster};
+use futures::stream::{self, StreamExt};
 use goat::client::ClusterView;
 use goat_storage::model::Task;
-use futures::stream::{self, StreamExt};
 
 fn ids(tasks: &[Task]) -> BTreeSet<String> {
     tasks.iter().map(|t| t.id.to_string()).collect()

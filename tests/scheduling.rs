@@ -122,7 +122,7 @@ async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
     // Every acknowledged task exists and ends up running exactly once.
     for id in &acknowledged {
         let task = wait_task(&cluster, id, "running", 2 * CONVERGE, |t| t.state == TaskState::Running).await;
-        assert_eq!(task.generation, 1, "placed once: {task:#}");
+        assert_eq!(task.generation, 1, "placed once: {task:#?}");
     }
     let out = Command::new("docker")
         .args(["ps", "-q", "--filter", &format!("label=goat.node={}", worker.name)])
@@ -168,8 +168,7 @@ async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = wait_task(&cluster, &id, "still failed", CONVERGE, |t| t.state == TaskState::Failed).await;
     assert_eq!(after.generation, 2);
-    let states: Vec<&str> =
-        after.events.iter().map(|e| e.state.as_str()).collect();
+    let states: Vec<&str> = after.events.iter().map(|e| e.state.as_str()).collect();
     assert!(states.windows(2).any(|w| w == ["failed", "pending"]), "{states:?}");
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::worker::DOCKER_SOCKET;
 use common::worker::{client, docker_inspect, ensure_images, host_port, unique, wait_echo, wait_task, WorkerProc};
 use common::Cluster;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -48,7 +48,7 @@ async fn echo_runs_crashes_fails_health_and_stops() {
         t.state == TaskState::Running && t.health == Health::Healthy
     })
     .await;
-    assert_eq!(host_port(&running, 7777), Some(7777), "{running:#}");
+    assert_eq!(host_port(&running, 7777), Some(7777), "{running:#?}");
     assert_eq!(running.node.as_deref(), Some(node.as_str()));
     let body = r#"{"Msg":"Hello, world!"}"#;
     wait_echo(7777, body, CONVERGE).await;
@@ -108,7 +108,7 @@ async fn startup_failure_is_retried_then_fails_with_a_reason() {
     let task = cluster.submit(1, &spec).await;
     let id = task.id.to_string();
     let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t.state == TaskState::Failed).await;
-    assert_eq!(restarts(&failed), 3, "{failed:#}");
+    assert_eq!(restarts(&failed), 3, "{failed:#?}");
     let reason = failed.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("exit code 1"), "reason: {reason}");
     assert!(reason.contains("3 restarts"), "reason: {reason}");
@@ -132,7 +132,7 @@ async fn a_missing_image_fails_with_a_reason() {
     let task = cluster.submit(1, &spec).await;
     let id = task.id.to_string();
     let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t.state == TaskState::Failed).await;
-    assert_eq!(failed.reason.as_deref(), Some(format!("image not found: {image}").as_str()), "{failed:#}");
+    assert_eq!(failed.reason.as_deref(), Some(format!("image not found: {image}").as_str()), "{failed:#?}");
 }
 
 /// A fixed host port another process holds: each start fails, counted once
@@ -160,7 +160,7 @@ async fn a_taken_host_port_fails_with_a_reason() {
     let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t.state == TaskState::Failed).await;
     let reason = failed.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("could not start") && reason.contains(&port.to_string()), "reason: {reason}");
-    assert_eq!(restarts(&failed), 1, "one failed start per attempt: {failed:#}");
+    assert_eq!(restarts(&failed), 1, "one failed start per attempt: {failed:#?}");
     assert!(worker.containers().is_empty(), "a container that never started was left behind");
     drop(holder);
 }

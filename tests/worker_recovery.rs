@@ -6,7 +6,7 @@
 
 mod common;
 
-use goat_storage::model::{Health, TaskState};
+use goat_storage::model::{Health, Task, TaskState};
 use std::time::Duration;
 
 use common::worker::{
@@ -34,11 +34,12 @@ fn echo_spec() -> Value {
     })
 }
 
-async fn start_echo(cluster: &Cluster) -> (String, Value) {
+async fn start_echo(cluster: &Cluster) -> (String, Task) {
     let task = cluster.submit(1, &echo_spec()).await;
     let id = task.id.to_string();
     let running =
-        wait_task(cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running && t.health == Health::Healthy).await;
+        wait_task(cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running && t.health == Health::Healthy)
+            .await;
     (id, running)
 }
 
@@ -66,7 +67,7 @@ async fn a_restarted_worker_adopts_its_containers() {
     let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t.state == TaskState::Running).await;
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
     assert_eq!(task.container_id.as_str(), Some(container.as_str()));
-    assert_eq!(task.restarts, 0, "{task:#}");
+    assert_eq!(task.restarts, 0, "{task:#?}");
     assert_eq!(worker.containers(), vec![container.clone()], "no duplicate, no orphan");
     assert_eq!(docker_inspect(&container, "{{.State.StartedAt}}").as_deref(), Some(started.as_str()));
     wait_echo(port, BODY, CONVERGE).await;
@@ -88,9 +89,8 @@ async fn the_worker_rides_out_an_engine_outage() {
     let container_b = running_b.container_id.clone().expect("container id").to_string();
 
     proxy.cut();
-    let down =
-        wait_node(&cluster, &node, "reporting its engine down", CONVERGE, |n| !n.node.engine_healthy).await;
-    assert!(down.node.engine_error.as_deref().is_some_and(|e| !e.is_empty()), "{down:#}");
+    let down = wait_node(&cluster, &node, "reporting its engine down", CONVERGE, |n| !n.node.engine_healthy).await;
+    assert!(down.node.engine_error.as_deref().is_some_and(|e| !e.is_empty()), "{down:#?}");
     // Meanwhile one container is lost (removed behind Goat's back).
     let status = std::process::Command::new("docker").args(["rm", "-f", &container_b]).status().expect("docker rm");
     assert!(status.success());
@@ -139,7 +139,7 @@ async fn the_worker_carries_on_when_the_leader_dies() {
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
     // The worker chose the host port and keeps it: a client holding the old
     // address is served again.
-    assert_eq!(host_port(&task, 7777), Some(port), "{task:#}");
+    assert_eq!(host_port(&task, 7777), Some(port), "{task:#?}");
     wait_echo(port, BODY, CONVERGE).await;
 }
 
@@ -159,7 +159,8 @@ async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
     let task = cluster.submit(1, &spec).await;
     let id = task.id.to_string();
     let running =
-        wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running && t.health == Health::Healthy).await;
+        wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running && t.health == Health::Healthy)
+            .await;
     let container = running.container_id.clone().expect("container id").to_string();
     wait_echo(port, BODY, CONVERGE).await;
 
@@ -193,9 +194,7 @@ async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
     }
     cluster.wait_leader(CONVERGE).await;
     let task = wait_task(&cluster, &id, "reported again", CONVERGE, |t| {
-        t.state == TaskState::Running
-            && u64::from(t.restarts) >= 1
-            && t.container_id == containers[0].as_str()
+        t.state == TaskState::Running && u64::from(t.restarts) >= 1 && t.container_id == containers[0].as_str()
     })
     .await;
     assert_eq!(task.node.as_deref(), Some(node.as_str()));

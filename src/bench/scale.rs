@@ -1,4 +1,4 @@
-//! `goat bench scheduler`: placement throughput with many simulated nodes.
+//! `goat-bench scheduler`: placement throughput with many simulated nodes.
 //!
 //! No Docker is involved: the benchmark plays the workers itself, sending
 //! the heartbeats a worker would. Each round: three managers; N nodes

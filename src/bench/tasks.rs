@@ -1,4 +1,4 @@
-//! `goat bench tasks`: how fast Goat gets echo tasks running on a real
+//! `goat-bench tasks`: how fast Goat gets echo tasks running on a real
 //! Docker engine, against the same engine driven directly and against
 //! Docker Swarm, in one run on one machine.
 //!

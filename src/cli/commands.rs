@@ -12,9 +12,9 @@ use super::args::{
     ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, PlanAction, PlanArgs, RunArgs,
     SnapshotAction, SnapshotArgs, StatusArgs, StopArgs, TokenAction, TokenArgs,
 };
-use crate::client::Client;
 use super::error::{exit, CliError};
 use super::table::{age, bytes, render};
+use crate::client::Client;
 use crate::clock::now_ms;
 
 fn client(args: &ClientArgs) -> Result<Client, CliError> {
@@ -90,11 +90,8 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
         return Err(CliError::not_found(format!("{id:?} is not a task id or a prefix of one")));
     }
     let tasks = client.tasks(None).await?;
-    let matches: Vec<String> = tasks
-        .iter()
-        .map(|t| t.id.to_string())
-        .filter(|t| t.replace('-', "").starts_with(&wanted))
-        .collect();
+    let matches: Vec<String> =
+        tasks.iter().map(|t| t.id.to_string()).filter(|t| t.replace('-', "").starts_with(&wanted)).collect();
     match matches.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(CliError::not_found(format!("no task id starts with {id:?}"))),
@@ -356,9 +353,11 @@ async fn list_members(client: &Client, args: &ClientArgs) -> Result<(), CliError
     let leader = view.leader;
     // Each member's own view, through a client of just the members' addresses.
     let addrs: Vec<&str> = view.members.iter().map(|m| m.addr.as_str()).collect();
-    let probe = client_with(&ClientArgs { addr: addrs.iter().map(|a| a.to_string()).collect(), ..args.clone() }, Duration::from_secs(1))?;
-    let healths =
-        futures::future::join_all((0..addrs.len()).map(|i| probe.health_of(i, Duration::from_secs(1)))).await;
+    let probe = client_with(
+        &ClientArgs { addr: addrs.iter().map(|a| a.to_string()).collect(), ..args.clone() },
+        Duration::from_secs(1),
+    )?;
+    let healths = futures::future::join_all((0..addrs.len()).map(|i| probe.health_of(i, Duration::from_secs(1)))).await;
     let list: Vec<Value> = view
         .members
         .iter()
@@ -503,7 +502,8 @@ pub async fn token(args: TokenArgs) -> Result<(), CliError> {
             if !["read", "submit", "admin"].contains(&role.as_str()) {
                 return Err(CliError::usage(format!("--role {role:?}: use read, submit or admin")));
             }
-            let created: Value = client.post("/v1/tokens").json(&json!({"role": role, "name": name})).json_answer().await?;
+            let created: Value =
+                client.post("/v1/tokens").json(&json!({"role": role, "name": name})).json_answer().await?;
             if args.client.json {
                 return print_json(&created);
             }

@@ -25,9 +25,9 @@ use goat_storage::model::TaskState;
 use serde_json::json;
 
 pub use super::args::DevArgs;
-use crate::client::Client;
 use super::commands;
 use super::error::CliError;
+use crate::client::Client;
 use crate::drill::{Proc as DrillProc, ProcsFile};
 
 const ECHO_IMAGE: &str = "goat-echo:latest";

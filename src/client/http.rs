@@ -185,9 +185,7 @@ impl Builder {
             http = http.timeout(timeout);
         }
         let http = http.build().map_err(|e| Error::Usage(format!("building the HTTP client: {e}")))?;
-        Ok(Client {
-            inner: Arc::new(Inner { bases, preferred: AtomicUsize::new(0), http, token: self.token }),
-        })
+        Ok(Client { inner: Arc::new(Inner { bases, preferred: AtomicUsize::new(0), http, token: self.token }) })
     }
 }
 
@@ -345,7 +343,9 @@ impl<'a> Request<'a> {
         if let Some(i) = self.on {
             let base = inner.bases.get(i).ok_or_else(|| Error::Usage(format!("no manager {i} in the list")))?;
             return match self.build(base).send().await {
-                Ok(response) => answer(i, response).await.map_err(|e| Error::NoAnswer(format!("{base}: {}", short(&e)))),
+                Ok(response) => {
+                    answer(i, response).await.map_err(|e| Error::NoAnswer(format!("{base}: {}", short(&e))))
+                }
                 Err(e) if e.is_connect() => Err(Error::NotSent(format!("{base}: {}", short(&e)))),
                 Err(e) => Err(Error::NoAnswer(format!("{base}: {}", short(&e)))),
             };

@@ -133,7 +133,9 @@ impl Events {
                 Ok(response) if response.status().is_success() => {
                     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE);
                     if !content_type.is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream")) {
-                        return Err(Error::Decode(format!("{base}: /v1/events is not an event stream ({content_type:?})")));
+                        return Err(Error::Decode(format!(
+                            "{base}: /v1/events is not an event stream ({content_type:?})"
+                        )));
                     }
                     self.failures = 0;
                     self.response = Some(response);
