@@ -199,7 +199,7 @@ async fn draining_a_node_moves_its_tasks() {
     wait_node(&cluster, &node, "draining", CONVERGE, |n| n.node.status == NodeStatus::Draining).await;
     wait_moved(&cluster, &id, &node).await;
     assert_eq!(settle_copies(&id).await, 1);
-    let response = cluster.api.put(format!("/v1/nodes/no-such-node/drain")).on(1).send().await.expect("PUT drain");
+    let response = cluster.api.put("/v1/nodes/no-such-node/drain").on(1).send().await.expect("PUT drain");
     assert_eq!(response.status, 404);
 
     // Ending the drain: the node takes tasks again (the moved task stays).

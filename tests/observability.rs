@@ -32,7 +32,7 @@ async fn metrics_show_raft_api_and_task_series_and_the_api_is_described() {
     let follower = cluster.follower(leader);
     // No worker: the task stays pending.
     let task = cluster.submit(follower, &spec("metrics")).await;
-    let id = task.id;
+    let id = task.id.to_string();
     let got = cluster.http.get(format!("{}/v1/tasks/{id}", cluster.url(follower))).send().await.expect("GET task");
     assert_eq!(got.status(), 200);
     let missing = format!("{}/v1/tasks/{}", cluster.url(follower), uuid::Uuid::nil());
@@ -64,7 +64,7 @@ async fn metrics_show_raft_api_and_task_series_and_the_api_is_described() {
     assert_eq!(sample(&text, &format!("{series}\"200\"}}")), Some(1.0), "{text}");
     assert_eq!(sample(&text, &format!("{series}\"404\"}}")), Some(1.0), "{text}");
     assert!(sample(&text, "goat_api_requests_total{route=\"/v1/tasks\",method=\"POST\",status=\"201\"}").is_some());
-    assert!(!text.contains(id), "raw paths must not become labels");
+    assert!(!text.contains(id.as_str()), "raw paths must not become labels");
 
     // The OpenAPI document is served and lists this route.
     let doc: Value = cluster

@@ -66,7 +66,7 @@ async fn a_restarted_worker_adopts_its_containers() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t.state == TaskState::Running).await;
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
-    assert_eq!(task.container_id.as_str(), Some(container.as_str()));
+    assert_eq!(task.container_id.as_deref(), Some(container.as_str()));
     assert_eq!(task.restarts, 0, "{task:#?}");
     assert_eq!(worker.containers(), vec![container.clone()], "no duplicate, no orphan");
     assert_eq!(docker_inspect(&container, "{{.State.StartedAt}}").as_deref(), Some(started.as_str()));
@@ -100,9 +100,9 @@ async fn the_worker_rides_out_an_engine_outage() {
     proxy.resume();
     wait_node(&cluster, &node, "reporting its engine back", CONVERGE, |n| n.node.engine_healthy).await;
     let task_a = wait_task(&cluster, &a, "running", CONVERGE, |t| t.state == TaskState::Running).await;
-    assert_eq!(task_a.container_id.as_str(), Some(container_a.as_str()), "survivor re-adopted");
+    assert_eq!(task_a.container_id.as_deref(), Some(container_a.as_str()), "survivor re-adopted");
     let task_b = wait_task(&cluster, &b, "running again", CONVERGE, |t| {
-        t.state == TaskState::Running && t.container_id.as_str().is_some_and(|c| c != container_b)
+        t.state == TaskState::Running && t.container_id.as_deref().is_some_and(|c| c != container_b)
     })
     .await;
     let port_b = host_port(&task_b, 7777).expect("published port");
@@ -135,7 +135,7 @@ async fn the_worker_carries_on_when_the_leader_dies() {
         t.state == TaskState::Running && u64::from(t.restarts) >= 1
     })
     .await;
-    assert_eq!(task.container_id.as_str(), Some(container.as_str()));
+    assert_eq!(task.container_id.as_deref(), Some(container.as_str()));
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
     // The worker chose the host port and keeps it: a client holding the old
     // address is served again.
@@ -194,7 +194,7 @@ async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
     }
     cluster.wait_leader(CONVERGE).await;
     let task = wait_task(&cluster, &id, "reported again", CONVERGE, |t| {
-        t.state == TaskState::Running && u64::from(t.restarts) >= 1 && t.container_id == containers[0].as_str()
+        t.state == TaskState::Running && t.restarts >= 1 && t.container_id.as_deref() == Some(containers[0].as_str())
     })
     .await;
     assert_eq!(task.node.as_deref(), Some(node.as_str()));
