@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::worker::{unique, wait_echo, WorkerProc, DOCKER_SOCKET};
-use common::{free_port, goat_bin, spec, Cluster, ManagerProc, TOKEN};
+use common::{free_port, goat_bin, spec, Cluster, TOKEN};
 use serde_json::{json, Value};
 
 /// Exit codes, as documented in docs/operations.md.
@@ -177,7 +177,7 @@ async fn every_command_against_a_real_cluster() {
     // members add / remove: a fourth manager started without --peers.
     let dir4 = cluster.managers[0].dir.with_file_name("m4");
     let addr4 = format!("127.0.0.1:{}", free_port());
-    cluster.managers.push(ManagerProc { id: 4, addr: addr4.clone(), dir: dir4, child: None });
+    cluster.add_manager(4, addr4.clone(), dir4);
     cluster.spawn_without_peers(4);
     ok(&addr, &["members", "add", "4", &addr4]).await;
     let list = ok(&addr, &["members", "--json"]).await.json()["members"].as_array().expect("members").clone();

@@ -99,7 +99,7 @@ async fn managers_are_added_and_removed_at_run_time() {
     // A fourth manager starts empty, with no --peers: it waits to be added.
     let new_addr = format!("127.0.0.1:{}", common::free_port());
     let new_dir = cluster.managers[0].dir.with_file_name("m4");
-    cluster.managers.push(common::ManagerProc { id: 4, addr: new_addr.clone(), dir: new_dir, child: None });
+    cluster.add_manager(4, new_addr.clone(), new_dir);
     cluster.spawn_without_peers(4);
     let follower = cluster.follower(leader);
     let response = cluster

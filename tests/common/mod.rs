@@ -66,6 +66,7 @@ pub struct Cluster {
     /// The typed client of every manager (index `i` is manager `i + 1`),
     /// with the cluster token.
     pub api: Client,
+    tls: Option<goat_raft::tls::Tls>,
 }
 
 impl Cluster {
@@ -104,14 +105,10 @@ impl Cluster {
             .expect("the cluster's client certificate")
         });
         let tls = tls.flatten();
-        let api = Client::builder(&managers.iter().map(|m| m.addr.clone()).collect::<Vec<_>>())
-            .token(Some(TOKEN))
-            .tls(tls.as_ref())
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("client");
+        let api = client_of(&managers, tls.as_ref());
         let mut cluster = Cluster {
             api,
+            tls,
             managers,
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -129,6 +126,12 @@ impl Cluster {
 
     fn proc_mut(&mut self, id: u64) -> &mut ManagerProc {
         self.managers.iter_mut().find(|m| m.id == id).expect("known manager id")
+    }
+
+    /// Adds manager `id` (not started) to the cluster and to [`Cluster::api`].
+    pub fn add_manager(&mut self, id: u64, addr: String, dir: PathBuf) {
+        self.managers.push(ManagerProc { id, addr, dir, child: None });
+        self.api = client_of(&self.managers, self.tls.as_ref());
     }
 
     /// Manager `id`'s index in [`Cluster::api`] (for `.on(index)`).
@@ -262,6 +265,16 @@ impl Cluster {
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
     }
+}
+
+/// The typed client of `managers`, with the cluster token.
+fn client_of(managers: &[ManagerProc], tls: Option<&goat_raft::tls::Tls>) -> Client {
+    Client::builder(&managers.iter().map(|m| m.addr.clone()).collect::<Vec<_>>())
+        .token(Some(TOKEN))
+        .tls(tls)
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
 }
 
 /// A small valid task spec.
