@@ -2,7 +2,7 @@
 # Installs what Goat's builds, tests and benchmarks need on a fresh machine
 # of this project's kind (Debian, root, Docker Engine already running):
 #   - file:         build-images.sh checks that the goat binary is static
-#   - etcd-server:  the peer `goat bench raft` measures against
+#   - etcd-server:  the peer `goat-bench raft` measures against
 #   - curl:         README examples and manual checks
 #   - strace, bc:   deploy/count-syncs.sh (syncs per acknowledged write)
 #   - iptables, nsenter (util-linux): the failover suite's one-way and

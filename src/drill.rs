@@ -16,7 +16,7 @@
 //! checks) and watch them move, then count their running copies.
 //!
 //! Measured: time without a leader, time to the first accepted write
-//! (probing the survivors like `goat bench raft` does), acknowledged tasks
+//! (probing the survivors like `goat-bench raft` does), acknowledged tasks
 //! lost, tasks moved and how long that took, running copies per task after
 //! convergence, what clients saw while a quorum was lost, and the managers'
 //! state digests (`GET /v1/cluster/verify`). `--assert` turns figures into
@@ -41,6 +41,7 @@ use serde_json::{json, Value};
 pub use driver::{Driver, DriverKind, Member, Proc, ProcsFile, SshHosts};
 pub use report::{Checked, Report, Round};
 
+use crate::client::{self, Answer, Client};
 use crate::history::{self, seen_of_task, Call, Recorder, Seen};
 
 /// After cutting a leader off, how long until its applied index must stop
@@ -208,12 +209,12 @@ fn driver_name(d: DriverKind) -> String {
 /// A deployment, reached through its APIs and a driver.
 struct Deployment {
     driver: Driver,
-    http: reqwest::Client,
-    token: Option<String>,
-    /// `https` with TLS.
-    scheme: &'static str,
+    /// Every manager, each reached by its index ([`Deployment::on`]).
+    client: Client,
     /// Manager id → API address.
     managers: BTreeMap<u64, String>,
+    /// Manager id → its index in `client`.
+    index: BTreeMap<u64, usize>,
     history: Recorder,
     /// This run's label on every task it submits.
     run: String,
@@ -226,13 +227,13 @@ fn ms(d: Duration) -> f64 {
 /// A create's or stop's outcome from its answer: 2xx happened, another
 /// 4xx did not, 5xx or a timeout may have; a connection refused before
 /// anything was sent did not.
-fn write_outcome(answer: &Result<u16, bool>) -> history::Outcome {
+fn write_outcome(answer: &Result<Answer, client::Error>) -> history::Outcome {
     match answer {
-        Ok(status) if (200..300).contains(status) => history::Outcome::Ok,
-        Ok(status) if (400..500).contains(status) => history::Outcome::Failed,
+        Ok(a) if a.status.is_success() => history::Outcome::Ok,
+        Ok(a) if a.status.is_client_error() => history::Outcome::Failed,
         Ok(_) => history::Outcome::Unknown,
-        Err(true) => history::Outcome::Failed,
-        Err(false) => history::Outcome::Unknown,
+        Err(client::Error::NotSent(_)) => history::Outcome::Failed,
+        Err(_) => history::Outcome::Unknown,
     }
 }
 
@@ -267,46 +268,37 @@ impl Deployment {
         let addrs = driver.manager_addrs().unwrap_or_else(|| args.managers.clone());
         let token = args.token.clone().filter(|t| !t.is_empty()).or_else(|| driver.token());
         let tls = args.tls.load()?;
-        let scheme = goat_raft::tls::scheme(tls.as_ref());
-        let http = goat_raft::tls::client_builder(tls.as_ref())
+        let client = Client::builder(&addrs)
+            .token(token)
+            .tls(tls.as_ref())
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(15))
-            .build()
-            .context("building the HTTP client")?;
+            .build()?;
         let mut managers = BTreeMap::new();
-        for addr in &addrs {
-            let health: Value = http
-                .get(format!("{scheme}://{addr}/v1/health"))
-                .send()
+        let mut index = BTreeMap::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let health = client
+                .get("/v1/health")
+                .on(i)
+                .json_answer::<client::HealthView>()
                 .await
-                .with_context(|| format!("no manager answers at {addr}"))?
-                .json()
-                .await
-                .with_context(|| format!("{addr} did not answer /v1/health with JSON"))?;
-            let id = health["id"].as_u64().with_context(|| format!("{addr}: no id in {health}"))?;
-            managers.insert(id, addr.clone());
+                .with_context(|| format!("no manager answers /v1/health at {addr}"))?;
+            managers.insert(health.id, addr.clone());
+            index.insert(health.id, i);
         }
         let ids: Vec<u64> = managers.keys().copied().collect();
         driver.check(&ids).await?;
         let run = format!("{:08x}", rand::random::<u32>());
-        Ok(Deployment { driver, http, token, scheme, managers, history, run })
+        Ok(Deployment { driver, client, managers, index, history, run })
     }
 
-    fn url(&self, id: u64) -> String {
-        format!("{}://{}", self.scheme, self.managers[&id])
+    /// A request to manager `id` only.
+    fn on(&self, id: u64, method: reqwest::Method, path: impl Into<String>) -> client::Request<'_> {
+        self.client.request(method, path).on(self.index[&id])
     }
 
-    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, url);
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
-    }
-
-    async fn health(&self, id: u64, timeout: Duration) -> Option<Value> {
-        let response = self.http.get(format!("{}/v1/health", self.url(id))).timeout(timeout).send().await.ok()?;
-        response.json().await.ok()
+    async fn health(&self, id: u64, timeout: Duration) -> Option<client::HealthView> {
+        self.client.health_of(self.index[&id], timeout).await.ok()
     }
 
     /// The leader every answering manager in `among` agrees on, if any.
@@ -314,7 +306,7 @@ impl Deployment {
         let mut seen = BTreeSet::new();
         for id in among {
             let health = self.health(*id, Duration::from_millis(500)).await?;
-            seen.insert(health["leader"].as_u64()?);
+            seen.insert(health.leader?);
         }
         let leader = *seen.iter().next()?;
         (seen.len() == 1 && among.contains(&leader)).then_some(leader)
@@ -334,9 +326,8 @@ impl Deployment {
     }
 
     async fn verify(&self, id: u64, wait: Duration) -> anyhow::Result<Value> {
-        let url = format!("{}/v1/cluster/verify?wait={}ms", self.url(id), wait.as_millis());
-        let response = self.request(reqwest::Method::GET, url).timeout(wait + Duration::from_secs(10)).send().await?;
-        Ok(response.json().await?)
+        let path = format!("/v1/cluster/verify?wait={}ms", wait.as_millis());
+        Ok(self.on(id, reqwest::Method::GET, path).timeout(wait + Duration::from_secs(10)).json_answer().await?)
     }
 
     /// `POST /v1/tasks` with a fresh `Idempotency-Key`, recorded.
@@ -344,23 +335,16 @@ impl Deployment {
         let key = uuid::Uuid::new_v4().to_string();
         let task = crate::manager::api::task_id_for_key(&key).to_string();
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Create { task });
-        let sent = self
-            .request(reqwest::Method::POST, format!("{}/v1/tasks", self.url(id)))
-            .header("Idempotency-Key", &key)
+        let answer = self
+            .on(id, reqwest::Method::POST, "/v1/tasks")
+            .idempotency_key(&key)
             .json(spec)
             .timeout(timeout)
             .send()
             .await;
-        let (answer, result) = match sent {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match response.bytes().await {
-                    Ok(bytes) => (Ok(status), (Some(status), serde_json::from_slice(&bytes).ok())),
-                    // The status came, the body broke: it happened if 2xx.
-                    Err(_) => (Ok(status), (Some(status), None)),
-                }
-            }
-            Err(e) => (Err(e.is_connect()), (None, None)),
+        let result = match &answer {
+            Ok(a) => (Some(a.status.as_u16()), serde_json::from_slice(&a.body).ok()),
+            Err(_) => (None, None),
         };
         match write_outcome(&answer) {
             history::Outcome::Ok => pending.ok(),
@@ -373,14 +357,10 @@ impl Deployment {
     /// `GET /v1/tasks/{task}` (linearizable), recorded.
     async fn read(&self, id: u64, task: &str, timeout: Duration, client: &str) -> Option<Seen> {
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Read { task: task.to_string() });
-        let sent = self
-            .request(reqwest::Method::GET, format!("{}/v1/tasks/{task}", self.url(id)))
-            .timeout(timeout)
-            .send()
-            .await;
+        let sent = self.on(id, reqwest::Method::GET, format!("/v1/tasks/{task}")).timeout(timeout).send().await;
         let seen = match sent {
-            Ok(r) if r.status() == 404 => Some(Seen::Absent),
-            Ok(r) if r.status() == 200 => r.json::<Value>().await.ok().map(|t| seen_of_task(&t)),
+            Ok(a) if a.status == 404 => Some(Seen::Absent),
+            Ok(a) if a.status == 200 => a.json::<Value>().ok().map(|t| seen_of_task(&t)),
             _ => None,
         };
         match seen {
@@ -395,15 +375,8 @@ impl Deployment {
     async fn list(&self, id: u64, timeout: Duration, client: &str) -> anyhow::Result<BTreeMap<String, Seen>> {
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::List);
         let answer = async {
-            let url = format!("{}/v1/tasks", self.url(id));
-            let tasks: Vec<Value> = self
-                .request(reqwest::Method::GET, url)
-                .timeout(timeout)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let tasks: Vec<Value> =
+                self.on(id, reqwest::Method::GET, "/v1/tasks").timeout(timeout).json_answer().await?;
             Ok::<_, anyhow::Error>(tasks)
         }
         .await;
@@ -428,12 +401,12 @@ impl Deployment {
     async fn stop(&self, id: u64, task: &str, client: &str) {
         let pending = self.history.begin(&format!("{client}@manager{id}"), Call::Stop { task: task.to_string() });
         let sent = self
-            .request(reqwest::Method::DELETE, format!("{}/v1/tasks/{task}", self.url(id)))
+            .on(id, reqwest::Method::DELETE, format!("/v1/tasks/{task}"))
             .timeout(Duration::from_secs(15))
             .send()
             .await;
-        match sent.map(|r| r.status().as_u16()).map_err(|e| e.is_connect()) {
-            Ok(404) => pending.saw(Seen::Absent),
+        match sent {
+            Ok(a) if a.status == 404 => pending.saw(Seen::Absent),
             answer => match write_outcome(&answer) {
                 history::Outcome::Ok => pending.saw(Seen::Stopped),
                 history::Outcome::Failed => pending.failed(),
@@ -445,14 +418,10 @@ impl Deployment {
     /// All tasks as one manager holds them (`?stale=true`), for placement
     /// watching.
     async fn tasks_stale(&self, id: u64) -> anyhow::Result<Vec<Value>> {
-        let url = format!("{}/v1/tasks?stale=true", self.url(id));
         Ok(self
-            .request(reqwest::Method::GET, url)
+            .on(id, reqwest::Method::GET, "/v1/tasks?stale=true")
             .timeout(Duration::from_secs(30))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+            .json_answer()
             .await?)
     }
 }
@@ -574,7 +543,7 @@ async fn measure_failover(
         loop {
             for id in survivors {
                 if let Some(health) = deployment.health(*id, Duration::from_millis(200)).await {
-                    let leader = health["leader"].as_u64();
+                    let leader = health.leader;
                     if leader.is_some() && leader != victim {
                         return Some(Instant::now());
                     }
@@ -689,13 +658,7 @@ impl Untouched {
     async fn take(deployment: &Deployment, echo: &[String]) -> anyhow::Result<Untouched> {
         let mut out = Untouched::default();
         let first = *deployment.managers.keys().next().context("no managers")?;
-        let nodes: Vec<Value> = deployment
-            .request(reqwest::Method::GET, format!("{}/v1/nodes", deployment.url(first)))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let nodes: Vec<Value> = deployment.on(first, reqwest::Method::GET, "/v1/nodes").json_answer().await?;
         for node in &nodes {
             let name = node["name"].as_str().unwrap_or_default();
             for event in node["events"].as_array().into_iter().flatten().filter(|e| e["status"] == "down") {
@@ -821,8 +784,7 @@ async fn manager_round(
             // What was committed before the cut may still be applied just
             // after it: measure from half a second in.
             tokio::time::sleep((t0 + ISOLATION_GRACE).saturating_duration_since(Instant::now())).await;
-            let start_index =
-                deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h["last_applied"].as_u64());
+            let start_index = deployment.health(victim, Duration::from_secs(1)).await.and_then(|h| h.last_applied);
             let mut highest = start_index;
             while Instant::now() < hold_until {
                 let (status, body) = deployment.submit(victim, &spec, Duration::from_secs(8), "isolated").await;
@@ -836,7 +798,7 @@ async fn manager_round(
                     _ => round.isolated_errors += 1,
                 }
                 if let Some(health) = deployment.health(victim, Duration::from_secs(1)).await {
-                    highest = highest.max(health["last_applied"].as_u64());
+                    highest = highest.max(health.last_applied);
                 }
             }
             round.isolated_applied_delta = match (start_index, highest) {
@@ -906,7 +868,7 @@ async fn asymmetric_round(
         }
         saw(&mut round, format!("write via {role}: {}", answer_text(status)));
         for id in &others {
-            let known = deployment.health(*id, Duration::from_millis(300)).await.and_then(|h| h["leader"].as_u64());
+            let known = deployment.health(*id, Duration::from_millis(300)).await.and_then(|h| h.leader);
             if known.is_some() && known != Some(leader) && new_leader.is_none() {
                 new_leader = Some(Instant::now());
             }
@@ -957,11 +919,11 @@ async fn quorum_round(
         }
         saw(&mut round, format!("write: {}", answer_text(status)));
         let stale = deployment
-            .request(reqwest::Method::GET, format!("{}/v1/tasks?stale=true&state=completed", deployment.url(survivor)))
+            .on(survivor, reqwest::Method::GET, "/v1/tasks?stale=true&state=completed")
             .timeout(Duration::from_secs(3))
             .send()
             .await;
-        saw(&mut round, format!("stale read: {}", answer_text(stale.ok().map(|r| r.status().as_u16()))));
+        saw(&mut round, format!("stale read: {}", answer_text(stale.ok().map(|a| a.status.as_u16()))));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // One back: a quorum again.

@@ -1,4 +1,4 @@
-//! `goat echo`: the echo API, Goat's first workload and its test subject.
+//! `goat-echo`: the echo API, Goat's first workload and its test subject.
 //!
 //! - `POST /` answers with the request body verbatim (`application/json`).
 //! - `GET /health` answers 200 while healthy, 503 while a dependency is not

@@ -1,9 +1,15 @@
-//! Goat as a library: the manager, the control logic, the CLI and the tools,
-//! so that tests, `goat dev` and the simulation can start them in-process.
-//! The `goat` binary (`src/main.rs`) only parses the command line.
+//! Goat as a library: the manager, the control logic, the client, the CLI
+//! and the tools, so that tests, `goat dev` and the simulation can start
+//! them in-process. The `goat` binary (`src/main.rs`) only parses the
+//! command line; the tools have binaries of their own (`src/bin/`):
+//! `goat-echo` (the echo app, [`echo`]) and `goat-bench` (the benchmarks,
+//! [`bench`], behind the `tools` feature with the dependencies only they
+//! use). Neither is linked into `goat`.
 
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod control;
 pub mod drill;

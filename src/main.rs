@@ -2,14 +2,15 @@
 //!
 //! - `goat manager`: a member of the Raft-replicated control plane.
 //! - `goat worker`: the agent that runs tasks as Docker containers.
-//! - `goat echo`: the echo application used as Goat's first workload.
-//! - `goat bench`: benchmarks against a running cluster.
 //! - `goat dev`, `run`, `status`, `stop`, `nodes`, `node`, `members`,
 //!   `snapshot`: the operator's commands (see `cli`).
 //! - `goat events`: follows a cluster's task and node events.
 //! - `goat drill`: failures caused in a compose deployment, measured.
+//!
+//! The echo application and the benchmarks are binaries of their own
+//! (`goat-echo`, `goat-bench`: `src/bin/`), not part of this one.
 
-use goat::{bench, cli, drill, echo, manager};
+use goat::{cli, drill, manager};
 
 use clap::{Parser, Subcommand};
 
@@ -39,10 +40,6 @@ enum Command {
     Manager(manager::ManagerArgs),
     /// Run a worker.
     Worker(goat_worker::WorkerArgs),
-    /// Run the echo application (POST / answers the request body).
-    Echo(echo::EchoArgs),
-    /// Measure a running cluster.
-    Bench(bench::BenchArgs),
     /// Follow the cluster's task and node events.
     Events(cli::events::EventsArgs),
     #[command(flatten)]
@@ -82,8 +79,6 @@ async fn main() {
             Err(e) => Err(anyhow::Error::new(e).context(format!("binding {}", args.listen))),
         },
         Command::Worker(args) => goat_worker::run(args.into(), goat::shutdown_signal()).await,
-        Command::Echo(args) => echo::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Events(args) => cli::events::run(args).await,
         Command::Drill(args) => drill::run(args).await,
     };

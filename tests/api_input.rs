@@ -88,8 +88,8 @@ async fn bad_specs_are_refused_with_the_field_named() {
     // Nothing was stored, nothing was lost.
     let tasks = cluster.tasks(1, false).await;
     assert_eq!(tasks.len(), 1);
-    assert_eq!(tasks[0]["id"], kept["id"]);
-    assert_eq!(cluster.health(1).await["status"], "ok", "the manager is still up");
+    assert_eq!(tasks[0].id, kept.id);
+    assert_eq!(cluster.health(1).await.status, "ok", "the manager is still up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +117,7 @@ async fn internal_routes_need_the_cluster_token() {
         .status();
     assert_eq!(status, 401);
     let after = cluster.health(1).await;
-    assert_eq!(before["term"], after["term"], "no request reached Raft");
+    assert_eq!(before.term, after.term, "no request reached Raft");
     let nodes: Vec<Value> =
         cluster.http.get(format!("{}/v1/nodes", cluster.url(1))).send().await.expect("GET").json().await.expect("json");
     assert!(nodes.is_empty(), "no node registered without the token");
@@ -150,9 +150,8 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["id"], created["id"]);
     }
-    let tasks: Vec<Value> =
-        cluster.http.get(format!("{}/v1/tasks", cluster.url(2))).send().await.expect("GET").json().await.expect("JSON");
-    assert_eq!(tasks.iter().filter(|t| t["spec"]["name"] == "once").count(), 1);
+    let tasks = cluster.tasks(2, false).await;
+    assert_eq!(tasks.iter().filter(|t| t.spec.name == "once").count(), 1);
 
     let (status, answer) = submit(2, "run-42", spec("other")).await;
     assert_eq!(status, 409, "{answer}");

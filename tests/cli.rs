@@ -9,12 +9,13 @@
 
 mod common;
 
+use goat_storage::model::{Health, Task, TaskState};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::worker::{unique, wait_echo, WorkerProc, DOCKER_SOCKET};
-use common::{free_port, goat_bin, spec, Cluster, ManagerProc, TOKEN};
+use common::{free_port, goat_bin, spec, Cluster, TOKEN};
 use serde_json::{json, Value};
 
 /// Exit codes, as documented in docs/operations.md.
@@ -98,12 +99,12 @@ async fn every_command_against_a_real_cluster() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let task = out.json();
-    assert_eq!(task["state"], "running", "{task:#}");
-    assert_eq!(task["health"], "healthy");
-    assert_eq!(task["node"], node.as_str());
-    assert_eq!(task["spec"]["env"]["A"], "b");
-    let id = task["id"].as_str().expect("id").to_string();
+    let task: Task = serde_json::from_value(out.json()).expect("`goat run --json` prints the task");
+    assert_eq!(task.state, TaskState::Running, "{task:#?}");
+    assert_eq!(task.health, Health::Healthy);
+    assert_eq!(task.node.as_deref(), Some(node.as_str()));
+    assert_eq!(task.spec.env.get("A").map(String::as_str), Some("b"));
+    let id = task.id.to_string();
     let short = &id[..8];
 
     // status: the list, the table, one task by prefix with its history.
@@ -176,7 +177,7 @@ async fn every_command_against_a_real_cluster() {
     // members add / remove: a fourth manager started without --peers.
     let dir4 = cluster.managers[0].dir.with_file_name("m4");
     let addr4 = format!("127.0.0.1:{}", free_port());
-    cluster.managers.push(ManagerProc { id: 4, addr: addr4.clone(), dir: dir4, child: None });
+    cluster.add_manager(4, addr4.clone(), dir4);
     cluster.spawn_without_peers(4);
     ok(&addr, &["members", "add", "4", &addr4]).await;
     let list = ok(&addr, &["members", "--json"]).await.json()["members"].as_array().expect("members").clone();
@@ -211,19 +212,20 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     });
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(cluster.submit(1 + i % 3, &spec(&format!("saved-{i}"))).await["id"].as_str().expect("id").to_string());
+        ids.push(cluster.submit(1 + i % 3, &spec(&format!("saved-{i}"))).await.id.to_string());
     }
     let addr = addr_list(&cluster);
     ok(&addr, &["stop", &ids[3]]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let tasks = goat(&addr, &["status", "--json"], None).await.json();
+        let tasks: Vec<Task> =
+            serde_json::from_value(goat(&addr, &["status", "--json"], None).await.json()).expect("tasks");
         // (The stopped task completes at once, or stays placed if it was
         // placed before the stop: its fake node never reports.)
-        if tasks.as_array().expect("tasks").iter().all(|t| t["state"] == "completed" || t["node"] == "saved-node") {
+        if tasks.iter().all(|t| t.state == TaskState::Completed || t.node.as_deref() == Some("saved-node")) {
             break;
         }
-        assert!(Instant::now() < deadline, "tasks not placed within 30s: {tasks:#}");
+        assert!(Instant::now() < deadline, "tasks not placed within 30s: {tasks:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let before = ok(&addr, &["status", "--json"]).await.json();

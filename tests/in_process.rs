@@ -10,10 +10,12 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use goat::client::Client;
 use goat::manager::ManagerConfig;
+use goat_storage::model::{Health, Task, TaskState};
 use goat_storage::Millis;
 use goat_worker::WorkerConfig;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "in-process-token";
@@ -39,26 +41,10 @@ fn remove_containers_of(node: &str) {
     }
 }
 
-async fn task(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
-    let response = http.get(format!("{base}/v1/tasks/{id}")).bearer_auth(TOKEN).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
-}
-
-async fn wait_task(http: &reqwest::Client, base: &str, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + CONVERGE;
-    let mut last = None;
-    loop {
-        if let Some(t) = task(http, base, id).await {
-            if done(&t) {
-                return t;
-            }
-            last = Some(t);
-        }
-        assert!(Instant::now() < deadline, "task {id} not {what} within {CONVERGE:?}: {last:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+async fn wait_task(api: &Client, id: &str, what: &str, done: impl Fn(&Task) -> bool) -> Task {
+    match api.wait_task(id, CONVERGE, done).await {
+        Ok(task) => task,
+        Err((last, e)) => panic!("task {id} not {what} within {CONVERGE:?}: {e}; last seen {last:?}"),
     }
 }
 
@@ -99,8 +85,7 @@ async fn three_managers_and_a_worker_in_process_run_the_echo_task() {
             async move { goat_worker::run(worker_config, async move { worker_stop.cancelled().await }).await },
         );
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-    let base = format!("http://{}", addrs[0]);
+    let api = Client::builder(&addrs).token(Some(TOKEN)).timeout(Duration::from_secs(10)).build().expect("client");
     let spec = json!({
         "name": "echo-in-process",
         "image": "goat-echo:latest",
@@ -111,26 +96,25 @@ async fn three_managers_and_a_worker_in_process_run_the_echo_task() {
                          "failure_threshold": 3, "start_period": "2s"}
     });
     // Submitted as soon as the cluster has a leader (the manager retries
-    // its proposal while the election is under way; a refused connection
-    // or a 503 before that is retried here).
+    // its proposal while the election is under way; no answer or a 503
+    // before that is retried here, under the one Idempotency-Key).
     let deadline = Instant::now() + CONVERGE;
-    let submitted: Value = loop {
-        let sent = http.post(format!("{base}/v1/tasks")).bearer_auth(TOKEN).json(&spec).send().await;
-        if let Ok(response) = sent {
-            if response.status() == 201 {
-                break response.json().await.expect("JSON task");
-            }
+    let key = uuid::Uuid::new_v4().to_string();
+    let submitted = loop {
+        match api.submit_keyed(&spec, &key).await {
+            Ok(task) => break task,
+            Err(e) => assert!(Instant::now() < deadline, "no manager accepted the task within {CONVERGE:?}: {e}"),
         }
-        assert!(Instant::now() < deadline, "no manager accepted the task within {CONVERGE:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let id = submitted["id"].as_str().expect("task id").to_string();
+    let id = submitted.id.to_string();
 
     let running =
-        wait_task(&http, &base, &id, "running and healthy", |t| t["state"] == "running" && t["health"] == "healthy")
+        wait_task(&api, &id, "running and healthy", |t| t.state == TaskState::Running && t.health == Health::Healthy)
             .await;
-    assert_eq!(running["node"], node.as_str());
-    let port = running["host_ports"]["7777"].as_u64().expect("a host port for 7777") as u16;
+    assert_eq!(running.node.as_deref(), Some(node.as_str()));
+    let port = *running.host_ports.get(&7777).expect("a host port for 7777");
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
     let body = r#"{"Msg":"Hello, world!"}"#;
     let deadline = Instant::now() + CONVERGE;
     loop {
@@ -145,9 +129,8 @@ async fn three_managers_and_a_worker_in_process_run_the_echo_task() {
     }
 
     // Stop the task, then everything, and leave no container behind.
-    let stopped = http.delete(format!("{base}/v1/tasks/{id}")).bearer_auth(TOKEN).send().await.expect("DELETE");
-    assert!(stopped.status().is_success(), "DELETE answered {}", stopped.status());
-    wait_task(&http, &base, &id, "completed", |t| t["state"] == "completed").await;
+    api.stop(&id).await.expect("DELETE the task");
+    wait_task(&api, &id, "completed", |t| t.state == TaskState::Completed).await;
     stop.cancel();
     worker.await.expect("worker task").expect("worker ran");
     for manager in managers {

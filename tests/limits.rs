@@ -5,6 +5,7 @@
 
 mod common;
 
+use goat_storage::model::{NodeStatus, TaskState};
 use std::time::{Duration, Instant};
 
 use common::{spec, Cluster, TOKEN};
@@ -18,9 +19,7 @@ static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The leader's term as manager `id` reports it.
 async fn term(cluster: &Cluster, id: u64) -> u64 {
-    let v: Value =
-        cluster.http.get(format!("{}/v1/cluster", cluster.url(id))).send().await.unwrap().json().await.unwrap();
-    v["term"].as_u64().expect("a term")
+    cluster.health(id).await.term
 }
 
 /// The manager process's resident set, in bytes (`VmRSS`).
@@ -241,7 +240,7 @@ async fn task_lists_are_paged() {
     let cluster = Cluster::start(3, &[]).await;
     let mut ids = Vec::new();
     for i in 0..25 {
-        ids.push(cluster.submit(1 + i % 3, &spec(&format!("p{i}"))).await["id"].as_str().unwrap().to_string());
+        ids.push(cluster.submit(1 + i % 3, &spec(&format!("p{i}"))).await.id.to_string());
     }
     ids.sort();
     let mut seen = Vec::new();
@@ -292,10 +291,10 @@ async fn task_status(cluster: &Cluster, manager: u64, id: &str) -> u16 {
 async fn finished_tasks_are_collected_after_the_retention() {
     let _shared = EXCLUSIVE.read().await;
     let cluster = Cluster::start(3, &["--task-retention", "2s"]).await;
-    let kept = cluster.submit(1, &spec("kept")).await["id"].as_str().unwrap().to_string();
+    let kept = cluster.submit(1, &spec("kept")).await.id.to_string();
     let mut done = Vec::new();
     for i in 0..3 {
-        let id = cluster.submit(2, &spec(&format!("done{i}"))).await["id"].as_str().unwrap().to_string();
+        let id = cluster.submit(2, &spec(&format!("done{i}"))).await.id.to_string();
         let response = cluster.http.delete(format!("{}/v1/tasks/{id}", cluster.url(1))).send().await.expect("stop");
         assert_eq!(response.status(), 202);
         done.push(id);
@@ -324,7 +323,7 @@ async fn finished_tasks_are_collected_after_the_retention() {
 async fn gc_on_request() {
     let _shared = EXCLUSIVE.read().await;
     let cluster = Cluster::start(1, &[]).await;
-    let id = cluster.submit(1, &spec("done")).await["id"].as_str().unwrap().to_string();
+    let id = cluster.submit(1, &spec("done")).await.id.to_string();
     cluster.http.delete(format!("{}/v1/tasks/{id}", cluster.url(1))).send().await.expect("stop");
     let gc = |query: &str, token: bool| {
         // `http` sends the cluster token, `anon` none.
@@ -346,8 +345,8 @@ async fn gc_on_request() {
     assert_eq!(task_status(&cluster, 1, &id).await, 404);
 }
 
-async fn nodes(cluster: &Cluster) -> Vec<Value> {
-    cluster.http.get(format!("{}/v1/nodes", cluster.url(1))).send().await.unwrap().json().await.unwrap()
+async fn nodes(cluster: &Cluster) -> Vec<goat::client::NodeView> {
+    cluster.api.nodes().await.expect("GET /v1/nodes")
 }
 
 /// `DELETE /v1/nodes/{name}`: 409 while the node is up or holds a live
@@ -362,7 +361,7 @@ async fn down_nodes_can_be_removed() {
     assert_eq!(beat().await.expect("heartbeat").status(), 200);
     let mut task = spec("stays");
     task["disconnect_window"] = json!("1h");
-    let id = cluster.submit(1, &task).await["id"].as_str().unwrap().to_string();
+    let id = cluster.submit(1, &task).await.id.to_string();
     let remove = |token: bool| {
         let client = if token { &cluster.http } else { &cluster.anon };
         let request = client.delete(format!("{url}/v1/nodes/w1"));
@@ -374,26 +373,26 @@ async fn down_nodes_can_be_removed() {
     // `unknown` on it (its disconnect window).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let t: Value = cluster.http.get(format!("{url}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
-        if t["state"] == "unknown" {
+        let t = cluster.api.task(&id).await.expect("GET task");
+        if t.state == TaskState::Unknown {
             break;
         }
-        if t["state"] == "pending" {
+        if t.state == TaskState::Pending {
             beat().await.expect("heartbeat");
         }
-        assert!(Instant::now() < deadline, "task never became unknown: {t}");
+        assert!(Instant::now() < deadline, "task never became unknown: {t:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(nodes(&cluster).await.iter().any(|n| n["name"] == "w1" && n["status"] == "down"));
+    assert!(nodes(&cluster).await.iter().any(|n| n.node.name == "w1" && n.node.status == NodeStatus::Down));
     assert_eq!(remove(true).await, 409, "a down node that holds a live task");
     let response = cluster.http.delete(format!("{url}/v1/tasks/{id}")).send().await.expect("stop");
     assert_eq!(response.status(), 202);
     assert_eq!(remove(true).await, 204);
-    assert!(nodes(&cluster).await.iter().all(|n| n["name"] != "w1"));
+    assert!(nodes(&cluster).await.iter().all(|n| n.node.name != "w1"));
     assert_eq!(remove(true).await, 404);
     // A worker that comes back under that name registers again.
     assert_eq!(beat().await.expect("heartbeat").status(), 200);
-    assert!(nodes(&cluster).await.iter().any(|n| n["name"] == "w1" && n["status"] == "ready"));
+    assert!(nodes(&cluster).await.iter().any(|n| n.node.name == "w1" && n.node.status == NodeStatus::Ready));
 }
 
 /// Request metrics are labelled by known methods and matched routes only:

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::worker::{ensure_images, host_port, unique, wait_echo, wait_node, wait_task, WorkerProc, DOCKER_SOCKET};
 use common::Cluster;
+use goat_storage::model::{Health, NodeStatus, Task, TaskState};
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -49,10 +50,9 @@ fn signal(worker: &WorkerProc, sig: &str) {
 }
 
 /// Waits until the task runs healthy on a node other than `not_on`.
-async fn wait_moved(cluster: &Cluster, id: &str, not_on: &str) -> Value {
-    let not_on = not_on.to_string();
-    wait_task(cluster, id, "running elsewhere", CONVERGE, move |t| {
-        t["state"] == "running" && t["health"] == "healthy" && t["node"] != not_on.as_str()
+async fn wait_moved(cluster: &Cluster, id: &str, not_on: &str) -> Task {
+    wait_task(cluster, id, "running elsewhere", CONVERGE, |t| {
+        t.state == TaskState::Running && t.health == Health::Healthy && t.node.as_deref() != Some(not_on)
     })
     .await
 }
@@ -75,11 +75,11 @@ async fn a_crashed_machine_s_tasks_run_elsewhere_and_are_not_duplicated_when_it_
     let cluster = cluster().await;
     let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
     let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     let task = cluster.submit(1, &echo_spec()).await;
-    let id = task["id"].as_str().expect("id").to_string();
-    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
-    let node = first["node"].as_str().expect("node").to_string();
+    let id = task.id.to_string();
+    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let node = first.node.clone().expect("node");
     let (lost, other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
 
     // The machine dies: its worker and its containers are gone.
@@ -88,19 +88,19 @@ async fn a_crashed_machine_s_tasks_run_elsewhere_and_are_not_duplicated_when_it_
         let _ = Command::new("docker").args(["rm", "-f", &c]).output();
     }
     let moved = wait_moved(&cluster, &id, &lost.name).await;
-    assert_eq!(moved["node"].as_str(), Some(other.name.as_str()));
-    assert!(moved["generation"].as_u64() > first["generation"].as_u64());
-    wait_node(&cluster, &lost.name, "down", CONVERGE, |n| n["status"] == "down").await;
+    assert_eq!(moved.node.as_deref(), Some(other.name.as_str()));
+    assert!(moved.generation > first.generation);
+    wait_node(&cluster, &lost.name, "down", CONVERGE, |n| n.node.status == NodeStatus::Down).await;
     wait_echo(host_port(&moved, 7777).expect("port"), BODY, CONVERGE).await;
 
     // It comes back: after convergence nothing is duplicated. (Before it
     // hears from a manager, a restarted worker may restore what its local
     // store says it runs; the leader's answer then fences that copy.)
     lost.spawn();
-    wait_node(&cluster, &lost.name, "ready again", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &lost.name, "ready again", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     assert_eq!(settle_copies(&id).await, 1, "at most one running copy after convergence");
-    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(task["node"], moved["node"]);
+    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(task.node, moved.node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -109,11 +109,11 @@ async fn a_partitioned_worker_s_stale_copies_are_stopped_when_it_returns() {
     let cluster = cluster().await;
     let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
     let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     let task = cluster.submit(1, &echo_spec()).await;
-    let id = task["id"].as_str().expect("id").to_string();
-    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
-    let node = first["node"].as_str().expect("node").to_string();
+    let id = task.id.to_string();
+    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let node = first.node.clone().expect("node");
     let (cut, _other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
 
     // The managers stop hearing from it; its container keeps running.
@@ -124,8 +124,8 @@ async fn a_partitioned_worker_s_stale_copies_are_stopped_when_it_returns() {
     // Back: its copy is stale (older generation) and is stopped.
     signal(cut, "-CONT");
     assert_eq!(settle_copies(&id).await, 1, "at most one running copy after convergence");
-    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(task["node"], moved["node"]);
+    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(task.node, moved.node);
     wait_echo(host_port(&task, 7777).expect("port"), BODY, CONVERGE).await;
 }
 
@@ -135,52 +135,50 @@ async fn tasks_with_a_disconnect_window_wait_for_their_node_and_move_only_once_i
     let cluster = cluster().await;
     let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
     let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     // Two tasks on one node: one waits far longer than this test lasts for
     // its node to come back, the other only 2 s.
     let mut long = echo_spec();
     long["disconnect_window"] = json!("10m");
-    let long = cluster.submit(1, &long).await["id"].as_str().expect("id").to_string();
-    let first = wait_task(&cluster, &long, "running", CONVERGE, |t| t["state"] == "running").await;
-    let node = first["node"].as_str().expect("node").to_string();
+    let long = cluster.submit(1, &long).await.id.to_string();
+    let first = wait_task(&cluster, &long, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let node = first.node.clone().expect("node");
     let (cut, other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
     let mut short = echo_spec();
     short["disconnect_window"] = json!("2s");
     // Bin-packing puts it on the fuller node, the same one.
-    let short = cluster.submit(1, &short).await["id"].as_str().expect("id").to_string();
-    let short_first = wait_task(&cluster, &short, "running", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(short_first["node"].as_str(), Some(cut.name.as_str()));
+    let short = cluster.submit(1, &short).await.id.to_string();
+    let short_first = wait_task(&cluster, &short, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(short_first.node.as_deref(), Some(cut.name.as_str()));
 
     // The managers stop hearing from the node: both tasks wait `unknown`
     // where they are, then the short window ends and that task moves.
     signal(cut, "-STOP");
-    wait_node(&cluster, &cut.name, "down", CONVERGE, |n| n["status"] == "down").await;
+    wait_node(&cluster, &cut.name, "down", CONVERGE, |n| n.node.status == NodeStatus::Down).await;
     let moved = wait_moved(&cluster, &short, &cut.name).await;
-    assert_eq!(moved["node"].as_str(), Some(other.name.as_str()));
-    assert_eq!(moved["generation"].as_u64(), Some(2));
-    let states: Vec<&str> =
-        moved["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(moved.node.as_deref(), Some(other.name.as_str()));
+    assert_eq!(moved.generation, 2);
+    let states: Vec<&str> = moved.events.iter().map(|e| e.state.as_str()).collect();
     assert!(states.windows(3).any(|w| w == ["running", "unknown", "pending"]), "{states:?}");
-    let waiting = wait_task(&cluster, &long, "unknown", CONVERGE, |t| t["state"] == "unknown").await;
-    assert_eq!(waiting["node"].as_str(), Some(cut.name.as_str()), "not moved within its window");
-    assert_eq!(waiting["generation"].as_u64(), Some(1));
+    let waiting = wait_task(&cluster, &long, "unknown", CONVERGE, |t| t.state == TaskState::Unknown).await;
+    assert_eq!(waiting.node.as_deref(), Some(cut.name.as_str()), "not moved within its window");
+    assert_eq!(waiting.generation, 1);
 
     // The node is back within the long window: that task carries on, same
     // container, no restart; the moved task's stale copy is stopped.
     signal(cut, "-CONT");
-    let back = wait_task(&cluster, &long, "running again", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(back["node"].as_str(), Some(cut.name.as_str()));
-    assert_eq!(back["generation"].as_u64(), Some(1));
-    assert_eq!(back["container_id"], first["container_id"], "the same container");
-    assert_eq!(back["restarts"].as_u64(), Some(0));
-    let states: Vec<&str> =
-        back["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    let back = wait_task(&cluster, &long, "running again", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(back.node.as_deref(), Some(cut.name.as_str()));
+    assert_eq!(back.generation, 1);
+    assert_eq!(back.container_id, first.container_id, "the same container");
+    assert_eq!(back.restarts, 0);
+    let states: Vec<&str> = back.events.iter().map(|e| e.state.as_str()).collect();
     assert!(states.ends_with(&["running", "unknown", "running"]), "{states:?}");
     assert_eq!(running_copies(&long), 1);
     assert_eq!(settle_copies(&short).await, 1, "at most one running copy after convergence");
-    let short_now = wait_task(&cluster, &short, "still running", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(short_now["node"], moved["node"]);
+    let short_now = wait_task(&cluster, &short, "still running", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(short_now.node, moved.node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -189,26 +187,23 @@ async fn draining_a_node_moves_its_tasks() {
     let cluster = cluster().await;
     let a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
     let b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
-    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
+    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     let task = cluster.submit(1, &echo_spec()).await;
-    let id = task["id"].as_str().expect("id").to_string();
-    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
-    let node = first["node"].as_str().expect("node").to_string();
+    let id = task.id.to_string();
+    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let node = first.node.clone().expect("node");
 
-    let response =
-        cluster.http.put(format!("{}/v1/nodes/{node}/drain", cluster.url(2))).send().await.expect("PUT drain");
-    assert_eq!(response.status(), 200);
-    wait_node(&cluster, &node, "draining", CONVERGE, |n| n["status"] == "draining").await;
+    let response = cluster.api.put(format!("/v1/nodes/{node}/drain")).on(1).send().await.expect("PUT drain");
+    assert_eq!(response.status, 200);
+    wait_node(&cluster, &node, "draining", CONVERGE, |n| n.node.status == NodeStatus::Draining).await;
     wait_moved(&cluster, &id, &node).await;
     assert_eq!(settle_copies(&id).await, 1);
-    let response =
-        cluster.http.put(format!("{}/v1/nodes/no-such-node/drain", cluster.url(2))).send().await.expect("PUT drain");
-    assert_eq!(response.status(), 404);
+    let response = cluster.api.put("/v1/nodes/no-such-node/drain").on(1).send().await.expect("PUT drain");
+    assert_eq!(response.status, 404);
 
     // Ending the drain: the node takes tasks again (the moved task stays).
-    let response =
-        cluster.http.delete(format!("{}/v1/nodes/{node}/drain", cluster.url(3))).send().await.expect("DELETE drain");
-    assert_eq!(response.status(), 200);
-    wait_node(&cluster, &node, "ready again", CONVERGE, |n| n["status"] == "ready" && n["drain"] == false).await;
+    let response = cluster.api.delete(format!("/v1/nodes/{node}/drain")).on(2).send().await.expect("DELETE drain");
+    assert_eq!(response.status, 200);
+    wait_node(&cluster, &node, "ready again", CONVERGE, |n| n.node.status == NodeStatus::Ready && !n.node.drain).await;
 }

@@ -8,6 +8,9 @@
 
 mod common;
 
+use goat::client::{Events, StreamItem};
+use goat_storage::events::ClusterEvent;
+use goat_storage::model::{NodeStatus, TaskState};
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,7 +32,7 @@ async fn metrics_show_raft_api_and_task_series_and_the_api_is_described() {
     let follower = cluster.follower(leader);
     // No worker: the task stays pending.
     let task = cluster.submit(follower, &spec("metrics")).await;
-    let id = task["id"].as_str().expect("task id");
+    let id = task.id.to_string();
     let got = cluster.http.get(format!("{}/v1/tasks/{id}", cluster.url(follower))).send().await.expect("GET task");
     assert_eq!(got.status(), 200);
     let missing = format!("{}/v1/tasks/{}", cluster.url(follower), uuid::Uuid::nil());
@@ -61,7 +64,7 @@ async fn metrics_show_raft_api_and_task_series_and_the_api_is_described() {
     assert_eq!(sample(&text, &format!("{series}\"200\"}}")), Some(1.0), "{text}");
     assert_eq!(sample(&text, &format!("{series}\"404\"}}")), Some(1.0), "{text}");
     assert!(sample(&text, "goat_api_requests_total{route=\"/v1/tasks\",method=\"POST\",status=\"201\"}").is_some());
-    assert!(!text.contains(id), "raw paths must not become labels");
+    assert!(!text.contains(id.as_str()), "raw paths must not become labels");
 
     // The OpenAPI document is served and lists this route.
     let doc: Value = cluster
@@ -89,60 +92,33 @@ async fn metrics_show_raft_api_and_task_series_and_the_api_is_described() {
     assert_eq!(bad.json::<Value>().await.unwrap()["field"], "Last-Event-ID");
 }
 
-/// An SSE stream read message by message: `(event, id, data)`.
-struct Sse {
-    response: reqwest::Response,
-    buffer: String,
-}
+/// `GET /v1/events` of one manager, through the client's event stream.
+struct Sse(Events);
 
 impl Sse {
-    async fn open(cluster: &Cluster, id: u64, query: &str, last_event_id: Option<u64>) -> Sse {
-        let mut request = cluster.http.get(format!("{}/v1/events{query}", cluster.url(id))).timeout(CONVERGE * 2);
-        if let Some(last) = last_event_id {
-            request = request.header("last-event-id", last.to_string());
-        }
-        let response = request.send().await.expect("GET /v1/events");
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Sse { response, buffer: String::new() }
+    /// From manager `id`, after `index` (`?index=`) or `last_event_id`
+    /// (the `Last-Event-ID` header), or new events only.
+    fn open(cluster: &Cluster, id: u64, index: Option<u64>, last_event_id: Option<u64>) -> Sse {
+        let events = cluster.api.events(index.or(last_event_id)).on(cluster.index(id));
+        Sse(if last_event_id.is_some() { events.by_last_event_id() } else { events })
     }
 
-    async fn next(&mut self) -> (String, Option<u64>, Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = (String::new(), None, String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
-                        event = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("id: ") {
-                        id = v.parse().ok();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data.push_str(v);
-                    }
-                }
-                if !data.is_empty() {
-                    return (event, id, serde_json::from_str(&data).expect("JSON data"));
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(CONVERGE, self.response.chunk()).await;
-            let chunk = chunk.expect("an event within the deadline").expect("stream read").expect("stream open");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
+    async fn next(&mut self) -> StreamItem {
+        let item = tokio::time::timeout(CONVERGE, self.0.next()).await;
+        item.expect("an event within the deadline").expect("the stream stays open")
     }
 
     /// Reads until the event task `id` enters `state`; returns the indexes
     /// and states of that task's events on the way.
-    async fn until_task(&mut self, id: &str, state: &str, seen: &mut Vec<(u64, String)>) {
+    async fn until_task(&mut self, id: &str, state: TaskState, seen: &mut Vec<(u64, TaskState)>) {
         loop {
-            let (kind, index, data) = self.next().await;
-            if kind == "task" && data["task"] == id {
-                assert_eq!(index, data["index"].as_u64(), "the SSE id is the event's index");
-                let s = data["state"].as_str().unwrap_or_default().to_string();
-                seen.push((index.unwrap_or_default(), s.clone()));
-                if s == state {
-                    return;
+            if let StreamItem::Event { event: ClusterEvent::Task { index, task, state: s, .. }, .. } = self.next().await
+            {
+                if task.to_string() == id {
+                    seen.push((index, s));
+                    if s == state {
+                        return;
+                    }
                 }
             }
         }
@@ -157,47 +133,48 @@ async fn events_follow_a_task_start_and_stop_and_resume_from_an_index_on_any_man
     let other = cluster.alive_ids().into_iter().find(|id| *id != leader && *id != follower).expect("third");
 
     // Follow on a follower, new events only.
-    let mut stream = Sse::open(&cluster, follower, "", None).await;
-    let (kind, start, _) = stream.next().await;
-    assert_eq!(kind, "open");
-    let start = start.expect("the open event carries the resume point");
+    let mut stream = Sse::open(&cluster, follower, None, None);
+    let StreamItem::Open { index: start, .. } = stream.next().await else {
+        panic!("the stream opens with its resume point")
+    };
 
     let node = unique("w-events");
     let _worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
     loop {
-        let (kind, index, data) = stream.next().await;
-        if kind == "node" && data["node"] == node.as_str() {
-            assert_eq!(data["status"], "ready");
-            assert_eq!(data["reason"], "registered");
-            assert!(index.expect("id") > start);
-            break;
+        if let StreamItem::Event { event: ClusterEvent::Node { index, node: name, status, reason, .. }, .. } =
+            stream.next().await
+        {
+            if name == node {
+                assert_eq!(status, NodeStatus::Ready);
+                assert_eq!(reason.as_deref(), Some("registered"));
+                assert!(index > start);
+                break;
+            }
         }
     }
 
     let spec = json!({"name": unique("events"), "image": "goat-echo:latest", "cpu": 0.05, "memory": 32 << 20});
     let task = cluster.submit(leader, &spec).await;
-    let id = task["id"].as_str().expect("task id").to_string();
+    let id = task.id.to_string();
     let mut seen = Vec::new();
-    stream.until_task(&id, "running", &mut seen).await;
-    let stop = cluster.http.delete(format!("{}/v1/tasks/{id}", cluster.url(follower))).send().await.unwrap();
-    assert_eq!(stop.status(), 202);
-    stream.until_task(&id, "completed", &mut seen).await;
+    stream.until_task(&id, TaskState::Running, &mut seen).await;
+    let stop = cluster.api.delete(format!("/v1/tasks/{id}")).on(cluster.index(follower)).send().await.unwrap();
+    assert_eq!(stop.status, 202);
+    stream.until_task(&id, TaskState::Completed, &mut seen).await;
     let states: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(states, ["pending", "scheduled", "running", "completed"], "{seen:?}");
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "indexes increase: {seen:?}");
-    wait_task(&cluster, &id, "completed", CONVERGE, |t| t["state"] == "completed").await;
+    wait_task(&cluster, &id, "completed", CONVERGE, |t| t.state == TaskState::Completed).await;
 
     // Resume after the `scheduled` event on the leader (Last-Event-ID) and on
     // the third manager (?index=): the same events with the same indexes.
     let after_scheduled = seen[1].0;
-    for (manager, query, header) in
-        [(leader, String::new(), Some(after_scheduled)), (other, format!("?index={after_scheduled}"), None)]
-    {
-        let mut resumed = Sse::open(&cluster, manager, &query, header).await;
-        let (kind, open, _) = resumed.next().await;
-        assert_eq!((kind.as_str(), open), ("open", Some(after_scheduled)));
+    for (manager, query, header) in [(leader, None, Some(after_scheduled)), (other, Some(after_scheduled), None)] {
+        let mut resumed = Sse::open(&cluster, manager, query, header);
+        let StreamItem::Open { index: open, .. } = resumed.next().await else { panic!("opens first") };
+        assert_eq!(open, after_scheduled);
         let mut again = Vec::new();
-        resumed.until_task(&id, "completed", &mut again).await;
+        resumed.until_task(&id, TaskState::Completed, &mut again).await;
         assert_eq!(again, seen[2..], "resumed on manager {manager}");
     }
 
@@ -213,10 +190,10 @@ async fn events_follow_a_task_start_and_stop_and_resume_from_an_index_on_any_man
     });
     let output = tokio::time::timeout(CONVERGE, output).await.expect("goat events exits").unwrap().expect("runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    let lines: Vec<ClusterEvent> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
         .collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines.windows(2).all(|w| w[0]["index"].as_u64() < w[1]["index"].as_u64()), "{lines:?}");
+    assert!(lines.windows(2).all(|w| w[0].index() < w[1].index()), "{lines:?}");
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use common::{spec, Cluster};
 use futures::stream::{self, StreamExt};
-use serde_json::Value;
+use goat::client::ClusterView;
+use goat_storage::model::Task;
 
-fn ids(tasks: &[Value]) -> BTreeSet<String> {
-    tasks.iter().map(|t| t["id"].as_str().expect("task id").to_string()).collect()
+fn ids(tasks: &[Task]) -> BTreeSet<String> {
+    tasks.iter().map(|t| t.id.to_string()).collect()
 }
 
 /// Submits `n` tasks, `concurrency` at a time (concurrent writes are
@@ -20,7 +21,7 @@ async fn submit_many(cluster: &Cluster, through: u64, prefix: &str, n: usize, co
     stream::iter(0..n)
         .map(|i| async move { cluster.submit(through, &spec(&format!("{prefix}-{i}"))).await })
         .buffer_unordered(concurrency)
-        .map(|task| task["id"].as_str().expect("id").to_string())
+        .map(|task| task.id.to_string())
         .collect()
         .await
 }
@@ -52,7 +53,7 @@ async fn tasks_survive_leader_kill_and_a_restarted_manager_catches_up() {
     let mut all = acknowledged.clone();
     for id in cluster.alive_ids() {
         let task = cluster.submit(id, &spec(&format!("after-{id}"))).await;
-        all.insert(task["id"].as_str().expect("id").to_string());
+        all.insert(task.id.to_string());
     }
 
     // The killed manager restarts from its data directory and catches up.
@@ -74,19 +75,19 @@ async fn a_manager_that_was_down_catches_up_by_snapshot() {
     // time, so that each is its own log entry).
     let acknowledged = submit_many(&cluster, leader, "s", 300, 1).await;
     let health = cluster.health(leader).await;
-    let purged = health["purged"].as_u64().expect("the leader purged its log");
+    let purged = health.purged.expect("the leader purged its log");
     assert!(purged > 100, "leader purged up to {purged}");
 
     cluster.spawn(lagging);
     cluster.wait_task_count(lagging, 300, Duration::from_secs(30)).await;
     assert_eq!(ids(&cluster.tasks(lagging, true).await), acknowledged);
     let health = cluster.health(lagging).await;
-    assert!(health["snapshot"].as_u64().is_some(), "the lagging manager installed a snapshot: {health}");
+    assert!(health.snapshot.is_some(), "the lagging manager installed a snapshot: {health:?}");
 
     // And it keeps up with what comes next.
     let more = cluster.submit(leader, &spec("after")).await;
     cluster.wait_task_count(lagging, 301, Duration::from_secs(10)).await;
-    assert!(ids(&cluster.tasks(lagging, true).await).contains(more["id"].as_str().expect("id")));
+    assert!(ids(&cluster.tasks(lagging, true).await).contains(&more.id.to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -98,7 +99,7 @@ async fn managers_are_added_and_removed_at_run_time() {
     // A fourth manager starts empty, with no --peers: it waits to be added.
     let new_addr = format!("127.0.0.1:{}", common::free_port());
     let new_dir = cluster.managers[0].dir.with_file_name("m4");
-    cluster.managers.push(common::ManagerProc { id: 4, addr: new_addr.clone(), dir: new_dir, child: None });
+    cluster.add_manager(4, new_addr.clone(), new_dir);
     cluster.spawn_without_peers(4);
     let follower = cluster.follower(leader);
     let response = cluster
@@ -110,11 +111,9 @@ async fn managers_are_added_and_removed_at_run_time() {
         .expect("POST members");
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 
-    let view: Value =
-        cluster.http.get(format!("{}/v1/cluster", cluster.url(leader))).send().await.unwrap().json().await.unwrap();
-    let members = view["members"].as_array().expect("members");
-    assert_eq!(members.len(), 4, "{view}");
-    assert!(members.iter().any(|m| m["id"] == 4 && m["voter"] == true), "{view}");
+    let view = cluster.api.get("/v1/cluster").on(cluster.index(leader)).json_answer::<ClusterView>().await.unwrap();
+    assert_eq!(view.members.len(), 4, "{view:?}");
+    assert!(view.members.iter().any(|m| m.id == 4 && m.voter), "{view:?}");
     cluster.wait_task_count(4, 20, Duration::from_secs(10)).await;
     assert_eq!(ids(&cluster.tasks(4, false).await), before, "the new manager serves linearizable reads");
 
@@ -122,9 +121,8 @@ async fn managers_are_added_and_removed_at_run_time() {
     let response =
         cluster.http.delete(format!("{}/v1/cluster/members/4", cluster.url(leader))).send().await.expect("DELETE");
     assert_eq!(response.status(), 204);
-    let view: Value =
-        cluster.http.get(format!("{}/v1/cluster", cluster.url(leader))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(view["members"].as_array().map(|m| m.len()), Some(3), "{view}");
+    let view = cluster.api.get("/v1/cluster").on(cluster.index(leader)).json_answer::<ClusterView>().await.unwrap();
+    assert_eq!(view.members.len(), 3, "{view:?}");
     cluster.kill(4);
     cluster.submit(leader, &spec("after-removal")).await;
 

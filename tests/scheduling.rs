@@ -5,6 +5,7 @@
 
 mod common;
 
+use goat_storage::model::{NodeStatus, TaskState};
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -63,21 +64,21 @@ async fn a_task_too_big_for_every_node_waits_with_a_reason_until_room_appears() 
     ensure_images();
     let cluster = Cluster::start(3, &[]).await;
     let small = SmallWorker::start(&cluster, &unique("small"), "256MiB");
-    wait_node(&cluster, &small.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &small.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
 
     let task = cluster.submit(1, &sleeper(&unique("big"), 1 << 30)).await;
-    let id = task["id"].as_str().expect("id").to_string();
+    let id = task.id.to_string();
     let pending = wait_task(&cluster, &id, "pending with a reason", CONVERGE, |t| {
-        t["state"] == "pending" && t["reason"].as_str().is_some_and(|r| r.contains("memory"))
+        t.state == TaskState::Pending && t.reason.as_deref().is_some_and(|r| r.contains("memory"))
     })
     .await;
-    let reason = pending["reason"].as_str().unwrap_or_default().to_string();
+    let reason = pending.reason.as_deref().unwrap_or_default().to_string();
     assert!(reason.contains("1.0 GiB"), "{reason}");
 
     // A node with room joins: the task is placed there.
     let big = SmallWorker::start(&cluster, &unique("big"), "2GiB");
-    let placed = wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(placed["node"].as_str(), Some(big.name.as_str()));
+    let placed = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(placed.node.as_deref(), Some(big.name.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,7 +86,7 @@ async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
     ensure_images();
     let mut cluster = Cluster::start(3, &[]).await;
     let worker = WorkerProc::for_cluster(&unique("burst"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let followers: Vec<u64> = cluster.alive_ids().into_iter().filter(|id| *id != leader).collect();
 
@@ -120,22 +121,22 @@ async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
 
     // Every acknowledged task exists and ends up running exactly once.
     for id in &acknowledged {
-        let task = wait_task(&cluster, id, "running", 2 * CONVERGE, |t| t["state"] == "running").await;
-        assert_eq!(task["generation"].as_u64(), Some(1), "placed once: {task:#}");
+        let task = wait_task(&cluster, id, "running", 2 * CONVERGE, |t| t.state == TaskState::Running).await;
+        assert_eq!(task.generation, 1, "placed once: {task:#?}");
     }
     let out = Command::new("docker")
         .args(["ps", "-q", "--filter", &format!("label=goat.node={}", worker.name)])
         .output()
         .expect("docker ps");
     let running = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count();
-    let all: Vec<Value> = cluster.tasks(new_leader, false).await;
-    let ours = all.iter().filter(|t| t["spec"]["name"].as_str().is_some_and(|n| n.starts_with(&prefix))).count();
+    let all = cluster.tasks(new_leader, false).await;
+    let ours = all.iter().filter(|t| t.spec.name.starts_with(&prefix)).count();
     assert!(acknowledged.len() >= 10, "the first half was acknowledged before the kill");
     assert_eq!(running, ours, "one container per stored task, no duplicates");
 
     // The new leader did not mark the healthy worker down.
-    let node = wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
-    assert_eq!(node["status"], "ready");
+    let node = wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
+    assert_eq!(node.node.status, NodeStatus::Ready);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -144,8 +145,8 @@ async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy
     let cluster = Cluster::start(3, &[]).await;
     let a = SmallWorker::start(&cluster, &unique("ra"), "4GiB");
     let b = SmallWorker::start(&cluster, &unique("rb"), "4GiB");
-    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
+    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
 
     // Fails at startup everywhere: one restart, then one reschedule.
     let spec = json!({
@@ -155,20 +156,19 @@ async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy
         "reschedule_policy": {"attempts": 1, "delay": "500ms", "max_delay": "1s", "interval": "1h"}
     });
     let task = cluster.submit(1, &spec).await;
-    let id = task["id"].as_str().expect("id").to_string();
+    let id = task.id.to_string();
     let rescheduled = wait_task(&cluster, &id, "failed after a reschedule", CONVERGE, |t| {
-        t["state"] == "failed" && t["reschedules"].as_array().is_some_and(|r| r.len() == 1)
+        t.state == TaskState::Failed && t.reschedules.len() == 1
     })
     .await;
-    let first_node = rescheduled["failed_on"].as_str().expect("failed_on").to_string();
-    assert_ne!(rescheduled["node"].as_str(), Some(first_node.as_str()), "the second try avoided the node it failed on");
-    assert_eq!(rescheduled["generation"].as_u64(), Some(2));
+    let first_node = rescheduled.failed_on.clone().expect("failed_on");
+    assert_ne!(rescheduled.node.as_deref(), Some(first_node.as_str()), "the second try avoided the node it failed on");
+    assert_eq!(rescheduled.generation, 2);
     // The policy is spent: it stays failed.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = wait_task(&cluster, &id, "still failed", CONVERGE, |t| t["state"] == "failed").await;
-    assert_eq!(after["generation"].as_u64(), Some(2));
-    let states: Vec<&str> =
-        after["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    let after = wait_task(&cluster, &id, "still failed", CONVERGE, |t| t.state == TaskState::Failed).await;
+    assert_eq!(after.generation, 2);
+    let states: Vec<&str> = after.events.iter().map(|e| e.state.as_str()).collect();
     assert!(states.windows(2).any(|w| w == ["failed", "pending"]), "{states:?}");
 }
 
@@ -182,12 +182,12 @@ async fn plan_node_loss_names_the_task_that_would_find_no_place_and_why() {
     let small = SmallWorker::start(&cluster, &unique("small"), "256MiB");
     let big = SmallWorker::start(&cluster, &unique("big"), "2GiB");
     for worker in [&small, &big] {
-        wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n["status"] == "ready").await;
+        wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     }
     let hog = cluster.submit(1, &sleeper(&unique("hog"), 1 << 30)).await;
-    let hog_id = hog["id"].as_str().expect("id").to_string();
-    let placed = wait_task(&cluster, &hog_id, "placed", CONVERGE, |t| t["node"].is_string()).await;
-    assert_eq!(placed["node"].as_str(), Some(big.name.as_str()), "only the big node fits 1 GiB");
+    let hog_id = hog.id.to_string();
+    let placed = wait_task(&cluster, &hog_id, "placed", CONVERGE, |t| t.node.is_some()).await;
+    assert_eq!(placed.node.as_deref(), Some(big.name.as_str()), "only the big node fits 1 GiB");
 
     let addrs: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
     let plan = |args: &[&str]| {

@@ -6,17 +6,18 @@
 
 mod common;
 
+use goat_storage::model::{Health, Task, TaskState};
 use std::time::Duration;
 
 use common::worker::DOCKER_SOCKET;
 use common::worker::{client, docker_inspect, ensure_images, host_port, unique, wait_echo, wait_task, WorkerProc};
 use common::Cluster;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
-fn restarts(task: &Value) -> u64 {
-    task["restarts"].as_u64().unwrap_or(0)
+fn restarts(task: &Task) -> u64 {
+    u64::from(task.restarts)
 }
 
 /// The issue's walk-through on the fixed port 7777: runs and echoes, is
@@ -41,21 +42,21 @@ async fn echo_runs_crashes_fails_health_and_stops() {
                            "max_delay": "2s", "reset_after": "1m"}
     });
     let task = cluster.submit(1, &spec).await;
-    let id = task["id"].as_str().expect("task id").to_string();
+    let id = task.id.to_string();
 
     let running = wait_task(&cluster, &id, "running and healthy", CONVERGE, |t| {
-        t["state"] == "running" && t["health"] == "healthy"
+        t.state == TaskState::Running && t.health == Health::Healthy
     })
     .await;
-    assert_eq!(host_port(&running, 7777), Some(7777), "{running:#}");
-    assert_eq!(running["node"], node.as_str());
+    assert_eq!(host_port(&running, 7777), Some(7777), "{running:#?}");
+    assert_eq!(running.node.as_deref(), Some(node.as_str()));
     let body = r#"{"Msg":"Hello, world!"}"#;
     wait_echo(7777, body, CONVERGE).await;
 
     // An app bug: the process exits 1. The worker restarts it.
     let _ = client().post("http://127.0.0.1:7777/crash").send().await;
     let after_crash = wait_task(&cluster, &id, "restarted after the crash", CONVERGE, |t| {
-        restarts(t) >= 1 && t["state"] == "running" && t["health"] == "healthy"
+        restarts(t) >= 1 && t.state == TaskState::Running && t.health == Health::Healthy
     })
     .await;
     wait_echo(7777, body, CONVERGE).await;
@@ -65,17 +66,17 @@ async fn echo_runs_crashes_fails_health_and_stops() {
     let resp = client().post("http://127.0.0.1:7777/fail-health").send().await.expect("fail-health");
     assert_eq!(resp.status(), 200);
     let after_health = wait_task(&cluster, &id, "restarted after failing health", CONVERGE, |t| {
-        restarts(t) > before && t["state"] == "running" && t["health"] == "healthy"
+        restarts(t) > before && t.state == TaskState::Running && t.health == Health::Healthy
     })
     .await;
     wait_echo(7777, body, CONVERGE).await;
-    let container = after_health["container_id"].as_str().expect("container id").to_string();
+    let container = after_health.container_id.clone().expect("container id").to_string();
     assert_eq!(docker_inspect(&container, "{{.HostConfig.RestartPolicy.Name}}").as_deref(), Some("no"));
 
     // Stop on request: the container goes away and the task completes.
     let resp = cluster.http.delete(format!("{}/v1/tasks/{id}", cluster.url(1))).send().await.expect("DELETE");
     assert!(resp.status().is_success(), "DELETE answered {}", resp.status());
-    wait_task(&cluster, &id, "completed", CONVERGE, |t| t["state"] == "completed").await;
+    wait_task(&cluster, &id, "completed", CONVERGE, |t| t.state == TaskState::Completed).await;
     let deadline = std::time::Instant::now() + CONVERGE;
     while !worker.containers().is_empty() {
         assert!(std::time::Instant::now() < deadline, "container still there after stop");
@@ -105,10 +106,10 @@ async fn startup_failure_is_retried_then_fails_with_a_reason() {
         "reschedule_policy": {"attempts": 0}
     });
     let task = cluster.submit(1, &spec).await;
-    let id = task["id"].as_str().expect("task id").to_string();
-    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t["state"] == "failed").await;
-    assert_eq!(restarts(&failed), 3, "{failed:#}");
-    let reason = failed["reason"].as_str().unwrap_or_default();
+    let id = task.id.to_string();
+    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t.state == TaskState::Failed).await;
+    assert_eq!(restarts(&failed), 3, "{failed:#?}");
+    let reason = failed.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("exit code 1"), "reason: {reason}");
     assert!(reason.contains("3 restarts"), "reason: {reason}");
     // The failed task is off the node: its container is cleaned up.
@@ -129,9 +130,9 @@ async fn a_missing_image_fails_with_a_reason() {
     let spec = json!({"name": unique("ghost"), "image": image, "cpu": 0.1, "memory": 16 << 20,
                       "reschedule_policy": {"attempts": 0}});
     let task = cluster.submit(1, &spec).await;
-    let id = task["id"].as_str().expect("task id").to_string();
-    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t["state"] == "failed").await;
-    assert_eq!(failed["reason"].as_str(), Some(format!("image not found: {image}").as_str()), "{failed:#}");
+    let id = task.id.to_string();
+    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t.state == TaskState::Failed).await;
+    assert_eq!(failed.reason.as_deref(), Some(format!("image not found: {image}").as_str()), "{failed:#?}");
 }
 
 /// A fixed host port another process holds: each start fails, counted once
@@ -155,11 +156,11 @@ async fn a_taken_host_port_fails_with_a_reason() {
         "reschedule_policy": {"attempts": 0}
     });
     let task = cluster.submit(1, &spec).await;
-    let id = task["id"].as_str().expect("task id").to_string();
-    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t["state"] == "failed").await;
-    let reason = failed["reason"].as_str().unwrap_or_default();
+    let id = task.id.to_string();
+    let failed = wait_task(&cluster, &id, "failed", CONVERGE, |t| t.state == TaskState::Failed).await;
+    let reason = failed.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("could not start") && reason.contains(&port.to_string()), "reason: {reason}");
-    assert_eq!(restarts(&failed), 1, "one failed start per attempt: {failed:#}");
+    assert_eq!(restarts(&failed), 1, "one failed start per attempt: {failed:#?}");
     assert!(worker.containers().is_empty(), "a container that never started was left behind");
     drop(holder);
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use goat_storage::model::{Health, Task, TaskState};
 use std::time::Duration;
 
 use common::worker::{
@@ -33,11 +34,12 @@ fn echo_spec() -> Value {
     })
 }
 
-async fn start_echo(cluster: &Cluster) -> (String, Value) {
+async fn start_echo(cluster: &Cluster) -> (String, Task) {
     let task = cluster.submit(1, &echo_spec()).await;
-    let id = task["id"].as_str().expect("task id").to_string();
+    let id = task.id.to_string();
     let running =
-        wait_task(cluster, &id, "running", CONVERGE, |t| t["state"] == "running" && t["health"] == "healthy").await;
+        wait_task(cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running && t.health == Health::Healthy)
+            .await;
     (id, running)
 }
 
@@ -52,7 +54,7 @@ async fn a_restarted_worker_adopts_its_containers() {
     let mut worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
     let (id, running) = start_echo(&cluster).await;
     let port = host_port(&running, 7777).expect("published port");
-    let container = running["container_id"].as_str().expect("container id").to_string();
+    let container = running.container_id.clone().expect("container id").to_string();
     let started = docker_inspect(&container, "{{.State.StartedAt}}").expect("inspect");
     wait_echo(port, BODY, CONVERGE).await;
 
@@ -62,10 +64,10 @@ async fn a_restarted_worker_adopts_its_containers() {
     worker.spawn();
     // Let the restarted worker run several rounds and heartbeats.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t["state"] == "running").await;
+    let task = wait_task(&cluster, &id, "still running", CONVERGE, |t| t.state == TaskState::Running).await;
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
-    assert_eq!(task["container_id"].as_str(), Some(container.as_str()));
-    assert_eq!(task["restarts"].as_u64(), Some(0), "{task:#}");
+    assert_eq!(task.container_id.as_deref(), Some(container.as_str()));
+    assert_eq!(task.restarts, 0, "{task:#?}");
     assert_eq!(worker.containers(), vec![container.clone()], "no duplicate, no orphan");
     assert_eq!(docker_inspect(&container, "{{.State.StartedAt}}").as_deref(), Some(started.as_str()));
     wait_echo(port, BODY, CONVERGE).await;
@@ -83,13 +85,12 @@ async fn the_worker_rides_out_an_engine_outage() {
     let mut worker = WorkerProc::for_cluster(&node, &cluster, &proxy.socket());
     let (a, running_a) = start_echo(&cluster).await;
     let (b, running_b) = start_echo(&cluster).await;
-    let container_a = running_a["container_id"].as_str().expect("container id").to_string();
-    let container_b = running_b["container_id"].as_str().expect("container id").to_string();
+    let container_a = running_a.container_id.clone().expect("container id").to_string();
+    let container_b = running_b.container_id.clone().expect("container id").to_string();
 
     proxy.cut();
-    let down =
-        wait_node(&cluster, &node, "reporting its engine down", CONVERGE, |n| n["engine_healthy"] == false).await;
-    assert!(down["engine_error"].as_str().is_some_and(|e| !e.is_empty()), "{down:#}");
+    let down = wait_node(&cluster, &node, "reporting its engine down", CONVERGE, |n| !n.node.engine_healthy).await;
+    assert!(down.node.engine_error.as_deref().is_some_and(|e| !e.is_empty()), "{down:#?}");
     // Meanwhile one container is lost (removed behind Goat's back).
     let status = std::process::Command::new("docker").args(["rm", "-f", &container_b]).status().expect("docker rm");
     assert!(status.success());
@@ -97,11 +98,11 @@ async fn the_worker_rides_out_an_engine_outage() {
     assert!(worker.alive(), "worker exited while its engine was down:\n{}", worker.log());
 
     proxy.resume();
-    wait_node(&cluster, &node, "reporting its engine back", CONVERGE, |n| n["engine_healthy"] == true).await;
-    let task_a = wait_task(&cluster, &a, "running", CONVERGE, |t| t["state"] == "running").await;
-    assert_eq!(task_a["container_id"].as_str(), Some(container_a.as_str()), "survivor re-adopted");
+    wait_node(&cluster, &node, "reporting its engine back", CONVERGE, |n| n.node.engine_healthy).await;
+    let task_a = wait_task(&cluster, &a, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    assert_eq!(task_a.container_id.as_deref(), Some(container_a.as_str()), "survivor re-adopted");
     let task_b = wait_task(&cluster, &b, "running again", CONVERGE, |t| {
-        t["state"] == "running" && t["container_id"].as_str().is_some_and(|c| c != container_b)
+        t.state == TaskState::Running && t.container_id.as_deref().is_some_and(|c| c != container_b)
     })
     .await;
     let port_b = host_port(&task_b, 7777).expect("published port");
@@ -121,7 +122,7 @@ async fn the_worker_carries_on_when_the_leader_dies() {
     let mut worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
     let (id, running) = start_echo(&cluster).await;
     let port = host_port(&running, 7777).expect("published port");
-    let container = running["container_id"].as_str().expect("container id").to_string();
+    let container = running.container_id.clone().expect("container id").to_string();
 
     let leader = cluster.wait_leader(Duration::from_secs(20)).await;
     cluster.kill(leader);
@@ -131,14 +132,14 @@ async fn the_worker_carries_on_when_the_leader_dies() {
     // A crash now is repaired and reported through the new leader.
     let _ = common::worker::client().post(format!("http://127.0.0.1:{port}/crash")).send().await;
     let task = wait_task(&cluster, &id, "restarted under the new leader", CONVERGE, |t| {
-        t["state"] == "running" && t["restarts"].as_u64().unwrap_or(0) >= 1
+        t.state == TaskState::Running && u64::from(t.restarts) >= 1
     })
     .await;
-    assert_eq!(task["container_id"].as_str(), Some(container.as_str()));
+    assert_eq!(task.container_id.as_deref(), Some(container.as_str()));
     assert!(worker.alive(), "worker exited:\n{}", worker.log());
     // The worker chose the host port and keeps it: a client holding the old
     // address is served again.
-    assert_eq!(host_port(&task, 7777), Some(port), "{task:#}");
+    assert_eq!(host_port(&task, 7777), Some(port), "{task:#?}");
     wait_echo(port, BODY, CONVERGE).await;
 }
 
@@ -156,10 +157,11 @@ async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
     let mut spec = echo_spec();
     spec["ports"] = json!([{"container": 7777, "host": port}]);
     let task = cluster.submit(1, &spec).await;
-    let id = task["id"].as_str().expect("task id").to_string();
+    let id = task.id.to_string();
     let running =
-        wait_task(&cluster, &id, "running", CONVERGE, |t| t["state"] == "running" && t["health"] == "healthy").await;
-    let container = running["container_id"].as_str().expect("container id").to_string();
+        wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running && t.health == Health::Healthy)
+            .await;
+    let container = running.container_id.clone().expect("container id").to_string();
     wait_echo(port, BODY, CONVERGE).await;
 
     for id in cluster.alive_ids() {
@@ -192,10 +194,8 @@ async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
     }
     cluster.wait_leader(CONVERGE).await;
     let task = wait_task(&cluster, &id, "reported again", CONVERGE, |t| {
-        t["state"] == "running"
-            && t["restarts"].as_u64().unwrap_or(0) >= 1
-            && t["container_id"] == containers[0].as_str()
+        t.state == TaskState::Running && t.restarts >= 1 && t.container_id.as_deref() == Some(containers[0].as_str())
     })
     .await;
-    assert_eq!(task["node"], node.as_str());
+    assert_eq!(task.node.as_deref(), Some(node.as_str()));
 }

@@ -1,14 +1,14 @@
-//! `goat bench`: benchmarks that start their own clusters on loopback and
+//! `goat-bench`: benchmarks that start their own clusters on loopback and
 //! measure Goat against a peer in the same run, so that the figures are
 //! ratios that survive a noisy machine.
 //!
-//! `goat bench raft` measures the replicated store: write throughput and
+//! `goat-bench raft` measures the replicated store: write throughput and
 //! latency (p50, p99) at several concurrencies, and the time from SIGKILL of
 //! the leader to the first accepted write, for three Goat managers and for
 //! three etcd members (Debian's etcd-server, writing through its HTTP JSON
 //! gateway, payloads of the same size).
 //!
-//! `goat bench tasks` measures task startup on the real Docker engine: N echo
+//! `goat-bench tasks` measures task startup on the real Docker engine: N echo
 //! tasks through three managers and a worker, against the same containers
 //! started directly on the engine and against Docker Swarm (see `tasks`).
 
@@ -109,7 +109,7 @@ async fn raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let http = reqwest::Client::builder()
-        .default_headers(crate::cli::client::bearer_headers(procs::BENCH_TOKEN))
+        .default_headers(crate::client::bearer_headers(procs::BENCH_TOKEN))
         .no_proxy()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)

@@ -35,6 +35,18 @@ fn kill_child(child: &mut Option<Child>) {
     }
 }
 
+/// The `goat` binary the benchmarks start: `GOAT_BIN`, or the `goat` beside
+/// this executable (`target/release/goat-bench` → `target/release/goat`).
+pub fn goat_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os("GOAT_BIN") {
+        return Ok(bin.into());
+    }
+    let exe = std::env::current_exe()?;
+    let goat = exe.with_file_name("goat");
+    anyhow::ensure!(goat.exists(), "no goat binary beside {} (build it, or set GOAT_BIN)", exe.display());
+    Ok(goat)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -151,7 +163,7 @@ impl GoatWorker {
     ) -> anyhow::Result<GoatWorker> {
         let data = dir.join(name);
         let log = log_file(dir, &format!("{name}.log"))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(goat_binary()?)
             .args(["worker", "--name", name, "--managers", &managers.join(","), "--token", token])
             .arg("--data-dir")
             .arg(&data)
@@ -210,7 +222,7 @@ impl BenchCluster for GoatCluster {
     fn start(&mut self, member: usize) -> anyhow::Result<()> {
         let data = self.dir.join(format!("m{}", member + 1));
         let log = log_file(&self.dir, &format!("m{}.log", member + 1))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(goat_binary()?)
             .args(["manager", "--id", &(member + 1).to_string(), "--listen", &self.addrs[member]])
             .args(["--peers", &self.peers, "--token", BENCH_TOKEN])
             .args(&self.extra)

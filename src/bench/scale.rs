@@ -1,4 +1,4 @@
-//! `goat bench scheduler`: placement throughput with many simulated nodes.
+//! `goat-bench scheduler`: placement throughput with many simulated nodes.
 //!
 //! No Docker is involved: the benchmark plays the workers itself, sending
 //! the heartbeats a worker would. Each round: three managers; N nodes
@@ -58,7 +58,7 @@ struct Round {
 
 pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
-        .default_headers(crate::cli::client::bearer_headers(super::procs::BENCH_TOKEN))
+        .default_headers(crate::client::bearer_headers(super::procs::BENCH_TOKEN))
         .no_proxy()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(60))

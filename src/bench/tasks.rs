@@ -1,4 +1,4 @@
-//! `goat bench tasks`: how fast Goat gets echo tasks running on a real
+//! `goat-bench tasks`: how fast Goat gets echo tasks running on a real
 //! Docker engine, against the same engine driven directly and against
 //! Docker Swarm, in one run on one machine.
 //!
@@ -133,7 +133,7 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("image {} not found locally: run deploy/build-images.sh", args.image))?;
     let http = reqwest::Client::builder()
-        .default_headers(crate::cli::client::bearer_headers(super::procs::BENCH_TOKEN))
+        .default_headers(crate::client::bearer_headers(super::procs::BENCH_TOKEN))
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;

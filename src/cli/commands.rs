@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use goat_storage::backup::Backup;
 use goat_storage::model::{Health, Task, TaskState};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 pub use super::args::{parse_env, parse_port};
@@ -13,13 +12,19 @@ use super::args::{
     ClientArgs, MembersAction, MembersArgs, NodeAction, NodeArgs, NodesArgs, PlanAction, PlanArgs, RunArgs,
     SnapshotAction, SnapshotArgs, StatusArgs, StopArgs, TokenAction, TokenArgs,
 };
-use super::client::Client;
 use super::error::{exit, CliError};
 use super::table::{age, bytes, render};
+use crate::client::Client;
 use crate::clock::now_ms;
 
 fn client(args: &ClientArgs) -> Result<Client, CliError> {
-    Client::new(&args.addr, args.token.clone(), args.timeout.as_duration(), args.tls()?.as_ref())
+    client_with(args, args.timeout.as_duration())
+}
+
+/// The client of `--addr`, `--token` and the TLS flags, with a timeout per request.
+pub fn client_with(args: &ClientArgs, timeout: Duration) -> Result<Client, CliError> {
+    let tls = args.tls()?;
+    Ok(Client::builder(&args.addr).token(args.token.clone()).tls(tls.as_ref()).timeout(timeout).build()?)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
@@ -71,30 +76,8 @@ pub fn spec_of(args: &RunArgs) -> Result<Value, CliError> {
     Ok(spec)
 }
 
-fn parse_task(value: &Value) -> Result<Task, CliError> {
-    serde_json::from_value(value.clone()).map_err(|e| CliError::other(format!("unexpected task from the manager: {e}")))
-}
-
 fn short_id(task: &Task) -> String {
     task.id.simple().to_string()[..8].to_string()
-}
-
-/// Every task, read a page at a time (`GET /v1/tasks?limit=&after=`): the
-/// next page starts after the last id of a full one.
-pub async fn all_tasks(client: &Client) -> Result<Vec<Value>, CliError> {
-    const PAGE: usize = 1_000;
-    let mut tasks = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page: Vec<Value> = client.get(&format!("/v1/tasks?limit={PAGE}{after}")).await?;
-        let full = page.len() == PAGE;
-        let last = page.last().and_then(|t| t["id"].as_str()).map(str::to_string);
-        tasks.extend(page);
-        match last {
-            Some(id) if full => after = format!("&after={id}"),
-            _ => return Ok(tasks),
-        }
-    }
 }
 
 /// A task id from a full id or a unique prefix (dashes optional).
@@ -106,13 +89,9 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
     if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(CliError::not_found(format!("{id:?} is not a task id or a prefix of one")));
     }
-    let tasks = all_tasks(client).await?;
-    let matches: Vec<String> = tasks
-        .iter()
-        .filter_map(|t| t["id"].as_str())
-        .filter(|t| t.replace('-', "").starts_with(&wanted))
-        .map(str::to_string)
-        .collect();
+    let tasks = client.tasks(None).await?;
+    let matches: Vec<String> =
+        tasks.iter().map(|t| t.id.to_string()).filter(|t| t.replace('-', "").starts_with(&wanted)).collect();
     match matches.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(CliError::not_found(format!("no task id starts with {id:?}"))),
@@ -124,11 +103,10 @@ pub async fn resolve_task(client: &Client, id: &str) -> Result<String, CliError>
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     let spec = spec_of(&args)?;
     let client = client(&args.client)?;
-    let created = client.submit(&spec).await?;
-    let task = parse_task(&created)?;
+    let task = client.submit(&spec).await?;
     if !args.wait {
         if args.client.json {
-            return print_json(&created);
+            return print_json(&task);
         }
         println!("{}", task.id);
         return Ok(());
@@ -136,12 +114,11 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     if !args.client.json {
         eprintln!("submitted task {} ({}); waiting for it to run", task.id, task.spec.name);
     }
-    let path = format!("/v1/tasks/{}", task.id);
+    let id = task.id;
     let deadline = Instant::now() + args.wait_timeout.as_duration();
     let mut last_line = String::new();
     loop {
-        let value: Value = client.get(&path).await?;
-        let task = parse_task(&value)?;
+        let task = client.task(id).await?;
         let line = progress_line(&task);
         if line != last_line && !args.client.json {
             eprintln!("  {line}");
@@ -159,7 +136,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         };
         if let Some(outcome) = done {
             if args.client.json {
-                print_json(&value)?;
+                print_json(&task)?;
             } else if outcome.is_ok() {
                 println!("{}", task.id);
             }
@@ -214,11 +191,10 @@ fn ports_of(task: &Task) -> String {
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
     let Some(id) = &args.id else {
-        let tasks = all_tasks(&client).await?;
+        let mut tasks = client.tasks(None).await?;
         if args.client.json {
             return print_json(&tasks);
         }
-        let mut tasks: Vec<Task> = tasks.iter().map(parse_task).collect::<Result<_, _>>()?;
         tasks.sort_by_key(|t| (t.created_at, t.id));
         let now = now_ms();
         let rows: Vec<Vec<String>> = tasks
@@ -240,11 +216,10 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
         return Ok(());
     };
     let id = resolve_task(&client, id).await?;
-    let value: Value = client.get(&format!("/v1/tasks/{id}")).await?;
+    let t = client.task(&id).await?;
     if args.client.json {
-        return print_json(&value);
+        return print_json(&t);
     }
-    let t = parse_task(&value)?;
     let now = now_ms();
     let desired = serde_json::to_value(t.desired).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let details = [
@@ -287,11 +262,11 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
 pub async fn stop(args: StopArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
     let id = resolve_task(&client, &args.id).await?;
-    let task = client.send_ok(Method::DELETE, &format!("/v1/tasks/{id}"), None).await?;
+    let task = client.stop(&id).await?;
     if args.client.json {
         return print_json(&task);
     }
-    let state = task["state"].as_str().unwrap_or("stopping");
+    let state = task.state;
     println!("stopping task {id} (now {state})");
     Ok(())
 }
@@ -299,32 +274,24 @@ pub async fn stop(args: StopArgs) -> Result<(), CliError> {
 /// `goat nodes`.
 pub async fn nodes(args: NodesArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
-    let nodes: Vec<Value> = client.get("/v1/nodes").await?;
+    let nodes = client.nodes().await?;
     if args.client.json {
         return print_json(&nodes);
     }
     let now = now_ms();
     let rows: Vec<Vec<String>> = nodes
         .iter()
-        .map(|n| {
-            let engine =
-                if n["engine_healthy"].as_bool() == Some(true) { "ok".to_string() } else { "down".to_string() };
+        .map(|v| {
+            let n = &v.node;
+            let engine = if n.engine_healthy { "ok" } else { "down" };
             vec![
-                n["name"].as_str().unwrap_or("?").to_string(),
-                n["status"].as_str().unwrap_or("?").to_string(),
-                engine,
-                format!(
-                    "{}/{}",
-                    n["allocated"]["cpu"].as_f64().unwrap_or(0.0),
-                    n["capacity"]["cpu"].as_f64().unwrap_or(0.0)
-                ),
-                format!(
-                    "{}/{}",
-                    bytes(n["allocated"]["memory"].as_u64().unwrap_or(0)),
-                    bytes(n["capacity"]["memory"].as_u64().unwrap_or(0))
-                ),
-                n["tasks"].as_u64().unwrap_or(0).to_string(),
-                age(now.saturating_sub(n["registered_at"].as_u64().unwrap_or(now))),
+                n.name.clone(),
+                serde_json::to_value(n.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                engine.to_string(),
+                format!("{}/{}", v.allocated.cpu, n.capacity.cpu),
+                format!("{}/{}", bytes(v.allocated.memory), bytes(n.capacity.memory)),
+                v.tasks.to_string(),
+                age(now.saturating_sub(n.registered_at)),
             ]
         })
         .collect();
@@ -337,14 +304,14 @@ pub async fn node(args: NodeArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
     match &args.action {
         NodeAction::Drain { name } => {
-            let node = client.send_ok(Method::PUT, &format!("/v1/nodes/{name}/drain"), None).await?;
+            let node = client.drain(name).await?;
             if args.client.json {
                 return print_json(&node);
             }
             println!("node {name} is draining: it takes no new tasks and its tasks are moved");
         }
         NodeAction::Undrain { name } => {
-            let node = client.send_ok(Method::DELETE, &format!("/v1/nodes/{name}/drain"), None).await?;
+            let node = client.undrain(name).await?;
             if args.client.json {
                 return print_json(&node);
             }
@@ -359,7 +326,8 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
     match &args.action {
         Some(MembersAction::Add { id, addr }) => {
-            let answer = client.post_json("/v1/cluster/members", &json!({"id": id, "addr": addr})).await?;
+            let answer: Value =
+                client.post("/v1/cluster/members").json(&json!({"id": id, "addr": addr})).json_answer().await?;
             if args.client.json {
                 return print_json(&answer);
             }
@@ -367,7 +335,7 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
             Ok(())
         }
         Some(MembersAction::Remove { id }) => {
-            client.send_ok(Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await?;
+            client.delete(format!("/v1/cluster/members/{id}")).send().await?.ok()?;
             if args.client.json {
                 return print_json(&json!({"removed": id}));
             }
@@ -396,44 +364,36 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
 /// Lists the members, each as it describes itself (its own role and
 /// applied index), falling back on the answering manager's view.
 async fn list_members(client: &Client, args: &ClientArgs) -> Result<(), CliError> {
-    let view: Value = client.get("/v1/cluster").await?;
-    let leader = view["leader"].as_u64();
-    let members = view["members"].as_array().cloned().unwrap_or_default();
-    let tls = args.tls()?;
-    let scheme = goat_raft::tls::scheme(tls.as_ref());
-    let probe = goat_raft::tls::client_builder(tls.as_ref())
-        .timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| CliError::other(e.to_string()))?;
-    let healths = futures::future::join_all(members.iter().map(|m| {
-        let url = format!("{scheme}://{}/v1/health", m["addr"].as_str().unwrap_or_default());
-        let probe = probe.clone();
-        async move {
-            let response = probe.get(url).send().await.ok()?;
-            response.json::<Value>().await.ok()
-        }
-    }))
-    .await;
-    let list: Vec<Value> = members
+    let view = client.cluster().await?;
+    let leader = view.leader;
+    // Each member's own view, through a client of just the members' addresses.
+    let addrs: Vec<&str> = view.members.iter().map(|m| m.addr.as_str()).collect();
+    let probe = client_with(
+        &ClientArgs { addr: addrs.iter().map(|a| a.to_string()).collect(), ..args.clone() },
+        Duration::from_secs(1),
+    )?;
+    let healths = futures::future::join_all((0..addrs.len()).map(|i| probe.health_of(i, Duration::from_secs(1)))).await;
+    let list: Vec<Value> = view
+        .members
         .iter()
         .zip(healths)
         .map(|(m, health)| {
-            let id = m["id"].as_u64();
+            let health = health.ok();
             let reachable = health.is_some();
-            let role = health.as_ref().and_then(|h| h["role"].as_str()).or(m["role"].as_str()).unwrap_or("?");
-            let last_applied = health.as_ref().map(|h| h["last_applied"].clone()).unwrap_or(m["last_applied"].clone());
+            let role = health.as_ref().map_or(m.role.as_str(), |h| h.role.as_str());
+            let last_applied = health.as_ref().map_or(m.last_applied, |h| h.last_applied);
             json!({
-                "id": id,
-                "addr": m["addr"],
+                "id": m.id,
+                "addr": m.addr,
                 "role": if reachable { role } else { "unreachable" },
-                "leader": id.is_some() && id == leader,
-                "voter": m["voter"],
+                "leader": Some(m.id) == leader,
+                "voter": m.voter,
                 "last_applied": last_applied,
             })
         })
         .collect();
     if args.json {
-        return print_json(&json!({"leader": leader, "term": view["term"], "members": list}));
+        return print_json(&json!({"leader": leader, "term": view.term, "members": list}));
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -456,10 +416,7 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
     match &args.action {
         SnapshotAction::Save { file } => {
             let client = client(&args.client)?;
-            let (status, body) = client.send(Method::GET, "/v1/snapshot", None).await?;
-            if !status.is_success() {
-                return Err(CliError::from_status(status, &body));
-            }
+            let body = client.get("/v1/snapshot").send().await?.ok()?.body;
             let backup: Backup = serde_json::from_slice(&body)
                 .map_err(|e| CliError::other(format!("the manager sent an unreadable backup: {e}")))?;
             if file.as_os_str() == "-" {
@@ -490,9 +447,8 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
                 .map_err(|e| CliError::usage(format!("{} is not a Goat backup: {e}", file.display())))?;
             backup.check().map_err(|e| CliError::usage(format!("{}: {}: {}", file.display(), e.field, e.message)))?;
             let timeout = args.client.timeout.as_duration().max(Duration::from_secs(60));
-            let tls = args.client.tls()?;
-            let client = Client::new(&args.client.addr, args.client.token.clone(), timeout, tls.as_ref())?;
-            let answer = client.send_ok(Method::POST, "/v1/snapshot/restore", Some(body)).await?;
+            let client = client_with(&args.client, timeout)?;
+            let answer: Option<Value> = client.post("/v1/snapshot/restore").body(body).send().await?.json_or_empty()?;
             if args.client.json {
                 return print_json(&answer);
             }
@@ -506,11 +462,7 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
 pub async fn plan(args: PlanArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
     let PlanAction::NodeLoss { node } = &args.action;
-    let path = match node {
-        Some(name) => format!("/v1/cluster/headroom?node={}", encode_query(name)),
-        None => "/v1/cluster/headroom".to_string(),
-    };
-    let plan: crate::headroom::NodeLoss = client.get(&path).await?;
+    let plan = client.headroom(node.as_deref()).await?;
     if args.client.json {
         print_json(&plan)?;
     } else {
@@ -524,17 +476,6 @@ pub async fn plan(args: PlanArgs) -> Result<(), CliError> {
             format!("{} of {} tasks of {} would find no place", plan.tasks - plan.placed, plan.tasks, plan.node),
         ))
     }
-}
-
-/// Percent-encodes a query value (node names are simple, but be safe).
-fn encode_query(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The plan for people: a headline, then one row per task.
@@ -576,7 +517,8 @@ pub async fn token(args: TokenArgs) -> Result<(), CliError> {
             if !["read", "submit", "admin"].contains(&role.as_str()) {
                 return Err(CliError::usage(format!("--role {role:?}: use read, submit or admin")));
             }
-            let created = client.post_json("/v1/tokens", &json!({"role": role, "name": name})).await?;
+            let created: Value =
+                client.post("/v1/tokens").json(&json!({"role": role, "name": name})).json_answer().await?;
             if args.client.json {
                 return print_json(&created);
             }
@@ -590,7 +532,7 @@ pub async fn token(args: TokenArgs) -> Result<(), CliError> {
             Ok(())
         }
         TokenAction::List => {
-            let tokens: Vec<Value> = client.get("/v1/tokens").await?;
+            let tokens: Vec<Value> = client.get("/v1/tokens").json_answer().await?;
             if args.client.json {
                 return print_json(&tokens);
             }
@@ -610,7 +552,7 @@ pub async fn token(args: TokenArgs) -> Result<(), CliError> {
             Ok(())
         }
         TokenAction::Revoke { id } => {
-            client.send_ok(Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
+            client.delete(format!("/v1/tokens/{id}")).send().await?.ok()?;
             if args.client.json {
                 return print_json(&json!({"revoked": id}));
             }

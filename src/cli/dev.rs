@@ -21,14 +21,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use goat_storage::model::{Task, TaskState};
-use reqwest::Method;
-use serde_json::{json, Value};
+use goat_storage::model::TaskState;
+use serde_json::json;
 
 pub use super::args::DevArgs;
-use super::client::Client;
 use super::commands;
 use super::error::CliError;
+use crate::client::Client;
 use crate::drill::{Proc as DrillProc, ProcsFile};
 
 const ECHO_IMAGE: &str = "goat-echo:latest";
@@ -190,7 +189,7 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     .await;
 
     eprintln!("\n==> stopping");
-    let client = Client::new(&addrs, Some(token.clone()), Duration::from_secs(5), None)?;
+    let client = Client::builder(&addrs).token(Some(token.clone())).timeout(Duration::from_secs(5)).build()?;
     if let Some(id) = &task_id {
         stop_task(&client, id).await;
     }
@@ -216,13 +215,13 @@ async fn bring_up(
     echo_port: u16,
     task_id: &mut Option<String>,
 ) -> Result<(), CliError> {
-    let client = Client::new(addrs, Some(token.to_string()), Duration::from_secs(10), None)?;
+    let client = Client::builder(addrs).token(Some(token)).timeout(Duration::from_secs(10)).build()?;
     eprintln!("==> waiting for the managers to elect a leader");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         check_alive(procs)?;
-        if let Ok(health) = client.get::<Value>("/v1/health").await {
-            if health["leader"].as_u64().is_some() {
+        if let Ok(health) = client.health().await {
+            if health.leader.is_some() {
                 break;
             }
         }
@@ -236,16 +235,15 @@ async fn bring_up(
         "ports": [{"container": 7777, "host": echo_port}],
         "health_check": {"path": "/health", "port": 7777, "interval": "1s"},
     });
-    let created = client.post_json("/v1/tasks", &spec).await?;
-    let id = created["id"].as_str().unwrap_or_default().to_string();
+    let created = client.submit(&spec).await?;
+    let id = created.id.to_string();
     *task_id = Some(id.clone());
     eprintln!("==> submitted the echo task {id}; waiting for it to run");
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = String::new();
     loop {
         check_alive(procs)?;
-        let value: Value = client.get(&format!("/v1/tasks/{id}")).await?;
-        let task: Task = serde_json::from_value(value).map_err(|e| CliError::other(e.to_string()))?;
+        let task = client.task(&id).await?;
         let line = commands::progress_line(&task);
         if line != last {
             eprintln!("    {line}");
@@ -387,14 +385,14 @@ async fn terminate_adopted(dir: &Path, procs: &[Proc]) {
 
 /// Stops the echo task and waits (bounded) until its container is gone.
 async fn stop_task(client: &Client, id: &str) {
-    if let Err(e) = client.send_ok(Method::DELETE, &format!("/v1/tasks/{id}"), None).await {
-        eprintln!("    could not stop the echo task: {}", e.message);
+    if let Err(e) = client.stop(id).await {
+        eprintln!("    could not stop the echo task: {e}");
         return;
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Ok(task) = client.get::<Value>(&format!("/v1/tasks/{id}")).await {
-            if task["state"] == "completed" || task["state"] == "failed" {
+        if let Ok(task) = client.task(id).await {
+            if task.state.is_terminal() {
                 eprintln!("    echo task stopped");
                 return;
             }

@@ -2,7 +2,6 @@
 //! scripts.
 
 use reqwest::StatusCode;
-use serde_json::Value;
 
 /// Exit codes of every operator command (documented in docs/operations.md).
 pub mod exit {
@@ -53,15 +52,17 @@ impl CliError {
     }
 }
 
-/// The API's `{"error": ...}` message, or the raw body.
-pub fn error_text(status: StatusCode, body: &[u8]) -> String {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
-    if message.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("{message} (HTTP {})", status.as_u16())
+pub use crate::client::error_text;
+
+impl From<crate::client::Error> for CliError {
+    fn from(e: crate::client::Error) -> CliError {
+        use crate::client::Error;
+        match &e {
+            Error::Usage(m) => CliError::usage(m.clone()),
+            Error::Api(f) if f.status == StatusCode::NOT_FOUND => CliError::not_found(e.to_string()),
+            Error::MaybeApplied(m) => CliError::other(m.clone()),
+            Error::NotSent(m) | Error::NoAnswer(m) => CliError::unreachable(m.clone()),
+            Error::Api(_) | Error::Decode(_) => CliError::other(e.to_string()),
+        }
     }
 }

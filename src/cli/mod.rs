@@ -3,7 +3,7 @@
 //! `members`, `snapshot`), `goat dev` (a whole local cluster in the
 //! foreground), and the TOML configuration of `goat manager`/`goat worker`.
 //!
-//! - [`client`]: HTTP to any manager of a list, with failover.
+//! - the HTTP client is [`crate::client`] (any manager of a list, with failover).
 //! - [`commands`]: one function per subcommand, tables or `--json`.
 //! - [`dev`]: `goat dev`.
 //! - [`events`]: `goat events`, following the event stream.
@@ -14,7 +14,6 @@
 //! Exit codes scripts can rely on: see [`exit`].
 
 pub mod args;
-pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dev;

@@ -623,7 +623,7 @@ impl Driver {
     pub async fn died_at(&self, member: &Member) -> Option<Instant> {
         let container = self.container(member).await.ok()?;
         let text = docker(&["inspect", "-f", "{{.State.FinishedAt}}", &container]).await.ok()?;
-        parse_rfc3339_utc(&text).map(instant_of)
+        goat_storage::duration::parse_rfc3339(&text).map(instant_of)
     }
 
     /// Running containers of each task (compose, procs: this machine's
@@ -692,33 +692,6 @@ pub(crate) fn instant_of(wall: SystemTime) -> Instant {
     now.checked_sub(ago).unwrap_or(now)
 }
 
-/// Days from 1970-01-01 to a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses Docker's `2026-11-25T13:42:18.534123456Z` (UTC only).
-pub(crate) fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
-    let text = text.trim().strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-');
-    let (year, month, day): (i64, u32, u32) =
-        (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':');
-    let (h, m, sec): (u64, u64, u64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
-    let nanos: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").get(..9)?.parse().ok()? };
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let secs = days * 86_400 + h * 3_600 + m * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,18 +705,6 @@ mod tests {
             port: 7101,
             options: vec!["-i".into(), "/keys/drill".into()],
         }
-    }
-
-    #[test]
-    fn docker_times_parse() {
-        let t = parse_rfc3339_utc("2026-11-25T13:42:18.534123456Z").unwrap();
-        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(since.as_secs(), 1_795_614_138);
-        assert_eq!(since.subsec_nanos(), 534_123_456);
-        let t = parse_rfc3339_utc("1970-01-02T00:00:01.5Z").unwrap();
-        assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap(), Duration::from_millis(86_401_500));
-        assert_eq!(parse_rfc3339_utc("0001-01-01T00:00:00Z"), None, "a container that never ran");
-        assert_eq!(parse_rfc3339_utc("yesterday"), None);
     }
 
     #[test]

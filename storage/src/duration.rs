@@ -165,3 +165,36 @@ mod tests {
         assert_eq!(back, Millis(1234));
     }
 }
+
+/// Parses an RFC 3339 time ("2026-11-25T13:42:18.534123456Z", any offset)
+/// — the Docker engine's stamps — with `chrono`. Times before the epoch
+/// (the engine's "never", year 1) and anything unreadable give `None`.
+pub fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).ok()?;
+    let since = std::time::Duration::new(u64::try_from(at.timestamp()).ok()?, at.timestamp_subsec_nanos());
+    Some(std::time::UNIX_EPOCH + since)
+}
+
+/// [`parse_rfc3339`] in Unix milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let since = parse_rfc3339(text)?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::*;
+
+    #[test]
+    fn engine_stamps_parse() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("1970-01-02T00:00:01.5Z"), Some(86_401_500));
+        assert_eq!(parse_rfc3339_ms("2024-05-01T12:34:56.123456789Z"), Some(1_714_566_896_123));
+        assert_eq!(parse_rfc3339_ms("2024-05-01T14:34:56.123+02:00"), Some(1_714_566_896_123));
+        let t = parse_rfc3339("2026-11-25T13:42:18.534123456Z").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos(), 534_123_456);
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None, "a container that never ran");
+        assert_eq!(parse_rfc3339(""), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}

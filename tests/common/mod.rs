@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use goat::client::{Client, HealthView};
+use goat_storage::model::Task;
 use serde_json::{json, Value};
 
 pub const TOKEN: &str = "test-token";
@@ -61,6 +63,10 @@ pub struct Cluster {
     pub anon: reqwest::Client,
     /// `http`, or `https` for a TLS cluster.
     pub scheme: &'static str,
+    /// The typed client of every manager (index `i` is manager `i + 1`),
+    /// with the cluster token.
+    pub api: Client,
+    tls: Option<goat_raft::tls::Tls>,
 }
 
 impl Cluster {
@@ -89,7 +95,20 @@ impl Cluster {
             })
             .collect();
         let peers = managers.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
+        let tls = (scheme == "https").then(|| {
+            goat_raft::tls::TlsArgs {
+                tls_cert: Some(dir.path().join("tls/client.crt")),
+                tls_key: Some(dir.path().join("tls/client.key")),
+                tls_ca: Some(dir.path().join("tls/ca.crt")),
+            }
+            .load()
+            .expect("the cluster's client certificate")
+        });
+        let tls = tls.flatten();
+        let api = client_of(&managers, tls.as_ref());
         let mut cluster = Cluster {
+            api,
+            tls,
             managers,
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -107,6 +126,17 @@ impl Cluster {
 
     fn proc_mut(&mut self, id: u64) -> &mut ManagerProc {
         self.managers.iter_mut().find(|m| m.id == id).expect("known manager id")
+    }
+
+    /// Adds manager `id` (not started) to the cluster and to [`Cluster::api`].
+    pub fn add_manager(&mut self, id: u64, addr: String, dir: PathBuf) {
+        self.managers.push(ManagerProc { id, addr, dir, child: None });
+        self.api = client_of(&self.managers, self.tls.as_ref());
+    }
+
+    /// Manager `id`'s index in [`Cluster::api`] (for `.on(index)`).
+    pub fn index(&self, id: u64) -> usize {
+        self.managers.iter().position(|m| m.id == id).expect("known manager id")
     }
 
     pub fn url(&self, id: u64) -> String {
@@ -176,8 +206,7 @@ impl Cluster {
 
     /// The leader as `id` sees it.
     pub async fn leader_seen_by(&self, id: u64) -> Option<u64> {
-        let v: Value = self.http.get(format!("{}/v1/health", self.url(id))).send().await.ok()?.json().await.ok()?;
-        v["leader"].as_u64()
+        self.api.health_of(self.index(id), Duration::from_secs(5)).await.ok()?.leader
     }
 
     /// Waits until every running manager agrees on one live leader.
@@ -204,35 +233,28 @@ impl Cluster {
     }
 
     /// Submits a task through manager `id`; returns the stored task.
-    pub async fn submit(&self, id: u64, spec: &Value) -> Value {
-        let response =
-            self.http.post(format!("{}/v1/tasks", self.url(id))).json(spec).send().await.expect("POST /v1/tasks");
-        let status = response.status();
-        let body: Value = response.json().await.expect("JSON answer");
-        assert_eq!(status, 201, "submit through {id}: {body}");
-        body
+    pub async fn submit(&self, id: u64, spec: &Value) -> Task {
+        let answer = self.api.post("/v1/tasks").json(spec).on(self.index(id)).send().await.expect("POST /v1/tasks");
+        assert_eq!(answer.status, 201, "submit through {id}: {}", answer.text());
+        answer.json().expect("a task")
     }
 
     /// All tasks as manager `id` has them (`stale`: local state, no leader).
-    pub async fn tasks(&self, id: u64, stale: bool) -> Vec<Value> {
-        let url = format!("{}/v1/tasks?stale={stale}", self.url(id));
-        let response = self.http.get(url).send().await.expect("GET /v1/tasks");
-        assert_eq!(response.status(), 200);
-        response.json().await.expect("JSON tasks")
+    pub async fn tasks(&self, id: u64, stale: bool) -> Vec<Task> {
+        let path = format!("/v1/tasks?stale={stale}");
+        self.api.get(path).on(self.index(id)).json_answer().await.expect("GET /v1/tasks")
     }
 
-    pub async fn health(&self, id: u64) -> Value {
-        self.http.get(format!("{}/v1/health", self.url(id))).send().await.expect("health").json().await.expect("json")
+    pub async fn health(&self, id: u64) -> HealthView {
+        self.api.health_of(self.index(id), Duration::from_secs(15)).await.expect("health")
     }
 
     /// Waits until manager `id` holds at least `n` tasks in its local state.
     pub async fn wait_task_count(&self, id: u64, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let count = match self.http.get(format!("{}/v1/tasks?stale=true", self.url(id))).send().await {
-                Ok(r) => r.json::<Vec<Value>>().await.map(|t| t.len()).unwrap_or(0),
-                Err(_) => 0,
-            };
+            let request = self.api.get("/v1/tasks?stale=true").on(self.index(id));
+            let count = request.json_answer::<Vec<Task>>().await.map(|t| t.len()).unwrap_or(0);
             if count >= n {
                 return;
             }
@@ -258,6 +280,16 @@ impl Cluster {
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
     }
+}
+
+/// The typed client of `managers`, with the cluster token.
+fn client_of(managers: &[ManagerProc], tls: Option<&goat_raft::tls::Tls>) -> Client {
+    Client::builder(&managers.iter().map(|m| m.addr.clone()).collect::<Vec<_>>())
+        .token(Some(TOKEN))
+        .tls(tls)
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client")
 }
 
 /// A small valid task spec.

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use goat::client::NodeView;
+use goat_storage::model::Task;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
@@ -203,32 +204,33 @@ impl Drop for EngineProxy {
     }
 }
 
-/// Polls `path` on the first live manager that answers with JSON, until
-/// `pick` finds a value there that satisfies `pred`; fails the test with
-/// the last value seen after `timeout`.
-async fn wait_for(
+/// Asks the live managers in turn (the first that answers) until `get`
+/// finds a value that satisfies `pred`; fails the test with the last value
+/// seen after `timeout`.
+async fn wait_for<T: std::fmt::Debug, F>(
     cluster: &Cluster,
-    path: &str,
     what: &str,
     timeout: Duration,
-    pick: impl Fn(Value) -> Option<Value>,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
+    get: impl Fn(usize) -> F,
+    pred: impl Fn(&T) -> bool,
+) -> T
+where
+    F: std::future::Future<Output = Result<Option<T>, goat::client::Error>>,
+{
     let deadline = Instant::now() + timeout;
-    let mut last = Value::Null;
+    let mut last = None;
     loop {
         for m in cluster.alive_ids() {
-            let Ok(resp) = cluster.http.get(format!("{}{path}", cluster.url(m))).send().await else { continue };
-            let Ok(body) = resp.json::<Value>().await else { continue };
-            if let Some(value) = pick(body) {
+            let Ok(found) = get(cluster.index(m)).await else { continue };
+            if let Some(value) = found {
                 if pred(&value) {
                     return value;
                 }
-                last = value;
+                last = Some(value);
             }
             break;
         }
-        assert!(Instant::now() < deadline, "{what} not reached within {timeout:?}; last seen: {last:#}");
+        assert!(Instant::now() < deadline, "{what} not reached within {timeout:?}; last seen: {last:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -236,13 +238,19 @@ async fn wait_for(
 /// Polls `GET /v1/tasks/{id}` on any live manager until `pred` holds.
 pub async fn wait_task(
     cluster: &Cluster,
-    id: &str,
+    id: impl std::fmt::Display,
     what: &str,
     timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
+    pred: impl Fn(&Task) -> bool,
+) -> Task {
+    let id = id.to_string();
     let what = format!("task {id} {what}");
-    wait_for(cluster, &format!("/v1/tasks/{id}"), &what, timeout, |task| (task["id"] == id).then_some(task), pred).await
+    let path = format!("/v1/tasks/{id}");
+    let get = |i: usize| {
+        let request = cluster.api.get(path.clone()).on(i);
+        async move { request.json_answer::<Task>().await.map(Some) }
+    };
+    wait_for(cluster, &what, timeout, get, pred).await
 }
 
 /// Polls `GET /v1/nodes` until node `name` satisfies `pred`.
@@ -251,18 +259,21 @@ pub async fn wait_node(
     name: &str,
     what: &str,
     timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let pick = |nodes: Value| match nodes {
-        Value::Array(nodes) => nodes.into_iter().find(|n| n["name"] == name),
-        _ => None,
+    pred: impl Fn(&NodeView) -> bool,
+) -> NodeView {
+    let get = |i: usize| {
+        let request = cluster.api.get("/v1/nodes").on(i);
+        async move {
+            let nodes: Vec<NodeView> = request.json_answer().await?;
+            Ok(nodes.into_iter().find(|n| n.node.name == name))
+        }
     };
-    wait_for(cluster, "/v1/nodes", &format!("node {name} {what}"), timeout, pick, pred).await
+    wait_for(cluster, &format!("node {name} {what}"), timeout, get, pred).await
 }
 
 /// The host port the task's container port is published on.
-pub fn host_port(task: &Value, container_port: u16) -> Option<u16> {
-    task["host_ports"][container_port.to_string()].as_u64().and_then(|p| u16::try_from(p).ok())
+pub fn host_port(task: &Task, container_port: u16) -> Option<u16> {
+    task.host_ports.get(&container_port).copied()
 }
 
 /// A plain HTTP client that never goes through a proxy and sends the

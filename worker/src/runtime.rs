@@ -590,41 +590,8 @@ fn classify(error: BollardError) -> RuntimeError {
     }
 }
 
-/// Parses the engine's RFC 3339 UTC stamps ("2024-05-01T12:34:56.789Z") into
-/// Unix milliseconds. The engine's "never" (year 1) and anything unreadable
-/// give `None`.
-pub fn parse_timestamp_ms(text: &str) -> Option<u64> {
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Only UTC ("Z") is produced by the engine; an offset is applied anyway.
-    let (clock, offset_secs) = if let Some(clock) = time.strip_suffix('Z') {
-        (clock, 0)
-    } else {
-        let pos = time.rfind(['+', '-'])?;
-        let (clock, offset) = time.split_at(pos);
-        let sign = if offset.starts_with('-') { -1 } else { 1 };
-        let (h, m) = offset[1..].split_once(':')?;
-        (clock, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
-    };
-    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (h, m, s) = (t.next()??, t.next()??, t.next()??);
-    let millis: i64 = format!("{:0<3}", frac.get(..3.min(frac.len())).unwrap_or("")).parse().ok()?;
-    // Days since the epoch of a proleptic Gregorian date (Howard Hinnant).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + m * 60 + s - offset_secs;
-    u64::try_from(secs * 1000 + millis).ok()
-}
+/// The engine's RFC 3339 stamps in Unix milliseconds (`None` for "never").
+pub use goat_storage::duration::parse_rfc3339_ms as parse_timestamp_ms;
 
 #[cfg(test)]
 pub mod fake {
