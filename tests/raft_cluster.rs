@@ -10,6 +10,7 @@ use common::{spec, Cluster};
 use futures::stream::{self, StreamExt};
 use goat::client::ClusterView;
 use goat_storage::model::Task;
+use serde_json::Value;
 
 fn ids(tasks: &[Task]) -> BTreeSet<String> {
     tasks.iter().map(|t| t.id.to_string()).collect()

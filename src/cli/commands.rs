@@ -347,7 +347,7 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
                 Some(to) => json!({"to": to}),
                 None => json!({}),
             };
-            let answer = client.post_json("/v1/cluster/leader", &body).await?;
+            let answer: serde_json::Value = client.post("/v1/cluster/leader").json(&body).send().await?.json()?;
             if args.client.json {
                 return print_json(&answer);
             }
