@@ -96,13 +96,14 @@ fn run_here(opts: Options) -> Report {
         tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("sim runtime");
     let world = World::new(opts.clone());
     let watched = world.clone();
+    let watchdog: u64 = std::env::var("GOAT_SIM_WATCHDOG").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
     std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(180));
+        std::thread::sleep(std::time::Duration::from_secs(watchdog));
         let (at, tail) = watched.tail();
         let o = &watched.opts;
         let mut r =
             Report { seed: o.seed, mode: o.mode.name().into(), broken_flush: o.broken_flush, ..Default::default() };
-        r.violations.push(format!("stuck: no end after 180 s of real time (virtual time {at} ms)"));
+        r.violations.push(format!("stuck: no end after {watchdog} s of real time (virtual time {at} ms)"));
         r.tail = tail;
         println!("\nGOATSIM {}", serde_json::to_string(&r).expect("report json"));
         std::process::exit(1);
@@ -233,7 +234,7 @@ fn simulate_many_seeds() {
     let reports = run_children(&specs, jobs());
     let wall = started.elapsed();
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut sim_ms, mut messages, mut lost, mut dups, mut acked, mut downs) = (0, 0, 0, 0, 0, 0);
+    let (mut sim_ms, mut messages, mut lost, mut dups, mut acked, mut downs, mut shared) = (0, 0, 0, 0, 0, 0, 0);
     for r in &reports {
         for (k, v) in &r.faults {
             *faults.entry(k.clone()).or_default() += v;
@@ -244,10 +245,11 @@ fn simulate_many_seeds() {
         dups += r.duplicated;
         acked += r.acked;
         downs += r.nodes_marked_down;
+        shared += r.shared_terms;
     }
     let failed: Vec<&Report> = reports.iter().filter(|r| !r.violations.is_empty()).collect();
     println!(
-        "simulation ({} mode{}): {} seeds, {:.0} simulated s, {} faults injected {:?}, {} messages ({} lost, {} duplicated), {} acknowledged writes, {} nodes marked down, wall {:.1} s ({:.0}x real time), {} failed",
+        "simulation ({} mode{}): {} seeds, {:.0} simulated s, {} faults injected {:?}, {} messages ({} lost, {} duplicated), {} acknowledged writes, {} nodes marked down, {} terms with two leaders, wall {:.1} s ({:.0}x real time), {} failed",
         mode.name(),
         if broken { ", broken flush" } else { "" },
         reports.len(),
@@ -259,6 +261,7 @@ fn simulate_many_seeds() {
         dups,
         acked,
         downs,
+        shared,
         wall.as_secs_f64(),
         sim_ms as f64 / 1000.0 / wall.as_secs_f64(),
         failed.len()

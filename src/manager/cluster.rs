@@ -158,8 +158,9 @@ pub struct Manager {
     /// How tasks without a strategy of their own are placed.
     pub default_strategy: goat_storage::model::Strategy,
     /// When each node last sent a heartbeat to this manager. Meaningful on
-    /// the leader only; rebuilt from heartbeats after a failover.
-    pub last_seen: Mutex<HashMap<String, Instant>>,
+    /// the leader only; rebuilt from heartbeats after a failover. (tokio's
+    /// clock: the same as std's in production, virtual in the simulation.)
+    pub last_seen: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Wakes the placement loop (a task was submitted, a node reported).
     pub placement_kick: Notify,
     /// Cancelled when the manager shuts down: requests that wait (event
@@ -174,13 +175,10 @@ pub struct Manager {
     pub max_polls: usize,
     /// How long finished tasks are kept (`--task-retention`).
     pub task_retention: Duration,
-    /// How recent a quorum's acknowledgement must be for this manager to
-    /// act as leader on its own view (judge liveness, answer workers).
-    pub leader_lease: Duration,
-    /// While this manager leads: its term, and when a quorum last
-    /// acknowledged it (from openraft's `millis_since_quorum_ack`, dated
-    /// when the metrics arrived, so a stalled Raft core ages it too).
-    quorum_ack: Mutex<Option<(u64, Option<Instant>)>>,
+    /// Whether a quorum acknowledged this manager's leadership lately
+    /// enough for it to act on its own view (judge liveness, answer
+    /// workers): `--election-timeout`'s lease (`control::lease`).
+    pub lease: super::leader::LeaderLease,
 }
 
 /// What this manager can say of its own leadership.
@@ -242,75 +240,39 @@ impl Manager {
             polls: Arc::new(Semaphore::new(args.max_polls)),
             max_polls: args.max_polls,
             task_retention: args.task_retention.as_duration(),
-            leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
-            quorum_ack: Mutex::new(None),
+            lease: super::leader::LeaderLease::new(
+                id,
+                crate::control::lease::leader_lease(args.election_timeout.as_duration()),
+            ),
         })
     }
 
     /// Takes in openraft's metrics (called on each change): the term this
     /// manager leads in and when a quorum last acknowledged it.
     pub fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
-        let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
-        let acked =
-            metrics.millis_since_quorum_ack.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
-        let noted = leading.then_some((metrics.current_term, acked));
-        if let Ok(mut q) = self.quorum_ack.lock() {
-            *q = noted;
-        }
+        self.lease.note(metrics);
     }
 
     /// Whether this manager leads, and whether a quorum confirmed it lately.
     pub fn leadership(&self) -> Leadership {
-        let (term, leading) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            (m.current_term, m.state == ServerState::Leader && m.current_leader == Some(self.id))
-        };
-        if !leading {
-            return Leadership::Follower;
-        }
-        let acked = match self.quorum_ack.lock().map(|q| *q) {
-            Ok(Some((noted_term, acked))) if noted_term == term => acked,
-            _ => None,
-        };
-        let ack_age = acked.map(|at| at.elapsed());
-        if crate::control::lease::lease_holds(ack_age, self.leader_lease) {
-            Leadership::Confirmed { term }
-        } else {
-            Leadership::Unconfirmed { term, ack_age }
-        }
+        self.lease.leadership(&self.raft)
     }
 
     /// Whether this manager leads in `term` (believed, not confirmed).
     pub fn leads_in(&self, term: u64) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id) && m.current_term == term
+        super::leader::leads_in(&self.raft, self.id, term)
     }
 
     /// Commits a decision of the leader loops of `term`: here only (never
-    /// forwarded: another leader must decide for itself), only while this
-    /// manager still leads in `term`, and fenced — the state machine
-    /// applies it only if the entry was appended in this very leadership
-    /// (`Command::Fenced`). Given up when `cancel` fires (the loops stop)
-    /// or after `--leader-wait`.
+    /// forwarded), only while this manager still leads in `term`, and
+    /// fenced (`Command::Fenced`); see `super::leader::propose_as_leader`.
     pub async fn propose_as_leader(
         &self,
         term: u64,
         command: Command,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<CommandResult, ProposeError> {
-        if !self.leads_in(term) {
-            return Err(ProposeError::NotLeader);
-        }
-        let fenced = Command::Fenced { term, leader: self.id, command: Box::new(command) };
-        tokio::select! {
-            _ = cancel.cancelled() => Err(ProposeError::Failed("dropped: this manager stopped leading".into())),
-            result = tokio::time::timeout(self.leader_wait, self.propose_locally(fenced)) => match result {
-                Ok(result) => result,
-                Err(_) => Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into())),
-            },
-        }
+        super::leader::LeaderHost::propose_as_leader(self, term, command, cancel).await
     }
 
     /// The leader this manager knows of, with its address.
@@ -512,7 +474,14 @@ impl Manager {
         // last saw, so without this `changed()` returns at once and the
         // retry loops spin instead of waiting (found by the simulation).
         metrics.borrow_and_update();
-        let _ = tokio::time::timeout(at_most, metrics.changed()).await;
+        // Raft shut down (its metrics sender is gone): `changed()` fails at
+        // once, so sleep instead, or every retry loop spins hot until its
+        // deadline — and under the simulation's paused clock, which only
+        // moves while every task waits, that deadline never came (found by
+        // the simulation, seeds 69, 81, 176, 192, 199).
+        if let Ok(Err(_)) = tokio::time::timeout(at_most, metrics.changed()).await {
+            tokio::time::sleep(at_most).await;
+        }
     }
 }
 
