@@ -293,38 +293,7 @@ impl Manager {
     /// Commits `command` through whoever leads, waiting (bounded) through
     /// an election. Returns the state machine's result.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
-        let deadline = Instant::now() + self.leader_wait;
-        let mut last_error = String::from("no leader elected yet");
-        loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => {
-                    // A leader cut off from its followers does not know it
-                    // yet: its write would wait for a quorum forever. Bound
-                    // it; the outcome is then unknown (503), never a 201.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, self.propose_locally(command.clone())).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into()))
-                        }
-                    }
-                }
-                Some((leader, addr)) => self.propose_remotely(leader, &addr, &command).await,
-                None => Err(ProposeError::NotLeader),
-            };
-            match attempt {
-                Ok(result) => return Ok(result),
-                Err(ProposeError::NotLeader) => {}
-                Err(ProposeError::Failed(e)) => last_error = e,
-            }
-            if Instant::now() >= deadline {
-                return Err(ApiError::unavailable(format!(
-                    "no leader accepted the write within {:?}: {last_error}",
-                    self.leader_wait
-                )));
-            }
-            self.wait_for_leader_change(Duration::from_millis(50)).await;
-        }
+        super::leader::propose_through_leader(self, command).await
     }
 
     /// Appends `command` to the Raft log on this manager, if it leads.
@@ -332,7 +301,8 @@ impl Manager {
         self.batcher.propose(command).await
     }
 
-    async fn propose_remotely(
+    /// Forwards `command` to `leader`'s `/internal/propose`.
+    pub(crate) async fn propose_remotely(
         &self,
         leader: NodeId,
         addr: &str,
@@ -469,19 +439,7 @@ impl Manager {
 
     /// Sleeps until the Raft metrics change or `at_most` passes.
     async fn wait_for_leader_change(&self, at_most: Duration) {
-        let mut metrics = self.raft.metrics();
-        // A cloned receiver starts at the version openraft's own receiver
-        // last saw, so without this `changed()` returns at once and the
-        // retry loops spin instead of waiting (found by the simulation).
-        metrics.borrow_and_update();
-        // Raft shut down (its metrics sender is gone): `changed()` fails at
-        // once, so sleep instead, or every retry loop spins hot until its
-        // deadline — and under the simulation's paused clock, which only
-        // moves while every task waits, that deadline never came (found by
-        // the simulation, seeds 69, 81, 176, 192, 199).
-        if let Ok(Err(_)) = tokio::time::timeout(at_most, metrics.changed()).await {
-            tokio::time::sleep(at_most).await;
-        }
+        super::leader::wait_for_leader_change(&self.raft, at_most).await
     }
 }
 

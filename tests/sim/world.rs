@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use goat::manager::cluster::{Batcher, Leadership, ProposeError};
 use goat::manager::error::ApiError;
-use goat::manager::leader::{LeaderHost, LeaderLease};
+use goat::manager::leader::{wait_for_leader_change, LeaderHost, LeaderLease};
 use goat::manager::nodes::{answer_heartbeat, heartbeat_route, HeartbeatRoute};
 use goat_raft::log_store::LogStore;
 use goat_raft::state_machine::{SharedState, StateMachine};
@@ -205,10 +205,15 @@ impl LeaderHost for Running {
     fn inline_cpu(&self) -> bool {
         true
     }
-    fn propose(&self, command: Command) -> impl Future<Output = Result<CommandResult, ApiError>> + Send {
-        async move {
-            self.world.propose_forwarding(self, command, true).await.map(|(r, _)| r).map_err(ApiError::unavailable)
-        }
+    /// `/internal/propose` on `leader`, over the simulated network.
+    fn propose_remotely(
+        &self,
+        leader: NodeId,
+        _addr: &str,
+        command: &Command,
+    ) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
+        let command = command.clone();
+        async move { self.world.forward_propose(self.id, leader, command, true).await.map(|(r, _)| r) }
     }
 
     fn leadership(&self) -> Leadership {
@@ -222,21 +227,16 @@ impl LeaderHost for Running {
         self.lease.leadership(&self.raft)
     }
 
-    /// Production's path, except that the entry goes to `client_write`
-    /// directly rather than through the batcher (which API writes and
-    /// heartbeats still use), so that the simulator learns the term of the
-    /// entry that carries the decision.
+    /// Production's path (the batcher), except that a leader loop's fenced
+    /// decision goes to `client_write` directly, so that the simulator
+    /// learns the term of the entry that carries it.
     fn propose_locally(&self, command: Command) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
         async move {
-            let fence = match &command {
-                Command::Fenced { term, .. } => Some(*term),
-                _ => None,
-            };
+            let Command::Fenced { term: loop_term, .. } = &command else { return self.batcher.propose(command).await };
+            let loop_term = *loop_term;
             let (result, entry_term) = write_local(&self.raft, command).await?;
-            if let Some(loop_term) = fence {
-                let applied = !matches!(result, CommandResult::Refused(_));
-                self.world.record_loop_commit(self.id, loop_term, entry_term, applied);
-            }
+            let applied = !matches!(result, CommandResult::Refused(_));
+            self.world.record_loop_commit(self.id, loop_term, entry_term, applied);
             Ok(result)
         }
     }
@@ -253,7 +253,7 @@ impl LeaderHost for Running {
             }
             // Before the fix: `Manager::propose`, forwarded to whoever
             // leads now, unfenced.
-            match self.world.propose_forwarding(self, command, false).await {
+            match self.world.propose_forwarding(self, command).await {
                 Ok((result, Some(entry_term))) => {
                     self.world.record_loop_commit(self.id, term, entry_term, true);
                     Ok(result)
@@ -343,18 +343,6 @@ async fn write_local(raft: &Raft, command: Command) -> Result<(CommandResult, u6
         Ok(response) => Ok((response.data, response.log_id.leader_id.term)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
         Err(e) => Err(ProposeError::Failed(e.to_string())),
-    }
-}
-
-/// `Manager::wait_for_leader_change`, except that it marks the current
-/// metrics seen first: a clone of `Raft::metrics()` starts at the version
-/// the Raft's own receiver saw (the first), so without that `changed()`
-/// returns at once and the retry loops spin (as production's do).
-async fn wait_for_leader_change(raft: &Raft, at_most: Duration) {
-    let mut metrics = raft.metrics();
-    metrics.borrow_and_update();
-    if let Ok(Err(_)) = tokio::time::timeout(at_most, metrics.changed()).await {
-        tokio::time::sleep(at_most).await;
     }
 }
 
@@ -700,16 +688,14 @@ impl World {
 
     // ---- proposals -------------------------------------------------------------
 
-    /// `Manager::propose` as it is for API writes (and as the leader loops
-    /// used it in legacy mode): commit through whoever leads, forwarding
-    /// when this manager does not, retrying through elections up to the
-    /// leader wait. `batched` goes through the real `Batcher` (API writes);
-    /// otherwise straight to `client_write`, to learn the log term.
+    /// The legacy host's loop proposals: `Manager::propose`'s retry loop
+    /// (`leader::propose_through_leader`, which API writes run for real), but
+    /// straight to `client_write` and forwarded unbatched, to learn the term
+    /// of the entry that carries an unfenced decision.
     async fn propose_forwarding(
         self: &Arc<Self>,
         r: &Running,
         command: Command,
-        batched: bool,
     ) -> Result<(CommandResult, Option<u64>), String> {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut last = String::from("no leader");
@@ -717,19 +703,13 @@ impl World {
             let attempt = match leader_of(&r.raft) {
                 Some(leader) if leader == r.id => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let local = async {
-                        if batched {
-                            r.batcher.propose(command.clone()).await.map(|res| (res, None))
-                        } else {
-                            write_local(&r.raft, command.clone()).await.map(|(res, t)| (res, Some(t)))
-                        }
-                    };
+                    let local = async { write_local(&r.raft, command.clone()).await.map(|(res, t)| (res, Some(t))) };
                     match tokio::time::timeout(left, local).await {
                         Ok(result) => result,
                         Err(_) => Err(ProposeError::Failed("this leader may have lost its quorum".into())),
                     }
                 }
-                Some(leader) => self.forward_propose(r.id, leader, command.clone(), batched).await,
+                Some(leader) => self.forward_propose(r.id, leader, command.clone(), false).await,
                 None => Err(ProposeError::NotLeader),
             };
             match attempt {
@@ -872,7 +852,9 @@ impl World {
             }
             let Some(target) = self.running(to) else { return Err(format!("{to} refused the connection")) };
             let command = make(self.now_ms(to));
-            let reply = self.propose_forwarding(&target, command, true).await.map(|(r, _)| r);
+            let reply = LeaderHost::propose(&*target, command)
+                .await
+                .map_err(|e| format!("{} {}", e.status.as_u16(), e.body.error));
             if !self.leg(to, CLIENT, "client-reply").await {
                 return std::future::pending().await;
             }
