@@ -23,11 +23,11 @@ use goat_storage::model::*;
 use goat_storage::validate::check_name;
 use serde::Serialize;
 
+use super::cluster::LeaderHost;
 use super::cluster::{Leadership, Manager};
 use super::error::ApiError;
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use super::json::parse;
-use super::leader::LeaderHost;
 use crate::clock::now_ms;
 use crate::control::assignments::reply_at;
 pub use crate::control::nodes::{

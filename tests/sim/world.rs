@@ -8,9 +8,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use goat::manager::cluster::{Batcher, Leadership, ProposeError};
+use goat::manager::cluster::{wait_for_leader_change, Batcher, LeaderHost, LeaderLease, Leadership, ProposeError};
 use goat::manager::error::ApiError;
-use goat::manager::leader::{wait_for_leader_change, LeaderHost, LeaderLease};
 use goat::manager::nodes::{answer_heartbeat, heartbeat_route, HeartbeatRoute};
 use goat_raft::log_store::LogStore;
 use goat_raft::state_machine::{SharedState, StateMachine};
@@ -249,7 +248,7 @@ impl LeaderHost for Running {
     ) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
         async move {
             if !self.legacy {
-                return goat::manager::leader::propose_as_leader(self, term, command, cancel).await;
+                return goat::manager::cluster::propose_as_leader(self, term, command, cancel).await;
             }
             // Before the fix: `Manager::propose`, forwarded to whoever
             // leads now, unfenced.
@@ -689,7 +688,7 @@ impl World {
     // ---- proposals -------------------------------------------------------------
 
     /// The legacy host's loop proposals: `Manager::propose`'s retry loop
-    /// (`leader::propose_through_leader`, which API writes run for real), but
+    /// (`cluster::propose_through_leader`, which API writes run for real), but
     /// straight to `client_write` and forwarded unbatched, to learn the term
     /// of the entry that carries an unfenced decision.
     async fn propose_forwarding(
