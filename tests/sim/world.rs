@@ -229,37 +229,33 @@ impl LeaderHost for Running {
     /// Production's path (the batcher), except that a leader loop's fenced
     /// decision goes to `client_write` directly, so that the simulator
     /// learns the term of the entry that carries it.
-    fn propose_locally(&self, command: Command) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
-        async move {
-            let Command::Fenced { term: loop_term, .. } = &command else { return self.batcher.propose(command).await };
-            let loop_term = *loop_term;
-            let (result, entry_term) = write_local(&self.raft, command).await?;
-            let applied = !matches!(result, CommandResult::Refused(_));
-            self.world.record_loop_commit(self.id, loop_term, entry_term, applied);
-            Ok(result)
-        }
+    async fn propose_locally(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let Command::Fenced { term: loop_term, .. } = &command else { return self.batcher.propose(command).await };
+        let loop_term = *loop_term;
+        let (result, entry_term) = write_local(&self.raft, command).await?;
+        let applied = !matches!(result, CommandResult::Refused(_));
+        self.world.record_loop_commit(self.id, loop_term, entry_term, applied);
+        Ok(result)
     }
 
-    fn propose_as_leader(
+    async fn propose_as_leader(
         &self,
         term: u64,
         command: Command,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
-        async move {
-            if !self.legacy {
-                return goat::manager::cluster::propose_as_leader(self, term, command, cancel).await;
+    ) -> Result<CommandResult, ProposeError> {
+        if !self.legacy {
+            return goat::manager::cluster::propose_as_leader(self, term, command, cancel).await;
+        }
+        // Before the fix: `Manager::propose`, forwarded to whoever
+        // leads now, unfenced.
+        match self.world.propose_forwarding(self, command).await {
+            Ok((result, Some(entry_term))) => {
+                self.world.record_loop_commit(self.id, term, entry_term, true);
+                Ok(result)
             }
-            // Before the fix: `Manager::propose`, forwarded to whoever
-            // leads now, unfenced.
-            match self.world.propose_forwarding(self, command).await {
-                Ok((result, Some(entry_term))) => {
-                    self.world.record_loop_commit(self.id, term, entry_term, true);
-                    Ok(result)
-                }
-                Ok((result, None)) => Ok(result),
-                Err(e) => Err(ProposeError::Failed(e)),
-            }
+            Ok((result, None)) => Ok(result),
+            Err(e) => Err(ProposeError::Failed(e)),
         }
     }
 }
