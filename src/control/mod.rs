@@ -10,6 +10,7 @@
 //! - [`nodes`]: heartbeats, liveness, drains, and a node's assignments.
 //! - [`assignments`]: assignment lists as answered, and their versions.
 //! - [`lease`]: when a leader may decide from its own view (quorum lease).
+//! - [`transfer`]: which follower a leader hands over to.
 
 pub mod assignments;
 pub mod lease;
@@ -17,3 +18,4 @@ pub mod nodes;
 pub mod placement;
 pub mod reschedule;
 pub mod scheduler;
+pub mod transfer;

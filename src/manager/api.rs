@@ -53,6 +53,7 @@ public_api! {
     get "/v1/cluster" => cluster;
     post "/v1/cluster/members" => add_member;
     delete "/v1/cluster/members/{id}" => remove_member;
+    post "/v1/cluster/leader" => super::transfer::transfer;
     get "/v1/cluster/verify" => super::verify::verify;
     get "/v1/cluster/headroom" => super::headroom::headroom;
     post "/v1/tasks" => submit_task;
@@ -85,6 +86,7 @@ pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
         .route("/internal/propose", limited(post(internal_propose), limits::MAX_PROPOSE_BYTES))
         .route("/internal/read-index", limited(post(internal_read_index), limits::NO_BODY_BYTES))
         .route("/internal/status", limited(get(internal_status), limits::NO_BODY_BYTES))
+        .route("/internal/elect", limited(post(super::transfer::internal_elect), limits::NO_BODY_BYTES))
         .route("/internal/state-digest", limited(get(super::verify::internal_state_digest), limits::NO_BODY_BYTES))
         .fallback(not_found)
         .with_state(manager.clone())
@@ -95,7 +97,7 @@ pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
 async fn metrics(State(m): Shared) -> Response {
-    let body = crate::metrics::render(&m.raft, &m.state);
+    let body = crate::metrics::render(&m.raft, &m.state, &m.activity);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

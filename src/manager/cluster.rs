@@ -60,13 +60,22 @@ pub fn joins_batch(count: usize, bytes: usize, size: usize) -> bool {
 /// Gathers concurrent proposals into batched log entries.
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Proposal>,
+    /// While true, proposals wait in the batcher instead of entering the
+    /// log (a leadership hand-over is under way).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Batcher {
     pub fn start(raft: Raft) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(raft, rx));
-        Batcher { tx }
+        let (held, held_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(batch_loop(raft, rx, held_rx));
+        Batcher { tx, held }
+    }
+
+    /// Holds proposals back (true) or lets them through again (false).
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
     }
 
     /// Proposes `command` in the next batch and waits for its own result.
@@ -78,7 +87,11 @@ impl Batcher {
     }
 }
 
-async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+async fn batch_loop(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // A proposal that did not fit in the previous batch starts the next.
     let mut carried: Option<Proposal> = None;
@@ -90,6 +103,11 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
                 None => return,
             },
         };
+        // Held during a hand-over: the proposals go out (and are refused
+        // as not led here, then retried at the new leader) once it ends.
+        if held.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
         // Wait for a slot before draining: proposals pile up meanwhile and
         // go out together.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -179,6 +197,14 @@ pub struct Manager {
     /// enough for it to act on its own view (judge liveness, answer
     /// workers): `--election-timeout`'s lease (`control::lease`).
     pub lease: LeaderLease,
+    /// The Raft timers' view (see `goat_raft::timing`).
+    pub activity: Arc<goat_raft::timing::Activity>,
+    pub timing: goat_raft::timing::Timing,
+    /// One hand-over at a time.
+    pub transfer: tokio::sync::Mutex<()>,
+    /// The term this manager leads in and since when (as its metrics first
+    /// said so): openraft's vote lease runs from then.
+    pub led_since: Mutex<Option<(u64, Instant)>>,
 }
 
 /// What this manager can say of its own leadership.
@@ -241,6 +267,10 @@ impl Manager {
             max_polls: args.max_polls,
             task_retention: args.task_retention.as_duration(),
             lease: LeaderLease::new(id, crate::control::lease::leader_lease(args.election_timeout.as_duration())),
+            activity: Arc::default(),
+            timing: args.timing(),
+            transfer: tokio::sync::Mutex::new(()),
+            led_since: Mutex::new(None),
         })
     }
 
@@ -248,6 +278,14 @@ impl Manager {
     /// manager leads in and when a quorum last acknowledged it.
     pub fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
         self.lease.note(metrics);
+        let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
+        if let Ok(mut since) = self.led_since.lock() {
+            match (*since, leading) {
+                (Some((term, _)), true) if term == metrics.current_term => {}
+                (_, true) => *since = Some((metrics.current_term, Instant::now())),
+                (_, false) => *since = None,
+            }
+        }
     }
 
     /// Whether this manager leads, and whether a quorum confirmed it lately.
@@ -375,7 +413,7 @@ impl Manager {
     }
 
     /// POSTs to another manager's `/internal/{route}` with the token.
-    async fn internal_call(&self, addr: &str, route: &str, body: Vec<u8>) -> Result<Bytes, String> {
+    pub async fn internal_call(&self, addr: &str, route: &str, body: Vec<u8>) -> Result<Bytes, String> {
         let response = self
             .http
             .post(format!("{}://{addr}/internal/{route}", self.scheme))
@@ -435,7 +473,7 @@ impl Manager {
     }
 
     /// Sleeps until the Raft metrics change or `at_most` passes.
-    async fn wait_for_leader_change(&self, at_most: Duration) {
+    pub async fn wait_for_leader_change(&self, at_most: Duration) {
         wait_for_leader_change(&self.raft, at_most).await
     }
 }
