@@ -176,8 +176,9 @@ pub struct Manager {
     /// How tasks without a strategy of their own are placed.
     pub default_strategy: goat_storage::model::Strategy,
     /// When each node last sent a heartbeat to this manager. Meaningful on
-    /// the leader only; rebuilt from heartbeats after a failover.
-    pub last_seen: Mutex<HashMap<String, Instant>>,
+    /// the leader only; rebuilt from heartbeats after a failover. (tokio's
+    /// clock: the same as std's in production, virtual in the simulation.)
+    pub last_seen: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Wakes the placement loop (a task was submitted, a node reported).
     pub placement_kick: Notify,
     /// Cancelled when the manager shuts down: requests that wait (event
@@ -192,13 +193,10 @@ pub struct Manager {
     pub max_polls: usize,
     /// How long finished tasks are kept (`--task-retention`).
     pub task_retention: Duration,
-    /// How recent a quorum's acknowledgement must be for this manager to
-    /// act as leader on its own view (judge liveness, answer workers).
-    pub leader_lease: Duration,
-    /// While this manager leads: its term, and when a quorum last
-    /// acknowledged it (from openraft's `millis_since_quorum_ack`, dated
-    /// when the metrics arrived, so a stalled Raft core ages it too).
-    quorum_ack: Mutex<Option<(u64, Option<Instant>)>>,
+    /// Whether a quorum acknowledged this manager's leadership lately
+    /// enough for it to act on its own view (judge liveness, answer
+    /// workers): `--election-timeout`'s lease (`control::lease`).
+    pub lease: LeaderLease,
     /// The Raft timers' view (see `goat_raft::timing`).
     pub activity: Arc<goat_raft::timing::Activity>,
     pub timing: goat_raft::timing::Timing,
@@ -268,8 +266,7 @@ impl Manager {
             polls: Arc::new(Semaphore::new(args.max_polls)),
             max_polls: args.max_polls,
             task_retention: args.task_retention.as_duration(),
-            leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
-            quorum_ack: Mutex::new(None),
+            lease: LeaderLease::new(id, crate::control::lease::leader_lease(args.election_timeout.as_duration())),
             activity: Arc::default(),
             timing: args.timing(),
             transfer: tokio::sync::Mutex::new(()),
@@ -280,13 +277,8 @@ impl Manager {
     /// Takes in openraft's metrics (called on each change): the term this
     /// manager leads in and when a quorum last acknowledged it.
     pub fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        self.lease.note(metrics);
         let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
-        let acked =
-            metrics.millis_since_quorum_ack.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
-        let noted = leading.then_some((metrics.current_term, acked));
-        if let Ok(mut q) = self.quorum_ack.lock() {
-            *q = noted;
-        }
         if let Ok(mut since) = self.led_since.lock() {
             match (*since, leading) {
                 (Some((term, _)), true) if term == metrics.current_term => {}
@@ -298,56 +290,24 @@ impl Manager {
 
     /// Whether this manager leads, and whether a quorum confirmed it lately.
     pub fn leadership(&self) -> Leadership {
-        let (term, leading) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            (m.current_term, m.state == ServerState::Leader && m.current_leader == Some(self.id))
-        };
-        if !leading {
-            return Leadership::Follower;
-        }
-        let acked = match self.quorum_ack.lock().map(|q| *q) {
-            Ok(Some((noted_term, acked))) if noted_term == term => acked,
-            _ => None,
-        };
-        let ack_age = acked.map(|at| at.elapsed());
-        if crate::control::lease::lease_holds(ack_age, self.leader_lease) {
-            Leadership::Confirmed { term }
-        } else {
-            Leadership::Unconfirmed { term, ack_age }
-        }
+        self.lease.leadership(&self.raft)
     }
 
     /// Whether this manager leads in `term` (believed, not confirmed).
     pub fn leads_in(&self, term: u64) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id) && m.current_term == term
+        leads_in(&self.raft, self.id, term)
     }
 
     /// Commits a decision of the leader loops of `term`: here only (never
-    /// forwarded: another leader must decide for itself), only while this
-    /// manager still leads in `term`, and fenced — the state machine
-    /// applies it only if the entry was appended in this very leadership
-    /// (`Command::Fenced`). Given up when `cancel` fires (the loops stop)
-    /// or after `--leader-wait`.
+    /// forwarded), only while this manager still leads in `term`, and
+    /// fenced (`Command::Fenced`); see [`propose_as_leader`].
     pub async fn propose_as_leader(
         &self,
         term: u64,
         command: Command,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<CommandResult, ProposeError> {
-        if !self.leads_in(term) {
-            return Err(ProposeError::NotLeader);
-        }
-        let fenced = Command::Fenced { term, leader: self.id, command: Box::new(command) };
-        tokio::select! {
-            _ = cancel.cancelled() => Err(ProposeError::Failed("dropped: this manager stopped leading".into())),
-            result = tokio::time::timeout(self.leader_wait, self.propose_locally(fenced)) => match result {
-                Ok(result) => result,
-                Err(_) => Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into())),
-            },
-        }
+        propose_as_leader(self, term, command, cancel).await
     }
 
     /// The leader this manager knows of, with its address.
@@ -368,38 +328,7 @@ impl Manager {
     /// Commits `command` through whoever leads, waiting (bounded) through
     /// an election. Returns the state machine's result.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
-        let deadline = Instant::now() + self.leader_wait;
-        let mut last_error = String::from("no leader elected yet");
-        loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => {
-                    // A leader cut off from its followers does not know it
-                    // yet: its write would wait for a quorum forever. Bound
-                    // it; the outcome is then unknown (503), never a 201.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, self.propose_locally(command.clone())).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into()))
-                        }
-                    }
-                }
-                Some((leader, addr)) => self.propose_remotely(leader, &addr, &command).await,
-                None => Err(ProposeError::NotLeader),
-            };
-            match attempt {
-                Ok(result) => return Ok(result),
-                Err(ProposeError::NotLeader) => {}
-                Err(ProposeError::Failed(e)) => last_error = e,
-            }
-            if Instant::now() >= deadline {
-                return Err(ApiError::unavailable(format!(
-                    "no leader accepted the write within {:?}: {last_error}",
-                    self.leader_wait
-                )));
-            }
-            self.wait_for_leader_change(Duration::from_millis(50)).await;
-        }
+        propose_through_leader(self, command).await
     }
 
     /// Appends `command` to the Raft log on this manager, if it leads.
@@ -407,7 +336,8 @@ impl Manager {
         self.batcher.propose(command).await
     }
 
-    async fn propose_remotely(
+    /// Forwards `command` to `leader`'s `/internal/propose`.
+    pub(crate) async fn propose_remotely(
         &self,
         leader: NodeId,
         addr: &str,
@@ -544,12 +474,228 @@ impl Manager {
 
     /// Sleeps until the Raft metrics change or `at_most` passes.
     pub async fn wait_for_leader_change(&self, at_most: Duration) {
-        let mut metrics = self.raft.metrics();
-        // A cloned receiver starts at the version openraft's own receiver
-        // last saw, so without this `changed()` returns at once and the
-        // retry loops spin instead of waiting (found by the simulation).
-        metrics.borrow_and_update();
-        let _ = tokio::time::timeout(at_most, metrics.changed()).await;
+        wait_for_leader_change(&self.raft, at_most).await
+    }
+}
+
+// ---- the host of the leader loops -------------------------------------------
+
+/// What the leader loops (and the heartbeat handler's core,
+/// `super::nodes::answer_heartbeat`) need of the manager they run on.
+/// Implemented by [`Manager`] and by the simulation's manager; the methods
+/// with a body are the production behaviour, which the simulation keeps
+/// too (its "legacy" host overrides `leadership` and `propose_as_leader` to
+/// show what the code did before the fence and the lease).
+pub trait LeaderHost: Send + Sync + 'static {
+    fn id(&self) -> NodeId;
+    fn raft(&self) -> &Raft;
+    fn state(&self) -> &SharedState;
+    fn lease(&self) -> &LeaderLease;
+    fn batcher(&self) -> &Batcher;
+    /// When each node last sent a heartbeat to this manager.
+    fn last_seen(&self) -> &Mutex<HashMap<String, tokio::time::Instant>>;
+    fn placement_kick(&self) -> &Notify;
+    fn node_down_after(&self) -> Duration;
+    fn leader_wait(&self) -> Duration;
+    fn default_strategy(&self) -> goat_storage::model::Strategy;
+    /// This manager's wall clock, in ms since the epoch (what stamps commands).
+    fn now_ms(&self) -> u64;
+
+    /// Sends `command` to `leader` (at `addr`) to append: its
+    /// `/internal/propose`.
+    fn propose_remotely(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        command: &Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, ProposeError>> + Send;
+
+    /// Commits `command` through whoever leads (forwarding when this manager
+    /// does not), waiting through an election: `Manager::propose`.
+    fn propose(&self, command: Command) -> impl std::future::Future<Output = Result<CommandResult, ApiError>> + Send {
+        propose_through_leader(self, command)
+    }
+
+    /// Starts the loops that run beside placement, liveness and rescheduling
+    /// (collection, on the real manager).
+    fn start_other_loops(self: &Arc<Self>, _term: u64, _cancel: &tokio_util::sync::CancellationToken) {}
+
+    /// Whether CPU-heavy work (ranking a placement chunk) runs inline
+    /// instead of on tokio's blocking pool (the simulation: one thread).
+    fn inline_cpu(&self) -> bool {
+        false
+    }
+
+    /// Whether this manager leads, and whether a quorum confirmed it lately.
+    fn leadership(&self) -> Leadership {
+        self.lease().leadership(self.raft())
+    }
+
+    /// Appends `command` here, through the batcher, if this manager leads.
+    fn propose_locally(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, ProposeError>> + Send {
+        self.batcher().propose(command)
+    }
+
+    /// Commits a decision of the leader loops of `term`: here only (never
+    /// forwarded: another leader must decide for itself), only while this
+    /// manager still leads in `term`, and fenced — the state machine
+    /// applies it only if the entry was appended in this very leadership
+    /// (`Command::Fenced`). Given up when `cancel` fires (the loops stop)
+    /// or after `--leader-wait`.
+    fn propose_as_leader(
+        &self,
+        term: u64,
+        command: Command,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = Result<CommandResult, ProposeError>> + Send {
+        propose_as_leader(self, term, command, cancel)
+    }
+}
+
+/// [`LeaderHost::propose_as_leader`]'s production behaviour (a function, so
+/// that a host that overrides the method can still call it).
+pub async fn propose_as_leader<H: LeaderHost + ?Sized>(
+    host: &H,
+    term: u64,
+    command: Command,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<CommandResult, ProposeError> {
+    if !leads_in(host.raft(), host.id(), term) {
+        return Err(ProposeError::NotLeader);
+    }
+    let fenced = Command::Fenced { term, leader: host.id(), command: Box::new(command) };
+    tokio::select! {
+        _ = cancel.cancelled() => Err(ProposeError::Failed("dropped: this manager stopped leading".into())),
+        result = tokio::time::timeout(host.leader_wait(), host.propose_locally(fenced)) => match result {
+            Ok(result) => result,
+            Err(_) => Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into())),
+        },
+    }
+}
+
+/// Commits `command` through whoever leads, waiting (bounded by
+/// `--leader-wait`) through an election. Returns the state machine's result.
+pub async fn propose_through_leader<H: LeaderHost + ?Sized>(
+    host: &H,
+    command: Command,
+) -> Result<CommandResult, ApiError> {
+    let deadline = tokio::time::Instant::now() + host.leader_wait();
+    let mut last_error = String::from("no leader elected yet");
+    loop {
+        let leader = {
+            let metrics = host.raft().metrics();
+            let m = metrics.borrow();
+            m.current_leader.and_then(|id| Some((id, m.membership_config.membership().get_node(&id)?.addr.clone())))
+        };
+        let attempt = match leader {
+            Some((leader, _)) if leader == host.id() => {
+                // A leader cut off from its followers does not know it
+                // yet: its write would wait for a quorum forever. Bound
+                // it; the outcome is then unknown (503), never a 201.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, host.propose_locally(command.clone())).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ProposeError::Failed("not committed: this leader may have lost its quorum".into())),
+                }
+            }
+            Some((leader, addr)) => host.propose_remotely(leader, &addr, &command).await,
+            None => Err(ProposeError::NotLeader),
+        };
+        match attempt {
+            Ok(result) => return Ok(result),
+            Err(ProposeError::NotLeader) => {}
+            Err(ProposeError::Failed(e)) => last_error = e,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(format!(
+                "no leader accepted the write within {:?}: {last_error}",
+                host.leader_wait()
+            )));
+        }
+        wait_for_leader_change(host.raft(), Duration::from_millis(50)).await;
+    }
+}
+
+/// Sleeps until `raft`'s metrics change or `at_most` passes.
+pub async fn wait_for_leader_change(raft: &Raft, at_most: Duration) {
+    let mut metrics = raft.metrics();
+    // A cloned receiver starts at the version openraft's own receiver
+    // last saw, so without this `changed()` returns at once and the
+    // retry loops spin instead of waiting (found by the simulation).
+    metrics.borrow_and_update();
+    // Raft shut down (its metrics sender is gone): `changed()` fails at
+    // once, so sleep instead, or every retry loop spins hot until its
+    // deadline — and under the simulation's paused clock, which only
+    // moves while every task waits, that deadline never came (found by
+    // the simulation, seeds 69, 81, 176, 192, 199).
+    if let Ok(Err(_)) = tokio::time::timeout(at_most, metrics.changed()).await {
+        tokio::time::sleep(at_most).await;
+    }
+}
+
+/// Whether `id` leads in `term` by `raft`'s metrics (believed, not confirmed).
+pub fn leads_in(raft: &Raft, id: NodeId, term: u64) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.state == ServerState::Leader && m.current_leader == Some(id) && m.current_term == term
+}
+
+/// A leader's lease on its own view (`crate::control::lease`): the term
+/// this manager leads in and when a quorum last acknowledged it, from
+/// openraft's `millis_since_quorum_ack`, dated when the metrics arrived (so
+/// a stalled Raft core ages it too).
+pub struct LeaderLease {
+    id: NodeId,
+    lease: Duration,
+    noted: Mutex<Option<(u64, Option<tokio::time::Instant>)>>,
+}
+
+impl LeaderLease {
+    pub fn new(id: NodeId, lease: Duration) -> LeaderLease {
+        LeaderLease { id, lease, noted: Mutex::new(None) }
+    }
+
+    /// How recent a quorum's acknowledgement must be.
+    pub fn duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// Takes in openraft's metrics (called on each change).
+    pub fn note(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
+        let acked = metrics
+            .millis_since_quorum_ack
+            .and_then(|ms| tokio::time::Instant::now().checked_sub(Duration::from_millis(ms)));
+        let noted = leading.then_some((metrics.current_term, acked));
+        if let Ok(mut q) = self.noted.lock() {
+            *q = noted;
+        }
+    }
+
+    /// Whether this manager leads by `raft`, and whether a quorum confirmed
+    /// it within the lease.
+    pub fn leadership(&self, raft: &Raft) -> Leadership {
+        let (term, leading) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            (m.current_term, m.state == ServerState::Leader && m.current_leader == Some(self.id))
+        };
+        if !leading {
+            return Leadership::Follower;
+        }
+        let acked = match self.noted.lock().map(|q| *q) {
+            Ok(Some((noted_term, acked))) if noted_term == term => acked,
+            _ => None,
+        };
+        let ack_age = acked.map(|at| at.elapsed());
+        if crate::control::lease::lease_holds(ack_age, self.lease) {
+            Leadership::Confirmed { term }
+        } else {
+            Leadership::Unconfirmed { term, ack_age }
+        }
     }
 }
 

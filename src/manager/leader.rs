@@ -17,21 +17,78 @@
 //!   `crate::control::nodes::liveness_commands`);
 //! - collection: removes finished tasks after `--task-retention` (see
 //!   `super::gc`).
+//!
+//! The loops run on a [`LeaderHost`] (defined in `super::cluster`, beside
+//! `Manager`): the real [`Manager`], or the
+//! deterministic simulation's manager (tests/sim, docs/simulation.md), which
+//! runs these very loops on a virtual clock. Hence tokio's `Instant`
+//! (std's in production, virtual under the simulation's paused time).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use goat_raft::{Command, CommandResult};
+use goat_raft::state_machine::SharedState;
+use goat_raft::{Command, CommandResult, NodeId, Raft};
+use goat_storage::model::Strategy;
 use openraft::ServerState;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::{Leadership, Manager};
-use crate::clock::now_ms;
+use super::cluster::{Batcher, LeaderHost, LeaderLease, Leadership, Manager, ProposeError};
 use crate::control::lease::RoundGate;
 use crate::control::nodes::liveness_commands;
 use crate::control::placement::{decide, PendingTask};
 use crate::control::scheduler::{Scheduler, NO_NODES};
+
+impl LeaderHost for Manager {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+    fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    fn state(&self) -> &SharedState {
+        &self.state
+    }
+    fn lease(&self) -> &LeaderLease {
+        &self.lease
+    }
+    fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+    fn last_seen(&self) -> &Mutex<HashMap<String, Instant>> {
+        &self.last_seen
+    }
+    fn placement_kick(&self) -> &Notify {
+        &self.placement_kick
+    }
+    fn node_down_after(&self) -> Duration {
+        self.node_down_after
+    }
+    fn leader_wait(&self) -> Duration {
+        self.leader_wait
+    }
+    fn default_strategy(&self) -> Strategy {
+        self.default_strategy
+    }
+    fn now_ms(&self) -> u64 {
+        crate::clock::now_ms()
+    }
+    fn propose_remotely(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        command: &Command,
+    ) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
+        Manager::propose_remotely(self, leader, addr, command)
+    }
+    fn start_other_loops(self: &Arc<Self>, term: u64, cancel: &CancellationToken) {
+        tokio::spawn(super::gc::gc_loop(self.clone(), term, cancel.clone()));
+    }
+}
 
 /// Placement rounds start at most this often: submissions arriving in
 /// between are placed together.
@@ -39,15 +96,15 @@ const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(20);
 /// While no node can take anything, rounds only refresh reasons.
 const NO_NODES_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
-pub async fn supervise(manager: Arc<Manager>) {
-    let mut metrics = manager.raft.metrics();
+pub async fn supervise<H: LeaderHost>(manager: Arc<H>) {
+    let mut metrics = manager.raft().metrics();
     // The term the running loops were started in, and their token.
     let mut running: Option<(u64, CancellationToken)> = None;
     loop {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
-            manager.note_metrics(&m);
-            (m.state == ServerState::Leader && m.current_leader == Some(manager.id), m.current_term)
+            manager.lease().note(&m);
+            (m.state == ServerState::Leader && m.current_leader == Some(manager.id()), m.current_term)
         };
         // Loops bound to another term stop: a manager deposed and elected
         // again between two looks at the metrics starts fresh loops too.
@@ -61,14 +118,14 @@ pub async fn supervise(manager: Arc<Manager>) {
             let token = CancellationToken::new();
             tracing::info!(term, "became leader: starting the control loops");
             // Liveness counts only heartbeats this leadership received.
-            if let Ok(mut seen) = manager.last_seen.lock() {
+            if let Ok(mut seen) = manager.last_seen().lock() {
                 seen.clear();
             }
             let leading = Leading { term, cancel: token.clone() };
             tokio::spawn(placement_loop(manager.clone(), leading.clone()));
             tokio::spawn(liveness_loop(manager.clone(), leading.clone()));
             tokio::spawn(reschedule_loop(manager.clone(), leading));
-            tokio::spawn(super::gc::gc_loop(manager.clone(), term, token.clone()));
+            manager.start_other_loops(term, &token);
             running = Some((term, token));
         }
         if metrics.changed().await.is_err() {
@@ -92,7 +149,11 @@ struct Leading {
 /// Looks at the leadership for one round of the loops of `leading`:
 /// `Err(())` if the loop must end (deposed, or another term), `Ok(None)` to
 /// skip the round (unconfirmed), or `Ok(Some(since))`.
-fn gate_round(manager: &Manager, leading: &Leading, gate: &mut RoundGate<Instant>) -> Result<Option<Instant>, ()> {
+fn gate_round<H: LeaderHost>(
+    manager: &H,
+    leading: &Leading,
+    gate: &mut RoundGate<Instant>,
+) -> Result<Option<Instant>, ()> {
     match manager.leadership() {
         Leadership::Confirmed { term } if term == leading.term => Ok(gate.round(Instant::now(), true)),
         Leadership::Unconfirmed { term, ack_age } if term == leading.term => {
@@ -110,15 +171,15 @@ fn alive(last_seen: &HashMap<String, Instant>, node: &str, since: Instant, deadl
     heard.elapsed() < deadline
 }
 
-async fn placement_loop(manager: Arc<Manager>, leading: Leading) {
+async fn placement_loop<H: LeaderHost>(manager: Arc<H>, leading: Leading) {
     let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
             _ = leading.cancel.cancelled() => return,
-            _ = manager.placement_kick.notified() => {}
+            _ = manager.placement_kick().notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Ok(since) = gate_round(&*manager, &leading, &mut gate) else { return };
         let Some(since) = since else { continue };
         // Cancelled (deposed), the round is dropped with its proposals.
         let round = tokio::select! {
@@ -155,18 +216,18 @@ const CHUNK: usize = 2_000;
 /// others get (or keep) a reason. The round's decisions are committed in
 /// pipelined batches, and the round returns once all are applied, so the
 /// next round sees the room they took.
-async fn place_pending(
-    manager: &Arc<Manager>,
+async fn place_pending<H: LeaderHost>(
+    manager: &Arc<H>,
     leading: &Leading,
     since: Instant,
 ) -> Result<Round, super::error::ApiError> {
     let mut scheduler = {
-        let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
-        let applied = manager.state.read();
+        let seen = manager.last_seen().lock().map(|s| s.clone()).unwrap_or_default();
+        let applied = manager.state().read();
         if applied.state.pending_tasks().next().is_none() {
             return Ok(Round::Done);
         }
-        Scheduler::new(&applied.state, |node| alive(&seen, node, since, manager.node_down_after))
+        Scheduler::new(&applied.state, |node| alive(&seen, node, since, manager.node_down_after()))
     };
     let round = if scheduler.has_nodes() { Round::Done } else { Round::NoNodes };
     let mut cursor = None;
@@ -174,7 +235,7 @@ async fn place_pending(
     let (mut placed, mut waiting) = (0, 0);
     loop {
         let chunk: Vec<PendingTask> = {
-            let applied = manager.state.read();
+            let applied = manager.state().read();
             let has_nodes = scheduler.has_nodes();
             applied
                 .state
@@ -188,13 +249,16 @@ async fn place_pending(
         cursor = Some((last.created_at, last.id));
         // Ranking thousands of tasks is CPU work: off the async threads,
         // which serve heartbeats and drive Raft.
-        let default = manager.default_strategy;
-        let (back, commands) = tokio::task::spawn_blocking(move || {
-            let commands = decide(&mut scheduler, &chunk, default, now_ms());
+        let (default, now) = (manager.default_strategy(), manager.now_ms());
+        let rank = move || {
+            let commands = decide(&mut scheduler, &chunk, default, now);
             (scheduler, commands)
-        })
-        .await
-        .map_err(super::error::ApiError::internal)?;
+        };
+        let (back, commands) = if manager.inline_cpu() {
+            rank()
+        } else {
+            tokio::task::spawn_blocking(rank).await.map_err(super::error::ApiError::internal)?
+        };
         scheduler = back;
         if commands.is_empty() {
             continue;
@@ -232,43 +296,45 @@ async fn place_pending(
 }
 
 /// Gives failed tasks another chance elsewhere, as their policy allows.
-async fn reschedule_loop(manager: Arc<Manager>, leading: Leading) {
+async fn reschedule_loop<H: LeaderHost>(manager: Arc<H>, leading: Leading) {
     let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
             _ = leading.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Ok(since) = gate_round(&*manager, &leading, &mut gate) else { return };
         if since.is_none() {
             continue;
         }
-        let commands = crate::control::reschedule::due(&manager.state.read().state, now_ms());
+        let commands = crate::control::reschedule::due(&manager.state().read().state, manager.now_ms());
         if commands.is_empty() {
             continue;
         }
         tracing::info!(tasks = commands.len(), "rescheduling failed tasks");
         match manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await {
             Ok(CommandResult::Refused(reason)) => tracing::warn!(%reason, "rescheduling refused"),
-            Ok(_) => manager.placement_kick.notify_one(),
+            Ok(_) => manager.placement_kick().notify_one(),
             Err(e) => tracing::warn!(error = ?e, "could not reschedule failed tasks"),
         }
     }
 }
 
-async fn liveness_loop(manager: Arc<Manager>, leading: Leading) {
+async fn liveness_loop<H: LeaderHost>(manager: Arc<H>, leading: Leading) {
     let mut gate = RoundGate::new(Instant::now());
     loop {
         tokio::select! {
             _ = leading.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
+        let Ok(since) = gate_round(&*manager, &leading, &mut gate) else { return };
         let Some(since) = since else { continue };
         let commands = {
-            let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
-            let applied = manager.state.read();
-            liveness_commands(&applied.state, now_ms(), |node| alive(&seen, node, since, manager.node_down_after))
+            let seen = manager.last_seen().lock().map(|s| s.clone()).unwrap_or_default();
+            let applied = manager.state().read();
+            liveness_commands(&applied.state, manager.now_ms(), |node| {
+                alive(&seen, node, since, manager.node_down_after())
+            })
         };
         if commands.is_empty() {
             continue;
@@ -295,7 +361,7 @@ async fn liveness_loop(manager: Arc<Manager>, leading: Leading) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = ?e, "could not commit liveness decisions (dropped, not forwarded)"),
         }
-        manager.placement_kick.notify_one();
+        manager.placement_kick().notify_one();
     }
 }
 

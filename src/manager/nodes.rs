@@ -10,7 +10,7 @@
 //! applied state, in `crate::control::nodes`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,6 +23,7 @@ use goat_storage::model::*;
 use goat_storage::validate::check_name;
 use serde::Serialize;
 
+use super::cluster::LeaderHost;
 use super::cluster::{Leadership, Manager};
 use super::error::ApiError;
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
@@ -47,40 +48,68 @@ pub async fn heartbeat(
     check_name("name", &name)?;
     let raw = body.as_ref().map(|b| b.clone()).unwrap_or_default();
     let hb: Heartbeat = parse(body)?;
-    match m.leadership() {
-        Leadership::Confirmed { .. } => {}
-        Leadership::Unconfirmed { ack_age, .. } => return Err(unconfirmed(ack_age)),
-        Leadership::Follower => {
+    match heartbeat_route(&*m) {
+        HeartbeatRoute::Here => {}
+        HeartbeatRoute::Refuse(e) => return Err(e),
+        HeartbeatRoute::Forward => {
             if headers.contains_key("x-goat-forwarded-by") {
                 return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
             }
             return forwarded(&m, reqwest::Method::POST, &format!("/v1/nodes/{name}/heartbeat"), raw).await;
         }
     }
+    Ok(Json(answer_heartbeat(&*m, &name, &hb).await?).into_response())
+}
+
+/// Where a heartbeat is handled, from this manager's leadership.
+pub enum HeartbeatRoute {
+    /// This manager leads and a quorum confirmed it lately: answer.
+    Here,
+    /// This manager believes it leads but cannot confirm it: 503, so that
+    /// the worker tries another manager (see [`unconfirmed`]).
+    Refuse(ApiError),
+    /// A follower: relay it to the leader.
+    Forward,
+}
+
+pub fn heartbeat_route<H: LeaderHost>(m: &H) -> HeartbeatRoute {
+    match m.leadership() {
+        Leadership::Confirmed { .. } => HeartbeatRoute::Here,
+        Leadership::Unconfirmed { ack_age, .. } => HeartbeatRoute::Refuse(unconfirmed(ack_age)),
+        Leadership::Follower => HeartbeatRoute::Forward,
+    }
+}
+
+/// The leader's answer to a heartbeat of `name` (routed [`HeartbeatRoute::Here`]):
+/// (1) note the time in memory, (2) commit what changed in the report, (3)
+/// answer with the node's assignments, numbered with the index they were
+/// computed at (see `super::assignments`).
+pub async fn answer_heartbeat<H: LeaderHost>(m: &H, name: &str, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
+    use tracing::Instrument;
     let span = tracing::debug_span!("heartbeat", node = %name);
-    let _enter = span.enter();
-    if let Ok(mut seen) = m.last_seen.lock() {
-        seen.insert(name.clone(), Instant::now());
+    answer_heartbeat_in(m, name, hb).instrument(span).await
+}
+
+async fn answer_heartbeat_in<H: LeaderHost>(m: &H, name: &str, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
+    if let Ok(mut seen) = m.last_seen().lock() {
+        seen.insert(name.to_string(), Instant::now());
     }
     // Usually nothing changed: one short look at the state decides and
     // answers. (The lock is the state machine's: hold it briefly.)
-    // The answer is numbered with the index it was computed at (see
-    // `super::assignments`).
     let (commands, unchanged) = {
-        let applied = m.state.read();
-        let commands = heartbeat_commands(&applied.state, &name, &hb, now_ms());
-        let unchanged = commands.is_empty().then(|| reply_at(&applied, &name));
+        let applied = m.state().read();
+        let commands = heartbeat_commands(&applied.state, name, hb, m.now_ms());
+        let unchanged = commands.is_empty().then(|| reply_at(&applied, name));
         (commands, unchanged)
     };
-    let reply = match unchanged {
+    Ok(match unchanged {
         Some(reply) => reply,
         None => {
             m.propose(Command::Batch(commands)).await?;
-            m.placement_kick.notify_one();
-            reply_at(&m.state.read(), &name)
+            m.placement_kick().notify_one();
+            reply_at(&m.state().read(), name)
         }
-    };
-    Ok(Json(reply).into_response())
+    })
 }
 
 /// The answer of a manager that believes it leads but cannot confirm it (no

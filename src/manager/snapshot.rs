@@ -9,7 +9,7 @@
 //!   backup and a restore leaves them as they are.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

@@ -3,14 +3,14 @@
 //! schedule, and the invariant checks. Everything runs on one tokio
 //! current-thread runtime with paused (virtual) time.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use goat::control::nodes::{assignments, heartbeat_commands, liveness_commands};
-use goat::control::placement::{decide, PendingTask};
-use goat::control::scheduler::Scheduler;
-use goat::manager::cluster::{Batcher, ProposeError};
+use goat::manager::cluster::{wait_for_leader_change, Batcher, LeaderHost, LeaderLease, Leadership, ProposeError};
+use goat::manager::error::ApiError;
+use goat::manager::nodes::{answer_heartbeat, heartbeat_route, HeartbeatRoute};
 use goat_raft::log_store::LogStore;
 use goat_raft::state_machine::{SharedState, StateMachine};
 use goat_raft::{raft_config, Command, CommandResult, NodeId, Raft};
@@ -27,24 +27,27 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::disk::{NoSyncEngine, SimLog};
 use super::net::SimNetwork;
 
-/// How the leader loops behave.
+/// Which `LeaderHost` the real leader loops and heartbeat handler run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Before the fix of the trustworthy-core issue, part 1, point 2: loop
-    /// proposals go through whoever leads now (forwarded when this manager
-    /// no longer leads), liveness is judged from the leader's own view with
-    /// no quorum check, and a leader that cannot reach a quorum still
-    /// answers heartbeats.
+    /// A host that behaves as the code before the fix of the trustworthy-core
+    /// issue, part 1, point 2 (issue 15.2): loop proposals go through
+    /// whoever leads now (forwarded when this manager no longer leads),
+    /// unfenced; and its leadership is "confirmed" whenever it believes it
+    /// leads (no quorum lease), so liveness is judged from the leader's own
+    /// view and a leader cut off from its quorum still answers heartbeats.
     Legacy,
-    /// The fix: loop proposals are local only and bound to the term the
-    /// loops started in (dropped otherwise); liveness decisions and
-    /// heartbeat answers need a quorum to confirm this manager still leads.
+    /// The production behaviour (`LeaderHost`'s own methods): loop
+    /// proposals are local, bound to the loops' term and fenced
+    /// (`Command::Fenced`); rounds and heartbeat answers need the quorum
+    /// lease (`LeaderLease`).
     Fixed,
 }
 
@@ -123,6 +126,9 @@ pub struct Report {
     pub nodes_marked_down: u64,
     pub requeued_tasks: usize,
     pub leaders: usize,
+    /// Terms in which two managers led (openraft's (term, node) leader ids).
+    #[serde(default)]
+    pub shared_terms: usize,
     /// The last trace lines (on failure, to see what happened).
     pub tail: Vec<String>,
 }
@@ -145,14 +151,113 @@ impl Net {
     }
 }
 
-/// A running manager (one incarnation: a kill ends it).
+/// A running manager (one incarnation: a kill ends it): the `LeaderHost`
+/// that the real leader loops (`goat::manager::leader::supervise`) and
+/// heartbeat handler (`goat::manager::nodes::answer_heartbeat`) run on.
 pub struct Running {
     pub id: NodeId,
     pub raft: Raft,
     pub shared: SharedState,
     batcher: Batcher,
-    last_seen: Mutex<BTreeMap<String, Instant>>,
+    last_seen: Mutex<HashMap<String, Instant>>,
+    lease: LeaderLease,
+    placement_kick: Notify,
     stop: CancellationToken,
+    world: Arc<World>,
+    legacy: bool,
+}
+
+impl LeaderHost for Running {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+    fn raft(&self) -> &Raft {
+        &self.raft
+    }
+    fn state(&self) -> &SharedState {
+        &self.shared
+    }
+    fn lease(&self) -> &LeaderLease {
+        &self.lease
+    }
+    fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+    fn last_seen(&self) -> &Mutex<HashMap<String, Instant>> {
+        &self.last_seen
+    }
+    fn placement_kick(&self) -> &Notify {
+        &self.placement_kick
+    }
+    fn node_down_after(&self) -> Duration {
+        self.world.opts.node_down_after
+    }
+    fn leader_wait(&self) -> Duration {
+        LEADER_WAIT
+    }
+    fn default_strategy(&self) -> Strategy {
+        Strategy::BinPack
+    }
+    fn now_ms(&self) -> u64 {
+        self.world.now_ms(self.id)
+    }
+    fn inline_cpu(&self) -> bool {
+        true
+    }
+    /// `/internal/propose` on `leader`, over the simulated network.
+    fn propose_remotely(
+        &self,
+        leader: NodeId,
+        _addr: &str,
+        command: &Command,
+    ) -> impl Future<Output = Result<CommandResult, ProposeError>> + Send {
+        let command = command.clone();
+        async move { self.world.forward_propose(self.id, leader, command, true).await.map(|(r, _)| r) }
+    }
+
+    fn leadership(&self) -> Leadership {
+        if self.legacy {
+            // No lease: believing it leads is enough.
+            return match leading(&self.raft, self.id) {
+                (true, term) => Leadership::Confirmed { term },
+                _ => Leadership::Follower,
+            };
+        }
+        self.lease.leadership(&self.raft)
+    }
+
+    /// Production's path (the batcher), except that a leader loop's fenced
+    /// decision goes to `client_write` directly, so that the simulator
+    /// learns the term of the entry that carries it.
+    async fn propose_locally(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let Command::Fenced { term: loop_term, .. } = &command else { return self.batcher.propose(command).await };
+        let loop_term = *loop_term;
+        let (result, entry_term) = write_local(&self.raft, command).await?;
+        let applied = !matches!(result, CommandResult::Refused(_));
+        self.world.record_loop_commit(self.id, loop_term, entry_term, applied);
+        Ok(result)
+    }
+
+    async fn propose_as_leader(
+        &self,
+        term: u64,
+        command: Command,
+        cancel: &CancellationToken,
+    ) -> Result<CommandResult, ProposeError> {
+        if !self.legacy {
+            return goat::manager::cluster::propose_as_leader(self, term, command, cancel).await;
+        }
+        // Before the fix: `Manager::propose`, forwarded to whoever
+        // leads now, unfenced.
+        match self.world.propose_forwarding(self, command).await {
+            Ok((result, Some(entry_term))) => {
+                self.world.record_loop_commit(self.id, term, entry_term, true);
+                Ok(result)
+            }
+            Ok((result, None)) => Ok(result),
+            Err(e) => Err(ProposeError::Failed(e)),
+        }
+    }
 }
 
 struct Slot {
@@ -173,7 +278,11 @@ struct WorkerState {
 #[derive(Default)]
 struct Checks {
     violations: Vec<String>,
-    leaders: BTreeMap<u64, NodeId>,
+    /// Who led in each term. openraft 0.9's default leader id is
+    /// (term, node): two candidates of one term can both win (a voter may
+    /// grant a greater (term, node) after a smaller one), and their log ids
+    /// still differ, so that is counted, not a violation.
+    leaders: BTreeMap<u64, BTreeSet<NodeId>>,
     digests: BTreeMap<u64, (String, NodeId)>,
     placements: BTreeMap<(uuid::Uuid, u64), String>,
     judged_downs: BTreeSet<(String, u64)>,
@@ -230,16 +339,6 @@ async fn write_local(raft: &Raft, command: Command) -> Result<(CommandResult, u6
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
         Err(e) => Err(ProposeError::Failed(e.to_string())),
     }
-}
-
-/// `Manager::wait_for_leader_change`, except that it marks the current
-/// metrics seen first: a clone of `Raft::metrics()` starts at the version
-/// the Raft's own receiver saw (the first), so without that `changed()`
-/// returns at once and the retry loops spin (as production's do).
-async fn wait_for_leader_change(raft: &Raft, at_most: Duration) {
-    let mut metrics = raft.metrics();
-    metrics.borrow_and_update();
-    let _ = tokio::time::timeout(at_most, metrics.changed()).await;
 }
 
 impl World {
@@ -403,10 +502,17 @@ impl World {
             raft,
             shared,
             last_seen: Mutex::default(),
+            lease: LeaderLease::new(
+                id,
+                goat::control::lease::leader_lease(Duration::from_millis(goat_raft::ELECTION_TIMEOUT_MS)),
+            ),
+            placement_kick: Notify::new(),
             stop: CancellationToken::new(),
+            world: self.clone(),
+            legacy: self.opts.mode == Mode::Legacy,
         });
         lock(&self.slots)[id as usize - 1].running = Some(running.clone());
-        tokio::spawn(supervise(self.clone(), running.clone()));
+        tokio::spawn(goat::manager::leader::supervise(running.clone()));
         tokio::spawn(watch_applied(self.clone(), running.clone()));
         tokio::spawn(watch_leaders(self.clone(), running));
         self.refresh_truth();
@@ -482,19 +588,16 @@ impl World {
     // ---- invariant checks --------------------------------------------------
 
     fn check_leader(&self, term: u64, id: NodeId) {
-        let other = {
+        let others = {
             let mut c = lock(&self.checks);
-            match c.leaders.get(&term) {
-                Some(other) if *other != id => Some(*other),
-                Some(_) => None,
-                None => {
-                    c.leaders.insert(term, id);
-                    None
-                }
+            let set = c.leaders.entry(term).or_default();
+            if !set.insert(id) {
+                return;
             }
+            set.len() > 1
         };
-        if let Some(other) = other {
-            self.violation(format!("two leaders in term {term}: {other} and {id}"));
+        if others {
+            self.trace(format!("second leader {id} in term {term} (leader ids differ: (term, node))"));
         }
     }
 
@@ -563,27 +666,31 @@ impl World {
         }
     }
 
-    fn record_loop_commit(&self, origin: NodeId, loop_term: u64, commit_term: u64, what: &str) {
-        self.trace(format!("loop-commit {what} from {origin} loop-term {loop_term} log-term {commit_term}"));
-        if commit_term != loop_term {
+    /// A leader-loop decision of `origin`'s term-`loop_term` loops, carried
+    /// by an entry of term `commit_term`, was `applied` (not refused by the
+    /// fence): in another term, that is a deposed leader's decision.
+    fn record_loop_commit(&self, origin: NodeId, loop_term: u64, commit_term: u64, applied: bool) {
+        self.trace(format!(
+            "loop-commit from {origin} loop-term {loop_term} log-term {commit_term}{}",
+            if applied { "" } else { " refused" }
+        ));
+        if commit_term != loop_term && applied {
             self.violation(format!(
-                "a deposed leader decided: {what} of manager {origin}'s term-{loop_term} loop was committed in term {commit_term}"
+                "a deposed leader decided: a decision of manager {origin}'s term-{loop_term} loops was committed in term {commit_term}"
             ));
         }
     }
 
     // ---- proposals -------------------------------------------------------------
 
-    /// `Manager::propose` as it is for API writes (and as the leader loops
-    /// used it in legacy mode): commit through whoever leads, forwarding
-    /// when this manager does not, retrying through elections up to the
-    /// leader wait. `batched` goes through the real `Batcher` (API writes);
-    /// otherwise straight to `client_write`, to learn the log term.
+    /// The legacy host's loop proposals: `Manager::propose`'s retry loop
+    /// (`cluster::propose_through_leader`, which API writes run for real), but
+    /// straight to `client_write` and forwarded unbatched, to learn the term
+    /// of the entry that carries an unfenced decision.
     async fn propose_forwarding(
         self: &Arc<Self>,
-        r: &Arc<Running>,
+        r: &Running,
         command: Command,
-        batched: bool,
     ) -> Result<(CommandResult, Option<u64>), String> {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut last = String::from("no leader");
@@ -591,19 +698,13 @@ impl World {
             let attempt = match leader_of(&r.raft) {
                 Some(leader) if leader == r.id => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let local = async {
-                        if batched {
-                            r.batcher.propose(command.clone()).await.map(|res| (res, None))
-                        } else {
-                            write_local(&r.raft, command.clone()).await.map(|(res, t)| (res, Some(t)))
-                        }
-                    };
+                    let local = async { write_local(&r.raft, command.clone()).await.map(|(res, t)| (res, Some(t))) };
                     match tokio::time::timeout(left, local).await {
                         Ok(result) => result,
                         Err(_) => Err(ProposeError::Failed("this leader may have lost its quorum".into())),
                     }
                 }
-                Some(leader) => self.forward_propose(r.id, leader, command.clone(), batched).await,
+                Some(leader) => self.forward_propose(r.id, leader, command.clone(), false).await,
                 None => Err(ProposeError::NotLeader),
             };
             match attempt {
@@ -646,39 +747,10 @@ impl World {
             .unwrap_or_else(|_| Err(ProposeError::Failed(format!("leader {to} did not answer"))))
     }
 
-    /// A leader loop's proposal, as the mode has it.
-    async fn loop_propose(self: &Arc<Self>, r: &Arc<Running>, loop_term: u64, what: &str, commands: Vec<Command>) {
-        let command = Command::Batch(commands);
-        match self.opts.mode {
-            Mode::Legacy => match self.propose_forwarding(r, command, false).await {
-                Ok((_, Some(term))) => self.record_loop_commit(r.id, loop_term, term, what),
-                Ok((_, None)) => {}
-                Err(e) => self.trace(format!("loop {what} of {} failed: {e}", r.id)),
-            },
-            Mode::Fixed => {
-                if leading(&r.raft, r.id) != (true, loop_term) {
-                    self.trace(format!("loop {what} of {} dropped: no longer leads in term {loop_term}", r.id));
-                    return;
-                }
-                match tokio::time::timeout(LEADER_WAIT, write_local(&r.raft, command)).await {
-                    Ok(Ok((_, term))) => self.record_loop_commit(r.id, loop_term, term, what),
-                    Ok(Err(e)) => self.trace(format!("loop {what} of {} dropped: {e:?}", r.id)),
-                    Err(_) => self.trace(format!("loop {what} of {} dropped: not committed in time", r.id)),
-                }
-            }
-        }
-    }
-
-    /// Fixed mode: does a quorum confirm, now, that `r` leads in `term`?
-    async fn quorum_confirms(&self, r: &Running, term: u64) -> bool {
-        let confirmed =
-            matches!(tokio::time::timeout(Duration::from_millis(500), r.raft.ensure_linearizable()).await, Ok(Ok(_)));
-        confirmed && leading(&r.raft, r.id) == (true, term)
-    }
-
     // ---- heartbeats ----------------------------------------------------------------
 
-    /// `POST /v1/nodes/{name}/heartbeat` on manager `r`.
+    /// `POST /v1/nodes/{name}/heartbeat` on manager `r`: the real routing
+    /// and answer (`goat::manager::nodes`), over the simulated relay.
     async fn handle_heartbeat(
         self: &Arc<Self>,
         r: Arc<Running>,
@@ -686,36 +758,31 @@ impl World {
         hb: Heartbeat,
         forwarded: bool,
     ) -> Result<Vec<Assignment>, String> {
-        let (leads, term) = leading(&r.raft, r.id);
-        if !leads {
-            if forwarded {
-                return Err("421 not leader".into());
+        let http = |e: ApiError| format!("{} {}", e.status.as_u16(), e.body.error);
+        match heartbeat_route(&*r) {
+            HeartbeatRoute::Here => {
+                answer_heartbeat(&*r, &name, &hb).await.map(|reply| reply.assignments).map_err(http)
             }
-            // forward_to_leader: wait (bounded) for a leader to forward to.
-            let deadline = Instant::now() + LEADER_WAIT;
-            loop {
-                if let Some(leader) = leader_of(&r.raft).filter(|l| *l != r.id) {
-                    if let Ok(reply) = self.forward_heartbeat(r.id, leader, name.clone(), hb.clone()).await {
-                        return reply;
+            HeartbeatRoute::Refuse(e) => Err(http(e)),
+            HeartbeatRoute::Forward if forwarded => Err("421 not leader".into()),
+            HeartbeatRoute::Forward => {
+                // forward_to_leader: wait (bounded) for a leader to forward to.
+                let deadline = Instant::now() + LEADER_WAIT;
+                loop {
+                    if let Some(leader) = leader_of(&r.raft).filter(|l| *l != r.id) {
+                        if let Ok(reply) = self.forward_heartbeat(r.id, leader, name.clone(), hb.clone()).await {
+                            return reply;
+                        }
+                    } else if leading(&r.raft, r.id).0 {
+                        return Err("421 this manager leads".into());
                     }
-                } else if leading(&r.raft, r.id).0 {
-                    return Err("421 this manager leads".into());
+                    if Instant::now() >= deadline {
+                        return Err("503 no leader reachable".into());
+                    }
+                    wait_for_leader_change(&r.raft, Duration::from_millis(50)).await;
                 }
-                if Instant::now() >= deadline {
-                    return Err("503 no leader reachable".into());
-                }
-                wait_for_leader_change(&r.raft, Duration::from_millis(50)).await;
             }
         }
-        if self.opts.mode == Mode::Fixed && !self.quorum_confirms(&r, term).await {
-            return Err("503 cannot confirm leadership".into());
-        }
-        lock(&r.last_seen).insert(name.clone(), Instant::now());
-        let commands = heartbeat_commands(&r.shared.read().state, &name, &hb, self.now_ms(r.id));
-        if !commands.is_empty() {
-            self.propose_forwarding(&r, Command::Batch(commands), true).await?;
-        }
-        Ok(assignments(&r.shared.read().state, &name))
     }
 
     /// A follower relaying a heartbeat to the leader (and the answer back).
@@ -780,7 +847,9 @@ impl World {
             }
             let Some(target) = self.running(to) else { return Err(format!("{to} refused the connection")) };
             let command = make(self.now_ms(to));
-            let reply = self.propose_forwarding(&target, command, true).await.map(|(r, _)| r);
+            let reply = LeaderHost::propose(&*target, command)
+                .await
+                .map_err(|e| format!("{} {}", e.status.as_u16(), e.body.error));
             if !self.leg(to, CLIENT, "client-reply").await {
                 return std::future::pending().await;
             }
@@ -897,7 +966,8 @@ impl World {
             acked: checks.acked.len(),
             nodes_marked_down: stats.downs,
             requeued_tasks: requeued,
-            leaders: checks.leaders.len(),
+            leaders: checks.leaders.values().map(|s| s.len()).sum(),
+            shared_terms: checks.leaders.values().filter(|s| s.len() > 1).count(),
             tail: checks.first_tail.clone(),
         }
     }
@@ -985,111 +1055,6 @@ impl World {
 
     pub fn random<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
         self.rand(f)
-    }
-}
-
-// ---- the leader loops, as src/manager/leader.rs runs them ------------------------
-
-/// Whether the leader believes `node` alive (leader.rs `alive`).
-fn alive(seen: &BTreeMap<String, Instant>, node: &str, since: Instant, deadline: Duration) -> bool {
-    let heard = seen.get(node).copied().unwrap_or(since).max(since);
-    heard.elapsed() < deadline
-}
-
-async fn supervise(w: Arc<World>, r: Arc<Running>) {
-    let mut metrics = r.raft.metrics();
-    let mut loops: Option<CancellationToken> = None;
-    loop {
-        let (leads, term) = {
-            let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader && m.current_leader == Some(r.id), m.current_term)
-        };
-        match (leads, loops.is_some()) {
-            (true, false) => {
-                w.trace(format!("loops start on {} term {term}", r.id));
-                let token = r.stop.child_token();
-                tokio::spawn(placement_loop(w.clone(), r.clone(), token.clone(), term));
-                tokio::spawn(liveness_loop(w.clone(), r.clone(), token.clone(), term));
-                tokio::spawn(reschedule_loop(w.clone(), r.clone(), token.clone(), term));
-                loops = Some(token);
-            }
-            (false, true) => {
-                w.trace(format!("loops stop on {}", r.id));
-                if let Some(t) = loops.take() {
-                    t.cancel();
-                }
-            }
-            _ => {}
-        }
-        tokio::select! {
-            biased;
-            _ = r.stop.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Sleeps `period` unless cancelled first (then false).
-async fn tick(token: &CancellationToken, period: Duration) -> bool {
-    tokio::select! {
-        biased;
-        _ = token.cancelled() => false,
-        _ = tokio::time::sleep(period) => true,
-    }
-}
-
-async fn placement_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
-    let since = Instant::now();
-    let deadline = w.opts.node_down_after;
-    while tick(&token, Duration::from_millis(500)).await {
-        let commands = {
-            let seen = lock(&r.last_seen).clone();
-            let applied = r.shared.read();
-            let mut scheduler = Scheduler::new(&applied.state, |node| alive(&seen, node, since, deadline));
-            let pending: Vec<PendingTask> = applied
-                .state
-                .pending_tasks()
-                .map(|t| PendingTask {
-                    id: t.id,
-                    created_at: t.created_at,
-                    spec: t.spec.clone(),
-                    reason: t.reason.clone(),
-                    failed_on: t.failed_on.clone(),
-                })
-                .collect();
-            decide(&mut scheduler, &pending, Strategy::BinPack, w.now_ms(r.id))
-        };
-        if !commands.is_empty() {
-            w.loop_propose(&r, term, "placement", commands).await;
-        }
-    }
-}
-
-async fn liveness_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
-    let since = Instant::now();
-    let deadline = w.opts.node_down_after;
-    while tick(&token, Duration::from_millis(500)).await {
-        if w.opts.mode == Mode::Fixed && !w.quorum_confirms(&r, term).await {
-            w.trace(format!("liveness on {} skipped: no quorum confirms term {term}", r.id));
-            continue;
-        }
-        let commands = {
-            let seen = lock(&r.last_seen).clone();
-            let applied = r.shared.read();
-            liveness_commands(&applied.state, w.now_ms(r.id), |node| alive(&seen, node, since, deadline))
-        };
-        if !commands.is_empty() {
-            w.loop_propose(&r, term, "liveness", commands).await;
-        }
-    }
-}
-
-async fn reschedule_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken, term: u64) {
-    while tick(&token, Duration::from_millis(500)).await {
-        let commands = goat::control::reschedule::due(&r.shared.read().state, w.now_ms(r.id));
-        if !commands.is_empty() {
-            w.loop_propose(&r, term, "reschedule", commands).await;
-        }
     }
 }
 
