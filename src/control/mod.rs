@@ -9,11 +9,15 @@
 //! - [`reschedule`]: failed tasks that get another chance elsewhere.
 //! - [`nodes`]: heartbeats, liveness, drains, and a node's assignments.
 //! - [`assignments`]: assignment lists as answered, and their versions.
+//! - [`error`]: the core's error, by kind ([`Error`], [`ErrorKind`]).
 //! - [`lease`]: when a leader may decide from its own view (quorum lease).
 
 pub mod assignments;
+pub mod error;
 pub mod lease;
 pub mod nodes;
 pub mod placement;
 pub mod reschedule;
 pub mod scheduler;
+
+pub use error::{Error, ErrorKind};

@@ -241,7 +241,7 @@ pub async fn revoke(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Re
     }
     match m.propose(Command::RevokeToken { id: id.clone() }).await? {
         CommandResult::Done => {}
-        CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no token {id}"))),
+        CommandResult::Refused(refusal) => return Err(refusal.into()),
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
     tracing::info!(token = %id, "revoked an API token");

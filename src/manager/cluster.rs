@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::config::ManagerConfig;
-use super::error::ApiError;
+use crate::control::Error;
 
 /// Proposals waiting for the batcher: each with its encoded size and where
 /// its result goes.
@@ -205,6 +205,15 @@ pub enum ProposeError {
     Failed(String),
 }
 
+impl From<ProposeError> for Error {
+    fn from(e: ProposeError) -> Error {
+        match e {
+            ProposeError::NotLeader => Error::not_leader("this manager does not lead"),
+            ProposeError::Failed(reason) => Error::unavailable(reason),
+        }
+    }
+}
+
 impl Manager {
     pub fn new(
         id: NodeId,
@@ -330,7 +339,7 @@ impl Manager {
 
     /// Commits `command` through whoever leads, waiting (bounded) through
     /// an election. Returns the state machine's result.
-    pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, Error> {
         let deadline = Instant::now() + self.leader_wait;
         let mut last_error = String::from("no leader elected yet");
         loop {
@@ -356,7 +365,7 @@ impl Manager {
                 Err(ProposeError::Failed(e)) => last_error = e,
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::unavailable(format!(
+                return Err(Error::unavailable(format!(
                     "no leader accepted the write within {:?}: {last_error}",
                     self.leader_wait
                 )));
@@ -387,7 +396,7 @@ impl Manager {
 
     /// Waits until this manager's state reflects every write committed
     /// before the call (a linearizable read point).
-    pub async fn linearize(&self) -> Result<(), ApiError> {
+    pub async fn linearize(&self) -> Result<(), Error> {
         let deadline = Instant::now() + self.leader_wait;
         let mut last_error = String::from("no leader elected yet");
         loop {
@@ -425,11 +434,11 @@ impl Manager {
                 let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
                 return match self.raft.wait(Some(left)).applied_index_at_least(index, "linearizable read").await {
                     Ok(_) => Ok(()),
-                    Err(e) => Err(ApiError::unavailable(format!("this manager is not caught up: {e}"))),
+                    Err(e) => Err(Error::unavailable(format!("this manager is not caught up: {e}"))),
                 };
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::unavailable(format!("no leader to confirm a linearizable read: {last_error}")));
+                return Err(Error::unavailable(format!("no leader to confirm a linearizable read: {last_error}")));
             }
             self.wait_for_leader_change(Duration::from_millis(50)).await;
         }
@@ -466,12 +475,13 @@ impl Manager {
 
     /// Sends an HTTP request on to the leader as it came (for requests only
     /// the leader can serve, such as heartbeats), waiting through elections.
+    /// `None`: this manager leads now, so the request was not forwarded.
     pub async fn forward_to_leader(
         &self,
         method: reqwest::Method,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), ApiError> {
+    ) -> Result<Option<(StatusCode, Bytes)>, Error> {
         let deadline = Instant::now() + self.leader_wait;
         loop {
             if let Some((leader, addr)) = self.leader().filter(|(leader, _)| *leader != self.id) {
@@ -489,17 +499,17 @@ impl Manager {
                     Ok(response) if response.status() != StatusCode::MISDIRECTED_REQUEST => {
                         let status = StatusCode::from_u16(response.status().as_u16())
                             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                        let bytes = response.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-                        return Ok((status, bytes));
+                        let bytes = response.bytes().await.map_err(|e| Error::unavailable(e.to_string()))?;
+                        return Ok(Some((status, bytes)));
                     }
                     Ok(_) => tracing::debug!(leader, "leader moved on while forwarding"),
                     Err(e) => tracing::debug!(leader, error = %e, "forwarding to the leader failed"),
                 }
             } else if self.is_leader() {
-                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_forwarded", "this manager leads"));
+                return Ok(None);
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::unavailable("no leader reachable"));
+                return Err(Error::unavailable("no leader reachable"));
             }
             self.wait_for_leader_change(Duration::from_millis(50)).await;
         }

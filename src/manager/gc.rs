@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::Manager;
 use super::error::ApiError;
 use crate::clock::now_ms;
+use crate::control::Error;
 
 /// Task ids per `CollectTasks` command, at most (about 17 bytes each).
 pub const MAX_PER_COMMAND: usize = 1_000;
@@ -77,10 +78,10 @@ pub fn collectable_ids(
 
 /// One collection over every task, proposed through `propose`. Returns how
 /// many tasks were removed.
-async fn collect<F, Fut>(manager: &Manager, cutoff: Timestamp, propose: F) -> Result<u64, ApiError>
+async fn collect<F, Fut>(manager: &Manager, cutoff: Timestamp, propose: F) -> Result<u64, Error>
 where
     F: Fn(Command) -> Fut,
-    Fut: std::future::Future<Output = Result<CommandResult, ApiError>>,
+    Fut: std::future::Future<Output = Result<CommandResult, Error>>,
 {
     let mut removed = 0;
     let mut cursor = None;
@@ -96,7 +97,7 @@ where
             let task_ids = std::mem::take(&mut batch);
             match propose(Command::CollectTasks { task_ids, cutoff }).await? {
                 CommandResult::Collected(n) => removed += n,
-                other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
+                other => return Err(Error::internal(format!("unexpected result {other:?}"))),
             }
         }
         if end {
@@ -120,13 +121,11 @@ pub async fn gc_loop(manager: Arc<Manager>, term: u64, token: CancellationToken)
         // Proposed on this manager only and fenced to this leadership
         // (`Manager::propose_as_leader`): a deposed leader's collection is
         // dropped, never forwarded.
-        let propose = |command| async {
-            manager.propose_as_leader(term, command, &token).await.map_err(|e| ApiError::unavailable(format!("{e:?}")))
-        };
+        let propose = |command| async { manager.propose_as_leader(term, command, &token).await.map_err(Error::from) };
         match collect(&manager, cut, propose).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, cutoff = cut, "collected finished tasks"),
-            Err(e) => tracing::debug!(error = %e.body.error, "task collection did not finish"),
+            Err(e) => tracing::debug!(error = %e, "task collection did not finish"),
         }
     }
 }

@@ -130,7 +130,7 @@ async fn placement_loop(manager: Arc<Manager>, leading: Leading) {
             // With no node to place on, only reasons can change: no hurry.
             Ok(Round::NoNodes) => tokio::time::sleep(NO_NODES_ROUND_INTERVAL).await,
             Err(e) => {
-                tracing::warn!(error = %e.body.error, "placement round failed");
+                tracing::warn!(error = %e, "placement round failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -159,7 +159,7 @@ async fn place_pending(
     manager: &Arc<Manager>,
     leading: &Leading,
     since: Instant,
-) -> Result<Round, super::error::ApiError> {
+) -> Result<Round, crate::control::Error> {
     let mut scheduler = {
         let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state.read();
@@ -194,7 +194,7 @@ async fn place_pending(
             (scheduler, commands)
         })
         .await
-        .map_err(super::error::ApiError::internal)?;
+        .map_err(crate::control::Error::internal)?;
         scheduler = back;
         if commands.is_empty() {
             continue;
@@ -221,8 +221,8 @@ async fn place_pending(
                 tracing::warn!(%reason, "placements refused: decided in another leadership")
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => result = Err(super::error::ApiError::unavailable(format!("{e:?}"))),
-            Err(e) => result = Err(super::error::ApiError::internal(e)),
+            Ok(Err(e)) => result = Err(e.into()),
+            Err(e) => result = Err(crate::control::Error::internal(e)),
         }
     }
     if placed > 0 {
