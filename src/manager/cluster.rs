@@ -141,42 +141,42 @@ async fn client_write(raft: &Raft, command: Command) -> Result<CommandResult, Pr
 /// One manager's handle on its Raft node and state, shared by the HTTP
 /// handlers and the leader loops.
 pub struct Manager {
-    pub id: NodeId,
-    pub raft: Raft,
-    pub batcher: Batcher,
-    pub state: SharedState,
-    pub http: reqwest::Client,
+    id: NodeId,
+    raft: Raft,
+    batcher: Batcher,
+    state: SharedState,
+    http: reqwest::Client,
     /// `Bearer <token>`, as internal requests carry it.
-    pub bearer: String,
+    bearer: String,
     /// Every `Bearer <token>` accepted as the cluster token: `--token`,
     /// and `--previous-token` during a rotation.
-    pub cluster_bearers: Vec<String>,
+    cluster_bearers: Vec<String>,
     /// `https` with TLS, else `http`: the scheme of internal URLs.
-    pub scheme: &'static str,
-    pub leader_wait: Duration,
-    pub node_down_after: Duration,
+    scheme: &'static str,
+    leader_wait: Duration,
+    node_down_after: Duration,
     /// How tasks without a strategy of their own are placed.
-    pub default_strategy: goat_storage::model::Strategy,
+    default_strategy: goat_storage::model::Strategy,
     /// When each node last sent a heartbeat to this manager. Meaningful on
     /// the leader only; rebuilt from heartbeats after a failover.
-    pub last_seen: Mutex<HashMap<String, Instant>>,
+    last_seen: parking_lot::Mutex<HashMap<String, Instant>>,
     /// Wakes the placement loop (a task was submitted, a node reported).
-    pub placement_kick: Notify,
+    placement_kick: Notify,
     /// Cancelled when the manager shuts down: requests that wait (event
     /// streams, assignment polls) end at once, so the graceful shutdown
     /// does not wait for them.
-    pub closing: tokio_util::sync::CancellationToken,
+    closing: tokio_util::sync::CancellationToken,
     /// Permits for open event streams (`--max-streams`).
-    pub streams: Arc<Semaphore>,
-    pub max_streams: usize,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
     /// Permits for waiting assignment polls (`--max-polls`).
-    pub polls: Arc<Semaphore>,
-    pub max_polls: usize,
+    polls: Arc<Semaphore>,
+    max_polls: usize,
     /// How long finished tasks are kept (`--task-retention`).
-    pub task_retention: Duration,
+    task_retention: Duration,
     /// How recent a quorum's acknowledgement must be for this manager to
     /// act as leader on its own view (judge liveness, answer workers).
-    pub leader_lease: Duration,
+    leader_lease: Duration,
     /// While this manager leads: its term, and when a quorum last
     /// acknowledged it (from openraft's `millis_since_quorum_ack`, dated
     /// when the metrics arrived, so a stalled Raft core ages it too).
@@ -243,7 +243,7 @@ impl Manager {
             leader_wait: args.leader_wait.as_duration(),
             node_down_after: args.node_down_after.as_duration(),
             default_strategy: args.scheduler,
-            last_seen: Mutex::new(HashMap::new()),
+            last_seen: parking_lot::Mutex::new(HashMap::new()),
             placement_kick: Notify::new(),
             closing: tokio_util::sync::CancellationToken::new(),
             streams: Arc::new(Semaphore::new(args.max_streams)),
@@ -254,6 +254,108 @@ impl Manager {
             leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
             quorum_ack: Mutex::new(None),
         })
+    }
+
+    /// This manager's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft node (membership changes, metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied state, shared with the state machine.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// How long a write or a read waits through an election.
+    pub fn leader_wait(&self) -> Duration {
+        self.leader_wait
+    }
+
+    /// How long a node may stay silent before it is judged down.
+    pub fn node_down_after(&self) -> Duration {
+        self.node_down_after
+    }
+
+    /// How tasks without a strategy of their own are placed.
+    pub fn default_strategy(&self) -> goat_storage::model::Strategy {
+        self.default_strategy
+    }
+
+    /// How long finished tasks are kept (`--task-retention`).
+    pub fn task_retention(&self) -> Duration {
+        self.task_retention
+    }
+
+    /// Whether `presented` (`Bearer <token>`) is the cluster token (or the
+    /// previous one during a rotation), compared in constant time.
+    pub fn is_cluster_bearer(&self, presented: &str) -> bool {
+        let eq = goat_raft::service::constant_time_eq;
+        self.cluster_bearers.iter().any(|b| eq(presented.as_bytes(), b.as_bytes()))
+    }
+
+    /// A GET to another manager's `/internal/{route}`, with the token.
+    pub fn internal_get(&self, addr: &str, route: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}://{addr}/internal/{route}", self.scheme)).header(TOKEN_HEADER, &self.bearer)
+    }
+
+    /// Notes a heartbeat from `node`, now (the leader's liveness view).
+    pub fn note_seen(&self, node: &str) {
+        self.last_seen.lock().insert(node.to_string(), Instant::now());
+    }
+
+    /// Notes `nodes` as heard from now (after a restore).
+    pub fn note_seen_all<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let now = Instant::now();
+        let mut seen = self.last_seen.lock();
+        for node in nodes {
+            seen.insert(node.to_string(), now);
+        }
+    }
+
+    /// Forgets `node` (removed from the cluster).
+    pub fn forget_seen(&self, node: &str) {
+        self.last_seen.lock().remove(node);
+    }
+
+    /// Forgets every heartbeat (a new leadership counts only its own).
+    pub fn clear_seen(&self) {
+        self.last_seen.lock().clear();
+    }
+
+    /// When each node was last heard from, as of now.
+    pub fn seen(&self) -> HashMap<String, Instant> {
+        self.last_seen.lock().clone()
+    }
+
+    /// Wakes the placement loop (a task was submitted, a node reported).
+    pub fn kick_placement(&self) {
+        self.placement_kick.notify_one();
+    }
+
+    /// Completes at the next [`Manager::kick_placement`].
+    pub fn placement_kicked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.placement_kick.notified()
+    }
+
+    /// Cancelled when the manager shuts down.
+    pub fn closing(&self) -> &tokio_util::sync::CancellationToken {
+        &self.closing
+    }
+
+    /// A permit for one more event stream, or `Err(max)` at `--max-streams`.
+    pub fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        self.streams.clone().try_acquire_owned().map_err(|_| self.max_streams)
+    }
+
+    /// A permit for one more waiting assignment poll, or `Err(max)` at
+    /// `--max-polls`.
+    pub fn poll_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        self.polls.clone().try_acquire_owned().map_err(|_| self.max_polls)
     }
 
     /// Takes in openraft's metrics (called on each change): the term this

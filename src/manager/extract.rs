@@ -23,7 +23,7 @@ pub struct ReadOptions {
     #[serde(default)]
     pub state: Option<TaskState>,
     /// For `GET /v1/tasks`: at most this many tasks (default
-    /// `api::DEFAULT_PAGE`, at most `api::MAX_PAGE`).
+    /// `tasks::DEFAULT_PAGE`, at most `tasks::MAX_PAGE`).
     #[serde(default)]
     pub limit: Option<usize>,
     /// For `GET /v1/tasks`: only tasks whose id comes after this one (the

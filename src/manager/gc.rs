@@ -88,7 +88,7 @@ where
     let mut batch = Vec::new();
     loop {
         let (ids, next) = {
-            let applied = manager.state.read();
+            let applied = manager.state().read();
             collectable_ids(&applied.state, cursor, cutoff, MAX_PER_COMMAND - batch.len())
         };
         batch.extend(ids);
@@ -110,7 +110,7 @@ where
 
 /// The leader's collection loop; ends when `token` is cancelled.
 pub async fn gc_loop(manager: Arc<Manager>, term: u64, token: CancellationToken) {
-    let retention = manager.task_retention;
+    let retention = manager.task_retention();
     let every = interval(retention);
     loop {
         tokio::select! {
@@ -145,7 +145,7 @@ pub async fn run(
     query: Result<Query<GcQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
-    let retention = query.older_than.map_or(m.task_retention, |d| d.as_duration());
+    let retention = query.older_than.map_or(m.task_retention(), |d| d.as_duration());
     // Look at the current state: a follower catches up first.
     m.linearize().await?;
     let cut = cutoff(now_ms(), retention);
@@ -160,7 +160,7 @@ pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>
     check_name("name", &name)?;
     m.linearize().await?;
     {
-        let applied = m.state.read();
+        let applied = m.state().read();
         if !applied.state.nodes.contains_key(&name) {
             return Err(ApiError::not_found(format!("no node {name}")));
         }
@@ -173,9 +173,7 @@ pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>
         CommandResult::Refused(refusal) => return Err(refusal.into()),
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
-    if let Ok(mut seen) = m.last_seen.lock() {
-        seen.remove(&name);
-    }
+    m.forget_seen(&name);
     tracing::info!(node = %name, "removed a down node");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

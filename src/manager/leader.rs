@@ -40,14 +40,14 @@ const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(20);
 const NO_NODES_ROUND_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn supervise(manager: Arc<Manager>) {
-    let mut metrics = manager.raft.metrics();
+    let mut metrics = manager.raft().metrics();
     // The term the running loops were started in, and their token.
     let mut running: Option<(u64, CancellationToken)> = None;
     loop {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
             manager.note_metrics(&m);
-            (m.state == ServerState::Leader && m.current_leader == Some(manager.id), m.current_term)
+            (m.state == ServerState::Leader && m.current_leader == Some(manager.id()), m.current_term)
         };
         // Loops bound to another term stop: a manager deposed and elected
         // again between two looks at the metrics starts fresh loops too.
@@ -61,9 +61,7 @@ pub async fn supervise(manager: Arc<Manager>) {
             let token = CancellationToken::new();
             tracing::info!(term, "became leader: starting the control loops");
             // Liveness counts only heartbeats this leadership received.
-            if let Ok(mut seen) = manager.last_seen.lock() {
-                seen.clear();
-            }
+            manager.clear_seen();
             let leading = Leading { term, cancel: token.clone() };
             tokio::spawn(placement_loop(manager.clone(), leading.clone()));
             tokio::spawn(liveness_loop(manager.clone(), leading.clone()));
@@ -115,7 +113,7 @@ async fn placement_loop(manager: Arc<Manager>, leading: Leading) {
     loop {
         tokio::select! {
             _ = leading.cancel.cancelled() => return,
-            _ = manager.placement_kick.notified() => {}
+            _ = manager.placement_kicked() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
@@ -161,12 +159,12 @@ async fn place_pending(
     since: Instant,
 ) -> Result<Round, crate::control::Error> {
     let mut scheduler = {
-        let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
-        let applied = manager.state.read();
+        let seen = manager.seen();
+        let applied = manager.state().read();
         if applied.state.pending_tasks().next().is_none() {
             return Ok(Round::Done);
         }
-        Scheduler::new(&applied.state, |node| alive(&seen, node, since, manager.node_down_after))
+        Scheduler::new(&applied.state, |node| alive(&seen, node, since, manager.node_down_after()))
     };
     let round = if scheduler.has_nodes() { Round::Done } else { Round::NoNodes };
     let mut cursor = None;
@@ -174,7 +172,7 @@ async fn place_pending(
     let (mut placed, mut waiting) = (0, 0);
     loop {
         let chunk: Vec<PendingTask> = {
-            let applied = manager.state.read();
+            let applied = manager.state().read();
             let has_nodes = scheduler.has_nodes();
             applied
                 .state
@@ -188,7 +186,7 @@ async fn place_pending(
         cursor = Some((last.created_at, last.id));
         // Ranking thousands of tasks is CPU work: off the async threads,
         // which serve heartbeats and drive Raft.
-        let default = manager.default_strategy;
+        let default = manager.default_strategy();
         let (back, commands) = tokio::task::spawn_blocking(move || {
             let commands = decide(&mut scheduler, &chunk, default, now_ms());
             (scheduler, commands)
@@ -243,14 +241,14 @@ async fn reschedule_loop(manager: Arc<Manager>, leading: Leading) {
         if since.is_none() {
             continue;
         }
-        let commands = crate::control::reschedule::due(&manager.state.read().state, now_ms());
+        let commands = crate::control::reschedule::due(&manager.state().read().state, now_ms());
         if commands.is_empty() {
             continue;
         }
         tracing::info!(tasks = commands.len(), "rescheduling failed tasks");
         match manager.propose_as_leader(leading.term, Command::Batch(commands), &leading.cancel).await {
             Ok(CommandResult::Refused(reason)) => tracing::warn!(%reason, "rescheduling refused"),
-            Ok(_) => manager.placement_kick.notify_one(),
+            Ok(_) => manager.kick_placement(),
             Err(e) => tracing::warn!(error = ?e, "could not reschedule failed tasks"),
         }
     }
@@ -266,9 +264,9 @@ async fn liveness_loop(manager: Arc<Manager>, leading: Leading) {
         let Ok(since) = gate_round(&manager, &leading, &mut gate) else { return };
         let Some(since) = since else { continue };
         let commands = {
-            let seen = manager.last_seen.lock().map(|s| s.clone()).unwrap_or_default();
-            let applied = manager.state.read();
-            liveness_commands(&applied.state, now_ms(), |node| alive(&seen, node, since, manager.node_down_after))
+            let seen = manager.seen();
+            let applied = manager.state().read();
+            liveness_commands(&applied.state, now_ms(), |node| alive(&seen, node, since, manager.node_down_after()))
         };
         if commands.is_empty() {
             continue;
@@ -295,7 +293,7 @@ async fn liveness_loop(manager: Arc<Manager>, leading: Leading) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = ?e, "could not commit liveness decisions (dropped, not forwarded)"),
         }
-        manager.placement_kick.notify_one();
+        manager.kick_placement();
     }
 }
 

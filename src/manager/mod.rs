@@ -7,7 +7,12 @@
 //! `/internal`.
 //!
 //! - [`cluster`]: the write and read paths (propose, forward, read index).
-//! - [`api`]: the public HTTP API (the route table).
+//! - [`api`]: the route table (public and internal) and the router; it
+//!   imports the handlers, no handler imports it.
+//! - [`tasks`], [`members`], [`nodes`], [`assignments`], [`events`],
+//!   [`snapshot`], [`gc`], [`auth`] (tokens), [`verify`], [`headroom`]:
+//!   one file per resource.
+//! - [`internal`]: the managers' internal routes.
 //! - [`auth`]: tokens and roles, checked on every route.
 //! - [`extract`]: what the handlers share (read options, relaying).
 //! - [`config`]: a manager's settings.
@@ -32,11 +37,14 @@ pub mod events;
 pub mod extract;
 pub mod gc;
 pub mod headroom;
+pub mod internal;
 pub mod json;
 pub mod leader;
+pub mod members;
 pub mod nodes;
 pub mod openapi;
 pub mod snapshot;
+pub mod tasks;
 pub mod verify;
 
 use std::sync::Arc;
@@ -120,12 +128,12 @@ pub async fn run(
     let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args, tls.as_ref())?);
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
-    tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
+    tokio::spawn(crate::metrics::follow(raft.clone(), manager.state().clone()));
 
     let cluster_tokens: Vec<String> = std::iter::once(args.token.clone()).chain(args.previous_token.clone()).collect();
     let app = api::router(manager.clone(), goat_raft::service::router(raft.clone(), &cluster_tokens));
     tracing::info!(id = args.id, %listen, tls = tls.is_some(), "manager started");
-    let closing = manager.closing.clone();
+    let closing = manager.closing().clone();
     let shutdown = async move {
         shutdown.await;
         // Open event streams would hold the graceful shutdown forever, and

@@ -10,7 +10,6 @@
 //! applied state, in `crate::control::nodes`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -59,15 +58,13 @@ pub async fn heartbeat(
     }
     let span = tracing::debug_span!("heartbeat", node = %name);
     let _enter = span.enter();
-    if let Ok(mut seen) = m.last_seen.lock() {
-        seen.insert(name.clone(), Instant::now());
-    }
+    m.note_seen(&name);
     // Usually nothing changed: one short look at the state decides and
     // answers. (The lock is the state machine's: hold it briefly.)
     // The answer is numbered with the index it was computed at (see
     // `super::assignments`).
     let (commands, unchanged) = {
-        let applied = m.state.read();
+        let applied = m.state().read();
         let commands = heartbeat_commands(&applied.state, &name, &hb, now_ms());
         let unchanged = commands.is_empty().then(|| reply_at(&applied, &name));
         (commands, unchanged)
@@ -76,8 +73,8 @@ pub async fn heartbeat(
         Some(reply) => reply,
         None => {
             m.propose(Command::Batch(commands)).await?;
-            m.placement_kick.notify_one();
-            reply_at(&m.state.read(), &name)
+            m.kick_placement();
+            reply_at(&m.state().read(), &name)
         }
     };
     Ok(Json(reply).into_response())
@@ -104,16 +101,16 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
     // Read the current placement (not a follower's possibly older view):
     // every task placed on the node so far is moved.
     m.linearize().await?;
-    if !m.state.read().state.nodes.contains_key(&name) {
+    if !m.state().read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name}")));
     }
     let at = now_ms();
     let mut commands = vec![Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Draining, at }];
-    commands.extend(requeue_commands(&m.state.read().state, &name, &format!("node {name} is draining"), at));
+    commands.extend(requeue_commands(&m.state().read().state, &name, &format!("node {name} is draining"), at));
     m.propose(Command::Batch(commands)).await?;
-    m.placement_kick.notify_one();
+    m.kick_placement();
     tracing::info!(node = %name, "draining node");
-    let node = m.state.read().state.nodes.get(&name).cloned();
+    let node = m.state().read().state.nodes.get(&name).cloned();
     Ok((StatusCode::OK, Json(node)).into_response())
 }
 
@@ -124,13 +121,13 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
 pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     m.linearize().await?;
-    if !m.state.read().state.nodes.contains_key(&name) {
+    if !m.state().read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name}")));
     }
     m.propose(Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Ready, at: now_ms() }).await?;
-    m.placement_kick.notify_one();
+    m.kick_placement();
     tracing::info!(node = %name, "drain ended");
-    let node = m.state.read().state.nodes.get(&name).cloned();
+    let node = m.state().read().state.nodes.get(&name).cloned();
     Ok((StatusCode::OK, Json(node)).into_response())
 }
 
@@ -149,7 +146,7 @@ pub async fn list_nodes(
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
-    let applied = m.state.read();
+    let applied = m.state().read();
     let state = &applied.state;
     Ok(Json(
         state
