@@ -23,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use goat_raft::log_store::LogObserver;
 use goat_raft::state_machine::{Feed, SharedState};
+use goat_raft::timing::Activity;
 use goat_raft::Raft;
 use goat_storage::events::ClusterEvent;
 use goat_storage::model::{NodeStatus, TaskState};
@@ -79,6 +80,7 @@ pub struct Metrics {
     /// Commit index + 1 (0: nothing committed yet).
     committed: AtomicU64,
     leader_changes: AtomicU64,
+    term_changes: AtomicU64,
     placements: AtomicU64,
     placement_latency: Histogram,
 }
@@ -91,6 +93,7 @@ impl Default for Metrics {
             appended_entries: 0.into(),
             committed: 0.into(),
             leader_changes: 0.into(),
+            term_changes: 0.into(),
             placements: 0.into(),
             placement_latency: Histogram::new(PLACEMENT_BUCKETS),
         }
@@ -195,6 +198,7 @@ pub async fn follow(raft: Raft, state: SharedState) {
     let mut feed = state.subscribe();
     let mut raft_metrics = raft.metrics();
     let mut leader = None;
+    let mut term = raft_metrics.borrow().current_term;
     let mut pending_since = HashMap::new();
     loop {
         tokio::select! {
@@ -202,7 +206,16 @@ pub async fn follow(raft: Raft, state: SharedState) {
                 if changed.is_err() {
                     return;
                 }
-                let now = raft_metrics.borrow_and_update().current_leader;
+                let (now, now_term) = {
+                    let m = raft_metrics.borrow_and_update();
+                    (m.current_leader, m.current_term)
+                };
+                // The bootstrap's election (from term 0) is not counted.
+                if now_term > term {
+                    let counted = if term == 0 { now_term - 1 } else { now_term - term };
+                    global().term_changes.fetch_add(counted, Ordering::Relaxed);
+                    term = now_term;
+                }
                 if now.is_some() && now != leader {
                     global().leader_changes.fetch_add(1, Ordering::Relaxed);
                     leader = now;
@@ -278,10 +291,15 @@ pub struct Snapshot {
     pub nodes: BTreeMap<&'static str, u64>,
     pub pending: u64,
     pub restarts: u64,
+    /// From the Raft timers (`goat_raft::timing::Activity`).
+    pub elections_started: u64,
+    pub prevotes_refused: u64,
+    pub transfers: u64,
+    pub timer_lateness_ms: u64,
 }
 
 impl Snapshot {
-    fn read(raft: &Raft, state: &SharedState) -> Snapshot {
+    fn read(raft: &Raft, state: &SharedState, timers: &Activity) -> Snapshot {
         let raft = raft.metrics().borrow().clone();
         let applied = state.read();
         let mut snapshot = Snapshot {
@@ -290,6 +308,10 @@ impl Snapshot {
             last_log_index: raft.last_log_index,
             applied_index: applied.last_applied.map(|l| l.index),
             pending: applied.state.pending_tasks().count() as u64,
+            elections_started: timers.elections_started.load(Ordering::Relaxed),
+            prevotes_refused: timers.prevotes_refused.load(Ordering::Relaxed),
+            transfers: timers.transfers.load(Ordering::Relaxed),
+            timer_lateness_ms: timers.max_timer_lateness_ms.load(Ordering::Relaxed),
             ..Snapshot::default()
         };
         for task in applied.state.tasks.values() {
@@ -312,8 +334,8 @@ fn node_status(status: NodeStatus) -> &'static str {
 }
 
 /// The whole exposition for the manager of `raft` and `state`.
-pub fn render(raft: &Raft, state: &SharedState) -> String {
-    render_with(global(), &Snapshot::read(raft, state))
+pub fn render(raft: &Raft, state: &SharedState, timers: &Activity) -> String {
+    render_with(global(), &Snapshot::read(raft, state, timers))
 }
 
 /// The exposition of `metrics` and `s`.
@@ -328,6 +350,36 @@ pub fn render_with(metrics: &Metrics, s: &Snapshot) -> String {
         "counter",
         "Times this manager saw a new leader.",
         counter(&metrics.leader_changes),
+    );
+    out.single(
+        "goat_raft_term_changes_total",
+        "counter",
+        "Times the Raft term rose while this manager ran (the bootstrap not counted): elections anywhere, planned or not.",
+        counter(&metrics.term_changes),
+    );
+    out.single(
+        "goat_raft_elections_started_total",
+        "counter",
+        "Elections this manager stood in (after a granted pre-vote, or handed over to).",
+        s.elections_started as f64,
+    );
+    out.single(
+        "goat_raft_transfers_total",
+        "counter",
+        "Leaderships this manager handed over on purpose (planned failovers).",
+        s.transfers as f64,
+    );
+    out.single(
+        "goat_raft_prevotes_refused_total",
+        "counter",
+        "Pre-votes this manager asked for that no majority granted.",
+        s.prevotes_refused as f64,
+    );
+    out.single(
+        "goat_raft_timer_max_lateness_ms",
+        "gauge",
+        "The longest the Raft timer woke late past one heartbeat (the runtime was busy), in ms.",
+        s.timer_lateness_ms as f64,
     );
     let index = |i: Option<u64>| i.map_or(-1.0, |i| i as f64);
     out.single(

@@ -141,3 +141,106 @@ async fn managers_are_added_and_removed_at_run_time() {
         cluster.http.delete(format!("{}/v1/cluster/members/77", cluster.url(leader))).send().await.expect("DELETE");
     assert_eq!(response.status(), 404);
 }
+
+/// Writes through `through`, `concurrency` at a time, until `stop`: every
+/// answer's status, in order of completion.
+async fn write_until(
+    cluster: &Cluster,
+    through: u64,
+    concurrency: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<Result<u16, String>> {
+    let url = format!("{}/v1/tasks", cluster.url(through));
+    let writers = (0..concurrency).map(|w| {
+        let url = url.clone();
+        async move {
+            let mut statuses = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = cluster.http.post(&url).json(&spec(&format!("load-{w}-{i}"))).send().await;
+                statuses.push(sent.map(|r| r.status().as_u16()).map_err(|e| e.to_string()));
+                i += 1;
+            }
+            statuses
+        }
+    });
+    futures::future::join_all(writers).await.into_iter().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_is_handed_over_under_write_load_without_a_failed_write() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = cluster.follower(leader);
+    let target = (1..=3).find(|id| *id != leader && *id != follower).expect("a third manager");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+
+    let (statuses, transferred) = tokio::join!(write_until(&cluster, follower, 8, &stop), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Asked of a follower: it forwards to the leader.
+        let answer = cluster
+            .http
+            .post(format!("{}/v1/cluster/leader", cluster.url(follower)))
+            .json(&serde_json::json!({"to": target}))
+            .send()
+            .await
+            .expect("transfer request");
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.expect("transfer answer");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (status, body)
+    });
+    assert_eq!(transferred.0, 200, "{}", transferred.1);
+    assert_eq!(transferred.1["leader"].as_u64(), Some(target), "{}", transferred.1);
+    assert_eq!(transferred.1["from"].as_u64(), Some(leader));
+    let failed: Vec<_> = statuses.iter().filter(|s| !matches!(s, Ok(201))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed: {:?}",
+        failed.len(),
+        statuses.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(statuses.len() > 10, "the load ran ({} writes)", statuses.len());
+    for id in 1..=3 {
+        assert_eq!(cluster.leader_seen_by(id).await, Some(target), "manager {id} follows the target");
+    }
+
+    // A bad target is refused with the field named; no body at all picks
+    // the most up-to-date follower.
+    let refused = cluster
+        .http
+        .post(format!("{}/v1/cluster/leader", cluster.url(target)))
+        .json(&serde_json::json!({"to": 9}))
+        .send()
+        .await
+        .expect("transfer request");
+    assert_eq!(refused.status().as_u16(), 400);
+    assert_eq!(refused.json::<Value>().await.expect("error body")["field"], "to");
+
+    // SIGTERM of the leader hands over before it exits: writes through a
+    // survivor keep succeeding, and the survivors agree on a new leader.
+    let survivor = leader;
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let terminated = target;
+    let pid = cluster.pid(terminated).expect("the leader runs");
+    let (statuses, ()) = tokio::join!(write_until(&cluster, survivor, 8, &stop), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // SAFETY: kill(2) on a child of this test that has not been reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let failed: Vec<_> = statuses.iter().filter(|s| !matches!(s, Ok(201))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed across SIGTERM: {:?}",
+        failed.len(),
+        statuses.len(),
+        &failed[..failed.len().min(5)]
+    );
+    cluster.terminate(terminated);
+    let new_leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    assert_ne!(new_leader, terminated);
+}

@@ -8,6 +8,8 @@
 //!   `ClusterState`, persisted in the `StateStore`, with snapshots.
 //! - [`network`]: Raft RPCs to peers over HTTP, bincode bodies, cluster token.
 //! - [`service`]: the receiving end of those RPCs (`/raft/*` routes).
+//! - [`timing`]: heartbeats, election timeouts and pre-votes, driven by
+//!   Goat instead of openraft (see there why).
 //! - [`tls`]: TLS for managers, workers and their clients (rustls).
 
 // openraft's storage traits return its `StorageError` (over 200 bytes) by
@@ -22,6 +24,7 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
+pub mod timing;
 pub mod tls;
 
 pub use goat_storage::fsm::{Command, CommandResult};
@@ -53,6 +56,9 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The simulation's timing (openraft's own timers; managers use
+/// [`timing::Timing`]).
+///
 /// The leader's heartbeat interval, in ms. openraft 0.9 also uses it as the
 /// time limit of every AppendEntries round trip (the follower's fsync
 /// included): under load an append slower than this counts as a failure,

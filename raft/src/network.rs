@@ -42,6 +42,31 @@ impl Network {
             .build()?;
         Ok(Network { http, token: bearer(token), scheme: scheme(tls) })
     }
+
+    /// Asks the manager at `addr` for a pre-vote (`/raft/prevote`, see
+    /// [`crate::timing`]), within `limit`.
+    pub async fn prevote(
+        &self,
+        addr: &str,
+        request: &crate::timing::PreVoteRequest,
+        limit: Duration,
+    ) -> anyhow::Result<crate::timing::PreVoteResponse> {
+        let response = self
+            .http
+            .post(format!("{}://{addr}/raft/prevote", self.scheme))
+            .header(TOKEN_HEADER, &self.token)
+            .header("content-type", "application/octet-stream")
+            .timeout(limit)
+            .body(encode(request))
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            anyhow::bail!("{status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(decode(&body)?)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

@@ -1,5 +1,6 @@
-//! The receiving side of Raft RPCs: `/raft/vote`, `/raft/append` and
-//! `/raft/snapshot`, mounted on the manager's own HTTP port. Each request
+//! The receiving side of Raft RPCs: `/raft/vote`, `/raft/append`,
+//! `/raft/snapshot` and Goat's `/raft/prevote` (see [`crate::timing`]),
+//! mounted on the manager's own HTTP port. Each request
 //! must carry a cluster token: a middleware checks it before the body is
 //! read, so without it the answer is 401 and Raft never sees the request.
 //! (The manager's own authentication layer checks it as well.)
@@ -20,18 +21,29 @@ use serde::Serialize;
 
 use crate::codec::{decode, encode};
 use crate::limits::{limited, MAX_APPEND_BYTES, MAX_SNAPSHOT_BYTES, MAX_VOTE_BYTES};
+use crate::timing::{answer_prevote, Activity, PreVoteRequest, Timing};
 use crate::{bearer, Raft, TOKEN_HEADER};
 
+/// What the routes share: the Raft node, and the timers' view of it.
+#[derive(Clone)]
+struct Node {
+    raft: Raft,
+    timing: Timing,
+    activity: Arc<Activity>,
+}
+
 /// The `/raft/*` routes for `raft`, guarded by `tokens` (the cluster token,
-/// and during a rotation the previous one).
-pub fn router(raft: Raft, tokens: &[String]) -> Router {
+/// and during a rotation the previous one). Requests of a leader are
+/// reported to `activity` (the follower's election timer).
+pub fn router(raft: Raft, tokens: &[String], timing: Timing, activity: Arc<Activity>) -> Router {
     let accepted: Arc<[String]> = tokens.iter().filter(|t| !t.is_empty()).map(|t| bearer(t)).collect();
     Router::new()
         .route("/raft/vote", limited(post(vote), MAX_VOTE_BYTES))
+        .route("/raft/prevote", limited(post(prevote), MAX_VOTE_BYTES))
         .route("/raft/append", limited(post(append), MAX_APPEND_BYTES))
         .route("/raft/snapshot", limited(post(snapshot), MAX_SNAPSHOT_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(accepted, require_token))
-        .with_state(raft)
+        .with_state(Node { raft, timing, activity })
 }
 
 async fn require_token(State(accepted): State<Arc<[String]>>, request: Request, next: Next) -> Response {
@@ -79,14 +91,35 @@ where
     }
 }
 
-async fn vote(State(raft): State<Raft>, body: Bytes) -> Response {
-    serve(&body, |req| async move { raft.vote(req).await }).await
+async fn vote(State(node): State<Node>, body: Bytes) -> Response {
+    serve(&body, |req| async move {
+        let answer = node.raft.vote(req).await;
+        // Granting a vote restarts the election timer, as in Raft.
+        if answer.as_ref().is_ok_and(|r| r.vote_granted) {
+            node.activity.touch();
+        }
+        answer
+    })
+    .await
 }
 
-async fn append(State(raft): State<Raft>, body: Bytes) -> Response {
-    serve(&body, |req| async move { raft.append_entries(req).await }).await
+async fn prevote(State(node): State<Node>, body: Bytes) -> Response {
+    serve(&body, |req: PreVoteRequest| async move { answer_prevote(&node.raft, &node.timing, &node.activity, &req) })
+        .await
 }
 
-async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
-    serve(&body, |req| async move { raft.install_snapshot(req).await }).await
+async fn append(State(node): State<Node>, body: Bytes) -> Response {
+    serve(&body, |req| async move {
+        let _serving = node.activity.serving();
+        node.raft.append_entries(req).await
+    })
+    .await
+}
+
+async fn snapshot(State(node): State<Node>, body: Bytes) -> Response {
+    serve(&body, |req| async move {
+        let _serving = node.activity.serving();
+        node.raft.install_snapshot(req).await
+    })
+    .await
 }

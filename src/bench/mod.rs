@@ -14,6 +14,7 @@
 
 mod load;
 mod procs;
+mod raft_planned;
 mod scale;
 mod stats;
 mod tasks;
@@ -64,8 +65,15 @@ pub struct RaftBenchArgs {
     #[arg(long, default_value_t = 256)]
     pub size: usize,
     /// Leader kills for the failover measurement.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     pub kills: usize,
+    /// Also measure planned failovers (Goat only): SIGTERM hand-overs of
+    /// the leader under load, then a rolling restart of all three managers.
+    #[arg(long)]
+    pub planned: bool,
+    /// SIGTERM hand-overs with --planned.
+    #[arg(long, default_value_t = 5)]
+    pub handovers: usize,
     /// Where the clusters keep their data (default: a temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -80,6 +88,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Scheduler(args) => scale::run(args).await,
         BenchKind::Tasks(args) => tasks::tasks_bench(args).await,
     }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), for the report.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// What one system measured.
@@ -100,19 +116,42 @@ async fn raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let mut results = Vec::new();
+    let load_before = loadavg();
 
     eprintln!("goat: starting three managers");
     let mut goat = GoatCluster::start(&dir, args.size)?;
     results.push(measure(&mut goat, &http, &args).await?);
+    let planned = match args.planned {
+        true => Some(raft_planned::measure(&mut goat, &http, args.handovers, 16).await?),
+        false => None,
+    };
     drop(goat);
 
     if !args.no_etcd {
         eprintln!("etcd: starting three members");
         let mut etcd = EtcdCluster::start(&args.etcd, &dir, args.size)?;
-        results.push(measure(&mut etcd, &http, &args).await?);
+        // Without Goat's token: etcd refuses any Authorization header it
+        // did not issue ("invalid auth token").
+        let plain = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        results.push(measure(&mut etcd, &plain, &args).await?);
     }
 
-    let report = report(&results, &args);
+    let mut report = report(&results, &args);
+    let _ = writeln!(
+        report,
+        "\nMachine: {} cores, load average (1 min) {} at the start, {} at the end.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before,
+        loadavg()
+    );
+    if let Some(planned) = &planned {
+        raft_planned::report(&mut report, planned, 16);
+    }
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;

@@ -105,6 +105,30 @@ impl GoatCluster {
     pub fn token(&self) -> &'static str {
         BENCH_TOKEN
     }
+
+    /// Sends SIGTERM to `member` (a leader hands over, then exits).
+    pub fn terminate(&self, member: usize) {
+        if let Some(child) = &self.children[member] {
+            // SAFETY: kill(2) on a child of this process that is not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
+    /// Whether `member` has exited (then reaped, and marked down).
+    pub fn reap(&mut self, member: usize) -> bool {
+        match self.children[member].as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) | None => {
+                self.children[member] = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The payload size of a write.
+    pub fn size(&self) -> usize {
+        self.size
+    }
 }
 
 /// The cluster token of the managers a benchmark starts (loopback only).

@@ -252,6 +252,13 @@ pub enum MembersAction {
         /// Its Raft id.
         id: u64,
     },
+    /// Hand leadership over on purpose (no election timeout, writes wait
+    /// instead of failing): to --to, or to the most up-to-date follower.
+    TransferLeader {
+        /// The manager to hand over to.
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -374,6 +374,21 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
             println!("manager {id} removed");
             Ok(())
         }
+        Some(MembersAction::TransferLeader { to }) => {
+            let body = match to {
+                Some(to) => json!({"to": to}),
+                None => json!({}),
+            };
+            let answer = client.post_json("/v1/cluster/leader", &body).await?;
+            if args.client.json {
+                return print_json(&answer);
+            }
+            println!(
+                "manager {} leads (was {}, term {}, {} ms)",
+                answer["leader"], answer["from"], answer["term"], answer["took_ms"]
+            );
+            Ok(())
+        }
         None => list_members(&client, &args.client).await,
     }
 }

@@ -11,6 +11,7 @@
 //! - [`assignments`]: assignment lists as answered, and their versions.
 //! - [`error`]: the core's error, by kind ([`Error`], [`ErrorKind`]).
 //! - [`lease`]: when a leader may decide from its own view (quorum lease).
+//! - [`transfer`]: which follower a leader hands over to.
 
 pub mod assignments;
 pub mod error;
@@ -19,5 +20,6 @@ pub mod nodes;
 pub mod placement;
 pub mod reschedule;
 pub mod scheduler;
+pub mod transfer;
 
 pub use error::{Error, ErrorKind};

@@ -40,6 +40,7 @@ public_api! {
     get "/v1/cluster" => members::cluster;
     post "/v1/cluster/members" => members::add_member;
     delete "/v1/cluster/members/{id}" => members::remove_member;
+    post "/v1/cluster/leader" => super::transfer::transfer;
     get "/v1/cluster/verify" => super::verify::verify;
     get "/v1/cluster/headroom" => super::headroom::headroom;
     post "/v1/tasks" => tasks::submit_task;
@@ -72,6 +73,7 @@ pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
         .route("/internal/propose", limited(post(internal::propose), limits::MAX_PROPOSE_BYTES))
         .route("/internal/read-index", limited(post(internal::read_index), limits::NO_BODY_BYTES))
         .route("/internal/status", limited(get(internal::status), limits::NO_BODY_BYTES))
+        .route("/internal/elect", limited(post(super::transfer::internal_elect), limits::NO_BODY_BYTES))
         .route("/internal/state-digest", limited(get(super::verify::internal_state_digest), limits::NO_BODY_BYTES))
         .fallback(not_found)
         .with_state(manager.clone())

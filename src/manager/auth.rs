@@ -273,6 +273,9 @@ mod tests {
         assert_eq!(needs(Method::DELETE, "/v1/tasks/abc"), role(Submit));
         assert_eq!(needs(Method::PUT, "/v1/nodes/w1/drain"), role(Admin));
         assert_eq!(needs(Method::POST, "/v1/cluster/members"), role(Admin));
+        assert_eq!(needs(Method::POST, "/v1/cluster/leader"), role(Admin));
+        assert_eq!(needs(Method::POST, "/raft/prevote"), Cluster);
+        assert_eq!(needs(Method::POST, "/internal/elect"), Cluster);
         assert_eq!(needs(Method::DELETE, "/v1/cluster/members/2"), role(Admin));
         assert_eq!(needs(Method::POST, "/v1/nodes/w1/heartbeat"), Cluster);
         assert_eq!(needs(Method::GET, "/v1/nodes/w1/assignments"), Cluster);

@@ -60,13 +60,22 @@ pub fn joins_batch(count: usize, bytes: usize, size: usize) -> bool {
 /// Gathers concurrent proposals into batched log entries.
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Proposal>,
+    /// While true, proposals wait in the batcher instead of entering the
+    /// log (a leadership hand-over is under way).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Batcher {
     pub fn start(raft: Raft) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(raft, rx));
-        Batcher { tx }
+        let (held, held_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(batch_loop(raft, rx, held_rx));
+        Batcher { tx, held }
+    }
+
+    /// Holds proposals back (true) or lets them through again (false).
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
     }
 
     /// Proposes `command` in the next batch and waits for its own result.
@@ -78,7 +87,11 @@ impl Batcher {
     }
 }
 
-async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+async fn batch_loop(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // A proposal that did not fit in the previous batch starts the next.
     let mut carried: Option<Proposal> = None;
@@ -90,6 +103,11 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
                 None => return,
             },
         };
+        // Held during a hand-over: the proposals go out (and are refused
+        // as not led here, then retried at the new leader) once it ends.
+        if held.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
         // Wait for a slot before draining: proposals pile up meanwhile and
         // go out together.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -181,6 +199,14 @@ pub struct Manager {
     /// acknowledged it (from openraft's `millis_since_quorum_ack`, dated
     /// when the metrics arrived, so a stalled Raft core ages it too).
     quorum_ack: Mutex<Option<(u64, Option<Instant>)>>,
+    /// The Raft timers' view (see `goat_raft::timing`).
+    activity: Arc<goat_raft::timing::Activity>,
+    pub timing: goat_raft::timing::Timing,
+    /// One hand-over at a time.
+    pub transfer: tokio::sync::Mutex<()>,
+    /// The term this manager leads in and since when (as its metrics first
+    /// said so): openraft's vote lease runs from then.
+    pub led_since: Mutex<Option<(u64, Instant)>>,
 }
 
 /// What this manager can say of its own leadership.
@@ -253,7 +279,22 @@ impl Manager {
             task_retention: args.task_retention.as_duration(),
             leader_lease: crate::control::lease::leader_lease(args.election_timeout.as_duration()),
             quorum_ack: Mutex::new(None),
+            activity: Arc::default(),
+            timing: args.timing(),
+            transfer: tokio::sync::Mutex::new(()),
+            led_since: Mutex::new(None),
         })
+    }
+
+    /// What the Raft timing driver and the leader transfer share.
+    pub fn activity(&self) -> &Arc<goat_raft::timing::Activity> {
+        &self.activity
+    }
+
+    /// Holds (`true`) or releases the batcher's proposals while leadership
+    /// is handed over (see `Batcher::hold`).
+    pub fn hold_proposals(&self, hold: bool) {
+        self.batcher.hold(hold);
     }
 
     /// This manager's Raft id.
@@ -367,6 +408,13 @@ impl Manager {
         let noted = leading.then_some((metrics.current_term, acked));
         if let Ok(mut q) = self.quorum_ack.lock() {
             *q = noted;
+        }
+        if let Ok(mut since) = self.led_since.lock() {
+            match (*since, leading) {
+                (Some((term, _)), true) if term == metrics.current_term => {}
+                (_, true) => *since = Some((metrics.current_term, Instant::now())),
+                (_, false) => *since = None,
+            }
         }
     }
 
@@ -557,7 +605,7 @@ impl Manager {
     }
 
     /// POSTs to another manager's `/internal/{route}` with the token.
-    async fn internal_call(&self, addr: &str, route: &str, body: Vec<u8>) -> Result<Bytes, String> {
+    pub async fn internal_call(&self, addr: &str, route: &str, body: Vec<u8>) -> Result<Bytes, String> {
         let response = self
             .http
             .post(format!("{}://{addr}/internal/{route}", self.scheme))
@@ -618,7 +666,7 @@ impl Manager {
     }
 
     /// Sleeps until the Raft metrics change or `at_most` passes.
-    async fn wait_for_leader_change(&self, at_most: Duration) {
+    pub async fn wait_for_leader_change(&self, at_most: Duration) {
         let mut metrics = self.raft.metrics();
         // A cloned receiver starts at the version openraft's own receiver
         // last saw, so without this `changed()` returns at once and the

@@ -54,14 +54,18 @@ pub struct ManagerArgs {
     /// A node that has not sent a heartbeat for this long is marked down.
     #[arg(long, env = "GOAT_NODE_DOWN_AFTER", default_value = "10s", value_parser = Millis::parse)]
     pub node_down_after: Millis,
-    /// Raft heartbeat interval; also the time limit of one log replication
-    /// round trip (follower's fsync included), so it must stay above that
-    /// under load. Must be below --election-timeout.
-    #[arg(long, env = "GOAT_RAFT_HEARTBEAT", default_value_t = Millis(goat_raft::HEARTBEAT_INTERVAL_MS), value_parser = Millis::parse)]
+    /// How often the leader sends heartbeats. At most half of
+    /// --election-timeout; each costs one small request per follower.
+    #[arg(long, env = "GOAT_RAFT_HEARTBEAT", default_value_t = Millis(goat_raft::timing::DEFAULT_HEARTBEAT_MS), value_parser = Millis::parse)]
     pub raft_heartbeat: Millis,
-    /// Shortest election timeout (randomized up to 1.5 times it).
-    #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
+    /// How long a follower hears no leader before it asks for a pre-vote and
+    /// stands (randomized up to 1.5 times it): the failover's main cost.
+    #[arg(long, env = "GOAT_ELECTION_TIMEOUT", default_value_t = Millis(goat_raft::timing::DEFAULT_ELECTION_TIMEOUT_MS), value_parser = Millis::parse)]
     pub election_timeout: Millis,
+    /// The time limit of one log replication round trip (the follower's
+    /// fsync included): an append slower than this is retried.
+    #[arg(long, env = "GOAT_RAFT_RPC_TIMEOUT", default_value_t = Millis(goat_raft::timing::DEFAULT_RPC_TIMEOUT_MS), value_parser = Millis::parse)]
+    pub raft_rpc_timeout: Millis,
     /// Event streams (`GET /v1/events`) this manager serves at once, at
     /// most; past that, 503 with Retry-After.
     #[arg(long, env = "GOAT_MAX_STREAMS", default_value_t = 256)]
@@ -99,12 +103,23 @@ pub struct ManagerConfig {
     pub node_down_after: Millis,
     pub raft_heartbeat: Millis,
     pub election_timeout: Millis,
+    pub raft_rpc_timeout: Millis,
     pub max_streams: usize,
     pub max_polls: usize,
     pub task_retention: Millis,
 }
 
 impl ManagerConfig {
+    /// The Raft timing of `--raft-heartbeat`, `--election-timeout` and
+    /// `--raft-rpc-timeout`.
+    pub fn timing(&self) -> goat_raft::timing::Timing {
+        goat_raft::timing::Timing {
+            heartbeat: self.raft_heartbeat.as_duration(),
+            election_timeout: self.election_timeout.as_duration(),
+            rpc_timeout: self.raft_rpc_timeout.as_duration(),
+        }
+    }
+
     /// The defaults of `goat manager`, for manager `id` with `data_dir`.
     pub fn new(id: NodeId, data_dir: PathBuf, token: impl Into<String>) -> ManagerConfig {
         ManagerConfig {
@@ -119,8 +134,9 @@ impl ManagerConfig {
             leader_wait: Millis(5_000),
             scheduler: Strategy::BinPack,
             node_down_after: Millis(10_000),
-            raft_heartbeat: Millis(goat_raft::HEARTBEAT_INTERVAL_MS),
-            election_timeout: Millis(goat_raft::ELECTION_TIMEOUT_MS),
+            raft_heartbeat: Millis(goat_raft::timing::DEFAULT_HEARTBEAT_MS),
+            election_timeout: Millis(goat_raft::timing::DEFAULT_ELECTION_TIMEOUT_MS),
+            raft_rpc_timeout: Millis(goat_raft::timing::DEFAULT_RPC_TIMEOUT_MS),
             max_streams: 256,
             max_polls: 4096,
             task_retention: Millis(24 * 3_600_000),
@@ -144,6 +160,7 @@ impl From<ManagerArgs> for ManagerConfig {
             node_down_after: a.node_down_after,
             raft_heartbeat: a.raft_heartbeat,
             election_timeout: a.election_timeout,
+            raft_rpc_timeout: a.raft_rpc_timeout,
             max_streams: a.max_streams,
             max_polls: a.max_polls,
             task_retention: a.task_retention,

@@ -140,6 +140,6 @@ pub async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<R
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
 pub async fn metrics(State(m): Shared) -> Response {
-    let body = crate::metrics::render(m.raft(), m.state());
+    let body = crate::metrics::render(m.raft(), m.state(), m.activity());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }

@@ -19,6 +19,7 @@
 //! - [`nodes`]: worker heartbeats, node liveness, assignments.
 //! - [`assignments`]: the workers' long poll on their assignments.
 //! - [`leader`]: the loops that run on the leader only.
+//! - [`transfer`]: handing leadership over on purpose (API, SIGTERM).
 //! - [`snapshot`]: backup and restore of the cluster state.
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
 //! - [`gc`]: collecting finished tasks after `--task-retention`, removing
@@ -45,6 +46,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod snapshot;
 pub mod tasks;
+pub mod transfer;
 pub mod verify;
 
 use std::sync::Arc;
@@ -54,7 +56,7 @@ use anyhow::{bail, Context};
 use goat_raft::log_store::LogStore;
 use goat_raft::network::Network;
 use goat_raft::state_machine::StateMachine;
-use goat_raft::{raft_config, Raft};
+use goat_raft::Raft;
 use goat_storage::engine::SledEngine;
 use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
@@ -88,6 +90,24 @@ pub async fn serve(
         .context("serving HTTPS")
 }
 
+/// The Raft runtime, let go in the background when dropped (dropping a
+/// runtime from async code, as `run` is, would panic), on every path out.
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the runtime lives until dropped").handle()
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Runs a manager on `listener` until `shutdown` completes (the binary
 /// passes `crate::shutdown_signal()`: SIGINT or SIGTERM).
 pub async fn run(
@@ -119,23 +139,62 @@ pub async fn run(
     let state_machine = StateMachine::open(StateStore::new(engine)).context("loading the state machine")?;
     let shared = state_machine.shared();
 
-    let config = raft_config("goat", args.snapshot_every, args.raft_heartbeat.0, args.election_timeout.0);
-    let config = Arc::new(config.validate().context("raft timing (--raft-heartbeat, --election-timeout)")?);
+    let timing = args.timing();
+    timing.validate().map_err(anyhow::Error::msg).context("raft timing")?;
+    // Not through openraft's `validate`: see `Timing::config`.
+    let config = Arc::new(timing.config("goat", args.snapshot_every));
     let tls = args.tls.load()?;
     let network = Network::new(&args.token, tls.as_ref()).context("building the Raft client")?;
-    let raft = Raft::new(args.id, config, network, log_store, state_machine).await.context("starting raft")?;
+    // Raft (openraft's core, replication, state-machine worker, and Goat's
+    // timers) runs on a runtime of its own: a handler or leader loop that
+    // keeps the main runtime's threads busy (a placement round over 100,000
+    // tasks, a burst of heartbeats) must not delay the leader's heartbeats
+    // past the followers' election timeout. Its threads compete with the
+    // main ones for the CPU, never queue behind their tasks.
+    let raft_runtime = RaftRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("goat-raft")
+            .enable_all()
+            .build()
+            .context("starting the Raft runtime")?,
+    ));
+    let (id, raft_network) = (args.id, network.clone());
+    let raft = raft_runtime
+        .handle()
+        .spawn(async move { Raft::new(id, config, raft_network, log_store, state_machine).await })
+        .await
+        .context("starting raft")?
+        .context("starting raft")?;
 
     let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args, tls.as_ref())?);
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
     tokio::spawn(crate::metrics::follow(raft.clone(), manager.state().clone()));
+    raft_runtime.handle().spawn(goat_raft::timing::drive(
+        raft.clone(),
+        timing,
+        manager.activity().clone(),
+        network,
+        args.id,
+    ));
 
     let cluster_tokens: Vec<String> = std::iter::once(args.token.clone()).chain(args.previous_token.clone()).collect();
-    let app = api::router(manager.clone(), goat_raft::service::router(raft.clone(), &cluster_tokens));
+    let raft_routes = goat_raft::service::router(raft.clone(), &cluster_tokens, timing, manager.activity().clone());
+    let app = api::router(manager.clone(), raft_routes);
     tracing::info!(id = args.id, %listen, tls = tls.is_some(), "manager started");
     let closing = manager.closing().clone();
+    let handing_over = manager.clone();
     let shutdown = async move {
         shutdown.await;
+        // A leader hands over before it goes, so that a restart costs no
+        // election timeout (see `transfer`).
+        if handing_over.is_leader() {
+            match transfer::transfer_leadership(&handing_over, None).await {
+                Ok(to) => tracing::info!(to, "handed leadership over before shutting down"),
+                Err(e) => tracing::warn!(error = %e.body.error, "could not hand leadership over before shutting down"),
+            }
+        }
         // Open event streams would hold the graceful shutdown forever, and
         // waiting long polls for up to their wait.
         closing.cancel();
@@ -144,5 +203,6 @@ pub async fn run(
 
     tracing::info!(id = args.id, "shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(3), raft.shutdown()).await;
+    drop(raft_runtime);
     Ok(())
 }

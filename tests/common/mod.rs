@@ -155,6 +155,21 @@ impl Cluster {
         }
     }
 
+    /// The process id of manager `id`, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.managers.iter().find(|m| m.id == id)?.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM manager `id` and wait for it to exit (a leader hands over
+    /// first).
+    pub fn terminate(&mut self, id: u64) {
+        if let Some(mut child) = self.proc_mut(id).child.take() {
+            // SAFETY: kill(2) on our own child's pid, which `wait` has not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
     pub fn alive_ids(&self) -> Vec<u64> {
         self.managers.iter().filter(|m| m.child.is_some()).map(|m| m.id).collect()
     }
