@@ -19,5 +19,5 @@ pub mod history;
 pub mod manager;
 pub mod metrics;
 
-pub use control::{reschedule, scheduler};
+pub use control::{reschedule, scheduler, Error, ErrorKind};
 pub use goat_worker::shutdown_signal;

@@ -11,6 +11,9 @@
 //!    `crate::control`, and no HTTP, network, file or process crate or module
 //!    (axum, reqwest, hyper, bollard, sled, tokio::net, tokio::fs,
 //!    tokio::process, std::fs, std::net, std::process).
+//! 3. The router (`crate::manager::api`) is a leaf of nothing: it imports
+//!    the handlers, and no module of `crate::manager` other than its root
+//!    (`manager/mod.rs`, which serves it) names it.
 //!
 //! The scanner is deliberately simple: it strips comments and string
 //! literals, then reads every `crate::`/`super::`/`self::` path, expanding
@@ -443,6 +446,25 @@ fn the_control_core_imports_no_io_and_nothing_above_it() {
         }
     }
     assert!(wrong.is_empty(), "src/control must stay pure:\n  {}", wrong.join("\n  "));
+}
+
+#[test]
+fn nothing_in_the_manager_imports_the_router() {
+    let source = read_source();
+    let manager: Module = vec!["manager".to_string()];
+    let router: Module = vec!["manager".to_string(), "api".to_string()];
+    let mut wrong = Vec::new();
+    for (module, paths) in &source.paths {
+        if !module.starts_with(&manager) || module == &manager || module == &router {
+            continue;
+        }
+        for path in paths {
+            if path.starts_with(&router) {
+                wrong.push(format!("{} names crate::{}", name(module), path.join("::")));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "handlers must not import the router (src/manager/api.rs):\n  {}", wrong.join("\n  "));
 }
 
 #[test]

@@ -9,13 +9,17 @@
 //! - [`reschedule`]: failed tasks that get another chance elsewhere.
 //! - [`nodes`]: heartbeats, liveness, drains, and a node's assignments.
 //! - [`assignments`]: assignment lists as answered, and their versions.
+//! - [`error`]: the core's error, by kind ([`Error`], [`ErrorKind`]).
 //! - [`lease`]: when a leader may decide from its own view (quorum lease).
 //! - [`transfer`]: which follower a leader hands over to.
 
 pub mod assignments;
+pub mod error;
 pub mod lease;
 pub mod nodes;
 pub mod placement;
 pub mod reschedule;
 pub mod scheduler;
 pub mod transfer;
+
+pub use error::{Error, ErrorKind};

@@ -111,9 +111,9 @@ pub async fn poll(
     check_name("name", &name)?;
     let query = poll_query(query)?;
     let wait = query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
-    let _permit = m.polls.clone().try_acquire_owned().map_err(|_| {
-        ApiError::busy(format!("this manager already holds {} assignment polls (--max-polls)", m.max_polls))
-    })?;
+    let _permit = m
+        .poll_permit()
+        .map_err(|max| ApiError::busy(format!("this manager already holds {max} assignment polls (--max-polls)")))?;
     match m.leadership() {
         Leadership::Confirmed { .. } => {}
         Leadership::Unconfirmed { ack_age, .. } => return Err(super::nodes::unconfirmed(ack_age)),
@@ -126,13 +126,13 @@ pub async fn poll(
             return forwarded(&m, reqwest::Method::GET, &path, Default::default()).await;
         }
     }
-    if !m.state.read().state.nodes.contains_key(&name) {
+    if !m.state().read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name} (it registers with its first heartbeat)")));
     }
     let span = tracing::debug_span!("assignments_poll", node = %name);
     let _enter = span.enter();
     let until = Instant::now() + wait.as_duration();
-    match wait_for_change(&m.state, &name, query.after.as_deref(), until, &m.closing).await {
+    match wait_for_change(m.state(), &name, query.after.as_deref(), until, m.closing()).await {
         Some(reply) => Ok(Json(reply).into_response()),
         None => Ok(StatusCode::NOT_MODIFIED.into_response()),
     }

@@ -117,11 +117,11 @@ pub fn identify(m: &Manager, authorization: Option<&HeaderValue>) -> Option<Call
         return None;
     }
     let presented = goat_raft::bearer(secret);
-    if m.cluster_bearers.iter().any(|b| constant_time_eq(presented.as_bytes(), b.as_bytes())) {
+    if m.is_cluster_bearer(&presented) {
         return Some(Caller::Cluster);
     }
     let hash = hash_secret(secret);
-    let applied = m.state.read();
+    let applied = m.state().read();
     // Every stored hash is compared, each in constant time: how long this
     // takes says nothing about which one (if any) matched.
     let mut found = None;
@@ -228,7 +228,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
-    let applied = m.state.read();
+    let applied = m.state().read();
     let tokens: Vec<TokenView> = applied.state.tokens.values().map(TokenView::from).collect();
     Ok(Json(tokens).into_response())
 }
@@ -241,7 +241,7 @@ pub async fn revoke(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Re
     }
     match m.propose(Command::RevokeToken { id: id.clone() }).await? {
         CommandResult::Done => {}
-        CommandResult::Refused(_) => return Err(ApiError::not_found(format!("no token {id}"))),
+        CommandResult::Refused(refusal) => return Err(refusal.into()),
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
     tracing::info!(token = %id, "revoked an API token");

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::config::ManagerConfig;
-use super::error::ApiError;
+use crate::control::Error;
 
 /// Proposals waiting for the batcher: each with its encoded size and where
 /// its result goes.
@@ -159,46 +159,46 @@ async fn client_write(raft: &Raft, command: Command) -> Result<CommandResult, Pr
 /// One manager's handle on its Raft node and state, shared by the HTTP
 /// handlers and the leader loops.
 pub struct Manager {
-    pub id: NodeId,
-    pub raft: Raft,
-    pub batcher: Batcher,
-    pub state: SharedState,
-    pub http: reqwest::Client,
+    pub(super) id: NodeId,
+    pub(super) raft: Raft,
+    pub(super) batcher: Batcher,
+    pub(super) state: SharedState,
+    http: reqwest::Client,
     /// `Bearer <token>`, as internal requests carry it.
-    pub bearer: String,
+    bearer: String,
     /// Every `Bearer <token>` accepted as the cluster token: `--token`,
     /// and `--previous-token` during a rotation.
-    pub cluster_bearers: Vec<String>,
+    cluster_bearers: Vec<String>,
     /// `https` with TLS, else `http`: the scheme of internal URLs.
-    pub scheme: &'static str,
-    pub leader_wait: Duration,
-    pub node_down_after: Duration,
+    scheme: &'static str,
+    pub(super) leader_wait: Duration,
+    pub(super) node_down_after: Duration,
     /// How tasks without a strategy of their own are placed.
-    pub default_strategy: goat_storage::model::Strategy,
+    pub(super) default_strategy: goat_storage::model::Strategy,
     /// When each node last sent a heartbeat to this manager. Meaningful on
     /// the leader only; rebuilt from heartbeats after a failover. (tokio's
     /// clock: the same as std's in production, virtual in the simulation.)
-    pub last_seen: Mutex<HashMap<String, tokio::time::Instant>>,
+    pub(super) last_seen: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Wakes the placement loop (a task was submitted, a node reported).
-    pub placement_kick: Notify,
+    pub(super) placement_kick: Notify,
     /// Cancelled when the manager shuts down: requests that wait (event
     /// streams, assignment polls) end at once, so the graceful shutdown
     /// does not wait for them.
-    pub closing: tokio_util::sync::CancellationToken,
+    closing: tokio_util::sync::CancellationToken,
     /// Permits for open event streams (`--max-streams`).
-    pub streams: Arc<Semaphore>,
-    pub max_streams: usize,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
     /// Permits for waiting assignment polls (`--max-polls`).
-    pub polls: Arc<Semaphore>,
-    pub max_polls: usize,
+    polls: Arc<Semaphore>,
+    max_polls: usize,
     /// How long finished tasks are kept (`--task-retention`).
     pub task_retention: Duration,
     /// Whether a quorum acknowledged this manager's leadership lately
     /// enough for it to act on its own view (judge liveness, answer
     /// workers): `--election-timeout`'s lease (`control::lease`).
-    pub lease: LeaderLease,
+    pub(super) lease: LeaderLease,
     /// The Raft timers' view (see `goat_raft::timing`).
-    pub activity: Arc<goat_raft::timing::Activity>,
+    activity: Arc<goat_raft::timing::Activity>,
     pub timing: goat_raft::timing::Timing,
     /// One hand-over at a time.
     pub transfer: tokio::sync::Mutex<()>,
@@ -227,6 +227,15 @@ pub enum ProposeError {
     /// This manager does not lead (any more): try the current leader.
     NotLeader,
     Failed(String),
+}
+
+impl From<ProposeError> for Error {
+    fn from(e: ProposeError) -> Error {
+        match e {
+            ProposeError::NotLeader => Error::not_leader("this manager does not lead"),
+            ProposeError::Failed(reason) => Error::unavailable(reason),
+        }
+    }
 }
 
 impl Manager {
@@ -272,6 +281,126 @@ impl Manager {
             transfer: tokio::sync::Mutex::new(()),
             led_since: Mutex::new(None),
         })
+    }
+
+    /// What the Raft timing driver and the leader transfer share.
+    pub fn activity(&self) -> &Arc<goat_raft::timing::Activity> {
+        &self.activity
+    }
+
+    /// Holds (`true`) or releases the batcher's proposals while leadership
+    /// is handed over (see `Batcher::hold`).
+    pub fn hold_proposals(&self, hold: bool) {
+        self.batcher.hold(hold);
+    }
+
+    /// This manager's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft node (membership changes, metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied state, shared with the state machine.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// How long a write or a read waits through an election.
+    pub fn leader_wait(&self) -> Duration {
+        self.leader_wait
+    }
+
+    /// How long a node may stay silent before it is judged down.
+    pub fn node_down_after(&self) -> Duration {
+        self.node_down_after
+    }
+
+    /// How tasks without a strategy of their own are placed.
+    pub fn default_strategy(&self) -> goat_storage::model::Strategy {
+        self.default_strategy
+    }
+
+    /// How long finished tasks are kept (`--task-retention`).
+    pub fn task_retention(&self) -> Duration {
+        self.task_retention
+    }
+
+    /// Whether `presented` (`Bearer <token>`) is the cluster token (or the
+    /// previous one during a rotation), compared in constant time.
+    pub fn is_cluster_bearer(&self, presented: &str) -> bool {
+        let eq = goat_raft::service::constant_time_eq;
+        self.cluster_bearers.iter().any(|b| eq(presented.as_bytes(), b.as_bytes()))
+    }
+
+    /// A GET to another manager's `/internal/{route}`, with the token.
+    pub fn internal_get(&self, addr: &str, route: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}://{addr}/internal/{route}", self.scheme)).header(TOKEN_HEADER, &self.bearer)
+    }
+
+    /// Notes a heartbeat from `node`, now (the leader's liveness view).
+    pub fn note_seen(&self, node: &str) {
+        if let Ok(mut seen) = self.last_seen.lock() {
+            seen.insert(node.to_string(), tokio::time::Instant::now());
+        }
+    }
+
+    /// Notes `nodes` as heard from now (after a restore).
+    pub fn note_seen_all<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let now = tokio::time::Instant::now();
+        if let Ok(mut seen) = self.last_seen.lock() {
+            for node in nodes {
+                seen.insert(node.to_string(), now);
+            }
+        }
+    }
+
+    /// Forgets `node` (removed from the cluster).
+    pub fn forget_seen(&self, node: &str) {
+        if let Ok(mut seen) = self.last_seen.lock() {
+            seen.remove(node);
+        }
+    }
+
+    /// Forgets every heartbeat (a new leadership counts only its own).
+    pub fn clear_seen(&self) {
+        if let Ok(mut seen) = self.last_seen.lock() {
+            seen.clear();
+        }
+    }
+
+    /// When each node was last heard from, as of now.
+    pub fn seen(&self) -> HashMap<String, tokio::time::Instant> {
+        self.last_seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Wakes the placement loop (a task was submitted, a node reported).
+    pub fn kick_placement(&self) {
+        self.placement_kick.notify_one();
+    }
+
+    /// Completes at the next [`Manager::kick_placement`].
+    pub fn placement_kicked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.placement_kick.notified()
+    }
+
+    /// Cancelled when the manager shuts down.
+    pub fn closing(&self) -> &tokio_util::sync::CancellationToken {
+        &self.closing
+    }
+
+    /// A permit for one more event stream, or `Err(max)` at `--max-streams`.
+    pub fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        self.streams.clone().try_acquire_owned().map_err(|_| self.max_streams)
+    }
+
+    /// A permit for one more waiting assignment poll, or `Err(max)` at
+    /// `--max-polls`.
+    pub fn poll_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, usize> {
+        self.polls.clone().try_acquire_owned().map_err(|_| self.max_polls)
     }
 
     /// Takes in openraft's metrics (called on each change): the term this
@@ -327,7 +456,7 @@ impl Manager {
 
     /// Commits `command` through whoever leads, waiting (bounded) through
     /// an election. Returns the state machine's result.
-    pub async fn propose(&self, command: Command) -> Result<CommandResult, ApiError> {
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, Error> {
         propose_through_leader(self, command).await
     }
 
@@ -354,7 +483,7 @@ impl Manager {
 
     /// Waits until this manager's state reflects every write committed
     /// before the call (a linearizable read point).
-    pub async fn linearize(&self) -> Result<(), ApiError> {
+    pub async fn linearize(&self) -> Result<(), Error> {
         let deadline = Instant::now() + self.leader_wait;
         let mut last_error = String::from("no leader elected yet");
         loop {
@@ -392,11 +521,11 @@ impl Manager {
                 let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
                 return match self.raft.wait(Some(left)).applied_index_at_least(index, "linearizable read").await {
                     Ok(_) => Ok(()),
-                    Err(e) => Err(ApiError::unavailable(format!("this manager is not caught up: {e}"))),
+                    Err(e) => Err(Error::unavailable(format!("this manager is not caught up: {e}"))),
                 };
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::unavailable(format!("no leader to confirm a linearizable read: {last_error}")));
+                return Err(Error::unavailable(format!("no leader to confirm a linearizable read: {last_error}")));
             }
             self.wait_for_leader_change(Duration::from_millis(50)).await;
         }
@@ -433,12 +562,13 @@ impl Manager {
 
     /// Sends an HTTP request on to the leader as it came (for requests only
     /// the leader can serve, such as heartbeats), waiting through elections.
+    /// `None`: this manager leads now, so the request was not forwarded.
     pub async fn forward_to_leader(
         &self,
         method: reqwest::Method,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), ApiError> {
+    ) -> Result<Option<(StatusCode, Bytes)>, Error> {
         let deadline = Instant::now() + self.leader_wait;
         loop {
             if let Some((leader, addr)) = self.leader().filter(|(leader, _)| *leader != self.id) {
@@ -456,17 +586,17 @@ impl Manager {
                     Ok(response) if response.status() != StatusCode::MISDIRECTED_REQUEST => {
                         let status = StatusCode::from_u16(response.status().as_u16())
                             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                        let bytes = response.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-                        return Ok((status, bytes));
+                        let bytes = response.bytes().await.map_err(|e| Error::unavailable(e.to_string()))?;
+                        return Ok(Some((status, bytes)));
                     }
                     Ok(_) => tracing::debug!(leader, "leader moved on while forwarding"),
                     Err(e) => tracing::debug!(leader, error = %e, "forwarding to the leader failed"),
                 }
             } else if self.is_leader() {
-                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_forwarded", "this manager leads"));
+                return Ok(None);
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::unavailable("no leader reachable"));
+                return Err(Error::unavailable("no leader reachable"));
             }
             self.wait_for_leader_change(Duration::from_millis(50)).await;
         }
@@ -495,6 +625,10 @@ pub trait LeaderHost: Send + Sync + 'static {
     /// When each node last sent a heartbeat to this manager.
     fn last_seen(&self) -> &Mutex<HashMap<String, tokio::time::Instant>>;
     fn placement_kick(&self) -> &Notify;
+    /// Takes in openraft's metrics (on each change): the lease's view.
+    fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        self.lease().note(metrics);
+    }
     fn node_down_after(&self) -> Duration;
     fn leader_wait(&self) -> Duration;
     fn default_strategy(&self) -> goat_storage::model::Strategy;
@@ -512,7 +646,7 @@ pub trait LeaderHost: Send + Sync + 'static {
 
     /// Commits `command` through whoever leads (forwarding when this manager
     /// does not), waiting through an election: `Manager::propose`.
-    fn propose(&self, command: Command) -> impl std::future::Future<Output = Result<CommandResult, ApiError>> + Send {
+    fn propose(&self, command: Command) -> impl std::future::Future<Output = Result<CommandResult, Error>> + Send {
         propose_through_leader(self, command)
     }
 
@@ -581,7 +715,7 @@ pub async fn propose_as_leader<H: LeaderHost + ?Sized>(
 pub async fn propose_through_leader<H: LeaderHost + ?Sized>(
     host: &H,
     command: Command,
-) -> Result<CommandResult, ApiError> {
+) -> Result<CommandResult, Error> {
     let deadline = tokio::time::Instant::now() + host.leader_wait();
     let mut last_error = String::from("no leader elected yet");
     loop {
@@ -610,7 +744,7 @@ pub async fn propose_through_leader<H: LeaderHost + ?Sized>(
             Err(ProposeError::Failed(e)) => last_error = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "no leader accepted the write within {:?}: {last_error}",
                 host.leader_wait()
             )));

@@ -7,9 +7,11 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use goat_storage::fsm::{Refusal, RefusalKind};
+use goat_storage::fsm::Refusal;
 use goat_storage::validate::FieldError;
 use serde::Serialize;
+
+use crate::control::{Error, ErrorKind};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorBody {
@@ -74,15 +76,26 @@ impl ApiError {
     }
 }
 
-/// The state machine's refusals, by kind: `NotFound` 404, `Conflict` and
-/// `Stale` 409, `Invalid` 422.
+/// The core's errors, by kind: `NotFound` 404, `Conflict` and `Stale` 409,
+/// `Invalid` 422, `NotLeader` 421, `Unavailable` 503 (with `Retry-After`),
+/// `Internal` 500.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        match e.kind {
+            ErrorKind::NotFound => ApiError::not_found(e.reason),
+            ErrorKind::Conflict | ErrorKind::Stale => ApiError::conflict(e.reason),
+            ErrorKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.reason),
+            ErrorKind::NotLeader => ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", e.reason),
+            ErrorKind::Unavailable => ApiError::unavailable(e.reason),
+            ErrorKind::Internal => ApiError::internal(e.reason),
+        }
+    }
+}
+
+/// The state machine's refusals, through the core's error (their kind kept).
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> ApiError {
-        match r.kind {
-            RefusalKind::NotFound => ApiError::not_found(r.reason),
-            RefusalKind::Conflict | RefusalKind::Stale => ApiError::conflict(r.reason),
-            RefusalKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", r.reason),
-        }
+        Error::from(r).into()
     }
 }
 
@@ -102,5 +115,28 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_the_core_has_its_status_and_code() {
+        let cases = [
+            (ErrorKind::NotFound, StatusCode::NOT_FOUND, "not_found"),
+            (ErrorKind::Conflict, StatusCode::CONFLICT, "conflict"),
+            (ErrorKind::Stale, StatusCode::CONFLICT, "conflict"),
+            (ErrorKind::Invalid, StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            (ErrorKind::NotLeader, StatusCode::MISDIRECTED_REQUEST, "not_leader"),
+            (ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (ErrorKind::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ];
+        for (kind, status, code) in cases {
+            let e = ApiError::from(Error::new(kind, "why"));
+            assert_eq!((e.status, e.body.code, e.body.error.as_str()), (status, code, "why"), "{kind:?}");
+        }
+        assert!(ApiError::from(Error::unavailable("x")).retry_after.is_some());
     }
 }

@@ -101,7 +101,7 @@ const CHUNK: usize = 256;
 async fn scan(manager: &Manager, after: u64) -> Backlog {
     let mut backlog = Backlog::new(after);
     loop {
-        let done = backlog.scan(&manager.state.read().state, CHUNK);
+        let done = backlog.scan(&manager.state().read().state, CHUNK);
         if done {
             return backlog;
         }
@@ -148,7 +148,7 @@ impl Follower {
             }
             if let Some(backlog) = &mut self.backlog {
                 // The feed's events come after the backlog's: it waits.
-                let events = backlog.take(&self.manager.state.read().state, CHUNK);
+                let events = backlog.take(&self.manager.state().read().state, CHUNK);
                 self.queue.extend(events.into_iter().map(Item::Event));
                 if backlog.is_done() {
                     self.backlog = None;
@@ -156,7 +156,7 @@ impl Follower {
                 continue;
             }
             let received = tokio::select! {
-                _ = self.manager.closing.cancelled() => return None,
+                _ = self.manager.closing().cancelled() => return None,
                 received = self.feed.recv() => received,
             };
             match received {
@@ -182,13 +182,13 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
     let resume = resume_point(&query, &headers)?;
-    let permit = m.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::busy(format!("this manager already serves {} event streams (--max-streams)", m.max_streams))
-    })?;
+    let permit = m
+        .stream_permit()
+        .map_err(|max| ApiError::busy(format!("this manager already serves {max} event streams (--max-streams)")))?;
     // Subscribe first, then read: what is applied in between comes twice
     // and is sent once.
-    let feed = m.state.subscribe();
-    let position = m.state.read().last_applied.map_or(0, |l| last_index(l.index));
+    let feed = m.state().subscribe();
+    let position = m.state().read().last_applied.map_or(0, |l| last_index(l.index));
     let start = resume.unwrap_or(position);
     // Without a resume point the scan finds no event to send, only where
     // the retained events are complete from.

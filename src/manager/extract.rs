@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::Query;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use goat_storage::model::TaskState;
 use openraft::ServerState;
@@ -23,7 +23,7 @@ pub struct ReadOptions {
     #[serde(default)]
     pub state: Option<TaskState>,
     /// For `GET /v1/tasks`: at most this many tasks (default
-    /// `api::DEFAULT_PAGE`, at most `api::MAX_PAGE`).
+    /// `tasks::DEFAULT_PAGE`, at most `tasks::MAX_PAGE`).
     #[serde(default)]
     pub limit: Option<usize>,
     /// For `GET /v1/tasks`: only tasks whose id comes after this one (the
@@ -43,13 +43,15 @@ pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), 
     if options.stale {
         Ok(())
     } else {
-        manager.linearize().await
+        Ok(manager.linearize().await?)
     }
 }
 
 /// Relays a request to the leader and its answer back.
 pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
-    let (status, bytes) = m.forward_to_leader(method, path, body).await?;
+    let Some((status, bytes)) = m.forward_to_leader(method, path, body).await? else {
+        return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_forwarded", "this manager leads"));
+    };
     Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::cluster::Manager;
 use super::error::ApiError;
 use crate::clock::now_ms;
+use crate::control::Error;
 
 /// Task ids per `CollectTasks` command, at most (about 17 bytes each).
 pub const MAX_PER_COMMAND: usize = 1_000;
@@ -77,17 +78,17 @@ pub fn collectable_ids(
 
 /// One collection over every task, proposed through `propose`. Returns how
 /// many tasks were removed.
-async fn collect<F, Fut>(manager: &Manager, cutoff: Timestamp, propose: F) -> Result<u64, ApiError>
+async fn collect<F, Fut>(manager: &Manager, cutoff: Timestamp, propose: F) -> Result<u64, Error>
 where
     F: Fn(Command) -> Fut,
-    Fut: std::future::Future<Output = Result<CommandResult, ApiError>>,
+    Fut: std::future::Future<Output = Result<CommandResult, Error>>,
 {
     let mut removed = 0;
     let mut cursor = None;
     let mut batch = Vec::new();
     loop {
         let (ids, next) = {
-            let applied = manager.state.read();
+            let applied = manager.state().read();
             collectable_ids(&applied.state, cursor, cutoff, MAX_PER_COMMAND - batch.len())
         };
         batch.extend(ids);
@@ -96,7 +97,7 @@ where
             let task_ids = std::mem::take(&mut batch);
             match propose(Command::CollectTasks { task_ids, cutoff }).await? {
                 CommandResult::Collected(n) => removed += n,
-                other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
+                other => return Err(Error::internal(format!("unexpected result {other:?}"))),
             }
         }
         if end {
@@ -109,7 +110,7 @@ where
 
 /// The leader's collection loop; ends when `token` is cancelled.
 pub async fn gc_loop(manager: Arc<Manager>, term: u64, token: CancellationToken) {
-    let retention = manager.task_retention;
+    let retention = manager.task_retention();
     let every = interval(retention);
     loop {
         tokio::select! {
@@ -120,13 +121,11 @@ pub async fn gc_loop(manager: Arc<Manager>, term: u64, token: CancellationToken)
         // Proposed on this manager only and fenced to this leadership
         // (`Manager::propose_as_leader`): a deposed leader's collection is
         // dropped, never forwarded.
-        let propose = |command| async {
-            manager.propose_as_leader(term, command, &token).await.map_err(|e| ApiError::unavailable(format!("{e:?}")))
-        };
+        let propose = |command| async { manager.propose_as_leader(term, command, &token).await.map_err(Error::from) };
         match collect(&manager, cut, propose).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, cutoff = cut, "collected finished tasks"),
-            Err(e) => tracing::debug!(error = %e.body.error, "task collection did not finish"),
+            Err(e) => tracing::debug!(error = %e, "task collection did not finish"),
         }
     }
 }
@@ -146,7 +145,7 @@ pub async fn run(
     query: Result<Query<GcQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
-    let retention = query.older_than.map_or(m.task_retention, |d| d.as_duration());
+    let retention = query.older_than.map_or(m.task_retention(), |d| d.as_duration());
     // Look at the current state: a follower catches up first.
     m.linearize().await?;
     let cut = cutoff(now_ms(), retention);
@@ -161,7 +160,7 @@ pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>
     check_name("name", &name)?;
     m.linearize().await?;
     {
-        let applied = m.state.read();
+        let applied = m.state().read();
         if !applied.state.nodes.contains_key(&name) {
             return Err(ApiError::not_found(format!("no node {name}")));
         }
@@ -174,9 +173,7 @@ pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>
         CommandResult::Refused(refusal) => return Err(refusal.into()),
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
-    if let Ok(mut seen) = m.last_seen.lock() {
-        seen.remove(&name);
-    }
+    m.forget_seen(&name);
     tracing::info!(node = %name, "removed a down node");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -29,8 +29,8 @@ pub async fn headroom(
 ) -> Result<Json<NodeLoss>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
     consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
-    let applied = m.state.read();
-    match node_loss(&applied.state, query.node.as_deref(), m.default_strategy) {
+    let applied = m.state().read();
+    match node_loss(&applied.state, query.node.as_deref(), m.default_strategy()) {
         Ok(plan) => Ok(Json(plan)),
         Err(NoPlan::UnknownNode(name)) => Err(ApiError::not_found(format!("no node {name}"))),
         Err(NoPlan::NoNodes) => Err(ApiError::not_found("no node in the cluster: nothing to lose")),

@@ -65,6 +65,9 @@ impl LeaderHost for Manager {
     fn placement_kick(&self) -> &Notify {
         &self.placement_kick
     }
+    fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) {
+        Manager::note_metrics(self, metrics)
+    }
     fn node_down_after(&self) -> Duration {
         self.node_down_after
     }
@@ -103,7 +106,7 @@ pub async fn supervise<H: LeaderHost>(manager: Arc<H>) {
     loop {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
-            manager.lease().note(&m);
+            manager.note_metrics(&m);
             (m.state == ServerState::Leader && m.current_leader == Some(manager.id()), m.current_term)
         };
         // Loops bound to another term stop: a manager deposed and elected
@@ -191,7 +194,7 @@ async fn placement_loop<H: LeaderHost>(manager: Arc<H>, leading: Leading) {
             // With no node to place on, only reasons can change: no hurry.
             Ok(Round::NoNodes) => tokio::time::sleep(NO_NODES_ROUND_INTERVAL).await,
             Err(e) => {
-                tracing::warn!(error = %e.body.error, "placement round failed");
+                tracing::warn!(error = %e, "placement round failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -220,7 +223,7 @@ async fn place_pending<H: LeaderHost>(
     manager: &Arc<H>,
     leading: &Leading,
     since: Instant,
-) -> Result<Round, super::error::ApiError> {
+) -> Result<Round, crate::control::Error> {
     let mut scheduler = {
         let seen = manager.last_seen().lock().map(|s| s.clone()).unwrap_or_default();
         let applied = manager.state().read();
@@ -257,7 +260,7 @@ async fn place_pending<H: LeaderHost>(
         let (back, commands) = if manager.inline_cpu() {
             rank()
         } else {
-            tokio::task::spawn_blocking(rank).await.map_err(super::error::ApiError::internal)?
+            tokio::task::spawn_blocking(rank).await.map_err(crate::control::Error::internal)?
         };
         scheduler = back;
         if commands.is_empty() {
@@ -285,8 +288,8 @@ async fn place_pending<H: LeaderHost>(
                 tracing::warn!(%reason, "placements refused: decided in another leadership")
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => result = Err(super::error::ApiError::unavailable(format!("{e:?}"))),
-            Err(e) => result = Err(super::error::ApiError::internal(e)),
+            Ok(Err(e)) => result = Err(e.into()),
+            Err(e) => result = Err(crate::control::Error::internal(e)),
         }
     }
     if placed > 0 {

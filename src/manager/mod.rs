@@ -7,7 +7,12 @@
 //! `/internal`.
 //!
 //! - [`cluster`]: the write and read paths (propose, forward, read index).
-//! - [`api`]: the public HTTP API (the route table).
+//! - [`api`]: the route table (public and internal) and the router; it
+//!   imports the handlers, no handler imports it.
+//! - [`tasks`], [`members`], [`nodes`], [`assignments`], [`events`],
+//!   [`snapshot`], [`gc`], [`auth`] (tokens), [`verify`], [`headroom`]:
+//!   one file per resource.
+//! - [`internal`]: the managers' internal routes.
 //! - [`auth`]: tokens and roles, checked on every route.
 //! - [`extract`]: what the handlers share (read options, relaying).
 //! - [`config`]: a manager's settings.
@@ -33,11 +38,14 @@ pub mod events;
 pub mod extract;
 pub mod gc;
 pub mod headroom;
+pub mod internal;
 pub mod json;
 pub mod leader;
+pub mod members;
 pub mod nodes;
 pub mod openapi;
 pub mod snapshot;
+pub mod tasks;
 pub mod transfer;
 pub mod verify;
 
@@ -162,20 +170,20 @@ pub async fn run(
     let manager = Arc::new(Manager::new(args.id, raft.clone(), shared, &args, tls.as_ref())?);
     tokio::spawn(cluster::bootstrap(manager.clone(), peers));
     tokio::spawn(leader::supervise(manager.clone()));
-    tokio::spawn(crate::metrics::follow(raft.clone(), manager.state.clone()));
+    tokio::spawn(crate::metrics::follow(raft.clone(), manager.state().clone()));
     raft_runtime.handle().spawn(goat_raft::timing::drive(
         raft.clone(),
         timing,
-        manager.activity.clone(),
+        manager.activity().clone(),
         network,
         args.id,
     ));
 
     let cluster_tokens: Vec<String> = std::iter::once(args.token.clone()).chain(args.previous_token.clone()).collect();
-    let raft_routes = goat_raft::service::router(raft.clone(), &cluster_tokens, timing, manager.activity.clone());
+    let raft_routes = goat_raft::service::router(raft.clone(), &cluster_tokens, timing, manager.activity().clone());
     let app = api::router(manager.clone(), raft_routes);
     tracing::info!(id = args.id, %listen, tls = tls.is_some(), "manager started");
-    let closing = manager.closing.clone();
+    let closing = manager.closing().clone();
     let handing_over = manager.clone();
     let shutdown = async move {
         shutdown.await;

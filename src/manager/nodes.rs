@@ -133,16 +133,16 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
     // Read the current placement (not a follower's possibly older view):
     // every task placed on the node so far is moved.
     m.linearize().await?;
-    if !m.state.read().state.nodes.contains_key(&name) {
+    if !m.state().read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name}")));
     }
     let at = now_ms();
     let mut commands = vec![Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Draining, at }];
-    commands.extend(requeue_commands(&m.state.read().state, &name, &format!("node {name} is draining"), at));
+    commands.extend(requeue_commands(&m.state().read().state, &name, &format!("node {name} is draining"), at));
     m.propose(Command::Batch(commands)).await?;
-    m.placement_kick.notify_one();
+    m.kick_placement();
     tracing::info!(node = %name, "draining node");
-    let node = m.state.read().state.nodes.get(&name).cloned();
+    let node = m.state().read().state.nodes.get(&name).cloned();
     Ok((StatusCode::OK, Json(node)).into_response())
 }
 
@@ -153,13 +153,13 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
 pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     m.linearize().await?;
-    if !m.state.read().state.nodes.contains_key(&name) {
+    if !m.state().read().state.nodes.contains_key(&name) {
         return Err(ApiError::not_found(format!("no node {name}")));
     }
     m.propose(Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Ready, at: now_ms() }).await?;
-    m.placement_kick.notify_one();
+    m.kick_placement();
     tracing::info!(node = %name, "drain ended");
-    let node = m.state.read().state.nodes.get(&name).cloned();
+    let node = m.state().read().state.nodes.get(&name).cloned();
     Ok((StatusCode::OK, Json(node)).into_response())
 }
 
@@ -178,7 +178,7 @@ pub async fn list_nodes(
 ) -> Result<Json<Vec<NodeView>>, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
-    let applied = m.state.read();
+    let applied = m.state().read();
     let state = &applied.state;
     Ok(Json(
         state

@@ -9,7 +9,6 @@
 //!   backup and a restore leaves them as they are.
 
 use std::sync::Arc;
-use tokio::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -35,7 +34,7 @@ pub async fn save(
 ) -> Result<Json<Backup>, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
-    let applied = m.state.read();
+    let applied = m.state().read();
     Ok(Json(Backup::of(&applied.state, applied.last_applied.map(|l| l.index), now_ms())))
 }
 
@@ -69,20 +68,15 @@ pub async fn restore(
         }
         return forwarded(&m, reqwest::Method::POST, "/v1/snapshot/restore", body).await;
     }
-    if let Ok(mut seen) = m.last_seen.lock() {
-        let now = Instant::now();
-        for node in &backup.nodes {
-            seen.insert(node.name.clone(), now);
-        }
-    }
+    m.note_seen_all(backup.nodes.iter().map(|n| n.name.as_str()));
     let (tasks, nodes) = (backup.tasks.len(), backup.nodes.len());
     match m.propose(backup.into_command()).await? {
         CommandResult::Refused(refusal) => return Err(refusal.into()),
         CommandResult::Done => {}
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
-    m.placement_kick.notify_one();
-    let applied = m.state.read().last_applied.map(|l| l.index);
+    m.kick_placement();
+    let applied = m.state().read().last_applied.map(|l| l.index);
     tracing::warn!(tasks, nodes, ?applied, "restored the cluster state from a backup");
     Ok(Json(serde_json::json!({"restored": true, "tasks": tasks, "nodes": nodes})).into_response())
 }

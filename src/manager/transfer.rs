@@ -91,9 +91,9 @@ pub async fn transfer(
         return forwarded(&m, reqwest::Method::POST, "/v1/cluster/leader", raw).await;
     }
     let started = Instant::now();
-    let from = m.id;
+    let from = m.id();
     let leader = transfer_leadership(&m, request.to).await?;
-    let term = m.raft.metrics().borrow().current_term;
+    let term = m.raft().metrics().borrow().current_term;
     let took_ms = started.elapsed().as_millis() as u64;
     Ok((StatusCode::OK, Json(TransferView { leader, from, term, took_ms })).into_response())
 }
@@ -104,7 +104,7 @@ pub async fn transfer_leadership(m: &Manager, to: Option<NodeId>) -> Result<Node
     let Ok(_one) = m.transfer.try_lock() else {
         return Err(ApiError::conflict("a leadership transfer is already under way"));
     };
-    let metrics = m.raft.metrics().borrow().clone();
+    let metrics = m.raft().metrics().borrow().clone();
     if metrics.state != ServerState::Leader {
         return Err(ApiError::conflict("this manager no longer leads"));
     }
@@ -116,8 +116,8 @@ pub async fn transfer_leadership(m: &Manager, to: Option<NodeId>) -> Result<Node
         .as_ref()
         .map(|r| r.iter().map(|(id, log)| (*id, log.map(|l| l.index))).collect())
         .unwrap_or_default();
-    let target = match choose_target(m.id, &voters, &matched, to) {
-        Ok(target) if target == m.id => return Ok(m.id),
+    let target = match choose_target(m.id(), &voters, &matched, to) {
+        Ok(target) if target == m.id() => return Ok(m.id()),
         Ok(target) => target,
         Err(NoTarget::NotAVoter(id)) => {
             return Err(ApiError::field("invalid_field", "to", format!("manager {id} is not a voter of this cluster")))
@@ -137,13 +137,13 @@ pub async fn transfer_leadership(m: &Manager, to: Option<NodeId>) -> Result<Node
         tokio::time::sleep(left).await;
     }
 
-    m.batcher.hold(true);
+    m.hold_proposals(true);
     let outcome = hand_over(m, term, target, &addr).await;
-    m.activity.handing_over.store(false, Ordering::Release);
-    m.batcher.hold(false);
+    m.activity().handing_over.store(false, Ordering::Release);
+    m.hold_proposals(false);
     match &outcome {
         Ok(_) => {
-            m.activity.transfers.fetch_add(1, Ordering::Relaxed);
+            m.activity().transfers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(to = target, term, "handed leadership over");
         }
         Err(e) => tracing::warn!(to = target, term, error = %e.body.error, "leadership hand-over failed"),
@@ -156,7 +156,7 @@ async fn hand_over(m: &Manager, term: u64, target: NodeId, addr: &str) -> Result
     //    in while proposals are held).
     let limit = m.timing.rpc_timeout + m.timing.election_timeout;
     let deadline = Instant::now() + limit;
-    let mut metrics = m.raft.metrics();
+    let mut metrics = m.raft().metrics();
     loop {
         let (caught_up, leading) = {
             let now = metrics.borrow_and_update();
@@ -177,8 +177,8 @@ async fn hand_over(m: &Manager, term: u64, target: NodeId, addr: &str) -> Result
     }
 
     // 2. No more heartbeats; the target stands now.
-    m.activity.handing_over.store(true, Ordering::Release);
-    let body = codec::encode(&ElectRequest { from: m.id, term });
+    m.activity().handing_over.store(true, Ordering::Release);
+    let body = codec::encode(&ElectRequest { from: m.id(), term });
     m.internal_call(addr, "elect", body)
         .await
         .map_err(|e| ApiError::unavailable(format!("manager {target} did not stand: {e}")))?;
@@ -194,10 +194,10 @@ async fn hand_over(m: &Manager, term: u64, target: NodeId, addr: &str) -> Result
         if state != ServerState::Leader {
             // Deposed: the held proposals may go (openraft refuses them at
             // once and they are retried at the new leader).
-            m.batcher.hold(false);
+            m.hold_proposals(false);
         }
         if current_term > term && state != ServerState::Leader {
-            if let Some(leader) = leader.filter(|l| *l != m.id) {
+            if let Some(leader) = leader.filter(|l| *l != m.id()) {
                 return Ok(leader);
             }
         }
@@ -221,9 +221,9 @@ pub async fn internal_elect(State(m): State<std::sync::Arc<Manager>>, body: Byte
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
     };
     let (leader, term, voter) = {
-        let metrics = m.raft.metrics();
+        let metrics = m.raft().metrics();
         let now = metrics.borrow();
-        (now.current_leader, now.current_term, now.membership_config.membership().voter_ids().any(|v| v == m.id))
+        (now.current_leader, now.current_term, now.membership_config.membership().voter_ids().any(|v| v == m.id()))
     };
     if leader != Some(request.from) || term != request.term || !voter {
         let message = format!(
@@ -232,8 +232,8 @@ pub async fn internal_elect(State(m): State<std::sync::Arc<Manager>>, body: Byte
         );
         return ApiError::conflict(message).into_response();
     }
-    m.activity.elections_started.fetch_add(1, Ordering::Relaxed);
-    match m.raft.trigger().elect().await {
+    m.activity().elections_started.fetch_add(1, Ordering::Relaxed);
+    match m.raft().trigger().elect().await {
         Ok(()) => {
             tracing::info!(from = request.from, term, "standing for election: the leader hands over");
             StatusCode::OK.into_response()

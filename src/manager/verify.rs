@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use goat_raft::TOKEN_HEADER;
 use goat_storage::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -80,10 +79,10 @@ pub fn judge(members: &[MemberDigest]) -> (bool, bool) {
 
 /// This manager's fingerprint, taken under the state lock.
 pub fn local_digest(m: &Manager) -> StateDigest {
-    let metrics = m.raft.metrics().borrow().clone();
-    let applied = m.state.read();
+    let metrics = m.raft().metrics().borrow().clone();
+    let applied = m.state().read();
     StateDigest {
-        id: m.id,
+        id: m.id(),
         role: super::extract::role_name(metrics.state).to_string(),
         term: metrics.current_term,
         leader: metrics.current_leader,
@@ -113,14 +112,8 @@ pub struct VerifyOptions {
 }
 
 async fn peer_digest(m: &Manager, addr: &str) -> Result<StateDigest, String> {
-    let response = m
-        .http
-        .get(format!("{}://{addr}/internal/state-digest", m.scheme))
-        .header(TOKEN_HEADER, &m.bearer)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+    let response =
+        m.internal_get(addr, "state-digest").timeout(Duration::from_secs(2)).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));
     }
@@ -129,13 +122,13 @@ async fn peer_digest(m: &Manager, addr: &str) -> Result<StateDigest, String> {
 
 async fn gather(m: &Arc<Manager>) -> Vec<MemberDigest> {
     let members: Vec<(u64, String)> = {
-        let metrics = m.raft.metrics().borrow().clone();
+        let metrics = m.raft().metrics().borrow().clone();
         metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
     };
     let asks = members.into_iter().map(|(id, addr)| {
         let m = m.clone();
         async move {
-            let answer = if id == m.id {
+            let answer = if id == m.id() {
                 let manager = m.clone();
                 tokio::task::spawn_blocking(move || local_digest(&manager)).await.map_err(|e| e.to_string())
             } else {
@@ -162,7 +155,7 @@ pub async fn verify(
         let managers = gather(&m).await;
         let (consistent, converged) = judge(&managers);
         if converged || !consistent || Instant::now() >= deadline {
-            return Ok(Json(Verdict { id: m.id, consistent, converged, managers }));
+            return Ok(Json(Verdict { id: m.id(), consistent, converged, managers }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

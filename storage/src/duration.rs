@@ -45,6 +45,35 @@ impl Millis {
     }
 }
 
+/// The pattern of a duration string: a number and an optional unit (`ms`,
+/// `s`, `m`, `h`; none = ms), as [`Millis::parse`] reads it.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m|h)?\s*$";
+
+/// In the OpenAPI document: a duration string, or a number of
+/// milliseconds, at most [`Millis::MAX`].
+impl utoipa::PartialSchema for Millis {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(DURATION_PATTERN))
+                    .description(Some("a duration: \"500ms\", \"2s\", \"1.5s\", \"3m\", \"1h\" (at most 365 days)")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(0))
+                    .maximum(Some(Millis::MAX.0 as f64))
+                    .description(Some("milliseconds")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Millis {}
+
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;

@@ -24,13 +24,16 @@ pub type TaskId = Uuid;
 
 /// What a user submits: the desired shape of one containerized task.
 /// (Its `Debug` redacts `secret_env`, so a log line never holds a secret.)
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// Docker-style name: 1–63 characters of `[a-zA-Z0-9_.-]`, starting with
     /// a letter or digit.
+    #[schema(min_length = 1, max_length = 63, pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")]
     pub name: String,
-    /// A local image reference, e.g. `goat-echo:latest`.
+    /// A local image reference, e.g. `goat-echo:latest`: not empty, no
+    /// spaces, at most 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub image: String,
     /// Command and arguments; empty means the image's default.
     #[serde(default)]
@@ -48,6 +51,7 @@ pub struct TaskSpec {
     /// enforced on the node as a relative weight (CPU shares) unless
     /// `cpu_hard_limit` is set.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1024)]
     pub cpu: f64,
     /// Also cap the container at `cpu` cores (a CFS quota, Docker's
     /// `NanoCpus`), like Nomad's `cpu_hard_limit`. Off by default: a hard
@@ -56,9 +60,11 @@ pub struct TaskSpec {
     pub cpu_hard_limit: bool,
     /// Memory reserved and enforced as the container's limit, in bytes.
     #[serde(default)]
+    #[schema(maximum = 17_592_186_044_416_u64)]
     pub memory: u64,
     /// Disk reserved on the node, in bytes (the image included).
     #[serde(default)]
+    #[schema(maximum = 1_125_899_906_842_624_u64)]
     pub disk: u64,
     /// Published ports.
     #[serde(default)]
@@ -157,7 +163,7 @@ pub struct ApiToken {
 }
 
 /// How the scheduler ranks the nodes a task fits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// The fullest node that fits: keeps whole nodes free for big tasks.
@@ -172,16 +178,18 @@ pub enum Strategy {
 
 /// One published port. `host: None` lets the worker's engine pick a free
 /// host port; the chosen port is reported back in the task's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortMapping {
+    #[schema(minimum = 1, maximum = 65535)]
     pub container: u16,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub host: Option<u16>,
 }
 
 /// When a worker restarts a task's container after it exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartCondition {
     /// Never restart: an exit ends the task (`completed` on 0, else `failed`).
@@ -195,7 +203,7 @@ pub enum RestartCondition {
 
 /// A task's restart policy, applied by the worker next to the container so
 /// that a crash is repaired even while no manager is reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartPolicy {
     pub condition: RestartCondition,
@@ -226,7 +234,7 @@ impl Default for RestartPolicy {
 /// out, image missing): place it again, preferably on another node, at most
 /// `attempts` times within `interval`, waiting `delay` (doubling up to
 /// `max_delay`) after each failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReschedulePolicy {
     /// Reschedules allowed within `interval`; 0 = a failed task stays failed.
@@ -245,12 +253,13 @@ impl Default for ReschedulePolicy {
 /// A health check run by the worker next to the task: an HTTP GET of `path`
 /// on the container's `port` (2xx/3xx = healthy), or a TCP connect when
 /// `path` is absent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default)]
     pub path: Option<String>,
     /// Container port to probe.
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     #[serde(default = "HealthCheck::default_interval")]
     pub interval: Millis,
@@ -593,4 +602,49 @@ pub struct HeartbeatReply {
     /// Empty from a manager that does not compute it.
     #[serde(default)]
     pub version: String,
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use serde_json::Value;
+    use utoipa::openapi::{ComponentsBuilder, RefOr};
+    use utoipa::ToSchema;
+
+    use super::*;
+
+    /// The components of the OpenAPI document as JSON, generated from the
+    /// types (`utoipa::ToSchema`).
+    fn components() -> Value {
+        let mut schemas: Vec<(String, RefOr<utoipa::openapi::schema::Schema>)> = Vec::new();
+        TaskSpec::schemas(&mut schemas);
+        schemas.push((TaskSpec::name().into_owned(), <TaskSpec as utoipa::PartialSchema>::schema()));
+        let components = ComponentsBuilder::new().schemas_from_iter(schemas).build();
+        serde_json::to_value(components).expect("serializable")
+    }
+
+    /// The rules `validate::validate_spec` enforces are stated in the
+    /// schema, so that a schema-driven fuzzer does not send "valid"
+    /// requests the API refuses (empty image, port 0, bad durations).
+    #[test]
+    fn the_spec_schema_states_the_validation_rules() {
+        let c = components();
+        let spec = &c["schemas"]["TaskSpec"]["properties"];
+        assert_eq!(spec["image"]["minLength"], 1, "{spec:#}");
+        assert_eq!(spec["image"]["maxLength"], 255);
+        assert_eq!(spec["name"]["maxLength"], 63);
+        assert!(spec["name"]["pattern"].is_string());
+        let port = &c["schemas"]["PortMapping"]["properties"]["container"];
+        assert_eq!((port["minimum"].as_f64(), port["maximum"].as_f64()), (Some(1.0), Some(65535.0)), "{port:#}");
+        let check = &c["schemas"]["HealthCheck"]["properties"]["port"];
+        assert_eq!(check["minimum"].as_f64(), Some(1.0), "{check:#}");
+        let required: Vec<&str> =
+            c["schemas"]["TaskSpec"]["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(required, ["name", "image"]);
+        // Durations: a string of the parser's pattern, or milliseconds.
+        let delay = &c["schemas"]["RestartPolicy"]["properties"]["initial_delay"];
+        assert_eq!(delay["oneOf"][0]["$ref"], "#/components/schemas/Millis", "{delay:#}");
+        let millis = &c["schemas"]["Millis"]["oneOf"];
+        assert_eq!(millis[0]["pattern"], crate::duration::DURATION_PATTERN, "{millis:#}");
+        assert_eq!(millis[1]["maximum"].as_f64(), Some(crate::duration::Millis::MAX.0 as f64));
+    }
 }

@@ -849,7 +849,7 @@ impl World {
             let command = make(self.now_ms(to));
             let reply = LeaderHost::propose(&*target, command)
                 .await
-                .map_err(|e| format!("{} {}", e.status.as_u16(), e.body.error));
+                .map_err(|e| e.to_string());
             if !self.leg(to, CLIENT, "client-reply").await {
                 return std::future::pending().await;
             }
