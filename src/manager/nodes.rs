@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
-use crate::control::assignments::reply_at;
+use crate::control::assignments::heartbeat_reply;
 pub use crate::control::nodes::{
     assignments, heartbeat_commands, liveness_commands, requeue_commands, window_ends_at, HEARTBEAT_INTERVAL,
 };
@@ -69,7 +69,7 @@ pub async fn heartbeat(
     let (commands, unchanged) = {
         let applied = m.state.read();
         let commands = heartbeat_commands(&applied.state, &name, &hb, now_ms());
-        let unchanged = commands.is_empty().then(|| reply_at(&applied, &name));
+        let unchanged = commands.is_empty().then(|| heartbeat_reply(&applied, &name, hb.held.as_deref()));
         (commands, unchanged)
     };
     let reply = match unchanged {
@@ -77,7 +77,7 @@ pub async fn heartbeat(
         None => {
             m.propose(Command::Batch(commands)).await?;
             m.placement_kick.notify_one();
-            reply_at(&m.state.read(), &name)
+            heartbeat_reply(&m.state.read(), &name, hb.held.as_deref())
         }
     };
     Ok(Json(reply).into_response())
