@@ -135,7 +135,7 @@ mod tests {
         let second = d.select(&all);
         assert!(second.reports.is_empty() && !second.more);
         d.accepted(&second.reports, &all);
-        all[1].state = ObservedState::Exited;
+        all[1].state = ObservedState::Restarting;
         let third = d.select(&all);
         assert_eq!(third.reports, vec![all[1].clone()]);
         // Not accepted (no manager answered): everything again.
