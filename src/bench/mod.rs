@@ -107,6 +107,14 @@ async fn raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     drop(goat);
 
     if !args.no_etcd {
+        // Without Goat's token: etcd (auth off) refuses any request that
+        // carries an `authorization` header ("invalid auth token").
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(10))
+            .build()?;
         eprintln!("etcd: starting three members");
         let mut etcd = EtcdCluster::start(&args.etcd, &dir, args.size)?;
         results.push(measure(&mut etcd, &http, &args).await?);
