@@ -54,8 +54,10 @@ fn print_state_memory_per_task() {
     for i in 0..tasks {
         let id = uuid::Uuid::from_u64_pair(7, i);
         // The benchmark's spec: a name, an image, 0.01 cpu.
-        let spec = serde_json::from_value(serde_json::json!({"name": format!("t{i}"), "image": "goat-echo:latest", "cpu": 0.01}))
-            .unwrap();
+        let spec = serde_json::from_value(
+            serde_json::json!({"name": format!("t{i}"), "image": "goat-echo:latest", "cpu": 0.01}),
+        )
+        .unwrap();
         state.begin_entry_by(3 * i + 1, 1, 1);
         state.apply(&Command::SubmitTask { task_id: id, spec, at: 10 });
         let node = format!("sim-{:05}", i % nodes);

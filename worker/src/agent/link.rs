@@ -283,11 +283,8 @@ async fn heartbeats(
         }
         // The next one at the period, or sooner when a report changed or
         // more reports wait; meanwhile, take what the long poll brings.
-        let next = if more && was_accepted {
-            sent_at + MIN_HEARTBEAT_GAP
-        } else {
-            tokio::time::Instant::now() + interval
-        };
+        let next =
+            if more && was_accepted { sent_at + MIN_HEARTBEAT_GAP } else { tokio::time::Instant::now() + interval };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => break,
