@@ -1,8 +1,11 @@
 //! openraft's log storage over Goat's durable [`RaftLog`].
 //!
 //! Entries and log ids are bincode-encoded here; durability, ordering and
-//! group commit are the `RaftLog`'s job. Storage calls that may touch the
-//! disk run on tokio's blocking pool, so the Raft core never waits on sled.
+//! group commit are the `RaftLog`'s job. No fsync runs on the Raft core:
+//! an append's sled write (a copy into sled's buffers) and the commit-index
+//! write run on its task, the flush on the `RaftLog`'s flusher thread, and
+//! calls that flush or scan (votes, truncation, purge, reads the tail cache
+//! cannot serve) on tokio's blocking pool.
 //!
 //! The newest entries are also kept decoded in memory ([`TailCache`]): the
 //! leader's replication streams read what was just appended, and serving
