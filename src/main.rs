@@ -12,6 +12,12 @@
 
 use goat::{cli, drill, manager};
 
+/// mimalloc instead of glibc's malloc: under write load a manager spent a
+/// fifth of its CPU in glibc's `_int_malloc`/`_int_free`/consolidation
+/// (`perf record`, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -1,8 +1,11 @@
 //! openraft's log storage over Goat's durable [`RaftLog`].
 //!
 //! Entries and log ids are bincode-encoded here; durability, ordering and
-//! group commit are the `RaftLog`'s job. Storage calls that may touch the
-//! disk run on tokio's blocking pool, so the Raft core never waits on sled.
+//! group commit are the `RaftLog`'s job. No fsync runs on the Raft core:
+//! an append's sled write (a copy into sled's buffers) and the commit-index
+//! write run on its task, the flush on the `RaftLog`'s flusher thread, and
+//! calls that flush or scan (votes, truncation, purge, reads the tail cache
+//! cannot serve) on tokio's blocking pool.
 //!
 //! The newest entries are also kept decoded in memory ([`TailCache`]): the
 //! leader's replication streams read what was just appended, and serving
@@ -23,25 +26,55 @@ use crate::{LogId, NodeId, StorageError, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
-/// How many of the newest entries stay decoded in memory.
+/// How many of the newest entries stay decoded in memory, at most.
 const TAIL_CACHE_ENTRIES: usize = 4096;
+/// How many bytes of them (counted encoded, as they are on disk), at most:
+/// with batched entries of up to `MAX_ENTRY_BYTES` (128 KiB), 4,096 entries
+/// alone could hold half a GiB. The newest entry always stays.
+pub const TAIL_CACHE_BYTES: usize = 16 << 20;
 
 /// The newest log entries, decoded, mirroring the log's tail: appends add to
 /// it, truncation and purge remove from it, so whatever it holds is exactly
-/// what the log holds at those indexes.
+/// what the log holds at those indexes (a contiguous run of indexes).
 #[derive(Default)]
 struct TailCache {
-    entries: BTreeMap<u64, Entry>,
+    /// Each entry with its encoded size.
+    entries: BTreeMap<u64, (Entry, usize)>,
+    /// The sum of the encoded sizes held.
+    bytes: usize,
 }
 
 impl TailCache {
-    fn insert(&mut self, entries: &[Entry]) {
-        for e in entries {
-            self.entries.insert(e.log_id.index, e.clone());
+    fn insert(&mut self, entries: &[Entry], sizes: &[usize]) {
+        for (e, size) in entries.iter().zip(sizes) {
+            if let Some((_, old)) = self.entries.insert(e.log_id.index, (e.clone(), *size)) {
+                self.bytes -= old;
+            }
+            self.bytes += size;
         }
-        while self.entries.len() > TAIL_CACHE_ENTRIES {
-            self.entries.pop_first();
+        while self.entries.len() > 1 && (self.entries.len() > TAIL_CACHE_ENTRIES || self.bytes > TAIL_CACHE_BYTES) {
+            if let Some((_, (_, size))) = self.entries.pop_first() {
+                self.bytes -= size;
+            }
         }
+    }
+
+    /// Keeps only the entries for which `keep(index)` holds.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let mut bytes = 0;
+        self.entries.retain(|index, (_, size)| {
+            let kept = keep(*index);
+            if kept {
+                bytes += *size;
+            }
+            kept
+        });
+        self.bytes = bytes;
+    }
+
+    /// Entries and bytes held (for the memory breakdown).
+    fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.bytes)
     }
 
     /// The entries `from..to`, if the cache holds every one of them.
@@ -52,7 +85,7 @@ impl TailCache {
         if from < first || to > last + 1 || from >= to {
             return None;
         }
-        Some(self.entries.range(from..to).map(|(_, e)| e.clone()).collect())
+        Some(self.entries.range(from..to).map(|(_, (e, _))| e.clone()).collect())
     }
 }
 
@@ -117,19 +150,26 @@ impl LogStore {
         done: impl FnOnce(Result<(), std::io::Error>) + Send + 'static,
     ) -> Result<(), StorageError> {
         let rows: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
-        self.tail().insert(&entries);
-        let log = self.log.clone();
+        let sizes: Vec<usize> = rows.iter().map(|(_, bytes)| bytes.len()).collect();
+        self.tail().insert(&entries, &sizes);
         let (observer, started, count) = (self.observer.clone(), Instant::now(), rows.len());
-        self.blocking(move || {
-            let done = move |result: Result<(), std::io::Error>| {
-                if let (Some(observer), Ok(())) = (&observer, &result) {
-                    observer.appended(count, started.elapsed());
-                }
-                done(result)
-            };
-            log.append(rows, Box::new(done)).map_err(|e| logs_err(ErrorVerb::Write, e))
-        })
-        .await
+        let done = move |result: Result<(), std::io::Error>| {
+            if let (Some(observer), Ok(())) = (&observer, &result) {
+                observer.appended(count, started.elapsed());
+            }
+            done(result)
+        };
+        // On the caller's task, not the blocking pool: `RaftLog::append`
+        // only hands the rows to the engine's buffers (sled: a copy into its
+        // in-memory log buffer) and queues `done` for the flusher thread,
+        // which alone waits for the disk. A hop through the blocking pool
+        // cost two thread switches per append on the Raft core's path.
+        self.log.append(rows, Box::new(done)).map_err(|e| logs_err(ErrorVerb::Write, e))
+    }
+
+    /// The decoded tail cache's entries and encoded bytes.
+    pub fn tail_usage(&self) -> (usize, usize) {
+        self.tail().usage()
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, TailCache> {
@@ -221,8 +261,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let (Some(observer), Some(committed)) = (&self.observer, committed) {
             observer.committed(committed.index);
         }
-        let (log, bytes) = (self.log.clone(), encode(&committed));
-        self.blocking(move || log.save_committed(bytes).map_err(|e| logs_err(ErrorVerb::Write, e))).await
+        // A buffered write, never synced on its own (see
+        // `RaftLog::save_committed`): done on the Raft core's task, which
+        // awaits it before every apply, without a blocking-pool hop.
+        self.log.save_committed(encode(&committed)).map_err(|e| logs_err(ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -244,13 +286,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.tail().entries.retain(|index, _| *index < log_id.index);
+        self.tail().retain(|index| index < log_id.index);
         let log = self.log.clone();
         self.blocking(move || log.truncate(log_id.index).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.tail().entries.retain(|index, _| *index > log_id.index);
+        self.tail().retain(|index| index > log_id.index);
         let log = self.log.clone();
         self.blocking(move || log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e)))
             .await

@@ -54,6 +54,10 @@ struct Round {
     elections: u64,
     /// The 1-minute load average before and after the round.
     load: (f64, f64),
+    /// Unchanged heartbeats with every report and the list back (before).
+    full: Steady,
+    /// Unchanged heartbeats with no report and no list back (now).
+    delta: Steady,
 }
 
 pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
@@ -133,7 +137,7 @@ fn node_name(i: usize) -> String {
     format!("sim-{i:05}")
 }
 
-fn heartbeat(engine_healthy: bool, tasks: Vec<TaskReport>) -> Heartbeat {
+fn heartbeat(engine_healthy: bool, tasks: Vec<TaskReport>, held: Option<String>) -> Heartbeat {
     Heartbeat {
         capacity: Resources { cpu: 64.0, memory: 256 << 30, disk: 1 << 40 },
         usage: Resources::default(),
@@ -142,6 +146,7 @@ fn heartbeat(engine_healthy: bool, tasks: Vec<TaskReport>) -> Heartbeat {
             error: (!engine_healthy).then(|| "simulated: not ready yet".to_string()),
         },
         tasks,
+        held,
     }
 }
 
@@ -154,11 +159,13 @@ async fn heartbeat_all(
     concurrency: usize,
     healthy: bool,
     reports: &BTreeMap<String, Vec<TaskReport>>,
+    held: Option<&BTreeMap<String, String>>,
 ) -> anyhow::Result<BTreeMap<String, HeartbeatReply>> {
     let replies: Vec<anyhow::Result<(String, HeartbeatReply)>> = stream::iter(0..nodes)
         .map(|i| {
             let name = node_name(i);
-            let beat = heartbeat(healthy, reports.get(&name).cloned().unwrap_or_default());
+            let held = held.and_then(|h| h.get(&name).cloned());
+            let beat = heartbeat(healthy, reports.get(&name).cloned().unwrap_or_default(), held);
             async move {
                 // A worker whose heartbeat fails (no leader for a moment)
                 // sends the next one; so does the simulated node, a few
@@ -238,7 +245,7 @@ async fn measure(
     let url = cluster.client_url(leader);
     let term_before = highest_term(http, cluster).await;
     let none = BTreeMap::new();
-    heartbeat_all(http, &url, nodes, args.concurrency, false, &none).await?;
+    heartbeat_all(http, &url, nodes, args.concurrency, false, &none, None).await?;
 
     let started = Instant::now();
     let submitted: Vec<bool> = stream::iter(0..args.tasks)
@@ -261,14 +268,15 @@ async fn measure(
     wait_count(http, &url, "pending", args.tasks, Duration::from_secs(120)).await?;
 
     let flip_started = Instant::now();
-    heartbeat_all(http, &url, nodes, args.concurrency, true, &none).await?;
+    heartbeat_all(http, &url, nodes, args.concurrency, true, &none, None).await?;
     let flip = flip_started.elapsed();
     wait_count(http, &url, "scheduled", args.tasks, Duration::from_secs(600)).await?;
     let place = flip_started.elapsed();
 
     // Every node learns its assignments and reports them running.
     let ack_started = Instant::now();
-    let replies = heartbeat_all(http, &url, nodes, args.concurrency, true, &none).await?;
+    let replies = heartbeat_all(http, &url, nodes, args.concurrency, true, &none, None).await?;
+    let versions: BTreeMap<String, String> = replies.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect();
     let reports: BTreeMap<String, Vec<TaskReport>> = replies
         .into_iter()
         .map(|(name, reply)| {
@@ -290,13 +298,67 @@ async fn measure(
             (name, reports)
         })
         .collect();
-    heartbeat_all(http, &url, nodes, args.concurrency, true, &reports).await?;
+    heartbeat_all(http, &url, nodes, args.concurrency, true, &reports, None).await?;
     wait_count(http, &url, "running", args.tasks, Duration::from_secs(600)).await?;
     let ack = ack_started.elapsed();
 
+    // Unchanged heartbeats, as workers sent them before (every report and
+    // the whole list back) and as they send them now (only changed reports,
+    // none here, and the version held: no list back), back to back.
+    let leader_pid = cluster.pids().get(leader).copied().flatten();
+    let empty = BTreeMap::new();
+    let full = steady(http, &url, leader_pid, nodes, args.concurrency, &reports, None).await?;
+    let delta = steady(http, &url, leader_pid, nodes, args.concurrency, &empty, Some(&versions)).await?;
+
     let rss_mib = cluster.pids().into_iter().flatten().map(rss_mib).collect();
     let elections = highest_term(http, cluster).await.saturating_sub(term_before);
-    Ok(Round { nodes, tasks: args.tasks, submit, flip, place, ack, rss_mib, elections, load: (0.0, 0.0) })
+    Ok(Round { nodes, tasks: args.tasks, submit, flip, place, ack, rss_mib, elections, load: (0.0, 0.0), full, delta })
+}
+
+/// Rounds of unchanged heartbeats from every node, per measurement.
+const STEADY_ROUNDS: usize = 3;
+
+/// Unchanged heartbeats: how many per second the leader answered, and the
+/// CPU it spent on them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Steady {
+    per_second: f64,
+    /// Leader CPU seconds per heartbeat.
+    cpu_per_beat: f64,
+}
+
+async fn steady(
+    http: &reqwest::Client,
+    url: &str,
+    leader_pid: Option<u32>,
+    nodes: usize,
+    concurrency: usize,
+    reports: &BTreeMap<String, Vec<TaskReport>>,
+    held: Option<&BTreeMap<String, String>>,
+) -> anyhow::Result<Steady> {
+    let cpu_before = leader_pid.map(cpu_seconds).unwrap_or(0.0);
+    let started = Instant::now();
+    for _ in 0..STEADY_ROUNDS {
+        let replies = heartbeat_all(http, url, nodes, concurrency, true, reports, held).await?;
+        if held.is_some() && replies.values().any(|r| !r.unchanged) {
+            bail!("an unchanged heartbeat naming its list's version was answered with a list");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = leader_pid.map(cpu_seconds).unwrap_or(0.0) - cpu_before;
+    let beats = (nodes * STEADY_ROUNDS) as f64;
+    Ok(Steady { per_second: beats / elapsed, cpu_per_beat: cpu / beats })
+}
+
+/// User + system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn report(rounds: &[Round]) -> String {
@@ -324,6 +386,25 @@ fn report(rounds: &[Round]) -> String {
             r.load.0,
             r.load.1
         );
+    }
+    let _ = writeln!(out, "\nUnchanged heartbeats ({STEADY_ROUNDS} rounds from every node, concurrency as above):\n");
+    let _ = writeln!(
+        out,
+        "| nodes | tasks | protocol | heartbeats/s | leader CPU per heartbeat | leader cores at 1 heartbeat/s per node |"
+    );
+    let _ = writeln!(out, "|---:|---:|---|---:|---:|---:|");
+    for r in rounds {
+        for (name, s) in [("every report, list back (before)", r.full), ("delta + held version (now)", r.delta)] {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {name} | {:.0} | {:.0} µs | {:.2} |",
+                r.nodes,
+                r.tasks,
+                s.per_second,
+                s.cpu_per_beat * 1e6,
+                s.cpu_per_beat * r.nodes as f64
+            );
+        }
     }
     let _ =
         writeln!(out, "\nTarget: 5,000 placements/s on this 2-core machine (Nomad's C2M: ~1,500/s on 6,100 hosts).");

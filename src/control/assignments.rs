@@ -56,7 +56,28 @@ pub fn reply_at(applied: &Applied, node: &str) -> HeartbeatReply {
         assignments: list,
         heartbeat_interval: HEARTBEAT_INTERVAL,
         index: applied.last_applied.map_or(0, |l| l.index),
+        unchanged: false,
     }
+}
+
+/// The answer to a heartbeat from `node` that holds the list of version
+/// `held` (if it said): no list when that is still the current version
+/// (computed without building the list: the cost of an unchanged heartbeat
+/// does not grow with the specs of the node's tasks), else the full list.
+pub fn heartbeat_reply(applied: &Applied, node: &str, held: Option<&str>) -> HeartbeatReply {
+    if let Some(held) = held.filter(|h| !h.is_empty()) {
+        let version = version_on(applied, node);
+        if version == held {
+            return HeartbeatReply {
+                assignments: Vec::new(),
+                heartbeat_interval: HEARTBEAT_INTERVAL,
+                index: applied.last_applied.map_or(0, |l| l.index),
+                version,
+                unchanged: true,
+            };
+        }
+    }
+    reply_at(applied, node)
 }
 
 /// Whether a poll that holds `after` must be answered now: the list has
@@ -91,6 +112,23 @@ mod tests {
 
     fn applied(state: ClusterState) -> Applied {
         Applied { state, ..Applied::default() }
+    }
+
+    #[test]
+    fn an_unchanged_heartbeat_is_answered_without_the_list() {
+        let (mut s, id) = placed();
+        let full = heartbeat_reply(&applied(s.clone()), "w1", None);
+        assert!(!full.unchanged);
+        assert_eq!(full.assignments.len(), 1);
+        let again = heartbeat_reply(&applied(s.clone()), "w1", Some(&full.version));
+        assert!(again.unchanged && again.assignments.is_empty());
+        assert_eq!(again.version, full.version);
+        // A stale or empty version gets the whole list.
+        assert!(!heartbeat_reply(&applied(s.clone()), "w1", Some("")).unchanged);
+        s.apply(&Command::StopTask { task_id: id, at: 3 });
+        let changed = heartbeat_reply(&applied(s), "w1", Some(&full.version));
+        assert!(!changed.unchanged);
+        assert_eq!(changed.assignments[0].desired, DesiredStatus::Stop);
     }
 
     #[test]

@@ -148,6 +148,7 @@ mod tests {
             usage: Resources::default(),
             engine: EngineStatus { healthy: true, error: None },
             tasks,
+            held: None,
         }
     }
 

@@ -30,7 +30,23 @@ struct Room {
     capacity: Resources,
     free: Resources,
     host_ports: BTreeSet<u16>,
+    /// Tasks placed on it (live ones, and this round's).
+    tasks: usize,
 }
+
+/// Tasks one node holds, at most; placement refuses more with a reason.
+///
+/// Everything a node holds travels in messages that grow with its task
+/// count: the assignment list a heartbeat or long poll answers with (each
+/// task's spec), and a worker's report on each task. Workers send only
+/// changed reports, at most 256 KiB per heartbeat (`goat_worker::delta`),
+/// so no heartbeat fails however many tasks a node holds; this limit keeps
+/// the rest bounded too: a full report of 1,024 tasks (from a worker that
+/// does not send deltas) fits in the heartbeat route's 4 MiB limit with
+/// up to 4 KiB per report, and a list of 1,024 typical specs (a few
+/// hundred bytes each) is well under a MiB. Kubernetes' default is 110
+/// pods per node.
+pub const MAX_TASKS_PER_NODE: usize = 1_024;
 
 /// A placement round over a fixed view of the cluster.
 #[derive(Debug, Clone)]
@@ -67,7 +83,7 @@ impl Scheduler {
             }
             rooms.insert(
                 node.name.clone(),
-                Room { capacity: node.capacity, free: node.capacity, host_ports: BTreeSet::new() },
+                Room { capacity: node.capacity, free: node.capacity, host_ports: BTreeSet::new(), tasks: 0 },
             );
         }
         for (name, room) in rooms.iter_mut() {
@@ -141,6 +157,9 @@ impl Scheduler {
         if self.rooms.is_empty() {
             return NO_NODES.into();
         }
+        if self.rooms.iter().all(|(_, r)| r.tasks >= MAX_TASKS_PER_NODE) {
+            return format!("every ready node holds its maximum of {MAX_TASKS_PER_NODE} tasks");
+        }
         let largest = |f: fn(&Room) -> f64| self.rooms.iter().map(|(_, r)| f(r)).fold(0.0, f64::max);
         let mem = largest(|r| r.free.memory as f64);
         if (spec.memory as f64) > mem {
@@ -205,6 +224,7 @@ fn fits(room: &Room, spec: &TaskSpec) -> bool {
         && spec.disk <= room.free.disk
         && spec.ports.iter().filter_map(|p| p.host).all(|port| !room.host_ports.contains(&port))
         && room.capacity.cpu > 0.0
+        && room.tasks < MAX_TASKS_PER_NODE
 }
 
 fn charge(room: &mut Room, spec: &TaskSpec) {
@@ -212,6 +232,7 @@ fn charge(room: &mut Room, spec: &TaskSpec) {
     room.free.memory = room.free.memory.saturating_sub(spec.memory);
     room.free.disk = room.free.disk.saturating_sub(spec.disk);
     room.host_ports.extend(spec.ports.iter().filter_map(|p| p.host));
+    room.tasks += 1;
 }
 
 #[cfg(test)]
@@ -250,6 +271,22 @@ mod tests {
         fn place_default(&mut self, spec: &TaskSpec) -> Result<String, Unplaceable> {
             self.place(spec, Strategy::BinPack)
         }
+    }
+
+    #[test]
+    fn a_node_takes_at_most_max_tasks_per_node() {
+        let s = cluster(&[("a", 1024.0, 1 << 40), ("b", 1024.0, 1 << 40)]);
+        let mut sched = Scheduler::new(&s, |_| true);
+        let tiny = spec(0.001, 0, None);
+        let mut on_a = 0;
+        for _ in 0..2 * MAX_TASKS_PER_NODE {
+            if sched.place(&tiny, Strategy::BinPack).unwrap() == "a" {
+                on_a += 1;
+            }
+        }
+        assert_eq!(on_a, MAX_TASKS_PER_NODE, "bin-packing fills a up to the limit, then b");
+        let why = sched.place(&tiny, Strategy::BinPack).unwrap_err();
+        assert!(why.contains("maximum of 1024 tasks"), "{why}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::error::ApiError;
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
-use crate::control::assignments::reply_at;
+use crate::control::assignments::heartbeat_reply;
 pub use crate::control::nodes::{
     assignments, heartbeat_commands, liveness_commands, requeue_commands, window_ends_at, HEARTBEAT_INTERVAL,
 };
@@ -99,7 +99,7 @@ async fn answer_heartbeat_in<H: LeaderHost>(m: &H, name: &str, hb: &Heartbeat) -
     let (commands, unchanged) = {
         let applied = m.state().read();
         let commands = heartbeat_commands(&applied.state, name, hb, m.now_ms());
-        let unchanged = commands.is_empty().then(|| reply_at(&applied, name));
+        let unchanged = commands.is_empty().then(|| heartbeat_reply(&applied, name, hb.held.as_deref()));
         (commands, unchanged)
     };
     Ok(match unchanged {
@@ -107,7 +107,7 @@ async fn answer_heartbeat_in<H: LeaderHost>(m: &H, name: &str, hb: &Heartbeat) -
         None => {
             m.propose(Command::Batch(commands)).await?;
             m.placement_kick().notify_one();
-            reply_at(&m.state().read(), name)
+            heartbeat_reply(&m.state().read(), name, hb.held.as_deref())
         }
     })
 }

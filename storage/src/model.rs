@@ -569,8 +569,19 @@ pub struct Heartbeat {
     #[serde(default)]
     pub usage: Resources,
     pub engine: EngineStatus,
+    /// Reports on the node's tasks: all of them, or (from a worker that
+    /// sends deltas) only those that changed since its last accepted
+    /// heartbeat. The leader commits only differences from the stored
+    /// state and infers nothing from a task's absence, so both mean the
+    /// same to it.
     #[serde(default)]
     pub tasks: Vec<TaskReport>,
+    /// The version of the assignment list the worker holds (see
+    /// [`HeartbeatReply::version`]). When it is still current, the leader
+    /// answers with no list (`unchanged`), which keeps an unchanged
+    /// heartbeat's answer small whatever the node holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// One task a node should hold, as the leader answers a heartbeat.
@@ -602,6 +613,10 @@ pub struct HeartbeatReply {
     /// Empty from a manager that does not compute it.
     #[serde(default)]
     pub version: String,
+    /// The list is left out: the version the heartbeat named as held is
+    /// the current one (`assignments` is then empty and means nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 #[cfg(test)]

@@ -1124,6 +1124,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
             usage: Resources::default(),
             engine: EngineStatus { healthy: true, error: None },
             tasks,
+            held: None,
         };
         match w.send_heartbeat(i, target, hb).await {
             Ok(list) => {

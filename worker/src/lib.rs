@@ -18,6 +18,7 @@
 //! `goat_storage::worker_state`.
 
 pub mod agent;
+pub mod delta;
 pub mod health;
 pub mod reconcile;
 pub mod restart;

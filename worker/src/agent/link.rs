@@ -110,9 +110,18 @@ impl<S: Fn(&[Assignment])> Held<S> {
     /// Takes `reply`'s list unless it is older than the one held; passes it
     /// on if it differs. Returns whether it was taken.
     fn take(&mut self, reply: HeartbeatReply, from: &str) -> bool {
+        if reply.unchanged && reply.version != self.version {
+            // It confirms a list this worker no longer holds (a long poll
+            // replaced it meanwhile): it says nothing of the one held.
+            return false;
+        }
         if !self.order.accept(reply.index, unix_ms()) {
             tracing::debug!(manager = from, index = reply.index, held = self.order.held(), "ignoring an older list");
             return false;
+        }
+        if reply.unchanged {
+            // The list held (named in the heartbeat) is still current.
+            return true;
         }
         self.version = reply.version;
         let fresh = Some(reply.assignments);
@@ -180,6 +189,7 @@ async fn heartbeats(
     let mut current = 0usize;
     let mut interval = config.interval;
     let mut connected = false;
+    let mut delta = crate::delta::ReportDelta::default();
     let changed = status.lock().unwrap_or_else(|e| e.into_inner()).changed.clone();
     // Points the long poll at `manager` with the list held (not before a
     // manager sends versions).
@@ -194,14 +204,20 @@ async fn heartbeats(
     };
     loop {
         let sent_at = tokio::time::Instant::now();
-        let heartbeat = {
+        // Only the reports that changed since the last accepted heartbeat
+        // (see `crate::delta`), and the version of the list held, so that
+        // an unchanged node's heartbeat and its answer stay small.
+        let (heartbeat, all, more) = {
             let status = status.lock().unwrap_or_else(|e| e.into_inner());
-            Heartbeat {
+            let selection = delta.select(&status.reports);
+            let heartbeat = Heartbeat {
                 capacity: config.capacity,
                 usage: status.usage,
                 engine: status.engine.clone(),
-                tasks: status.reports.clone(),
-            }
+                tasks: selection.reports,
+                held: (!held.version.is_empty()).then(|| held.version.clone()),
+            };
+            (heartbeat, status.reports.clone(), selection.more)
         };
         // Try each manager once, starting with the one that answered last.
         // A manager that does not answer, or answers 503 (a leader that
@@ -234,6 +250,7 @@ async fn heartbeats(
                 }
             }
         }
+        let was_accepted = accepted.is_some();
         match accepted {
             Some(reply) => {
                 status.lock().unwrap_or_else(|e| e.into_inner()).last_manager_contact = Some(unix_ms());
@@ -244,16 +261,19 @@ async fn heartbeats(
                 }
                 interval =
                     reply.heartbeat_interval.as_duration().clamp(Duration::from_millis(100), Duration::from_secs(10));
+                delta.accepted(&heartbeat.tasks, &all);
                 held.take(reply, manager);
                 aim(&held, manager);
             }
             None if unauthorized => {
+                delta.reset();
                 connected = false;
                 target.send_replace(None);
                 tokio::time::sleep(UNAUTHORIZED_RETRY).await;
                 continue;
             }
             None => {
+                delta.reset();
                 if connected {
                     tracing::warn!("no manager reachable; carrying on with the last assignments");
                     connected = false;
@@ -261,9 +281,10 @@ async fn heartbeats(
                 current = (current + 1) % config.managers.len().max(1);
             }
         }
-        // The next one at the period, or sooner when a report changed;
-        // meanwhile, take what the long poll brings.
-        let next = tokio::time::Instant::now() + interval;
+        // The next one at the period, or sooner when a report changed or
+        // more reports wait; meanwhile, take what the long poll brings.
+        let next =
+            if more && was_accepted { sent_at + MIN_HEARTBEAT_GAP } else { tokio::time::Instant::now() + interval };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => break,
@@ -559,7 +580,13 @@ mod tests {
                 spec: serde_json::from_str(r#"{"name":"t","image":"i"}"#).unwrap(),
             })
             .collect();
-        HeartbeatReply { assignments, heartbeat_interval: goat_storage::Millis(1_000), index, version: version.into() }
+        HeartbeatReply {
+            assignments,
+            heartbeat_interval: goat_storage::Millis(1_000),
+            index,
+            version: version.into(),
+            unchanged: false,
+        }
     }
 
     #[test]
