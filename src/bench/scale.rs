@@ -142,6 +142,7 @@ fn heartbeat(engine_healthy: bool, tasks: Vec<TaskReport>) -> Heartbeat {
             error: (!engine_healthy).then(|| "simulated: not ready yet".to_string()),
         },
         tasks,
+        advertise: None,
     }
 }
 

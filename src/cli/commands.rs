@@ -18,11 +18,11 @@ use super::error::{exit, CliError};
 use super::table::{age, bytes, render};
 use crate::clock::now_ms;
 
-fn client(args: &ClientArgs) -> Result<Client, CliError> {
+pub(crate) fn client(args: &ClientArgs) -> Result<Client, CliError> {
     Client::new(&args.addr, args.token.clone(), args.timeout.as_duration(), args.tls()?.as_ref())
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::other(e.to_string()))?;
     println!("{text}");
     Ok(())

@@ -10,10 +10,14 @@
 //! - [`nodes`]: heartbeats, liveness, drains, and a node's assignments.
 //! - [`assignments`]: assignment lists as answered, and their versions.
 //! - [`lease`]: when a leader may decide from its own view (quorum lease).
+//! - [`service`]: a service's copies: how many, which version, which to stop.
+//! - [`deployment`]: the deployment state machine (rolling updates).
 
 pub mod assignments;
+pub mod deployment;
 pub mod lease;
 pub mod nodes;
 pub mod placement;
 pub mod reschedule;
 pub mod scheduler;
+pub mod service;

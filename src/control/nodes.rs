@@ -50,6 +50,10 @@ pub fn heartbeat_commands(state: &ClusterState, name: &str, hb: &Heartbeat, at: 
             at,
         });
     }
+    let address_changed = state.nodes.get(name).map_or(hb.advertise.is_some(), |n| n.address != hb.advertise);
+    if address_changed && hb.advertise.is_some() {
+        commands.push(Command::SetNodeAddress { name: name.to_string(), address: hb.advertise.clone(), at });
+    }
     commands
 }
 
@@ -148,6 +152,7 @@ mod tests {
             usage: Resources::default(),
             engine: EngineStatus { healthy: true, error: None },
             tasks,
+            advertise: None,
         }
     }
 

@@ -16,7 +16,9 @@
 //!   lets tasks with a disconnect window wait `unknown` until it ends (see
 //!   `crate::control::nodes::liveness_commands`);
 //! - collection: removes finished tasks after `--task-retention` (see
-//!   `super::gc`).
+//!   `super::gc`);
+//! - services: turns each service into tasks, rolls updates out (see
+//!   `super::service_loop`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +71,7 @@ pub async fn supervise(manager: Arc<Manager>) {
             tokio::spawn(liveness_loop(manager.clone(), leading.clone()));
             tokio::spawn(reschedule_loop(manager.clone(), leading));
             tokio::spawn(super::gc::gc_loop(manager.clone(), term, token.clone()));
+            tokio::spawn(super::service_loop::service_loop(manager.clone(), term, token.clone()));
             running = Some((term, token));
         }
         if metrics.changed().await.is_err() {

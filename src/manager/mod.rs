@@ -36,6 +36,8 @@ pub mod json;
 pub mod leader;
 pub mod nodes;
 pub mod openapi;
+pub mod service_loop;
+pub mod services;
 pub mod snapshot;
 pub mod verify;
 

@@ -1046,17 +1046,7 @@ async fn placement_loop(w: Arc<World>, r: Arc<Running>, token: CancellationToken
             let seen = lock(&r.last_seen).clone();
             let applied = r.shared.read();
             let mut scheduler = Scheduler::new(&applied.state, |node| alive(&seen, node, since, deadline));
-            let pending: Vec<PendingTask> = applied
-                .state
-                .pending_tasks()
-                .map(|t| PendingTask {
-                    id: t.id,
-                    created_at: t.created_at,
-                    spec: t.spec.clone(),
-                    reason: t.reason.clone(),
-                    failed_on: t.failed_on.clone(),
-                })
-                .collect();
+            let pending: Vec<PendingTask> = applied.state.pending_tasks().map(PendingTask::of).collect();
             decide(&mut scheduler, &pending, Strategy::BinPack, w.now_ms(r.id))
         };
         if !commands.is_empty() {
@@ -1159,6 +1149,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
             usage: Resources::default(),
             engine: EngineStatus { healthy: true, error: None },
             tasks,
+            advertise: None,
         };
         match w.send_heartbeat(i, target, hb).await {
             Ok(list) => {

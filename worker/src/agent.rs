@@ -593,6 +593,8 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// With TLS: `https`, this worker's certificate, the cluster's CA.
     pub tls: Option<goat_raft::tls::Tls>,
+    /// The address clients reach this node's published ports at.
+    pub advertise: Option<String>,
 }
 
 /// How one heartbeat attempt went.
@@ -768,6 +770,7 @@ async fn heartbeats(
                 usage: status.usage,
                 engine: status.engine.clone(),
                 tasks: status.reports.clone(),
+                advertise: config.advertise.clone(),
             }
         };
         // Try each manager once, starting with the one that answered last.
@@ -1048,6 +1051,7 @@ mod tests {
             capacity: Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 30 },
             interval: Duration::from_millis(100),
             tls: None,
+            advertise: None,
         };
         let (tx, mut rx) = watch::channel(None);
         let stored = Arc::new(Mutex::new(None));
@@ -1076,6 +1080,7 @@ mod tests {
             capacity: Resources::default(),
             interval: Duration::from_millis(50),
             tls: None,
+            advertise: None,
         };
         let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));
@@ -1115,6 +1120,7 @@ mod tests {
             capacity: Resources::default(),
             interval: Duration::from_secs(10),
             tls: None,
+            advertise: None,
         };
         let status = status();
         let (tx, _rx) = watch::channel(None);
@@ -1213,6 +1219,7 @@ mod tests {
             capacity: Resources::default(),
             interval: Duration::from_secs(10),
             tls: None,
+            advertise: None,
         };
         let (tx, _rx) = watch::channel(None);
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));
