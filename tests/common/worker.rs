@@ -245,6 +245,19 @@ pub async fn wait_task(
     wait_for(cluster, &format!("/v1/tasks/{id}"), &what, timeout, |task| (task["id"] == id).then_some(task), pred).await
 }
 
+/// Polls `GET /v1/services/{name}` on any live manager until `pred` holds.
+pub async fn wait_service(
+    cluster: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let what = format!("service {name} {what}");
+    let path = format!("/v1/services/{name}");
+    wait_for(cluster, &path, &what, timeout, |s| (s["name"] == name).then_some(s), pred).await
+}
+
 /// Polls `GET /v1/nodes` until node `name` satisfies `pred`.
 pub async fn wait_node(
     cluster: &Cluster,
