@@ -9,7 +9,10 @@
 //! - [`health`]: health checks: pure counting plus the probing tasks.
 //! - [`reconcile`]: the pure decision logic: assignments + observed
 //!   containers + local records → engine actions and task reports.
-//! - [`agent`]: the loops that observe, act and heartbeat.
+//! - [`agent`]: the loops that observe, act and heartbeat: the
+//!   [`agent::supervisor`] (containers), the [`agent::link`] to the managers
+//!   (heartbeats, the assignments' long poll) and the host's
+//!   [`agent::capacity`].
 //!
 //! The local on-disk state (restart records, last assignments) lives in
 //! `goat_storage::worker_state`.
