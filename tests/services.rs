@@ -229,20 +229,17 @@ async fn a_lost_worker_is_no_outage_for_a_client_following_the_endpoints() {
 
     let follower = Follower::start(&cluster, &name);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim = workers.remove(0);
+    let mut victim = workers.remove(0);
     let lost = victim.name.clone();
-    let mut victim = victim;
     victim.kill();
     remove_containers_of(&lost);
     let killed_at = Instant::now();
     // Back to 3 healthy copies, none on the lost node.
-    let lost_clone = lost.clone();
-    let cluster_ref = &cluster;
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let e = get(cluster_ref, &format!("/v1/services/{name}/endpoints")).await.unwrap_or(Value::Null);
+        let e = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.unwrap_or(Value::Null);
         nodes = endpoint_nodes(&e);
-        if nodes.len() == 3 && !nodes.contains(&lost_clone) {
+        if nodes.len() == 3 && !nodes.contains(&lost) {
             break;
         }
         assert!(Instant::now() < deadline, "not back to 3 healthy endpoints: {e:#}");
@@ -323,7 +320,7 @@ async fn a_rolling_update_keeps_enough_copies_healthy_and_a_broken_version_is_re
         assert!(Instant::now() < deadline, "not reverted: {s:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(seen_reverting || polls > 0);
+    eprintln!("reverting observed: {seen_reverting}");
     let e = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.expect("endpoints");
     let versions: Vec<u64> =
         e["endpoints"].as_array().into_iter().flatten().filter_map(|e| e["version"].as_u64()).collect();

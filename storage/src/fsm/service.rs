@@ -253,3 +253,153 @@ impl ClusterState {
         Ok(CommandResult::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn spec(replicas: u32, version_env: &str) -> ServiceSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "replicas": replicas,
+            "template": {"name": "web", "image": "goat-echo:latest", "env": {"ECHO_VERSION": version_env}},
+            "spread": {"max_per_node": 1}
+        }))
+        .unwrap()
+    }
+
+    fn put(s: &mut ClusterState, spec: ServiceSpec, at: Timestamp) -> Service {
+        match s.apply(&Command::PutService { spec, at }) {
+            CommandResult::Service(service) => *service,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn with_nodes() -> ClusterState {
+        let mut s = ClusterState::default();
+        for n in ["w1", "w2"] {
+            s.apply(&Command::UpsertNode {
+                name: n.into(),
+                capacity: Resources { cpu: 4.0, memory: 1 << 32, disk: 1 << 34 },
+                engine: EngineStatus { healthy: true, error: None },
+                at: 1,
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn the_same_spec_is_a_no_op_and_a_changed_template_a_new_version() {
+        let mut s = ClusterState::default();
+        let first = put(&mut s, spec(3, "1"), 10);
+        assert_eq!((first.current, first.versions.len(), first.deployment.is_none()), (1, 1, true));
+        s.take_dirty();
+        let again = put(&mut s, spec(3, "1"), 20);
+        assert_eq!(again, first, "nothing changed, not even updated_at");
+        assert!(s.take_dirty().services.is_empty());
+        // Replicas alone: no new version.
+        let scaled = put(&mut s, spec(5, "1"), 30);
+        assert_eq!((scaled.current, scaled.replicas, scaled.versions.len()), (1, 5, 1));
+        // A changed template: version 2 and its deployment.
+        let v2 = put(&mut s, spec(5, "2"), 40);
+        assert_eq!(v2.current, 2);
+        let d = v2.deployment.unwrap();
+        assert_eq!((d.from, d.to, d.state), (1, 2, DeploymentState::Running));
+        // Another one supersedes it.
+        let v3 = put(&mut s, spec(5, "3"), 50);
+        assert_eq!(v3.deployment.as_ref().map(|d| (d.from, d.to)), Some((2, 3)));
+    }
+
+    #[test]
+    fn copies_are_started_only_for_the_current_version_and_keep_to_the_spread() {
+        let mut s = with_nodes();
+        put(&mut s, spec(3, "1"), 10);
+        let ids: Vec<TaskId> = (1..=3).map(Uuid::from_u128).collect();
+        let stale = Command::StartServiceTasks { service: "web".into(), version: 2, task_ids: ids.clone(), at: 11 };
+        assert_eq!(s.apply(&stale).refusal().map(|r| r.kind), Some(RefusalKind::Stale));
+        let start = Command::StartServiceTasks { service: "web".into(), version: 1, task_ids: ids.clone(), at: 11 };
+        assert_eq!(s.apply(&start), CommandResult::Done);
+        assert_eq!(s.service_tasks("web").count(), 3);
+        let task = &s.tasks[&ids[0]];
+        assert_eq!(task.spec.env["GOAT_SERVICE"], "web");
+        assert_eq!(task.service, Some(ServiceRef { name: "web".into(), version: 1 }));
+        // Again with the same ids: refused, nothing doubled.
+        assert!(s.apply(&start).is_refused());
+        // max_per_node 1: a second copy on w1 is refused.
+        assert!(!s.apply(&Command::PlaceTask { task_id: ids[0], node: "w1".into(), at: 12 }).is_refused());
+        let second = s.apply(&Command::PlaceTask { task_id: ids[1], node: "w1".into(), at: 12 });
+        assert_eq!(second.refusal().map(|r| r.kind), Some(RefusalKind::Stale));
+        assert!(!s.apply(&Command::PlaceTask { task_id: ids[1], node: "w2".into(), at: 12 }).is_refused());
+        // The index is what loading the same tasks builds.
+        let mut loaded = ClusterState::from_parts(s.tasks.clone(), s.nodes.clone());
+        loaded.services = s.services.clone();
+        assert_eq!(loaded.service_tasks("web").count(), 3);
+    }
+
+    #[test]
+    fn deployments_move_only_as_the_table_allows() {
+        let mut s = ClusterState::default();
+        put(&mut s, spec(3, "1"), 10);
+        put(&mut s, spec(3, "2"), 20);
+        let set = |state, to| Command::SetDeployment { service: "web".into(), to, state, reason: None, at: 30 };
+        assert_eq!(s.apply(&set(DeploymentState::Reverting, 9)).refusal().map(|r| r.kind), Some(RefusalKind::Stale));
+        assert_eq!(
+            s.apply(&set(DeploymentState::Reverted, 2)).refusal().map(|r| r.kind),
+            Some(RefusalKind::Conflict),
+            "running cannot become reverted"
+        );
+        // Reverting makes the old version current again.
+        assert!(!s.apply(&set(DeploymentState::Reverting, 2)).is_refused());
+        assert_eq!(s.services["web"].current, 1);
+        assert!(!s.apply(&set(DeploymentState::Reverted, 2)).is_refused());
+        assert!(s.apply(&set(DeploymentState::Running, 2)).is_refused(), "terminal");
+    }
+
+    #[test]
+    fn rollback_promote_scale_and_delete() {
+        let mut s = with_nodes();
+        put(&mut s, spec(2, "1"), 10);
+        assert_eq!(
+            s.apply(&Command::RollbackService { name: "web".into(), at: 11 }).refusal().map(|r| r.kind),
+            Some(RefusalKind::Conflict),
+            "no earlier version"
+        );
+        let mut canary = spec(2, "2");
+        canary.update.canary = 1;
+        let v2 = put(&mut s, canary, 20);
+        assert!(!v2.deployment.as_ref().unwrap().promoted);
+        let promoted = s.apply(&Command::PromoteService { name: "web".into(), at: 21 });
+        assert!(matches!(promoted, CommandResult::Service(ref sv) if sv.deployment.as_ref().unwrap().promoted));
+        assert!(s.apply(&Command::PromoteService { name: "web".into(), at: 22 }).is_refused(), "promoted already");
+        let back = s.apply(&Command::RollbackService { name: "web".into(), at: 23 });
+        assert!(matches!(back, CommandResult::Service(ref sv) if sv.current == 1));
+        assert!(s.apply(&Command::ScaleService { name: "web".into(), replicas: 20_000, at: 24 }).is_refused());
+        assert!(s.apply(&Command::ScaleService { name: "nope".into(), replicas: 1, at: 24 }).is_refused());
+        let ids: Vec<TaskId> = (1..=2).map(Uuid::from_u128).collect();
+        s.apply(&Command::StartServiceTasks { service: "web".into(), version: 1, task_ids: ids.clone(), at: 25 });
+        s.apply(&Command::PlaceTask { task_id: ids[0], node: "w1".into(), at: 26 });
+        assert!(!s.apply(&Command::DeleteService { name: "web".into(), at: 27 }).is_refused());
+        assert!(!s.services.contains_key("web"));
+        assert_eq!(s.tasks[&ids[1]].state, TaskState::Completed, "a pending copy completes at once");
+        assert_eq!(s.tasks[&ids[0]].desired, DesiredStatus::Stop, "a placed copy stops on its node");
+        assert!(s.pending_tasks().next().is_none(), "the index saw the stop");
+    }
+
+    #[test]
+    fn services_survive_the_store() {
+        use crate::state_store::StateStore;
+        let engine: std::sync::Arc<dyn crate::engine::Engine> =
+            std::sync::Arc::new(crate::mem_engine::MemEngine::new());
+        let store = StateStore::new(engine);
+        let mut s = ClusterState::default();
+        put(&mut s, spec(3, "1"), 10);
+        let dirty = s.take_dirty();
+        store.save_changes(&s, dirty, b"a".to_vec()).unwrap();
+        assert_eq!(store.load().unwrap().0.services, s.services);
+        // And the snapshot form.
+        let bytes = crate::state_store::encode(&s);
+        let back: ClusterState = crate::state_store::decode(crate::engine::Tree::State, &bytes).unwrap();
+        assert_eq!(back.services, s.services);
+    }
+}
