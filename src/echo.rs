@@ -6,6 +6,9 @@
 //! - `POST /crash` exits the process with status 1 (an app bug).
 //! - `POST /fail-health` makes `/health` fail from then on (a wedged app).
 //! - `ECHO_FAIL_STARTUP=1` exits with status 1 at startup (a bad config).
+//! - `GET /version` answers `{"version": ECHO_VERSION, "task": GOAT_TASK_ID}`
+//!   (empty strings when unset), and every answer to `POST /` carries the
+//!   `x-echo-version` header: what a rolling update changes.
 //! - `ECHO_DEPENDENCY=HOST:PORT` waits, in the background and with
 //!   exponential backoff, for a TCP connect to HOST:PORT; `/health` says
 //!   what it is waiting for meanwhile.
@@ -65,14 +68,27 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
 fn app(state: Arc<Echo>) -> Router {
     Router::new()
         .route("/", post(echo))
+        .route("/version", get(version))
         .route("/health", get(health))
         .route("/crash", post(crash))
         .route("/fail-health", post(fail_health))
         .with_state(state)
 }
 
+fn echo_version() -> String {
+    std::env::var("ECHO_VERSION").unwrap_or_default()
+}
+
 async fn echo(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let headers = [
+        (header::CONTENT_TYPE, "application/json".to_string()),
+        (header::HeaderName::from_static("x-echo-version"), echo_version()),
+    ];
+    (headers, body).into_response()
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({"version": echo_version(), "task": std::env::var("GOAT_TASK_ID").unwrap_or_default()}))
 }
 
 async fn health(State(state): State<Arc<Echo>>) -> Response {

@@ -147,6 +147,7 @@ fn heartbeat(engine_healthy: bool, tasks: Vec<TaskReport>, held: Option<String>)
         },
         tasks,
         held,
+        advertise: None,
     }
 }
 

@@ -72,6 +72,9 @@ pub enum OperatorCommand {
     Tls(TlsArgs),
     /// Plan for a failure before it happens.
     Plan(PlanArgs),
+    /// Replicated services: run a file, status, scale, rollback, promote,
+    /// rm, endpoints.
+    Service(super::service::ServiceArgs),
 }
 
 #[derive(Debug, Args)]

@@ -17,7 +17,7 @@ use super::table::{age, bytes, render};
 use crate::client::Client;
 use crate::clock::now_ms;
 
-fn client(args: &ClientArgs) -> Result<Client, CliError> {
+pub(crate) fn client(args: &ClientArgs) -> Result<Client, CliError> {
     client_with(args, args.timeout.as_duration())
 }
 
@@ -27,7 +27,7 @@ pub fn client_with(args: &ClientArgs, timeout: Duration) -> Result<Client, CliEr
     Ok(Client::builder(&args.addr).token(args.token.clone()).tls(tls.as_ref()).timeout(timeout).build()?)
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::other(e.to_string()))?;
     println!("{text}");
     Ok(())

@@ -19,6 +19,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod events;
+pub mod service;
 mod table;
 pub mod tls;
 
@@ -41,6 +42,7 @@ pub async fn main(command: OperatorCommand, log_json: bool) -> i32 {
         OperatorCommand::Plan(args) => commands::plan(args).await,
         OperatorCommand::Token(args) => commands::token(args).await,
         OperatorCommand::Tls(args) => tls::run(args).await,
+        OperatorCommand::Service(args) => service::run(args).await,
     };
     match result {
         Ok(()) => exit::OK,

@@ -12,14 +12,18 @@
 //! - [`error`]: the core's error, by kind ([`Error`], [`ErrorKind`]).
 //! - [`lease`]: when a leader may decide from its own view (quorum lease).
 //! - [`transfer`]: which follower a leader hands over to.
+//! - [`service`]: a service's copies: how many, which version, which to stop.
+//! - [`deployment`]: the deployment state machine (rolling updates).
 
 pub mod assignments;
+pub mod deployment;
 pub mod error;
 pub mod lease;
 pub mod nodes;
 pub mod placement;
 pub mod reschedule;
 pub mod scheduler;
+pub mod service;
 pub mod transfer;
 
 pub use error::{Error, ErrorKind};

@@ -50,6 +50,10 @@ pub fn heartbeat_commands(state: &ClusterState, name: &str, hb: &Heartbeat, at: 
             at,
         });
     }
+    let address_changed = state.nodes.get(name).map_or(hb.advertise.is_some(), |n| n.address != hb.advertise);
+    if address_changed && hb.advertise.is_some() {
+        commands.push(Command::SetNodeAddress { name: name.to_string(), address: hb.advertise.clone(), at });
+    }
     commands
 }
 
@@ -149,6 +153,7 @@ mod tests {
             engine: EngineStatus { healthy: true, error: None },
             tasks,
             held: None,
+            advertise: None,
         }
     }
 

@@ -15,6 +15,8 @@ pub struct PendingTask {
     pub spec: goat_storage::model::TaskSpec,
     pub reason: Option<String>,
     pub failed_on: Option<String>,
+    /// The service the task is a copy of: placement keeps to its spread.
+    pub service: Option<String>,
 }
 
 impl PendingTask {
@@ -25,6 +27,7 @@ impl PendingTask {
             spec: task.spec.clone(),
             reason: task.reason.clone(),
             failed_on: task.failed_on.clone(),
+            service: task.service.as_ref().map(|s| s.name.clone()),
         }
     }
 }
@@ -39,7 +42,7 @@ pub fn decide(scheduler: &mut Scheduler, tasks: &[PendingTask], default: Strateg
             // Nothing can be placed anywhere and the task already says so.
             continue;
         }
-        match scheduler.place_avoiding(&task.spec, default, task.failed_on.as_deref()) {
+        match scheduler.place_copy(&task.spec, default, task.failed_on.as_deref(), task.service.as_deref()) {
             Ok(node) => commands.push(Command::PlaceTask { task_id: task.id, node, at }),
             Err(reason) if task.reason.as_deref() != Some(reason.as_str()) => {
                 commands.push(Command::SetPendingReason { task_id: task.id, reason: Some(reason), at })
@@ -62,6 +65,7 @@ mod tests {
             created_at: 1,
             spec,
             reason: reason.map(str::to_string),
+            service: None,
             failed_on: None,
         }
     }

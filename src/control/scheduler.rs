@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use goat_storage::fsm::ClusterState;
-use goat_storage::model::{NodeStatus, Resources, Strategy, TaskSpec};
+use goat_storage::model::{DesiredStatus, NodeStatus, Resources, Strategy, TaskSpec};
 
 /// What is left on one node.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ struct Room {
     host_ports: BTreeSet<u16>,
     /// Tasks placed on it (live ones, and this round's).
     tasks: usize,
+    /// Live copies of each service on the node.
+    copies: BTreeMap<String, u32>,
 }
 
 /// Tasks one node holds, at most; placement refuses more with a reason.
@@ -55,6 +57,9 @@ pub struct Scheduler {
     rooms: Vec<(String, Room)>,
     /// Where the next bounded search starts (see [`CANDIDATES`]).
     cursor: usize,
+    /// The most copies of each service one node may hold (its
+    /// `max_per_node`, else `ceil(replicas / eligible nodes)`).
+    spread: BTreeMap<String, u32>,
 }
 
 /// In a cluster larger than this, a task is ranked among the first
@@ -83,15 +88,52 @@ impl Scheduler {
             }
             rooms.insert(
                 node.name.clone(),
-                Room { capacity: node.capacity, free: node.capacity, host_ports: BTreeSet::new(), tasks: 0 },
+                Room {
+                    capacity: node.capacity,
+                    free: node.capacity,
+                    host_ports: BTreeSet::new(),
+                    tasks: 0,
+                    copies: BTreeMap::new(),
+                },
             );
         }
         for (name, room) in rooms.iter_mut() {
             for task in state.tasks_on(name) {
-                charge(room, &task.spec);
+                let service = task.service.as_ref().filter(|_| task.desired == DesiredStatus::Run);
+                charge(room, &task.spec, service.map(|s| s.name.as_str()));
             }
         }
-        Scheduler { rooms: rooms.into_iter().collect(), cursor: 0 }
+        let nodes = rooms.len().max(1) as u64;
+        let spread = state
+            .services
+            .values()
+            .map(|s| {
+                let even = u64::from(s.replicas).div_ceil(nodes).max(1) as u32;
+                (s.name.clone(), s.spread.max_per_node.unwrap_or(even))
+            })
+            .collect();
+        Scheduler { rooms: rooms.into_iter().collect(), cursor: 0, spread }
+    }
+
+    /// Like [`Scheduler::place_avoiding`], for a copy of `service` (if any):
+    /// keeps to the service's spread.
+    pub fn place_copy(
+        &mut self,
+        spec: &TaskSpec,
+        default: Strategy,
+        avoid: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<String, Unplaceable> {
+        let limit = service.and_then(|s| self.spread.get(s).map(|l| (s, *l)));
+        if avoid.is_some() {
+            if let Some(i) = self.best(spec, default, avoid, limit) {
+                return Ok(self.take(i, spec, service));
+            }
+        }
+        match self.best(spec, default, None, limit) {
+            Some(i) => Ok(self.take(i, spec, service)),
+            None => Err(self.explain(spec, limit)),
+        }
     }
 
     /// Whether any node can take anything at all.
@@ -107,25 +149,23 @@ impl Scheduler {
         default: Strategy,
         avoid: Option<&str>,
     ) -> Result<String, Unplaceable> {
-        if avoid.is_some() {
-            if let Some(i) = self.best(spec, default, avoid) {
-                return Ok(self.take(i, spec));
-            }
-        }
-        self.place(spec, default)
+        self.place_copy(spec, default, avoid, None)
     }
 
     /// Picks a node for `spec` and charges it, or says why none fits. The
     /// task's own strategy wins over `default`.
     pub fn place(&mut self, spec: &TaskSpec, default: Strategy) -> Result<String, Unplaceable> {
-        match self.best(spec, default, None) {
-            Some(i) => Ok(self.take(i, spec)),
-            None => Err(self.explain(spec)),
-        }
+        self.place_copy(spec, default, None, None)
     }
 
     /// The index of the best feasible room, skipping `avoid`.
-    fn best(&mut self, spec: &TaskSpec, default: Strategy, avoid: Option<&str>) -> Option<usize> {
+    fn best(
+        &mut self,
+        spec: &TaskSpec,
+        default: Strategy,
+        avoid: Option<&str>,
+        spread: Option<(&str, u32)>,
+    ) -> Option<usize> {
         let strategy = spec.strategy.unwrap_or(default);
         let n = self.rooms.len();
         let (start, limit) = if n > CANDIDATES {
@@ -137,7 +177,9 @@ impl Scheduler {
         let rooms = &self.rooms;
         (start..n)
             .chain(0..start)
-            .filter(|i| Some(rooms[*i].0.as_str()) != avoid && fits(&rooms[*i].1, spec))
+            .filter(|i| {
+                Some(rooms[*i].0.as_str()) != avoid && fits(&rooms[*i].1, spec) && spread_ok(&rooms[*i].1, spread)
+            })
             .take(limit)
             .map(|i| (i, score(strategy, &rooms[i].1, spec)))
             // Highest score; on a tie the alphabetically first name.
@@ -146,19 +188,25 @@ impl Scheduler {
     }
 
     /// Charges room `i` with `spec` and returns its name.
-    fn take(&mut self, i: usize, spec: &TaskSpec) -> String {
+    fn take(&mut self, i: usize, spec: &TaskSpec, service: Option<&str>) -> String {
         let (name, room) = &mut self.rooms[i];
-        charge(room, spec);
+        charge(room, spec, service);
         name.clone()
     }
 
-    /// The first resource that no node has enough of.
-    fn explain(&self, spec: &TaskSpec) -> Unplaceable {
+    /// The first resource that no node has enough of, or the spread that
+    /// no node with room satisfies.
+    fn explain(&self, spec: &TaskSpec, limit: Option<(&str, u32)>) -> Unplaceable {
         if self.rooms.is_empty() {
             return NO_NODES.into();
         }
         if self.rooms.iter().all(|(_, r)| r.tasks >= MAX_TASKS_PER_NODE) {
             return format!("every ready node holds its maximum of {MAX_TASKS_PER_NODE} tasks");
+        }
+        if let Some((_, max)) = limit {
+            if self.rooms.iter().any(|(_, r)| fits(r, spec)) {
+                return format!("no other node satisfies max_per_node {max}");
+            }
         }
         let largest = |f: fn(&Room) -> f64| self.rooms.iter().map(|(_, r)| f(r)).fold(0.0, f64::max);
         let mem = largest(|r| r.free.memory as f64);
@@ -227,7 +275,15 @@ fn fits(room: &Room, spec: &TaskSpec) -> bool {
         && room.tasks < MAX_TASKS_PER_NODE
 }
 
-fn charge(room: &mut Room, spec: &TaskSpec) {
+/// Whether `room` may take one more copy of the service of `limit`.
+fn spread_ok(room: &Room, limit: Option<(&str, u32)>) -> bool {
+    limit.is_none_or(|(service, max)| room.copies.get(service).copied().unwrap_or(0) < max)
+}
+
+fn charge(room: &mut Room, spec: &TaskSpec, service: Option<&str>) {
+    if let Some(service) = service {
+        *room.copies.entry(service.to_string()).or_default() += 1;
+    }
     room.free.cpu -= spec.cpu;
     room.free.memory = room.free.memory.saturating_sub(spec.memory);
     room.free.disk = room.free.disk.saturating_sub(spec.disk);

@@ -48,6 +48,15 @@ public_api! {
     get "/v1/tasks/{id}" => tasks::get_task;
     delete "/v1/tasks/{id}" => tasks::stop_task;
     get "/v1/stats" => tasks::stats;
+    post "/v1/services" => super::services::create;
+    get "/v1/services" => super::services::list;
+    get "/v1/services/{name}" => super::services::get;
+    put "/v1/services/{name}" => super::services::put;
+    delete "/v1/services/{name}" => super::services::delete;
+    post "/v1/services/{name}/scale" => super::services::scale;
+    post "/v1/services/{name}/rollback" => super::services::rollback;
+    post "/v1/services/{name}/promote" => super::services::promote;
+    get "/v1/services/{name}/endpoints" => super::services::list_endpoints;
     get "/v1/nodes" => nodes::list_nodes;
     delete "/v1/nodes/{name}" => super::gc::remove_node;
     post "/v1/nodes/{name}/heartbeat" => nodes::heartbeat, limit nodes::MAX_HEARTBEAT_BYTES;

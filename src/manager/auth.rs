@@ -98,6 +98,11 @@ pub fn required(method: &Method, path: &str) -> Access {
         _ if read => Access::Role(Role::Read),
         ["v1", "tasks"] if *method == Method::POST => Access::Role(Role::Submit),
         ["v1", "tasks", _] if *method == Method::DELETE => Access::Role(Role::Submit),
+        ["v1", "services"] if *method == Method::POST => Access::Role(Role::Submit),
+        ["v1", "services", _] if *method == Method::PUT || *method == Method::DELETE => Access::Role(Role::Submit),
+        ["v1", "services", _, "scale" | "rollback" | "promote"] if *method == Method::POST => {
+            Access::Role(Role::Submit)
+        }
         _ => Access::Role(Role::Admin),
     }
 }
@@ -271,6 +276,14 @@ mod tests {
         assert_eq!(needs(Method::GET, "/v1/tokens"), role(Admin));
         assert_eq!(needs(Method::POST, "/v1/tasks"), role(Submit));
         assert_eq!(needs(Method::DELETE, "/v1/tasks/abc"), role(Submit));
+        assert_eq!(needs(Method::POST, "/v1/services"), role(Submit));
+        assert_eq!(needs(Method::PUT, "/v1/services/web"), role(Submit));
+        assert_eq!(needs(Method::DELETE, "/v1/services/web"), role(Submit));
+        for action in ["scale", "rollback", "promote"] {
+            assert_eq!(needs(Method::POST, &format!("/v1/services/web/{action}")), role(Submit));
+        }
+        assert_eq!(needs(Method::GET, "/v1/services/web/endpoints"), role(Read));
+        assert_eq!(needs(Method::POST, "/v1/services/web/other"), role(Admin));
         assert_eq!(needs(Method::PUT, "/v1/nodes/w1/drain"), role(Admin));
         assert_eq!(needs(Method::POST, "/v1/cluster/members"), role(Admin));
         assert_eq!(needs(Method::POST, "/v1/cluster/leader"), role(Admin));

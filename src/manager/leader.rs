@@ -23,6 +23,9 @@
 //! deterministic simulation's manager (tests/sim, docs/simulation.md), which
 //! runs these very loops on a virtual clock. Hence tokio's `Instant`
 //! (std's in production, virtual under the simulation's paused time).
+//!   `super::gc`);
+//! - services: turns each service into tasks, rolls updates out (see
+//!   `super::service_loop`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -90,6 +93,7 @@ impl LeaderHost for Manager {
     }
     fn start_other_loops(self: &Arc<Self>, term: u64, cancel: &CancellationToken) {
         tokio::spawn(super::gc::gc_loop(self.clone(), term, cancel.clone()));
+        tokio::spawn(super::service_loop::service_loop(self.clone(), term, cancel.clone()));
     }
 }
 

@@ -44,6 +44,8 @@ pub mod leader;
 pub mod members;
 pub mod nodes;
 pub mod openapi;
+pub mod service_loop;
+pub mod services;
 pub mod snapshot;
 pub mod tasks;
 pub mod transfer;

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::*;
 
+mod service;
+
 /// How many history events a task keeps (the oldest are dropped).
 pub const MAX_EVENTS: usize = 64;
 /// How many reschedule times a task keeps.
@@ -83,6 +85,28 @@ pub enum Command {
     /// Forget an API token: it stops working on every manager as this entry
     /// is applied. Refused if there is no such token.
     RevokeToken { id: String },
+    /// Create a service, or apply a changed spec to it: a changed template
+    /// makes a new version and starts its deployment; replicas, spread and
+    /// update policy change in place; the same spec changes nothing.
+    PutService { spec: ServiceSpec, at: Timestamp },
+    /// Change a service's replica count.
+    ScaleService { name: String, replicas: u32, at: Timestamp },
+    /// Bring the previous version back (the one the deployment in progress
+    /// replaces, else the version before the current one).
+    RollbackService { name: String, at: Timestamp },
+    /// Promote a deployment paused on its canaries.
+    PromoteService { name: String, at: Timestamp },
+    /// Remove a service and stop every copy.
+    DeleteService { name: String, at: Timestamp },
+    /// The leader starts copies of a service's current `version` (pending
+    /// tasks with the ids given). Refused if the version is not current.
+    StartServiceTasks { service: String, version: u64, task_ids: Vec<TaskId>, at: Timestamp },
+    /// The leader moves the deployment of version `to` to `state`
+    /// (checked against [`DeploymentState::can_become`]). `reverting`
+    /// makes the deployment's `from` the current version again.
+    SetDeployment { service: String, to: u64, state: DeploymentState, reason: Option<String>, at: Timestamp },
+    /// A worker's advertised address changed.
+    SetNodeAddress { name: String, address: Option<String>, at: Timestamp },
 }
 
 /// The result of applying a command, returned to whoever proposed it.
@@ -98,6 +122,8 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
     /// Applied; how many tasks a `CollectTasks` removed.
     Collected(u64),
+    /// Applied; the service as it now is.
+    Service(Box<Service>),
 }
 
 impl CommandResult {
@@ -181,6 +207,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// API tokens by id (hashes only). A restore leaves them as they are.
     pub tokens: BTreeMap<String, ApiToken>,
+    /// Services by name. A restore leaves them as they are.
+    pub services: BTreeMap<String, Service>,
     /// Keys changed since the last `take_dirty`, so the store can persist
     /// only what changed. Not part of the replicated state.
     #[serde(skip)]
@@ -203,12 +231,14 @@ struct StoredState {
     tasks: BTreeMap<TaskId, Task>,
     nodes: BTreeMap<String, Node>,
     tokens: BTreeMap<String, ApiToken>,
+    services: BTreeMap<String, Service>,
 }
 
 impl From<StoredState> for ClusterState {
     fn from(stored: StoredState) -> ClusterState {
         let mut state = ClusterState::from_parts(stored.tasks, stored.nodes);
         state.tokens = stored.tokens;
+        state.services = stored.services;
         state
     }
 }
@@ -222,6 +252,8 @@ struct Index {
     by_node: BTreeMap<String, BTreeSet<TaskId>>,
     /// Failed tasks that still want to run.
     failed: BTreeSet<TaskId>,
+    /// Every task (until collected) of each service.
+    by_service: BTreeMap<String, BTreeSet<TaskId>>,
 }
 
 /// Where one task appears in the index.
@@ -230,6 +262,7 @@ struct IndexKey {
     pending: Option<(Timestamp, TaskId)>,
     node: Option<String>,
     failed: bool,
+    service: Option<String>,
 }
 
 impl IndexKey {
@@ -239,6 +272,7 @@ impl IndexKey {
             pending: waiting.then_some((task.created_at, task.id)),
             node: if task.state.is_terminal() { None } else { task.node.clone() },
             failed: task.state == TaskState::Failed && task.desired == DesiredStatus::Run,
+            service: task.service.as_ref().map(|s| s.name.clone()),
         }
     }
 }
@@ -259,6 +293,14 @@ impl Index {
                 }
             }
         }
+        if let Some(service) = &key.service {
+            if let Some(set) = self.by_service.get_mut(service) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.by_service.remove(service);
+                }
+            }
+        }
     }
 
     fn add(&mut self, id: TaskId, key: IndexKey) {
@@ -271,6 +313,9 @@ impl Index {
         if let Some(node) = key.node {
             self.by_node.entry(node).or_default().insert(id);
         }
+        if let Some(service) = key.service {
+            self.by_service.entry(service).or_default().insert(id);
+        }
     }
 }
 
@@ -280,6 +325,7 @@ pub struct Dirty {
     pub tasks: BTreeSet<TaskId>,
     pub nodes: BTreeSet<String>,
     pub tokens: BTreeSet<String>,
+    pub services: BTreeSet<String>,
 }
 
 impl Command {
@@ -303,7 +349,15 @@ impl Command {
             | Command::RemoveNode { .. }
             | Command::Fenced { .. }
             | Command::CreateToken { .. }
-            | Command::RevokeToken { .. } => None,
+            | Command::RevokeToken { .. }
+            | Command::PutService { .. }
+            | Command::ScaleService { .. }
+            | Command::RollbackService { .. }
+            | Command::PromoteService { .. }
+            | Command::DeleteService { .. }
+            | Command::StartServiceTasks { .. }
+            | Command::SetDeployment { .. }
+            | Command::SetNodeAddress { .. } => None,
         }
     }
 }
@@ -324,6 +378,7 @@ impl ClusterState {
             tasks,
             nodes,
             tokens: BTreeMap::new(),
+            services: BTreeMap::new(),
             dirty: Dirty::default(),
             index,
             next_event,
@@ -419,6 +474,18 @@ impl ClusterState {
             },
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(id),
+            Command::PutService { spec, at } => self.put_service(spec, *at),
+            Command::ScaleService { name, replicas, at } => self.scale_service(name, *replicas, *at),
+            Command::RollbackService { name, at } => self.rollback_service(name, *at),
+            Command::PromoteService { name, at } => self.promote_service(name, *at),
+            Command::DeleteService { name, at } => self.delete_service(name, *at),
+            Command::StartServiceTasks { service, version, task_ids, at } => {
+                self.start_service_tasks(service, *version, task_ids, *at)
+            }
+            Command::SetDeployment { service, to, state, reason, at } => {
+                self.set_deployment(service, *to, *state, reason, *at)
+            }
+            Command::SetNodeAddress { name, address, at } => self.set_node_address(name, address, *at),
         }
     }
 
@@ -497,8 +564,10 @@ impl ClusterState {
         dirty.nodes.extend(self.nodes.keys().chain(new_nodes.keys()).cloned());
         let entry_leader = self.entry_leader;
         let tokens = std::mem::take(&mut self.tokens);
+        let services = std::mem::take(&mut self.services);
         *self = ClusterState::from_parts(new_tasks, new_nodes);
         self.tokens = tokens;
+        self.services = services;
         self.dirty = dirty;
         self.entry_leader = entry_leader;
         Ok(CommandResult::Done)
@@ -583,6 +652,8 @@ impl ClusterState {
             updated_at: at,
             reschedules: Vec::new(),
             failed_on: None,
+            service: None,
+            healthy_since: None,
             events: vec![TaskEvent {
                 index: take_index(&mut self.next_event),
                 at,
@@ -645,6 +716,9 @@ impl ClusterState {
         // meanwhile (another round, another leader) took the room.
         if let Err(reason) = self.room_for(node, capacity, &task.spec) {
             return Err(Refusal::stale(format!("node {node} has no room for task {task_id}: {reason}")));
+        }
+        if let Some(reason) = self.spread_refusal(node, task) {
+            return Err(Refusal::stale(format!("task {task_id} cannot go on node {node}: {reason}")));
         }
         let task = task_mut(&mut self.tasks, task_id)?;
         self.dirty.tasks.insert(task_id);
@@ -728,6 +802,14 @@ impl ClusterState {
         }
         self.dirty.tasks.insert(task_id);
         task.restarts = report.restarts;
+        let healthy = report.state == ObservedState::Running
+            && (report.health == Health::Healthy
+                || (report.health == Health::Unknown && task.spec.health_check.is_none()));
+        if !healthy {
+            task.healthy_since = None;
+        } else if task.healthy_since.is_none() {
+            task.healthy_since = Some(at);
+        }
         task.health = report.health;
         if report.container_id.is_some() {
             task.container_id = report.container_id.clone();
@@ -764,6 +846,7 @@ impl ClusterState {
             updated_at: at,
             events: Vec::new(),
             drain: false,
+            address: None,
         });
         if registering {
             node_event(node, &mut self.next_event, "registered", at);

@@ -430,6 +430,11 @@ pub struct Task {
     pub reschedules: Vec<Timestamp>,
     /// The node the task last failed on: placement avoids it if it can.
     pub failed_on: Option<String>,
+    /// The service (and version) this task is a copy of, if any.
+    pub service: Option<ServiceRef>,
+    /// Since when its worker has reported it healthy without a break (the
+    /// `at` of that report): what `min_healthy_time` is measured from.
+    pub healthy_since: Option<Timestamp>,
 }
 
 impl Task {
@@ -440,6 +445,18 @@ impl Task {
         self.container_id = None;
         self.host_ports.clear();
         self.health = Health::Unknown;
+        self.healthy_since = None;
+    }
+
+    /// Whether the task counts as a healthy copy: running, and healthy by
+    /// its check (or running without a check).
+    pub fn is_healthy(&self) -> bool {
+        self.state == TaskState::Running
+            && match self.health {
+                Health::Healthy => true,
+                Health::Unknown => self.spec.health_check.is_none(),
+                Health::Starting | Health::Unhealthy => false,
+            }
     }
 }
 
@@ -489,6 +506,9 @@ pub struct Node {
     /// An operator drained the node (`PUT /v1/nodes/{name}/drain`): it takes
     /// no task, whether it is up, down or back.
     pub drain: bool,
+    /// The address clients reach the node's published ports at, as its
+    /// worker reports it (`goat worker --advertise`).
+    pub address: Option<String>,
     /// The last changes of its status (registered, down, ready, draining).
     pub events: Vec<NodeEvent>,
 }
@@ -582,6 +602,9 @@ pub struct Heartbeat {
     /// heartbeat's answer small whatever the node holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The address clients reach this node's published ports at.
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 /// One task a node should hold, as the leader answers a heartbeat.
@@ -661,5 +684,233 @@ mod schema_tests {
         let millis = &c["schemas"]["Millis"]["oneOf"];
         assert_eq!(millis[0]["pattern"], crate::duration::DURATION_PATTERN, "{millis:#}");
         assert_eq!(millis[1]["maximum"].as_f64(), Some(crate::duration::Millis::MAX.0 as f64));
+    }
+}
+
+/// Which service (and which of its versions) a task is a copy of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    pub name: String,
+    pub version: u64,
+}
+
+/// How a service's copies spread over nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spread {
+    /// At most this many live copies on one node. Absent: as evenly as the
+    /// nodes that can take copies allow, `ceil(replicas / nodes)` (so 1 when
+    /// there are at least as many nodes as replicas).
+    pub max_per_node: Option<u32>,
+}
+
+/// How a new version replaces the copies of the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatePolicy {
+    /// Copies replaced at a time (at least 1): never fewer than
+    /// `replicas - max_parallel` healthy copies during an update.
+    pub max_parallel: u32,
+    /// A new copy counts once it has been healthy this long.
+    pub min_healthy_time: Millis,
+    /// A new copy not healthy for `min_healthy_time` this long after it was
+    /// created fails the deployment.
+    pub healthy_deadline: Millis,
+    /// A failed deployment brings the previous version back.
+    pub auto_revert: bool,
+    /// Start this many copies of a new version beside the old ones, then
+    /// wait for `POST /v1/services/{name}/promote`.
+    pub canary: u32,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            max_parallel: 1,
+            min_healthy_time: Millis(5_000),
+            healthy_deadline: Millis(60_000),
+            auto_revert: false,
+            canary: 0,
+        }
+    }
+}
+
+/// What a user applies: the desired shape of a replicated service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Unique; the same rules as a task name.
+    pub name: String,
+    /// Copies wanted, 0 to [`MAX_REPLICAS`].
+    #[serde(default = "ServiceSpec::default_replicas")]
+    pub replicas: u32,
+    /// Each copy's task spec, without `name`.
+    pub template: TaskSpec,
+    #[serde(default)]
+    pub spread: Spread,
+    #[serde(default)]
+    pub update: UpdatePolicy,
+}
+
+/// The most replicas a service may ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+impl ServiceSpec {
+    fn default_replicas() -> u32 {
+        1
+    }
+}
+
+/// One version of a service: its copies' task spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceVersion {
+    pub version: u64,
+    pub template: TaskSpec,
+    pub created_at: Timestamp,
+}
+
+/// A deployment's state. See [`DeploymentState::can_become`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// Replacing old copies with new ones, `max_parallel` at a time.
+    Running,
+    /// Its canaries are healthy: waiting for a promote (or a rollback).
+    Paused,
+    /// It failed with `auto_revert`: the previous version comes back.
+    Reverting,
+    /// Every copy runs the new version, healthy.
+    Succeeded,
+    /// A new copy was not healthy in time (and no revert, or the revert
+    /// failed too).
+    Failed,
+    /// The revert is over: every copy runs the previous version.
+    Reverted,
+    /// A newer version (or a rollback) replaced it before it ended.
+    Superseded,
+}
+
+impl DeploymentState {
+    pub const ALL: [DeploymentState; 7] = [
+        DeploymentState::Running,
+        DeploymentState::Paused,
+        DeploymentState::Reverting,
+        DeploymentState::Succeeded,
+        DeploymentState::Failed,
+        DeploymentState::Reverted,
+        DeploymentState::Superseded,
+    ];
+
+    /// The table of allowed transitions (staying is not a transition).
+    ///
+    /// | from      | to                                               |
+    /// |-----------|--------------------------------------------------|
+    /// | running   | paused (canaries healthy), succeeded, failed, reverting, superseded |
+    /// | paused    | running (promote), failed, reverting, superseded |
+    /// | reverting | reverted, failed, superseded                     |
+    /// | succeeded, failed, reverted, superseded | — (terminal)       |
+    pub fn can_become(self, to: DeploymentState) -> bool {
+        use DeploymentState::*;
+        matches!(
+            (self, to),
+            (Running, Paused | Succeeded | Failed | Reverting | Superseded)
+                | (Paused, Running | Failed | Reverting | Superseded)
+                | (Reverting, Reverted | Failed | Superseded)
+        )
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::Succeeded
+                | DeploymentState::Failed
+                | DeploymentState::Reverted
+                | DeploymentState::Superseded
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Running => "running",
+            DeploymentState::Paused => "paused",
+            DeploymentState::Reverting => "reverting",
+            DeploymentState::Succeeded => "succeeded",
+            DeploymentState::Failed => "failed",
+            DeploymentState::Reverted => "reverted",
+            DeploymentState::Superseded => "superseded",
+        }
+    }
+}
+
+impl fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The roll-out of one version over the copies of others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The version being replaced (what a revert brings back).
+    pub from: u64,
+    /// The version being rolled out.
+    pub to: u64,
+    pub state: DeploymentState,
+    /// Canaries were promoted (or there were none to wait for).
+    pub promoted: bool,
+    pub reason: Option<String>,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// How many versions a service keeps (the oldest are dropped).
+pub const MAX_VERSIONS_KEPT: usize = 10;
+
+/// A service as the cluster stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub replicas: u32,
+    pub spread: Spread,
+    pub update: UpdatePolicy,
+    /// Its versions, oldest first (at most [`MAX_VERSIONS_KEPT`]).
+    pub versions: Vec<ServiceVersion>,
+    /// The version its copies converge to.
+    pub current: u64,
+    /// The latest deployment, ended or not.
+    pub deployment: Option<Deployment>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Service {
+    pub fn version(&self, version: u64) -> Option<&ServiceVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// The deployment in progress, if any.
+    pub fn active_deployment(&self) -> Option<&Deployment> {
+        self.deployment.as_ref().filter(|d| !d.state.is_terminal())
+    }
+
+    /// This service with its templates' secret values redacted.
+    pub fn redacted(&self) -> Service {
+        let mut service = self.clone();
+        for v in &mut service.versions {
+            v.template = v.template.redacted();
+        }
+        service
+    }
+
+    /// The task spec of a copy of `version`: the template, named after the
+    /// service, with `GOAT_SERVICE` in its environment and the service in
+    /// its labels.
+    pub fn copy_spec(&self, version: &ServiceVersion) -> TaskSpec {
+        let mut spec = version.template.clone();
+        spec.name = self.name.clone();
+        spec.env.insert("GOAT_SERVICE".into(), self.name.clone());
+        spec.labels.insert("goat.service".into(), self.name.clone());
+        spec.labels.insert("goat.service.version".into(), version.version.to_string());
+        spec
     }
 }

@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use crate::engine::{Engine, EngineError, Op, Result, Tree};
 use crate::fsm::{ClusterState, Dirty};
-use crate::model::{ApiToken, Node, Task};
+use crate::model::{ApiToken, Node, Service, Task};
 
 const TASK_PREFIX: u8 = b't';
 const NODE_PREFIX: u8 = b'n';
 const TOKEN_PREFIX: u8 = b'k';
+const SERVICE_PREFIX: u8 = b'v';
 const APPLIED: &[u8] = b"a/applied";
 const SNAPSHOT: &[u8] = b"s/snapshot";
 /// Where stores written before the single record kept the two halves; read
@@ -50,6 +51,12 @@ fn task_key(task: &uuid::Uuid) -> Vec<u8> {
 fn token_key(id: &str) -> Vec<u8> {
     let mut key = vec![TOKEN_PREFIX];
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn service_key(name: &str) -> Vec<u8> {
+    let mut key = vec![SERVICE_PREFIX];
+    key.extend_from_slice(name.as_bytes());
     key
 }
 
@@ -93,6 +100,10 @@ impl StateStore {
             let token: ApiToken = decode(Tree::State, &bytes)?;
             state.tokens.insert(token.id.clone(), token);
         }
+        for (_, bytes) in self.engine.scan(Tree::State, &[SERVICE_PREFIX], Some(&[SERVICE_PREFIX + 1]), usize::MAX)? {
+            let service: Service = decode(Tree::State, &bytes)?;
+            state.services.insert(service.name.clone(), service);
+        }
         Ok((state, self.engine.get(Tree::State, APPLIED)?))
     }
 
@@ -109,6 +120,9 @@ impl StateStore {
         for id in &dirty.tokens {
             ops.push((token_key(id), state.tokens.get(id).map(encode)));
         }
+        for name in &dirty.services {
+            ops.push((service_key(name), state.services.get(name).map(encode)));
+        }
         ops.push((APPLIED.to_vec(), Some(applied)));
         self.engine.write(Tree::State, ops)
     }
@@ -122,7 +136,7 @@ impl StateStore {
 
     fn replace_ops(&self, state: &ClusterState, applied: Vec<u8>) -> Result<Vec<Op>> {
         let mut ops: Vec<Op> = Vec::new();
-        for prefix in [TASK_PREFIX, NODE_PREFIX, TOKEN_PREFIX] {
+        for prefix in [TASK_PREFIX, NODE_PREFIX, TOKEN_PREFIX, SERVICE_PREFIX] {
             for (key, _) in self.engine.scan(Tree::State, &[prefix], Some(&[prefix + 1]), usize::MAX)? {
                 ops.push((key, None));
             }
@@ -130,6 +144,7 @@ impl StateStore {
         ops.extend(state.tasks.iter().map(|(id, t)| (task_key(id), Some(encode(t)))));
         ops.extend(state.nodes.iter().map(|(name, n)| (node_key(name), Some(encode(n)))));
         ops.extend(state.tokens.iter().map(|(id, t)| (token_key(id), Some(encode(t)))));
+        ops.extend(state.services.iter().map(|(name, s)| (service_key(name), Some(encode(s)))));
         ops.push((APPLIED.to_vec(), Some(applied)));
         Ok(ops)
     }

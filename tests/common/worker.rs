@@ -253,6 +253,23 @@ pub async fn wait_task(
     wait_for(cluster, &what, timeout, get, pred).await
 }
 
+/// Polls `GET /v1/services/{name}` on any live manager until `pred` holds.
+pub async fn wait_service(
+    cluster: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let what = format!("service {name} {what}");
+    let path = format!("/v1/services/{name}");
+    let get = |i: usize| {
+        let request = cluster.api.get(path.clone()).on(i);
+        async move { request.json_answer::<serde_json::Value>().await.map(Some) }
+    };
+    wait_for(cluster, &what, timeout, get, pred).await
+}
+
 /// Polls `GET /v1/nodes` until node `name` satisfies `pred`.
 pub async fn wait_node(
     cluster: &Cluster,

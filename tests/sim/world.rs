@@ -847,9 +847,7 @@ impl World {
             }
             let Some(target) = self.running(to) else { return Err(format!("{to} refused the connection")) };
             let command = make(self.now_ms(to));
-            let reply = LeaderHost::propose(&*target, command)
-                .await
-                .map_err(|e| e.to_string());
+            let reply = LeaderHost::propose(&*target, command).await.map_err(|e| e.to_string());
             if !self.leg(to, CLIENT, "client-reply").await {
                 return std::future::pending().await;
             }
@@ -1125,6 +1123,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
             engine: EngineStatus { healthy: true, error: None },
             tasks,
             held: None,
+            advertise: None,
         };
         match w.send_heartbeat(i, target, hb).await {
             Ok(list) => {

@@ -84,6 +84,11 @@ pub struct WorkerArgs {
     /// run again when a manager answers and still assigns them here.
     #[arg(long, value_parser = Millis::parse)]
     pub stop_tasks_after_manager_loss: Option<Millis>,
+    /// The address (host or IP) clients reach this node's published ports
+    /// at, listed by `GET /v1/services/{name}/endpoints` (default: the local
+    /// address this worker reaches its first manager from).
+    #[arg(long, env = "GOAT_ADVERTISE")]
+    pub advertise: Option<String>,
 }
 
 /// "512M", "2G", "1024" → bytes (binary multiples).
@@ -121,6 +126,7 @@ pub struct WorkerConfig {
     pub task_network: Option<String>,
     pub heartbeat_interval: Millis,
     pub stop_tasks_after_manager_loss: Option<Millis>,
+    pub advertise: Option<String>,
 }
 
 impl WorkerConfig {
@@ -139,6 +145,7 @@ impl WorkerConfig {
             task_network: None,
             heartbeat_interval: Millis(1_000),
             stop_tasks_after_manager_loss: None,
+            advertise: None,
         }
     }
 }
@@ -158,6 +165,7 @@ impl From<WorkerArgs> for WorkerConfig {
             task_network: a.task_network,
             heartbeat_interval: a.heartbeat_interval,
             stop_tasks_after_manager_loss: a.stop_tasks_after_manager_loss,
+            advertise: a.advertise,
         }
     }
 }
@@ -204,6 +212,7 @@ pub async fn run(args: WorkerConfig, shutdown: impl std::future::Future<Output =
             capacity,
             interval: args.heartbeat_interval.as_duration().max(Duration::from_millis(100)),
             tls: args.tls.load()?,
+            advertise: args.advertise.clone().or_else(|| local_address_towards(&args.managers[0])),
         };
         let save = move |list: &[goat_storage::model::Assignment]| {
             if let Err(e) = store.set_assignments(list) {
@@ -223,6 +232,19 @@ pub async fn run(args: WorkerConfig, shutdown: impl std::future::Future<Output =
     }
     .instrument(span)
     .await
+}
+
+/// The local IP this host reaches `manager` (`HOST:PORT`, perhaps with a
+/// scheme) from: what clients on the same network can reach it at. No
+/// packet is sent (a UDP "connect" only picks the route).
+fn local_address_towards(manager: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let hostport = manager.split("://").last().unwrap_or(manager).trim_end_matches('/');
+    let target = hostport.to_socket_addrs().ok()?.next()?;
+    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
 }
 
 /// Resolves on SIGINT or SIGTERM. Every long-running `goat` subcommand

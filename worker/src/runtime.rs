@@ -95,11 +95,18 @@ impl ContainerConfig {
         labels.insert(LABEL_TASK.into(), task_id.to_string());
         labels.insert(LABEL_NODE.into(), node.to_string());
         labels.insert(LABEL_GENERATION.into(), generation.to_string());
+        let mut env: BTreeMap<String, String> =
+            spec.env.iter().chain(&spec.secret_env).map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Who the copy is: its generation is a fencing token the
+        // application can use. (`GOAT_SERVICE` comes with a service's spec.)
+        env.insert("GOAT_TASK_ID".into(), task_id.to_string());
+        env.insert("GOAT_GENERATION".into(), generation.to_string());
+        env.insert("GOAT_NODE".into(), node.to_string());
         ContainerConfig {
             name: container_name(&spec.name, task_id, generation),
             image: spec.image.clone(),
             cmd: spec.cmd.clone(),
-            env: spec.env.iter().chain(&spec.secret_env).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env,
             labels,
             ports: spec.ports.clone(),
             memory: spec.memory,

@@ -26,6 +26,8 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
     /// With TLS: `https`, this worker's certificate, the cluster's CA.
     pub tls: Option<goat_raft::tls::Tls>,
+    /// The address clients reach this node's published ports at.
+    pub advertise: Option<String>,
 }
 
 /// How one heartbeat attempt went.
@@ -216,6 +218,7 @@ async fn heartbeats(
                 engine: status.engine.clone(),
                 tasks: selection.reports,
                 held: (!held.version.is_empty()).then(|| held.version.clone()),
+                advertise: config.advertise.clone(),
             };
             (heartbeat, status.reports.clone(), selection.more)
         };
@@ -465,6 +468,7 @@ mod tests {
             capacity: Resources { cpu: 2.0, memory: 1 << 30, disk: 1 << 30 },
             interval: Duration::from_millis(100),
             tls: None,
+            advertise: None,
         };
         let (tx, mut rx) = watch::channel(None);
         let stored = Arc::new(Mutex::new(None));
@@ -493,6 +497,7 @@ mod tests {
             capacity: Resources::default(),
             interval: Duration::from_millis(50),
             tls: None,
+            advertise: None,
         };
         let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));
@@ -514,6 +519,7 @@ mod tests {
             capacity: Resources::default(),
             interval: Duration::from_secs(10),
             tls: None,
+            advertise: None,
         };
         let status = status();
         let (tx, _rx) = watch::channel(None);
@@ -618,6 +624,7 @@ mod tests {
             capacity: Resources::default(),
             interval: Duration::from_secs(10),
             tls: None,
+            advertise: None,
         };
         let (tx, _rx) = watch::channel(None);
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));

@@ -1,0 +1,359 @@
+//! Services on the HTTP edge: `/v1/services` (apply, list, show, scale,
+//! rollback, promote, delete) and `/v1/services/{name}/endpoints` (the
+//! healthy copies, with a long poll). Every change is one Raft command; the
+//! leader's service loop (`super::service_loop`) turns services into tasks.
+//! What to do with a service's copies is decided in `crate::control::service`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use goat_raft::{Command, CommandResult};
+use goat_storage::fsm::ClusterState;
+use goat_storage::model::*;
+use goat_storage::validate::{check_name, validate_service};
+use goat_storage::Millis;
+use serde::{Deserialize, Serialize};
+
+use super::cluster::Manager;
+use super::error::ApiError;
+use super::extract::{consistent, read_options, ReadOptions};
+use super::json::parse;
+use crate::clock::now_ms;
+use crate::control::service::{counts, placement_reason, VersionCounts};
+
+type Shared = State<Arc<Manager>>;
+
+/// One version as `GET /v1/services/{name}` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionView {
+    pub version: u64,
+    pub template: TaskSpec,
+    pub created_at: Timestamp,
+    pub desired: u32,
+    pub live: u32,
+    pub placed: u32,
+    pub running: u32,
+    pub healthy: u32,
+}
+
+/// A service with its counts, as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub replicas: u32,
+    pub spread: Spread,
+    pub update: UpdatePolicy,
+    pub current: u64,
+    /// Newest first.
+    pub versions: Vec<VersionView>,
+    pub deployment: Option<Deployment>,
+    /// Why it is not placed in full, if it is not.
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+pub fn view(state: &ClusterState, service: &Service, now: Timestamp) -> ServiceView {
+    let tasks: Vec<&Task> = state.service_tasks(&service.name).collect();
+    let counted = counts(service, &tasks, now);
+    let service = service.redacted();
+    let mut versions: Vec<VersionView> = service
+        .versions
+        .iter()
+        .map(|v| {
+            let c = counted
+                .iter()
+                .find(|c| c.version == v.version)
+                .cloned()
+                .unwrap_or(VersionCounts { version: v.version, ..VersionCounts::default() });
+            let desired = if v.version == service.current { service.replicas } else { 0 };
+            VersionView {
+                version: v.version,
+                template: v.template.clone(),
+                created_at: v.created_at,
+                desired,
+                live: c.live,
+                placed: c.placed,
+                running: c.running,
+                healthy: c.healthy,
+            }
+        })
+        .collect();
+    versions.reverse();
+    ServiceView {
+        name: service.name.clone(),
+        replicas: service.replicas,
+        spread: service.spread,
+        update: service.update,
+        current: service.current,
+        versions,
+        deployment: service.deployment.clone(),
+        reason: placement_reason(&service, &tasks, now),
+        created_at: service.created_at,
+        updated_at: service.updated_at,
+    }
+}
+
+fn service_of(result: CommandResult) -> Result<Service, ApiError> {
+    match result {
+        CommandResult::Service(service) => Ok(*service),
+        CommandResult::Refused(refusal) => Err(refusal.into()),
+        other => Err(ApiError::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// Answers with the service as applied on this manager.
+fn answer(m: &Manager, status: StatusCode, service: &Service) -> Response {
+    let applied = m.state.read();
+    let now = now_ms();
+    let body = match applied.state.services.get(&service.name) {
+        Some(stored) => view(&applied.state, stored, now),
+        None => view(&applied.state, service, now),
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn apply(m: &Manager, spec: ServiceSpec) -> Result<Response, ApiError> {
+    validate_service(&spec)?;
+    let span = tracing::info_span!("service_apply", service = %spec.name);
+    let _enter = span.enter();
+    let at = now_ms();
+    let service = service_of(m.propose(Command::PutService { spec, at }).await?)?;
+    let status = if service.created_at == at { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(answer(m, status, &service))
+}
+
+/// `POST /v1/services`: create a service, or apply a changed spec to it
+/// (the same spec again changes nothing).
+pub async fn create(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let spec = parse_spec(body)?;
+    apply(&m, spec).await
+}
+
+/// A service spec from a request body. Its `template` is a task spec
+/// without `name` (the service names its copies): the name is filled in
+/// before the spec is read, so every other field error names its path
+/// (`template.cpu`).
+pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, ApiError> {
+    let mut value: serde_json::Value = parse(body)?;
+    let name = value.get("name").cloned().unwrap_or_else(|| serde_json::Value::String(String::new()));
+    if let Some(template) = value.get_mut("template").and_then(|t| t.as_object_mut()) {
+        if template.contains_key("name") {
+            return Err(ApiError::field(
+                "invalid_field",
+                "template.name",
+                "must be absent: the service names its copies",
+            ));
+        }
+        template.insert("name".into(), name);
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        ApiError::field("invalid_field", field, e.into_inner().to_string())
+    })
+}
+
+/// `PUT /v1/services/{name}`: like `POST /v1/services`; the body's `name`
+/// must be the path's.
+pub async fn put(
+    State(m): Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let spec = parse_spec(body)?;
+    if spec.name != name {
+        return Err(ApiError::field("invalid_field", "name", format!("must be {name:?}, the name in the path")));
+    }
+    apply(&m, spec).await
+}
+
+/// `GET /v1/services`.
+pub async fn list(State(m): Shared, query: Result<Query<ReadOptions>, QueryRejection>) -> Result<Response, ApiError> {
+    let options = read_options(query)?;
+    consistent(&m, &options).await?;
+    let applied = m.state.read();
+    let now = now_ms();
+    let views: Vec<ServiceView> = applied.state.services.values().map(|s| view(&applied.state, s, now)).collect();
+    Ok(Json(views).into_response())
+}
+
+/// `GET /v1/services/{name}`.
+pub async fn get(
+    State(m): Shared,
+    Path(name): Path<String>,
+    query: Result<Query<ReadOptions>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let options = read_options(query)?;
+    consistent(&m, &options).await?;
+    let applied = m.state.read();
+    let service = applied.state.services.get(&name).ok_or_else(|| ApiError::not_found(format!("no service {name}")))?;
+    Ok(Json(view(&applied.state, service, now_ms())).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scale {
+    replicas: u32,
+}
+
+/// `POST /v1/services/{name}/scale` with `{"replicas": N}`.
+pub async fn scale(
+    State(m): Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let scale: Scale = parse(body)?;
+    if scale.replicas > MAX_REPLICAS {
+        return Err(ApiError::field("invalid_field", "replicas", format!("must be between 0 and {MAX_REPLICAS}")));
+    }
+    let service = service_of(m.propose(Command::ScaleService { name, replicas: scale.replicas, at: now_ms() }).await?)?;
+    Ok(answer(&m, StatusCode::OK, &service))
+}
+
+/// `POST /v1/services/{name}/rollback`: the previous version comes back.
+pub async fn rollback(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let service = service_of(m.propose(Command::RollbackService { name, at: now_ms() }).await?)?;
+    Ok(answer(&m, StatusCode::OK, &service))
+}
+
+/// `POST /v1/services/{name}/promote`: a deployment paused on its canaries
+/// goes on.
+pub async fn promote(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let service = service_of(m.propose(Command::PromoteService { name, at: now_ms() }).await?)?;
+    Ok(answer(&m, StatusCode::OK, &service))
+}
+
+/// `DELETE /v1/services/{name}`: removes the service and stops every copy.
+pub async fn delete(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let service = service_of(m.propose(Command::DeleteService { name, at: now_ms() }).await?)?;
+    Ok((StatusCode::ACCEPTED, Json(service.redacted())).into_response())
+}
+
+/// One healthy copy, where clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub task: TaskId,
+    pub node: String,
+    /// The node's advertised address (its name if it advertises none).
+    pub address: String,
+    /// The host port of the template's first published port (0 if none).
+    pub port: u16,
+    pub version: u64,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub service: String,
+    /// A fingerprint of the list: pass it as `after` to wait for a change.
+    pub version: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The healthy copies of `name` in `state` (None: no such service).
+pub fn endpoints(state: &ClusterState, name: &str) -> Option<Endpoints> {
+    let service = state.services.get(name)?;
+    let mut list: Vec<Endpoint> = state
+        .service_tasks(&service.name)
+        .filter(|t| t.desired == DesiredStatus::Run && t.is_healthy())
+        .filter_map(|t| {
+            let node = state.nodes.get(t.node.as_deref()?)?;
+            if node.status == NodeStatus::Down {
+                return None;
+            }
+            let port = t.spec.ports.first().map_or(0, |p| t.host_ports.get(&p.container).copied().unwrap_or(0));
+            Some(Endpoint {
+                task: t.id,
+                node: node.name.clone(),
+                address: node.address.clone().unwrap_or_else(|| node.name.clone()),
+                port,
+                version: t.service.as_ref().map_or(0, |s| s.version),
+                generation: t.generation,
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| (&a.node, a.task).cmp(&(&b.node, b.task)));
+    let version = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for e in &list {
+            (e.task, &e.address, e.port, e.generation).hash(&mut h);
+        }
+        format!("{:016x}", h.finish())
+    };
+    Some(Endpoints { service: service.name.clone(), version, endpoints: list })
+}
+
+/// `?after=VERSION&wait=DURATION&stale=BOOL`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsQuery {
+    pub after: Option<String>,
+    pub wait: Option<Millis>,
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// The longest wait accepted.
+const MAX_WAIT: Millis = Millis(30_000);
+
+/// `GET /v1/services/{name}/endpoints[?after=VERSION&wait=DURATION]`: the
+/// healthy copies; with `wait`, answers once the list differs from
+/// `after` (or at once if it already does), else after `wait` with the same
+/// list.
+pub async fn list_endpoints(
+    State(m): Shared,
+    Path(name): Path<String>,
+    query: Result<Query<EndpointsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_name("name", &name)?;
+    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    if let Some(after) = &query.after {
+        if after.len() > 64 || !after.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::field("invalid_field", "after", "must be a version from an earlier answer (hex)"));
+        }
+    }
+    if query.wait.is_some_and(|w| w.0 > MAX_WAIT.0) {
+        return Err(ApiError::field("invalid_field", "wait", format!("must be at most {MAX_WAIT}")));
+    }
+    consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
+    let wait = query.wait.unwrap_or(Millis(0));
+    let _permit = if wait.0 > 0 {
+        Some(
+            m.poll_permit()
+                .map_err(|max| ApiError::busy(format!("this manager already holds {max} polls (--max-polls)")))?,
+        )
+    } else {
+        None
+    };
+    let until = tokio::time::Instant::now() + Duration::from_millis(wait.0);
+    let mut applied = m.state.watch_applied();
+    loop {
+        applied.borrow_and_update();
+        let current = {
+            let state = m.state.read();
+            endpoints(&state.state, &name).ok_or_else(|| ApiError::not_found(format!("no service {name}")))?
+        };
+        if wait.0 == 0 || query.after.as_deref() != Some(current.version.as_str()) {
+            return Ok(([(header::CACHE_CONTROL, "no-store")], Json(current)).into_response());
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return Err(ApiError::unavailable("shutting down")) },
+            _ = tokio::time::sleep_until(until) => return Ok(Json(current).into_response()),
+            _ = m.closing().cancelled() => return Err(ApiError::unavailable("shutting down")),
+        }
+    }
+}
