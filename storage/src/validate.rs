@@ -235,6 +235,36 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Returns the first rule a service spec breaks, if any. Template fields
+/// are named `template.FIELD`.
+pub fn validate_service(spec: &crate::model::ServiceSpec) -> Result<(), FieldError> {
+    // A copy is named `NAME` and its container `NAME.<id>.<generation>`.
+    check_name("name", &spec.name)?;
+    if spec.replicas > crate::model::MAX_REPLICAS {
+        return Err(FieldError::new("replicas", format!("must be between 0 and {}", crate::model::MAX_REPLICAS)));
+    }
+    if !spec.template.name.is_empty() && spec.template.name != spec.name {
+        return Err(FieldError::new("template.name", "must be absent: the service names its copies"));
+    }
+    let mut template = spec.template.clone();
+    template.name = spec.name.clone();
+    validate_spec(&template).map_err(|e| FieldError::new(format!("template.{}", e.field), e.message))?;
+    if spec.spread.max_per_node == Some(0) {
+        return Err(FieldError::new("spread.max_per_node", "must be at least 1"));
+    }
+    let update = &spec.update;
+    if update.max_parallel == 0 {
+        return Err(FieldError::new("update.max_parallel", "must be at least 1"));
+    }
+    if update.healthy_deadline.0 <= update.min_healthy_time.0 {
+        return Err(FieldError::new("update.healthy_deadline", "must be longer than update.min_healthy_time"));
+    }
+    if update.canary > spec.replicas.max(1) {
+        return Err(FieldError::new("update.canary", "must be at most replicas"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,34 +417,4 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("max_atempts"), "{err}");
     }
-}
-
-/// Returns the first rule a service spec breaks, if any. Template fields
-/// are named `template.FIELD`.
-pub fn validate_service(spec: &crate::model::ServiceSpec) -> Result<(), FieldError> {
-    // A copy is named `NAME` and its container `NAME.<id>.<generation>`.
-    check_name("name", &spec.name)?;
-    if spec.replicas > crate::model::MAX_REPLICAS {
-        return Err(FieldError::new("replicas", format!("must be between 0 and {}", crate::model::MAX_REPLICAS)));
-    }
-    if !spec.template.name.is_empty() && spec.template.name != spec.name {
-        return Err(FieldError::new("template.name", "must be absent: the service names its copies"));
-    }
-    let mut template = spec.template.clone();
-    template.name = spec.name.clone();
-    validate_spec(&template).map_err(|e| FieldError::new(format!("template.{}", e.field), e.message))?;
-    if spec.spread.max_per_node == Some(0) {
-        return Err(FieldError::new("spread.max_per_node", "must be at least 1"));
-    }
-    let update = &spec.update;
-    if update.max_parallel == 0 {
-        return Err(FieldError::new("update.max_parallel", "must be at least 1"));
-    }
-    if update.healthy_deadline.0 <= update.min_healthy_time.0 {
-        return Err(FieldError::new("update.healthy_deadline", "must be longer than update.min_healthy_time"));
-    }
-    if update.canary > spec.replicas.max(1) {
-        return Err(FieldError::new("update.canary", "must be at most replicas"));
-    }
-    Ok(())
 }
