@@ -74,7 +74,7 @@ pub enum OperatorCommand {
     Plan(PlanArgs),
     /// Replicated services: run a file, status, scale, rollback, promote,
     /// rm, endpoints.
-    Service(super::service::ServiceArgs),
+    Service(ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -323,4 +323,39 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("invalid --env {text:?}: expected KEY=VALUE")),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Apply a service file (JSON, or TOML if it ends in .toml): creates
+    /// the service, or makes a new version if its template changed.
+    Run {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List services, or show one: versions, counts, deployment.
+    Status {
+        name: Option<String>,
+        /// Keep showing it (every second) until the deployment ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Change the replica count.
+    Scale { name: String, replicas: u32 },
+    /// Bring the previous version back.
+    Rollback { name: String },
+    /// Promote a deployment paused on its canaries.
+    Promote { name: String },
+    /// Remove the service and stop every copy.
+    Rm { name: String },
+    /// List the healthy copies (task, node, address, port).
+    Endpoints { name: String },
 }

@@ -1,50 +1,14 @@
 //! `goat service ...`: run (apply a file), status, scale, rollback,
 //! promote, rm, endpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::args::ClientArgs;
+use super::args::{ServiceAction, ServiceArgs};
 use super::commands::{client, print_json};
 use super::error::CliError;
 use super::table::render;
-
-#[derive(Debug, Args)]
-pub struct ServiceArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[command(subcommand)]
-    pub action: ServiceAction,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ServiceAction {
-    /// Apply a service file (JSON, or TOML if it ends in .toml): creates
-    /// the service, or makes a new version if its template changed.
-    Run {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-    },
-    /// List services, or show one: versions, counts, deployment.
-    Status {
-        name: Option<String>,
-        /// Keep showing it (every second) until the deployment ends.
-        #[arg(long)]
-        watch: bool,
-    },
-    /// Change the replica count.
-    Scale { name: String, replicas: u32 },
-    /// Bring the previous version back.
-    Rollback { name: String },
-    /// Promote a deployment paused on its canaries.
-    Promote { name: String },
-    /// Remove the service and stop every copy.
-    Rm { name: String },
-    /// List the healthy copies (task, node, address, port).
-    Endpoints { name: String },
-}
 
 /// A service file as the API's JSON: `.toml` files are converted.
 pub fn read_spec(path: &Path) -> Result<Value, CliError> {

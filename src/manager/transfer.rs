@@ -98,9 +98,29 @@ pub async fn transfer(
     Ok((StatusCode::OK, Json(TransferView { leader, from, term, took_ms })).into_response())
 }
 
+/// The code of a hand-over after which this manager leads again: the
+/// target lost its election (a vote refused under a lease, a race with a
+/// timer) and this manager won the next one. Nothing was lost (it was an
+/// ordinary election); the hand-over is tried again.
+const REELECTED: &str = "leads_again";
+
 /// Hands this manager's leadership to `to` (or the most up-to-date
-/// follower); returns the new leader. See the module's comment.
+/// follower); returns the new leader. See the module's comment. Tried up to
+/// three times while this manager wins the election back.
 pub async fn transfer_leadership(m: &Manager, to: Option<NodeId>) -> Result<NodeId, ApiError> {
+    let mut attempt = 1;
+    loop {
+        match transfer_once(m, to).await {
+            Err(e) if e.body.code == REELECTED && attempt < 3 => {
+                tracing::info!(attempt, error = %e.body.error, "leadership hand-over: trying again");
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn transfer_once(m: &Manager, to: Option<NodeId>) -> Result<NodeId, ApiError> {
     let Ok(_one) = m.transfer.try_lock() else {
         return Err(ApiError::conflict("a leadership transfer is already under way"));
     };
@@ -133,7 +153,12 @@ pub async fn transfer_leadership(m: &Manager, to: Option<NodeId>) -> Result<Node
     // would be refused.
     let since = m.led_since.lock().ok().and_then(|s| *s).filter(|(t, _)| *t == term).map(|(_, at)| at);
     let lease = m.timing.lease() + Duration::from_millis(10);
-    if let Some(left) = since.and_then(|at| lease.checked_sub(at.elapsed())) {
+    // (Not yet noted, for a leadership just won: the whole lease.)
+    let left = match since {
+        Some(at) => lease.checked_sub(at.elapsed()),
+        None => Some(lease),
+    };
+    if let Some(left) = left {
         tokio::time::sleep(left).await;
     }
 
@@ -201,15 +226,27 @@ async fn hand_over(m: &Manager, term: u64, target: NodeId, addr: &str) -> Result
                 return Ok(leader);
             }
         }
+        if current_term > term && state == ServerState::Leader {
+            return Err(reelected(target, current_term));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return match current_term > term {
+                true if leader == Some(m.id()) => Err(reelected(target, current_term)),
                 true => Ok(leader.unwrap_or(target)),
                 false => Err(ApiError::unavailable(format!("manager {target} did not take over in time"))),
             };
         }
         let _ = tokio::time::timeout(left.min(Duration::from_millis(20)), metrics.changed()).await;
     }
+}
+
+fn reelected(target: NodeId, term: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        REELECTED,
+        format!("manager {target} did not win its election: this manager leads again, in term {term}"),
+    )
 }
 
 /// `/internal/elect`: the leader `from` of `term` asks this manager to

@@ -211,14 +211,13 @@ fn engine_err(e: sled::Error) -> EngineError {
 
 impl SledEngine {
     pub fn open(dir: &Path) -> Result<SledEngine> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Goat flushes explicitly where durability is owed; the
             // background flusher only bounds how much the others can lose.
             .flush_every_ms(Some(1_000))
-            .cache_capacity(256 << 20)
-            .open()
-            .map_err(engine_err)?;
+            .cache_capacity(256 << 20);
+        let db = open_sled(&config).map_err(engine_err)?;
         let sync = SledSync::open(dir)?;
         let open = |t: Tree| db.open_tree(t.name()).map_err(engine_err);
         Ok(SledEngine { log: open(Tree::Log)?, meta: open(Tree::Meta)?, state: open(Tree::State)?, sync, db })
@@ -264,6 +263,27 @@ impl Engine for SledEngine {
 
     fn flush(&self) -> Result<()> {
         self.sync.flush(&self.db)
+    }
+}
+
+/// Opens sled's database of `config`, waiting (at most 3 s) while another
+/// handle on the same directory in this process is still closing: sled
+/// releases its file lock only when its background flusher thread lets go
+/// of the last reference, a moment after the `Db` is dropped, so a store
+/// closed and reopened at once (a manager restarted in-process, a test)
+/// would otherwise fail with `WouldBlock`. Another process holding the
+/// lock still fails, after the wait.
+pub(crate) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
     }
 }
 

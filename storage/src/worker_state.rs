@@ -99,7 +99,7 @@ impl WorkerStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<WorkerStore> {
         let path = dir.join("worker-state");
-        let db = sled::open(&path)?;
+        let db = crate::engine::open_sled(&sled::Config::new().path(&path))?;
         let sync = std::sync::Arc::new(SledSync::open(&path)?);
         let tasks = db.open_tree(TASKS_TREE)?;
         Ok(WorkerStore { db, sync, tasks })

@@ -192,6 +192,11 @@ async fn heartbeats(
     let mut interval = config.interval;
     let mut connected = false;
     let mut delta = crate::delta::ReportDelta::default();
+    // When a heartbeat was last accepted: after a gap of several intervals
+    // (this process was frozen, or its heartbeats stalled) the managers may
+    // have marked the node down and its tasks `unknown`, so the next
+    // heartbeat reports everything again, not only what changed.
+    let mut last_accepted: Option<tokio::time::Instant> = None;
     let changed = status.lock().unwrap_or_else(|e| e.into_inner()).changed.clone();
     // Points the long poll at `manager` with the list held (not before a
     // manager sends versions).
@@ -206,6 +211,9 @@ async fn heartbeats(
     };
     loop {
         let sent_at = tokio::time::Instant::now();
+        if last_accepted.is_some_and(|at| sent_at.duration_since(at) > interval * 3) {
+            delta.reset();
+        }
         // Only the reports that changed since the last accepted heartbeat
         // (see `crate::delta`), and the version of the list held, so that
         // an unchanged node's heartbeat and its answer stay small.
@@ -265,6 +273,7 @@ async fn heartbeats(
                 interval =
                     reply.heartbeat_interval.as_duration().clamp(Duration::from_millis(100), Duration::from_secs(10));
                 delta.accepted(&heartbeat.tasks, &all);
+                last_accepted = Some(tokio::time::Instant::now());
                 held.take(reply, manager);
                 aim(&held, manager);
             }
