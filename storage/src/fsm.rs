@@ -405,20 +405,26 @@ impl ClusterState {
 
     /// Applies one command. Deterministic: the same state and command give
     /// the same result and the same new state on every manager.
+    /// Re-indexes task `id` after a change (`before`: its index key then):
+    /// `apply`'s own bookkeeping and commands that touch several tasks.
+    fn reindex(&mut self, id: TaskId, before: Option<IndexKey>) {
+        let after = self.tasks.get(&id).map(IndexKey::of);
+        if before != after {
+            if let Some(key) = &before {
+                self.index.remove(id, key);
+            }
+            if let Some(key) = after {
+                self.index.add(id, key);
+            }
+        }
+    }
+
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         let touched = command.task_id();
         let before = touched.and_then(|id| self.tasks.get(&id).map(IndexKey::of));
         let result = self.apply_one(command);
         if let Some(id) = touched {
-            let after = self.tasks.get(&id).map(IndexKey::of);
-            if before != after {
-                if let Some(key) = &before {
-                    self.index.remove(id, key);
-                }
-                if let Some(key) = after {
-                    self.index.add(id, key);
-                }
-            }
+            self.reindex(id, before);
         }
         result
     }

@@ -39,20 +39,6 @@ impl ClusterState {
         (here as u64 >= u64::from(max)).then(|| format!("node {node} holds {here} copies, max_per_node {max}"))
     }
 
-    /// Re-indexes task `id` after a change made outside `apply`'s own
-    /// bookkeeping (commands that touch several tasks).
-    fn reindex(&mut self, id: TaskId, before: Option<IndexKey>) {
-        let after = self.tasks.get(&id).map(IndexKey::of);
-        if before != after {
-            if let Some(key) = &before {
-                self.index.remove(id, key);
-            }
-            if let Some(key) = after {
-                self.index.add(id, key);
-            }
-        }
-    }
-
     pub(super) fn put_service(&mut self, spec: &ServiceSpec, at: Timestamp) -> Applied {
         let mut template = spec.template.clone();
         template.name.clear();
