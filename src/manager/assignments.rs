@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Leadership, Manager};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::forwarded;
 pub use crate::control::assignments::{must_answer, reply_at, version_of, version_on};
 
@@ -82,26 +82,31 @@ pub async fn wait_for_change(
 }
 
 /// `?after=VERSION&wait=DURATION`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PollQuery {
-    /// The version of the list the worker holds.
+    /// The version of the list the worker holds (an earlier answer's
+    /// `version`: 1 to 64 hex digits).
+    #[param(min_length = 1, max_length = 64, pattern = r"^[0-9a-fA-F]{1,64}$")]
     pub after: Option<String>,
     /// How long to wait for a change (default 10 s, at most 30 s).
     pub wait: Option<Millis>,
 }
 
 fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQuery, ApiError> {
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     if let Some(after) = &query.after {
-        if after.len() > MAX_VERSION_LEN || !after.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::field("invalid_field", "after", "must be a version from an earlier answer (hex)"));
+        // Empty is no version at all (`after=` is refused, not read as absent).
+        if after.is_empty() || after.len() > MAX_VERSION_LEN || !after.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::field(ErrorCode::InvalidField, "after", "must be a version from an earlier answer (hex)"));
         }
     }
     Ok(query)
 }
 
 /// `GET /v1/nodes/{name}/assignments[?after=VERSION][&wait=DURATION]`.
+#[utoipa::path(get, path = "/v1/nodes/{name}/assignments", tag = "nodes", summary = "A worker's long poll on its assignments (cluster token only)", params(crate::manager::params::NodeNamePath, PollQuery), responses((status = 200, description = "The node's assignments and their version.", body = HeartbeatReply), (status = 304, description = "Unchanged: the list still has version `after` at the end of the wait."), (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody), (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody)))]
 pub async fn poll(
     State(m): State<Arc<Manager>>,
     Path(name): Path<String>,
@@ -119,7 +124,7 @@ pub async fn poll(
         Leadership::Unconfirmed { ack_age, .. } => return Err(super::nodes::unconfirmed(ack_age)),
         Leadership::Follower => {
             if headers.contains_key("x-goat-forwarded-by") {
-                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotLeader, "this manager does not lead"));
             }
             let after = query.after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
             let path = format!("/v1/nodes/{name}/assignments?wait={}ms{after}", wait.min(RELAYED_WAIT).0);

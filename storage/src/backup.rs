@@ -24,7 +24,7 @@ pub const FORMAT: &str = "goat-snapshot";
 pub const VERSION: u32 = 1;
 
 /// A saved copy of the cluster state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
     pub format: String,

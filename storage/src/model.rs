@@ -126,7 +126,7 @@ impl Task {
 }
 
 /// What an API token may do. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Every read: `GET` routes, events, metrics (not backups, not tokens).
@@ -150,7 +150,7 @@ impl Role {
 /// An API token as the cluster keeps it: its secret only as a SHA-256
 /// hash (hex), so the replicated state, snapshots and backups never hold
 /// a usable secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiToken {
     /// A short random id (hex), shown by listings and used to revoke.
     pub id: String,
@@ -210,8 +210,10 @@ pub struct RestartPolicy {
     /// Restarts allowed before the task is reported `failed`; 0 = unlimited.
     pub max_attempts: u32,
     /// Delay before the first restart; doubles each time (with jitter).
+    /// At least 100ms.
     pub initial_delay: Millis,
-    /// Upper bound of the delay.
+    /// Upper bound of the delay: not less than `initial_delay`, and at
+    /// least 1s when `max_attempts` is 0.
     pub max_delay: Millis,
     /// A container that has run this long counts as stable: the attempt
     /// counter and the delay start over.
@@ -241,6 +243,7 @@ pub struct ReschedulePolicy {
     pub attempts: u32,
     pub interval: Millis,
     pub delay: Millis,
+    /// Not less than `delay`.
     pub max_delay: Millis,
 }
 
@@ -256,17 +259,22 @@ impl Default for ReschedulePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// An absolute URL path (`/health`), no spaces.
     #[serde(default)]
+    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f]*$")]
     pub path: Option<String>,
     /// Container port to probe.
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
+    /// Between probes: at least 100ms.
     #[serde(default = "HealthCheck::default_interval")]
     pub interval: Millis,
+    /// A probe's timeout: more than 0.
     #[serde(default = "HealthCheck::default_timeout")]
     pub timeout: Millis,
     /// Consecutive failures that make the task unhealthy.
     #[serde(default = "HealthCheck::default_failure_threshold")]
+    #[schema(minimum = 1)]
     pub failure_threshold: u32,
     /// Grace period after start during which failures do not count.
     #[serde(default)]
@@ -287,7 +295,7 @@ impl HealthCheck {
 
 /// The lifecycle of a task. See [`TaskState::can_become`] for the allowed
 /// transitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Accepted, waiting for a node (`reason` says why, if it waits long).
@@ -369,7 +377,7 @@ impl fmt::Display for TaskState {
 }
 
 /// What the user wants for a task: keep it running, or stop it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DesiredStatus {
     #[default]
@@ -378,7 +386,7 @@ pub enum DesiredStatus {
 }
 
 /// The health of a task as its worker's checks see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// No health check, or not yet decided.
@@ -391,7 +399,7 @@ pub enum Health {
 }
 
 /// One entry of a task's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskEvent {
     /// Its place in the cluster's event stream, the same on every manager
     /// (see [`crate::events`]).
@@ -403,9 +411,9 @@ pub struct TaskEvent {
 }
 
 /// A task as the cluster stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
-    pub id: TaskId,
+    pub id: Uuid,
     pub spec: TaskSpec,
     pub state: TaskState,
     pub desired: DesiredStatus,
@@ -461,7 +469,7 @@ impl Task {
 }
 
 /// Resources in the units of `TaskSpec`: cores and bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     pub cpu: f64,
@@ -480,7 +488,7 @@ impl Resources {
 /// deadline; otherwise `draining` if an operator drained it, else `ready`.
 /// Whether it is drained is kept apart (`Node::drain`), so a drained node
 /// that goes down and comes back is still drained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Heartbeating; takes tasks if its engine is healthy.
@@ -493,7 +501,7 @@ pub enum NodeStatus {
 
 /// A worker as the cluster stores it. Its liveness deadline lives in the
 /// leader's memory, not here: only changes of status go through Raft.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub name: String,
     pub status: NodeStatus,
@@ -514,7 +522,7 @@ pub struct Node {
 }
 
 /// One entry of a node's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeEvent {
     /// Its place in the cluster's event stream (see [`crate::events`]).
     pub index: u64,
@@ -524,7 +532,7 @@ pub struct NodeEvent {
 }
 
 /// A task's state as a worker observes it on its engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ObservedState {
     /// The worker is creating or starting its container.
@@ -551,10 +559,10 @@ impl ObservedState {
 }
 
 /// One task's status in a heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskReport {
-    pub task_id: TaskId,
+    pub task_id: Uuid,
     pub generation: u64,
     pub state: ObservedState,
     #[serde(default)]
@@ -572,7 +580,7 @@ pub struct TaskReport {
 }
 
 /// The health of a worker's Docker engine.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineStatus {
     pub healthy: bool,
@@ -582,7 +590,7 @@ pub struct EngineStatus {
 
 /// What a worker sends every second or so to
 /// `POST /v1/nodes/{name}/heartbeat` (the first one registers the node).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub capacity: Resources,
@@ -608,9 +616,9 @@ pub struct Heartbeat {
 }
 
 /// One task a node should hold, as the leader answers a heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
-    pub task_id: TaskId,
+    pub task_id: Uuid,
     pub generation: u64,
     pub desired: DesiredStatus,
     pub spec: TaskSpec,
@@ -620,7 +628,7 @@ pub struct Assignment {
 /// assignments): the complete list of tasks the node should hold. A
 /// container of a task not listed here (or listed with a different
 /// generation) is stale and must be stopped and removed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatReply {
     pub assignments: Vec<Assignment>,
     /// How long until the worker should send its next heartbeat.
@@ -688,33 +696,35 @@ mod schema_tests {
 }
 
 /// Which service (and which of its versions) a task is a copy of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceRef {
     pub name: String,
     pub version: u64,
 }
 
 /// How a service's copies spread over nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Spread {
     /// At most this many live copies on one node. Absent: as evenly as the
     /// nodes that can take copies allow, `ceil(replicas / nodes)` (so 1 when
     /// there are at least as many nodes as replicas).
+    #[schema(minimum = 1)]
     pub max_per_node: Option<u32>,
 }
 
 /// How a new version replaces the copies of the old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdatePolicy {
     /// Copies replaced at a time (at least 1): never fewer than
     /// `replicas - max_parallel` healthy copies during an update.
+    #[schema(minimum = 1)]
     pub max_parallel: u32,
     /// A new copy counts once it has been healthy this long.
     pub min_healthy_time: Millis,
     /// A new copy not healthy for `min_healthy_time` this long after it was
-    /// created fails the deployment.
+    /// created fails the deployment. Longer than `min_healthy_time`.
     pub healthy_deadline: Millis,
     /// A failed deployment brings the previous version back.
     pub auto_revert: bool,
@@ -736,15 +746,18 @@ impl Default for UpdatePolicy {
 }
 
 /// What a user applies: the desired shape of a replicated service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unique; the same rules as a task name.
+    #[schema(min_length = 1, max_length = 63, pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")]
     pub name: String,
     /// Copies wanted, 0 to [`MAX_REPLICAS`].
     #[serde(default = "ServiceSpec::default_replicas")]
+    #[schema(maximum = 10_000)]
     pub replicas: u32,
     /// Each copy's task spec, without `name`.
+    #[schema(schema_with = TaskSpec::template_schema)]
     pub template: TaskSpec,
     #[serde(default)]
     pub spread: Spread,
@@ -755,6 +768,21 @@ pub struct ServiceSpec {
 /// The most replicas a service may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
 
+impl TaskSpec {
+    /// The schema of a service's `template`: a task spec without `name`
+    /// (the service names its copies; a `name` there is refused).
+    pub fn template_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let mut schema = <TaskSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.properties.shift_remove("name");
+            object.required.retain(|r| r != "name");
+        }
+        schema
+    }
+}
+
 impl ServiceSpec {
     fn default_replicas() -> u32 {
         1
@@ -762,7 +790,7 @@ impl ServiceSpec {
 }
 
 /// One version of a service: its copies' task spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceVersion {
     pub version: u64,
     pub template: TaskSpec,
@@ -770,7 +798,7 @@ pub struct ServiceVersion {
 }
 
 /// A deployment's state. See [`DeploymentState::can_become`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     /// Replacing old copies with new ones, `max_parallel` at a time.
@@ -849,7 +877,7 @@ impl fmt::Display for DeploymentState {
 }
 
 /// The roll-out of one version over the copies of others.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deployment {
     /// The version being replaced (what a revert brings back).
     pub from: u64,
@@ -867,7 +895,7 @@ pub struct Deployment {
 pub const MAX_VERSIONS_KEPT: usize = 10;
 
 /// A service as the cluster stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Service {
     pub name: String,
     pub replicas: u32,
