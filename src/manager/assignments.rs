@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Leadership, Manager};
 use super::error::{ApiError, ErrorCode};
-use super::extract::forwarded;
+use super::extract::{check_version, forwarded};
 pub use crate::control::assignments::{must_answer, reply_at, version_of, version_on};
 
 /// How long a poll waits when it does not say.
@@ -50,8 +50,6 @@ pub const MAX_WAIT: Millis = Millis(30_000);
 /// The wait a follower relays a poll with: its relay to the leader times
 /// out after 10 s.
 const RELAYED_WAIT: Millis = Millis(8_000);
-/// The longest `after` accepted (a version is 16 hex digits).
-const MAX_VERSION_LEN: usize = 64;
 
 /// Waits until `node`'s list in `state` differs from `after` (its answer),
 /// or until `until` passes or `closing` is cancelled (`None`).
@@ -96,12 +94,7 @@ pub struct PollQuery {
 
 fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQuery, ApiError> {
     let query = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
-    if let Some(after) = &query.after {
-        // Empty is no version at all (`after=` is refused, not read as absent).
-        if after.is_empty() || after.len() > MAX_VERSION_LEN || !after.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::field(ErrorCode::InvalidField, "after", "must be a version from an earlier answer (hex)"));
-        }
-    }
+    check_version(query.after.as_deref())?;
     Ok(query)
 }
 

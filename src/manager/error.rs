@@ -22,6 +22,10 @@ pub struct ErrorBody {
     /// The request's field at fault, as a JSON path (`ports[1].container`),
     /// a query parameter or a header name; absent when not one field's fault.
     pub field: Option<String>,
+    /// With `body_too_large`: the route's limit, in bytes (that answer is
+    /// written by `goat_raft::limits::too_large`, before the route runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 /// Every `code` an error answer may carry: the enum is the only way to
@@ -66,6 +70,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadBody,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidHeader,
+        ErrorCode::InvalidQuery,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Invalid,
+        ErrorCode::NotLeader,
+        ErrorCode::NotForwarded,
+        ErrorCode::LeadsAgain,
+        ErrorCode::Unavailable,
+        ErrorCode::Busy,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
@@ -105,7 +130,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorBody { error: message.into(), code, field: None }, retry_after: None }
+        ApiError { status, body: ErrorBody { error: message.into(), code, field: None, limit: None }, retry_after: None }
     }
 
     pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> ApiError {
@@ -114,7 +139,7 @@ impl ApiError {
         let error = if field.is_empty() { message } else { format!("{field}: {message}") };
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            body: ErrorBody { error, code, field: Some(field).filter(|f| !f.is_empty()) },
+            body: ErrorBody { error, code, field: Some(field).filter(|f| !f.is_empty()), limit: None },
             retry_after: None,
         }
     }

@@ -42,6 +42,27 @@ pub fn read_options(
     query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))
 }
 
+/// The most hex digits of a version (`after`) of the long polls.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// Checks the `after` of a long poll: the `version` of an earlier answer,
+/// 1 to [`MAX_VERSION_LEN`] hex digits. An empty `after=` is refused, not
+/// read as absent: it is no version a manager ever answered.
+pub fn check_version(after: Option<&str>) -> Result<(), ApiError> {
+    match after {
+        Some(after)
+            if after.is_empty() || after.len() > MAX_VERSION_LEN || !after.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "after",
+                "must be a version from an earlier answer (1 to 64 hex digits)",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Makes this manager's state current unless the client accepts stale data.
 pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), ApiError> {
     if options.stale {

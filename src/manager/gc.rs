@@ -146,6 +146,7 @@ pub struct Collected {
     /// How many finished tasks were removed.
     pub collected: u64,
     /// Tasks finished before this time (ms since the epoch) were removed.
+    #[schema(value_type = u64)]
     pub cutoff: Timestamp,
 }
 

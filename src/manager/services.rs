@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::Manager;
 use super::error::{ApiError, ErrorCode};
-use super::extract::{consistent, read_options, ReadOptions};
+use super::extract::{check_version, consistent, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
 use crate::control::service::{counts, placement_reason, VersionCounts};
@@ -34,6 +34,7 @@ type Shared = State<Arc<Manager>>;
 pub struct VersionView {
     pub version: u64,
     pub template: TaskSpec,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
     pub desired: u32,
     pub live: u32,
@@ -55,7 +56,9 @@ pub struct ServiceView {
     pub deployment: Option<Deployment>,
     /// Why it is not placed in full, if it is not.
     pub reason: Option<String>,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 
@@ -337,12 +340,7 @@ pub async fn list_endpoints(
 ) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let query = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
-    if let Some(after) = &query.after {
-        // Empty is no version at all (`after=` is refused, not read as absent).
-        if after.is_empty() || after.len() > 64 || !after.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::field(ErrorCode::InvalidField, "after", "must be a version from an earlier answer (hex)"));
-        }
-    }
+    check_version(query.after.as_deref())?;
     if query.wait.is_some_and(|w| w.0 > MAX_WAIT.0) {
         return Err(ApiError::field(ErrorCode::InvalidField, "wait", format!("must be at most {MAX_WAIT}")));
     }

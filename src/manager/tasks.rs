@@ -151,7 +151,7 @@ pub async fn stats(
     Ok(Json(Stats { tasks, nodes, last_applied: applied.last_applied.map(|l| l.index) }))
 }
 
-fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
+pub fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::field(ErrorCode::InvalidField, "id", format!("{id:?} is not a task id (a UUID)")))
 }
 

@@ -54,6 +54,7 @@ use crate::control::transfer::{choose_target, NoTarget};
 pub struct TransferRequest {
     /// The manager to hand over to (default: the most up-to-date follower).
     #[serde(default)]
+    #[schema(value_type = Option<u64>)]
     pub to: Option<NodeId>,
 }
 
@@ -61,8 +62,10 @@ pub struct TransferRequest {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferView {
     /// The manager that leads now.
+    #[schema(value_type = u64)]
     pub leader: NodeId,
     /// Who led before.
+    #[schema(value_type = u64)]
     pub from: NodeId,
     pub term: u64,
     /// How long the hand-over took, in ms (proposals were held that long).

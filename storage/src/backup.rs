@@ -32,6 +32,7 @@ pub struct Backup {
     /// The log index the state was read at (informative).
     pub last_applied: Option<u64>,
     /// When it was taken, in ms since the epoch.
+    #[schema(value_type = u64)]
     pub taken_at: Timestamp,
     pub tasks: Vec<Task>,
     pub nodes: Vec<Node>,

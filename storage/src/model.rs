@@ -33,12 +33,13 @@ pub struct TaskSpec {
     pub name: String,
     /// A local image reference, e.g. `goat-echo:latest`: not empty, no
     /// spaces, at most 255 characters.
-    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
+    /// (Docker's references are ASCII: other characters are refused.)
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")]
     pub image: String,
-    /// Command and arguments; empty means the image's default.
+    /// Command and arguments; empty means the image's default. No NUL.
     #[serde(default)]
     pub cmd: Vec<String>,
-    /// Environment variables.
+    /// Environment variables: names not empty, without `=`; no NUL anywhere.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Environment variables whose values are secret: given to the
@@ -55,12 +56,13 @@ pub struct TaskSpec {
     pub cpu: f64,
     /// Also cap the container at `cpu` cores (a CFS quota, Docker's
     /// `NanoCpus`), like Nomad's `cpu_hard_limit`. Off by default: a hard
-    /// quota throttles even the container's start.
+    /// quota throttles even the container's start. Needs `cpu` above 0.
     #[serde(default)]
     pub cpu_hard_limit: bool,
-    /// Memory reserved and enforced as the container's limit, in bytes.
+    /// Memory reserved and enforced as the container's limit, in bytes:
+    /// 0 (no limit), or 6 MiB to 16 TiB.
     #[serde(default)]
-    #[schema(maximum = 17_592_186_044_416_u64)]
+    #[schema(schema_with = memory_schema)]
     pub memory: u64,
     /// Disk reserved on the node, in bytes (the image included).
     #[serde(default)]
@@ -159,6 +161,7 @@ pub struct ApiToken {
     pub role: Role,
     /// SHA-256 of the secret, hex.
     pub hash: String,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
 }
 
@@ -404,6 +407,7 @@ pub struct TaskEvent {
     /// Its place in the cluster's event stream, the same on every manager
     /// (see [`crate::events`]).
     pub index: u64,
+    #[schema(value_type = u64)]
     pub at: Timestamp,
     pub state: TaskState,
     pub node: Option<String>,
@@ -431,10 +435,13 @@ pub struct Task {
     pub container_id: Option<String>,
     /// Published ports as bound on the node: container port → host port.
     pub host_ports: BTreeMap<u16, u16>,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
     pub events: Vec<TaskEvent>,
     /// When the leader rescheduled the task after failures (newest last).
+    #[schema(value_type = Vec<u64>)]
     pub reschedules: Vec<Timestamp>,
     /// The node the task last failed on: placement avoids it if it can.
     pub failed_on: Option<String>,
@@ -442,6 +449,7 @@ pub struct Task {
     pub service: Option<ServiceRef>,
     /// Since when its worker has reported it healthy without a break (the
     /// `at` of that report): what `min_healthy_time` is measured from.
+    #[schema(value_type = Option<u64>)]
     pub healthy_since: Option<Timestamp>,
 }
 
@@ -509,7 +517,9 @@ pub struct Node {
     /// Whether the node's Docker engine answered at its last report.
     pub engine_healthy: bool,
     pub engine_error: Option<String>,
+    #[schema(value_type = u64)]
     pub registered_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
     /// An operator drained the node (`PUT /v1/nodes/{name}/drain`): it takes
     /// no task, whether it is up, down or back.
@@ -526,6 +536,7 @@ pub struct Node {
 pub struct NodeEvent {
     /// Its place in the cluster's event stream (see [`crate::events`]).
     pub index: u64,
+    #[schema(value_type = u64)]
     pub at: Timestamp,
     pub status: NodeStatus,
     pub reason: Option<String>,
@@ -768,6 +779,24 @@ pub struct ServiceSpec {
 /// The most replicas a service may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
 
+/// `TaskSpec::memory` in the OpenAPI document: 0, or 6 MiB to 16 TiB (the
+/// rules of `validate::validate_spec`).
+fn memory_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).enum_values(Some([0])).description(Some("no limit")))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+                .minimum(Some(crate::validate::MIN_MEMORY as f64))
+                .maximum(Some(crate::validate::MAX_MEMORY as f64))
+                .description(Some("bytes")),
+        )
+        .description(Some("Memory reserved and enforced as the container's limit, in bytes: 0 (no limit), or 6 MiB to 16 TiB."))
+        .into()
+}
+
 impl TaskSpec {
     /// The schema of a service's `template`: a task spec without `name`
     /// (the service names its copies; a `name` there is refused).
@@ -794,6 +823,7 @@ impl ServiceSpec {
 pub struct ServiceVersion {
     pub version: u64,
     pub template: TaskSpec,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
 }
 
@@ -887,7 +917,9 @@ pub struct Deployment {
     /// Canaries were promoted (or there were none to wait for).
     pub promoted: bool,
     pub reason: Option<String>,
+    #[schema(value_type = u64)]
     pub started_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 
@@ -907,7 +939,9 @@ pub struct Service {
     pub current: u64,
     /// The latest deployment, ended or not.
     pub deployment: Option<Deployment>,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 
