@@ -93,13 +93,26 @@ pub struct PollQuery {
 }
 
 fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQuery, ApiError> {
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     check_version(query.after.as_deref())?;
     Ok(query)
 }
 
 /// `GET /v1/nodes/{name}/assignments[?after=VERSION][&wait=DURATION]`.
-#[utoipa::path(get, path = "/v1/nodes/{name}/assignments", tag = "nodes", summary = "A worker's long poll on its assignments (cluster token only)", params(crate::manager::params::NodeNamePath, PollQuery), responses((status = 200, description = "The node's assignments and their version.", body = HeartbeatReply), (status = 304, description = "Unchanged: the list still has version `after` at the end of the wait."), (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody), (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/nodes/{name}/assignments",
+    tag = "nodes",
+    summary = "A worker's long poll on its assignments (cluster token only)",
+    params(crate::manager::params::NodeNamePath, PollQuery),
+    responses(
+        (status = 200, description = "The node's assignments and their version.", body = HeartbeatReply),
+        (status = 304, description = "Unchanged: the list still has version `after` at the end of the wait."),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn poll(
     State(m): State<Arc<Manager>>,
     Path(name): Path<String>,
@@ -117,7 +130,11 @@ pub async fn poll(
         Leadership::Unconfirmed { ack_age, .. } => return Err(super::nodes::unconfirmed(ack_age)),
         Leadership::Follower => {
             if headers.contains_key("x-goat-forwarded-by") {
-                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotLeader, "this manager does not lead"));
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    ErrorCode::NotLeader,
+                    "this manager does not lead",
+                ));
             }
             let after = query.after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
             let path = format!("/v1/nodes/{name}/assignments?wait={}ms{after}", wait.min(RELAYED_WAIT).0);

@@ -210,7 +210,16 @@ fn random_hex(bytes: usize) -> String {
 
 /// `POST /v1/tokens` (admin): `201` with the token and its secret, shown
 /// this once.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", summary = "Create an API token", request_body = NewToken, responses((status = 201, description = "The token and its secret (shown this once).", body = CreatedToken)))]
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Create an API token",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token and its secret (shown this once).", body = CreatedToken),
+    ),
+)]
 pub async fn create(State(m): State<Arc<Manager>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let new: NewToken = parse(body)?;
     if new.name.len() > 128 || new.name.chars().any(char::is_control) {
@@ -235,7 +244,14 @@ pub async fn create(State(m): State<Arc<Manager>>, body: Result<Bytes, BytesReje
 }
 
 /// `GET /v1/tokens` (admin): every token, without secrets.
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", summary = "List the API tokens", params(crate::manager::params::Stale), responses((status = 200, description = "The tokens, without secrets.", body = Vec<TokenView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "List the API tokens",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The tokens, without secrets.", body = Vec<TokenView>)),
+)]
 pub async fn list(
     State(m): State<Arc<Manager>>,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
@@ -249,7 +265,17 @@ pub async fn list(
 
 /// `DELETE /v1/tokens/{id}` (admin): `204`; the token stops working on each
 /// manager as it applies the revocation.
-#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", summary = "Revoke an API token", params(crate::manager::params::TokenIdPath), responses((status = 204, description = "Revoked."), (status = 404, description = "No such token.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revoke an API token",
+    params(crate::manager::params::TokenIdPath),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such token.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn revoke(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::field(ErrorCode::InvalidField, "id", "must be a token id (hex)"));

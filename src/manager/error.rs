@@ -130,7 +130,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorBody { error: message.into(), code, field: None, limit: None }, retry_after: None }
+        ApiError {
+            status,
+            body: ErrorBody { error: message.into(), code, field: None, limit: None },
+            retry_after: None,
+        }
     }
 
     pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> ApiError {

@@ -151,12 +151,20 @@ pub struct Collected {
 }
 
 /// `POST /v1/gc[?older_than=DURATION]` (admin).
-#[utoipa::path(post, path = "/v1/gc", tag = "maintenance", summary = "Collect finished tasks now", params(GcQuery), responses((status = 200, description = "How many tasks were removed, and the cutoff.", body = Collected)))]
+#[utoipa::path(
+    post,
+    path = "/v1/gc",
+    tag = "maintenance",
+    summary = "Collect finished tasks now",
+    params(GcQuery),
+    responses((status = 200, description = "How many tasks were removed, and the cutoff.", body = Collected)),
+)]
 pub async fn run(
     State(m): State<Arc<Manager>>,
     query: Result<Query<GcQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     let retention = query.older_than.map_or(m.task_retention(), |d| d.as_duration());
     // Look at the current state: a follower catches up first.
     m.linearize().await?;
@@ -168,7 +176,18 @@ pub async fn run(
 
 /// `DELETE /v1/nodes/{name}` (admin): `204`, or `409` if the node
 /// is not down or still holds live tasks.
-#[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "nodes", summary = "Remove a down node", params(crate::manager::params::NodeNamePath), responses((status = 204, description = "Removed."), (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody), (status = 409, description = "The node is not down, or still holds live tasks.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/nodes/{name}",
+    tag = "nodes",
+    summary = "Remove a down node",
+    params(crate::manager::params::NodeNamePath),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "The node is not down, or still holds live tasks.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     m.linearize().await?;

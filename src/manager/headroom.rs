@@ -26,7 +26,17 @@ pub struct HeadroomQuery {
     pub stale: bool,
 }
 
-#[utoipa::path(get, path = "/v1/cluster/headroom", tag = "cluster", summary = "Would a node's tasks find a place if it died now", params(HeadroomQuery), responses((status = 200, description = "The plan.", body = NodeLoss), (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/headroom",
+    tag = "cluster",
+    summary = "Would a node's tasks find a place if it died now",
+    params(HeadroomQuery),
+    responses(
+        (status = 200, description = "The plan.", body = NodeLoss),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn headroom(
     State(m): State<Arc<Manager>>,
     query: Result<Query<HeadroomQuery>, axum::extract::rejection::QueryRejection>,

@@ -33,7 +33,13 @@ pub struct HealthView {
     purged: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/health", tag = "cluster", summary = "This manager's role, term and indexes (no token needed)", responses((status = 200, description = "This manager.", body = HealthView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "cluster",
+    summary = "This manager's role, term and indexes (no token needed)",
+    responses((status = 200, description = "This manager.", body = HealthView)),
+)]
 pub async fn health(State(m): Shared) -> Json<HealthView> {
     let metrics = m.raft().metrics().borrow().clone();
     Json(HealthView {
@@ -67,7 +73,13 @@ pub struct ClusterView {
     members: Vec<MemberView>,
 }
 
-#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", summary = "The leader, term and members", responses((status = 200, description = "The cluster as this manager sees it.", body = ClusterView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    summary = "The leader, term and members",
+    responses((status = 200, description = "The cluster as this manager sees it.", body = ClusterView)),
+)]
 pub async fn cluster(State(m): Shared) -> Json<ClusterView> {
     let metrics = m.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
@@ -110,7 +122,17 @@ pub struct AddedMember {
 }
 
 /// Adds a manager: first as a learner that catches up, then as a voter.
-#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", summary = "Add a manager (learner, then voter)", request_body = NewMember, responses((status = 200, description = "Added as a voter.", body = AddedMember), (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members",
+    tag = "cluster",
+    summary = "Add a manager (learner, then voter)",
+    request_body = NewMember,
+    responses(
+        (status = 200, description = "Added as a voter.", body = AddedMember),
+        (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let raw = body.as_ref().map(|b| b.clone()).unwrap_or_default();
     let member: NewMember = parse(body)?;
@@ -132,9 +154,21 @@ pub async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -
 }
 
 /// Removes a manager from the group (voter or learner).
-#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", summary = "Remove a manager", params(crate::manager::params::MemberIdPath), responses((status = 204, description = "Removed."), (status = 404, description = "No such manager.", body = crate::manager::error::ErrorBody), (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/members/{id}",
+    tag = "cluster",
+    summary = "Remove a manager",
+    params(crate::manager::params::MemberIdPath),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such manager.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id: u64 = id.parse().map_err(|_| ApiError::field(ErrorCode::InvalidField, "id", "must be a positive integer"))?;
+    let id: u64 =
+        id.parse().map_err(|_| ApiError::field(ErrorCode::InvalidField, "id", "must be a positive integer"))?;
     if !m.is_leader() {
         return forwarded(&m, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), Bytes::new()).await;
     }
@@ -152,7 +186,15 @@ pub async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<R
 }
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
-#[utoipa::path(get, path = "/v1/metrics", tag = "observability", summary = "Prometheus metrics", responses((status = 200, description = "Text exposition format 0.0.4.", content_type = "text/plain; version=0.0.4", body = String)))]
+#[utoipa::path(
+    get,
+    path = "/v1/metrics",
+    tag = "observability",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Text exposition format 0.0.4.", content_type = "text/plain; version=0.0.4", body = String),
+    ),
+)]
 pub async fn metrics(State(m): Shared) -> Response {
     let body = crate::metrics::render(m.raft(), m.state(), m.activity());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()

@@ -84,11 +84,8 @@ fn needs(access: Access) -> String {
 
 /// Completes the operations the handlers describe into the document.
 pub fn complete(mut doc: OpenApi) -> OpenApi {
-    doc.info = InfoBuilder::new()
-        .title("Goat")
-        .version(env!("CARGO_PKG_VERSION"))
-        .description(Some(DESCRIPTION))
-        .build();
+    doc.info =
+        InfoBuilder::new().title("Goat").version(env!("CARGO_PKG_VERSION")).description(Some(DESCRIPTION)).build();
     let components = doc.components.get_or_insert_with(Default::default);
     components.security_schemes.insert(
         BEARER.into(),
@@ -418,7 +415,9 @@ mod schema_check {
                     return fail(format!("does not match {pattern}"));
                 }
             }
-            if schema["format"] == "uuid" && uuid::Uuid::try_parse(text).map(|u| u.hyphenated().to_string().len()) != Ok(text.len()) {
+            if schema["format"] == "uuid"
+                && uuid::Uuid::try_parse(text).map(|u| u.hyphenated().to_string().len()) != Ok(text.len())
+            {
                 return fail("not a uuid".into());
             }
         }
@@ -479,7 +478,12 @@ mod schema_check {
 
     /// Each case is valid by the schema exactly when the API accepts it;
     /// a refusal is a 4xx naming `field`.
-    fn agree(doc: &Value, schema: &Value, cases: &[(Value, Option<&str>)], api: impl Fn(&Value) -> Result<(), ApiError>) {
+    fn agree(
+        doc: &Value,
+        schema: &Value,
+        cases: &[(Value, Option<&str>)],
+        api: impl Fn(&Value) -> Result<(), ApiError>,
+    ) {
         for (value, field) in cases {
             let by_schema = check(doc, schema, value, "");
             let by_api = refused_field(api(value));
@@ -534,7 +538,10 @@ mod schema_check {
             (with(json!({"ports": [{"container": 80, "host": 0}]})), Some("ports[0].host")),
             (with(json!({"health_check": {"port": 0}})), Some("health_check.port")),
             (with(json!({"health_check": {"port": 80, "path": "health"}})), Some("health_check.path")),
-            (with(json!({"health_check": {"port": 80, "failure_threshold": 0}})), Some("health_check.failure_threshold")),
+            (
+                with(json!({"health_check": {"port": 80, "failure_threshold": 0}})),
+                Some("health_check.failure_threshold"),
+            ),
             (with(json!({"restart_policy": {"initial_delay": "2 s"}})), Some("restart_policy.initial_delay")),
             (with(json!({"restart_policy": {"initial_delay": "1x"}})), Some("restart_policy.initial_delay")),
             (with(json!({"restart_policy": {"initial_delay": "-1s"}})), Some("restart_policy.initial_delay")),
@@ -560,8 +567,14 @@ mod schema_check {
             (json!({"name": "web", "template": {"name": "web", "image": "x"}}), Some("template.name")),
             (json!({"name": "web", "template": {"image": ""}}), Some("template.image")),
             (json!({"name": "web", "replicas": 10001, "template": {"image": "x"}}), Some("replicas")),
-            (json!({"name": "web", "template": {"image": "x"}, "spread": {"max_per_node": 0}}), Some("spread.max_per_node")),
-            (json!({"name": "web", "template": {"image": "x"}, "update": {"max_parallel": 0}}), Some("update.max_parallel")),
+            (
+                json!({"name": "web", "template": {"image": "x"}, "spread": {"max_per_node": 0}}),
+                Some("spread.max_per_node"),
+            ),
+            (
+                json!({"name": "web", "template": {"image": "x"}, "update": {"max_parallel": 0}}),
+                Some("update.max_parallel"),
+            ),
             (json!({"name": "", "template": {"image": "x"}}), Some("name")),
         ];
         agree(&doc, &schema(&doc, "ServiceSpec"), &cases, api_service);
@@ -604,7 +617,10 @@ mod schema_check {
         }
         // `limit` of the task pages.
         let limit = parameter(&doc, "get", "/v1/tasks", "limit");
-        assert_eq!((limit["minimum"].as_u64(), limit["maximum"].as_u64()), (Some(1), Some(crate::manager::tasks::MAX_PAGE as u64)));
+        assert_eq!(
+            (limit["minimum"].as_u64(), limit["maximum"].as_u64()),
+            (Some(1), Some(crate::manager::tasks::MAX_PAGE as u64))
+        );
         // Durations: the pattern is the parser's, and numbers are milliseconds.
         let millis = schema(&doc, "Millis");
         for text in ["500ms", "2s", "1.5s", ".5s", "1.", "3m", "1h", " 2s ", "250"] {
@@ -644,8 +660,12 @@ mod schema_check {
             }
         }
         let doc = document();
-        let codes: Vec<&str> =
-            doc["components"]["schemas"]["ErrorCode"]["enum"].as_array().expect("an enum").iter().filter_map(Value::as_str).collect();
+        let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         for code in ErrorCode::ALL {
             assert!(listed(code));
             assert_eq!(serde_json::to_value(code).expect("a code"), code.as_str());

@@ -134,7 +134,19 @@ async fn apply(m: &Manager, spec: ServiceSpec) -> Result<Response, ApiError> {
 
 /// `POST /v1/services`: create a service, or apply a changed spec to it
 /// (the same spec again changes nothing).
-#[utoipa::path(post, path = "/v1/services", tag = "services", summary = "Create a service or apply a changed spec (same spec: no-op)", request_body = ServiceSpec, responses((status = 201, description = "Created.", body = ServiceView), (status = 200, description = "Applied (or unchanged).", body = ServiceView), (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody), (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/services",
+    tag = "services",
+    summary = "Create a service or apply a changed spec (same spec: no-op)",
+    request_body = ServiceSpec,
+    responses(
+        (status = 201, description = "Created.", body = ServiceView),
+        (status = 200, description = "Applied (or unchanged).", body = ServiceView),
+        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn create(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let spec = parse_spec(body)?;
     apply(&m, spec).await
@@ -149,7 +161,8 @@ pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, Ap
     let name = value.get("name").cloned().unwrap_or_else(|| serde_json::Value::String(String::new()));
     if let Some(template) = value.get_mut("template").and_then(|t| t.as_object_mut()) {
         if template.contains_key("name") {
-            return Err(ApiError::field(ErrorCode::InvalidField,
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
                 "template.name",
                 "must be absent: the service names its copies",
             ));
@@ -165,7 +178,20 @@ pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, Ap
 
 /// `PUT /v1/services/{name}`: like `POST /v1/services`; the body's `name`
 /// must be the path's.
-#[utoipa::path(put, path = "/v1/services/{name}", tag = "services", summary = "Apply a spec to the service of that name", params(crate::manager::params::ServiceNamePath), request_body = ServiceSpec, responses((status = 201, description = "Created.", body = ServiceView), (status = 200, description = "Applied (or unchanged).", body = ServiceView), (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody), (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}",
+    tag = "services",
+    summary = "Apply a spec to the service of that name",
+    params(crate::manager::params::ServiceNamePath),
+    request_body = ServiceSpec,
+    responses(
+        (status = 201, description = "Created.", body = ServiceView),
+        (status = 200, description = "Applied (or unchanged).", body = ServiceView),
+        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn put(
     State(m): Shared,
     Path(name): Path<String>,
@@ -174,13 +200,24 @@ pub async fn put(
     check_name("name", &name)?;
     let spec = parse_spec(body)?;
     if spec.name != name {
-        return Err(ApiError::field(ErrorCode::InvalidField, "name", format!("must be {name:?}, the name in the path")));
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "name",
+            format!("must be {name:?}, the name in the path"),
+        ));
     }
     apply(&m, spec).await
 }
 
 /// `GET /v1/services`.
-#[utoipa::path(get, path = "/v1/services", tag = "services", summary = "List services with their counts", params(crate::manager::params::Stale), responses((status = 200, description = "The services.", body = Vec<ServiceView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    summary = "List services with their counts",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The services.", body = Vec<ServiceView>)),
+)]
 pub async fn list(State(m): Shared, query: Result<Query<ReadOptions>, QueryRejection>) -> Result<Response, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
@@ -191,7 +228,17 @@ pub async fn list(State(m): Shared, query: Result<Query<ReadOptions>, QueryRejec
 }
 
 /// `GET /v1/services/{name}`.
-#[utoipa::path(get, path = "/v1/services/{name}", tag = "services", summary = "A service: versions, counts, deployment", params(crate::manager::params::ServiceNamePath, crate::manager::params::Stale), responses((status = 200, description = "The service.", body = ServiceView), (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}",
+    tag = "services",
+    summary = "A service: versions, counts, deployment",
+    params(crate::manager::params::ServiceNamePath, crate::manager::params::Stale),
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn get(
     State(m): Shared,
     Path(name): Path<String>,
@@ -212,7 +259,19 @@ struct Scale {
 }
 
 /// `POST /v1/services/{name}/scale` with `{"replicas": N}`.
-#[utoipa::path(post, path = "/v1/services/{name}/scale", tag = "services", summary = "Change the replica count", params(crate::manager::params::ServiceNamePath), request_body = Scale, responses((status = 200, description = "The service.", body = ServiceView), (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody), (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/scale",
+    tag = "services",
+    summary = "Change the replica count",
+    params(crate::manager::params::ServiceNamePath),
+    request_body = Scale,
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn scale(
     State(m): Shared,
     Path(name): Path<String>,
@@ -221,14 +280,29 @@ pub async fn scale(
     check_name("name", &name)?;
     let scale: Scale = parse(body)?;
     if scale.replicas > MAX_REPLICAS {
-        return Err(ApiError::field(ErrorCode::InvalidField, "replicas", format!("must be between 0 and {MAX_REPLICAS}")));
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "replicas",
+            format!("must be between 0 and {MAX_REPLICAS}"),
+        ));
     }
     let service = service_of(m.propose(Command::ScaleService { name, replicas: scale.replicas, at: now_ms() }).await?)?;
     Ok(answer(&m, StatusCode::OK, &service))
 }
 
 /// `POST /v1/services/{name}/rollback`: the previous version comes back.
-#[utoipa::path(post, path = "/v1/services/{name}/rollback", tag = "services", summary = "Bring the previous version back", params(crate::manager::params::ServiceNamePath), responses((status = 200, description = "The service.", body = ServiceView), (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody), (status = 409, description = "No previous version.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/rollback",
+    tag = "services",
+    summary = "Bring the previous version back",
+    params(crate::manager::params::ServiceNamePath),
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "No previous version.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn rollback(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let service = service_of(m.propose(Command::RollbackService { name, at: now_ms() }).await?)?;
@@ -237,7 +311,18 @@ pub async fn rollback(State(m): Shared, Path(name): Path<String>) -> Result<Resp
 
 /// `POST /v1/services/{name}/promote`: a deployment paused on its canaries
 /// goes on.
-#[utoipa::path(post, path = "/v1/services/{name}/promote", tag = "services", summary = "Promote a deployment paused on its canaries", params(crate::manager::params::ServiceNamePath), responses((status = 200, description = "The service.", body = ServiceView), (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody), (status = 409, description = "No deployment waits on its canaries.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/promote",
+    tag = "services",
+    summary = "Promote a deployment paused on its canaries",
+    params(crate::manager::params::ServiceNamePath),
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "No deployment waits on its canaries.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn promote(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let service = service_of(m.propose(Command::PromoteService { name, at: now_ms() }).await?)?;
@@ -245,7 +330,17 @@ pub async fn promote(State(m): Shared, Path(name): Path<String>) -> Result<Respo
 }
 
 /// `DELETE /v1/services/{name}`: removes the service and stops every copy.
-#[utoipa::path(delete, path = "/v1/services/{name}", tag = "services", summary = "Remove a service and stop every copy", params(crate::manager::params::ServiceNamePath), responses((status = 202, description = "The removed service.", body = Service), (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}",
+    tag = "services",
+    summary = "Remove a service and stop every copy",
+    params(crate::manager::params::ServiceNamePath),
+    responses(
+        (status = 202, description = "The removed service.", body = Service),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn delete(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let service = service_of(m.propose(Command::DeleteService { name, at: now_ms() }).await?)?;
@@ -332,14 +427,25 @@ const MAX_WAIT: Millis = Millis(30_000);
 /// healthy copies; with `wait`, answers once the list differs from
 /// `after` (or at once if it already does), else after `wait` with the same
 /// list.
-#[utoipa::path(get, path = "/v1/services/{name}/endpoints", tag = "services", summary = "Healthy copies (task, node, address, port); `wait` long-polls for a change from `after`", params(crate::manager::params::ServiceNamePath, EndpointsQuery), responses((status = 200, description = "The endpoints.", body = Endpoints), (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/endpoints",
+    tag = "services",
+    summary = "Healthy copies (task, node, address, port); `wait` long-polls for a change from `after`",
+    params(crate::manager::params::ServiceNamePath, EndpointsQuery),
+    responses(
+        (status = 200, description = "The endpoints.", body = Endpoints),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn list_endpoints(
     State(m): Shared,
     Path(name): Path<String>,
     query: Result<Query<EndpointsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_name("name", &name)?;
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     check_version(query.after.as_deref())?;
     if query.wait.is_some_and(|w| w.0 > MAX_WAIT.0) {
         return Err(ApiError::field(ErrorCode::InvalidField, "wait", format!("must be at most {MAX_WAIT}")));

@@ -28,7 +28,14 @@ use crate::clock::now_ms;
 pub use goat_raft::limits::MAX_RESTORE_BYTES;
 
 /// `GET /v1/snapshot`.
-#[utoipa::path(get, path = "/v1/snapshot", tag = "maintenance", summary = "Save a backup of the cluster state", params(crate::manager::params::Stale), responses((status = 200, description = "The backup.", body = Backup)))]
+#[utoipa::path(
+    get,
+    path = "/v1/snapshot",
+    tag = "maintenance",
+    summary = "Save a backup of the cluster state",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The backup.", body = Backup)),
+)]
 pub async fn save(
     State(m): State<Arc<Manager>>,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
@@ -51,7 +58,19 @@ pub struct Restored {
 }
 
 /// `POST /v1/snapshot/restore` (admin).
-#[utoipa::path(post, path = "/v1/snapshot/restore", tag = "maintenance", summary = "Restore a backup", request_body = Backup, responses((status = 200, description = "Restored.", body = Restored), (status = 413, description = "The backup is over the limit.", body = crate::manager::error::ErrorBody), (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody), (status = 422, description = "The backup lists a task id or a node name twice (code `invalid`).", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/snapshot/restore",
+    tag = "maintenance",
+    summary = "Restore a backup",
+    request_body = Backup,
+    responses(
+        (status = 200, description = "Restored.", body = Restored),
+        (status = 413, description = "The backup is over the limit.", body = crate::manager::error::ErrorBody),
+        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        (status = 422, description = "The backup lists a task id or a node name twice (code `invalid`).", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn restore(
     State(m): State<Arc<Manager>>,
     headers: HeaderMap,
@@ -68,7 +87,11 @@ pub async fn restore(
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let backup: Backup = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let field = e.path().to_string();
-        ApiError::field(ErrorCode::InvalidField, if field == "." { String::new() } else { field }, e.into_inner().to_string())
+        ApiError::field(
+            ErrorCode::InvalidField,
+            if field == "." { String::new() } else { field },
+            e.into_inner().to_string(),
+        )
     })?;
     backup.check()?;
     // The leader proposes it, so that it can give every restored node a
@@ -77,7 +100,11 @@ pub async fn restore(
     // tasks, before their workers could report).
     if !m.is_leader() {
         if headers.contains_key("x-goat-forwarded-by") {
-            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotLeader, "this manager does not lead"));
+            return Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                ErrorCode::NotLeader,
+                "this manager does not lead",
+            ));
         }
         return forwarded(&m, reqwest::Method::POST, "/v1/snapshot/restore", body).await;
     }

@@ -80,7 +80,17 @@ pub struct ElectRequest {
 }
 
 /// `POST /v1/cluster/leader` (admin): hands leadership over.
-#[utoipa::path(post, path = "/v1/cluster/leader", tag = "cluster", summary = "Hand leadership over (planned failover)", request_body(content = Option<TransferRequest>, description = "Optional; `to` names the manager to hand over to."), responses((status = 200, description = "The new leader.", body = TransferView), (status = 409, description = "No manager to hand over to, or `to` is not a voter.", body = crate::manager::error::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/leader",
+    tag = "cluster",
+    summary = "Hand leadership over (planned failover)",
+    request_body(content = Option<TransferRequest>, description = "Optional; `to` names the manager to hand over to."),
+    responses(
+        (status = 200, description = "The new leader.", body = TransferView),
+        (status = 409, description = "No manager to hand over to, or `to` is not a voter.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn transfer(
     State(m): State<std::sync::Arc<Manager>>,
     body: Result<Bytes, BytesRejection>,
@@ -144,7 +154,11 @@ async fn transfer_once(m: &Manager, to: Option<NodeId>) -> Result<NodeId, ApiErr
         Ok(target) if target == m.id() => return Ok(m.id()),
         Ok(target) => target,
         Err(NoTarget::NotAVoter(id)) => {
-            return Err(ApiError::field(ErrorCode::InvalidField, "to", format!("manager {id} is not a voter of this cluster")))
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "to",
+                format!("manager {id} is not a voter of this cluster"),
+            ))
         }
         Err(NoTarget::Alone) => return Err(ApiError::conflict("no other voter to hand leadership to")),
     };

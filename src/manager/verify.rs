@@ -145,12 +145,20 @@ async fn gather(m: &Arc<Manager>) -> Vec<MemberDigest> {
 }
 
 /// `GET /v1/cluster/verify[?wait=5s]`.
-#[utoipa::path(get, path = "/v1/cluster/verify", tag = "cluster", summary = "Check that every manager holds the same state", params(VerifyOptions), responses((status = 200, description = "Each manager's digest.", body = Verdict)))]
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/verify",
+    tag = "cluster",
+    summary = "Check that every manager holds the same state",
+    params(VerifyOptions),
+    responses((status = 200, description = "Each manager's digest.", body = Verdict)),
+)]
 pub async fn verify(
     State(m): State<Arc<Manager>>,
     query: Result<Query<VerifyOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Verdict>, ApiError> {
-    let options = query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let options =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     let wait = options.wait.map(Millis::as_duration).unwrap_or_default().min(Duration::from_secs(60));
     let deadline = Instant::now() + wait;
     loop {

@@ -793,7 +793,9 @@ fn memory_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 .maximum(Some(crate::validate::MAX_MEMORY as f64))
                 .description(Some("bytes")),
         )
-        .description(Some("Memory reserved and enforced as the container's limit, in bytes: 0 (no limit), or 6 MiB to 16 TiB."))
+        .description(Some(
+            "Memory reserved and enforced as the container's limit, in bytes: 0 (no limit), or 6 MiB to 16 TiB.",
+        ))
         .into()
 }
 
