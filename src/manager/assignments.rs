@@ -88,7 +88,8 @@ pub struct PollQuery {
     /// `version`: 1 to 64 hex digits).
     #[param(min_length = 1, max_length = 64, pattern = r"^[0-9a-fA-F]{1,64}$")]
     pub after: Option<String>,
-    /// How long to wait for a change (default 10 s, at most 30 s).
+    /// How long to wait for a change (default 10 s; a wait over 30 s is cut
+    /// to 30 s).
     pub wait: Option<Millis>,
 }
 
@@ -111,6 +112,7 @@ fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQue
         (status = 304, description = "Unchanged: the list still has version `after` at the end of the wait."),
         (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
         (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        (status = 503, description = "This manager holds its limit of polls (`busy`), or its leadership is not confirmed (`unavailable`); retry after `Retry-After`.", body = crate::manager::error::ErrorBody),
     ),
 )]
 pub async fn poll(

@@ -412,7 +412,8 @@ pub struct EndpointsQuery {
     /// `wait`, answer when the endpoints differ from that version.
     #[param(min_length = 1, max_length = 64, pattern = r"^[0-9a-fA-F]{1,64}$")]
     pub after: Option<String>,
-    /// How long to wait for a change from `after` (at most 30 s; none: answer now).
+    /// How long to wait for a change from `after` (none: answer now; a
+    /// wait over 30 s is cut to 30 s).
     pub wait: Option<Millis>,
     /// Answer from this manager's state without asking the leader (may lag).
     #[serde(default)]
@@ -420,7 +421,9 @@ pub struct EndpointsQuery {
     pub stale: bool,
 }
 
-/// The longest wait accepted.
+/// The longest wait: a longer one is cut to this, as the workers'
+/// assignment poll does (a long poll may answer before its `wait`; any
+/// duration the OpenAPI document allows is accepted).
 const MAX_WAIT: Millis = Millis(30_000);
 
 /// `GET /v1/services/{name}/endpoints[?after=VERSION&wait=DURATION]`: the
@@ -436,6 +439,7 @@ const MAX_WAIT: Millis = Millis(30_000);
     responses(
         (status = 200, description = "The endpoints.", body = Endpoints),
         (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 503, description = "This manager holds its limit of polls (`busy`), has no leader (`unavailable`) or is shutting down; retry after `Retry-After`.", body = crate::manager::error::ErrorBody),
     ),
 )]
 pub async fn list_endpoints(
@@ -447,11 +451,8 @@ pub async fn list_endpoints(
     let query =
         query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     check_version(query.after.as_deref())?;
-    if query.wait.is_some_and(|w| w.0 > MAX_WAIT.0) {
-        return Err(ApiError::field(ErrorCode::InvalidField, "wait", format!("must be at most {MAX_WAIT}")));
-    }
     consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
-    let wait = query.wait.unwrap_or(Millis(0));
+    let wait = query.wait.unwrap_or(Millis(0)).min(MAX_WAIT);
     let _permit = if wait.0 > 0 {
         Some(
             m.poll_permit()

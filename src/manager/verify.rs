@@ -107,7 +107,8 @@ pub async fn internal_state_digest(State(m): State<Arc<Manager>>) -> Response {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct VerifyOptions {
-    /// Retry until converged, for at most this long.
+    /// Retry until converged, for at most this long (a wait over 60 s is
+    /// cut to 60 s).
     #[serde(default)]
     pub wait: Option<Millis>,
 }
