@@ -444,6 +444,9 @@ mod schema_check {
             }
             for (key, item) in object {
                 let field = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                if let Some(names) = schema.get("propertyNames") {
+                    check(doc, names, &json!(key), &field)?;
+                }
                 match schema["properties"].get(key) {
                     Some(property) => check(doc, property, item, &field)?,
                     None => match &schema["additionalProperties"] {
@@ -550,6 +553,15 @@ mod schema_check {
             (with(json!({"cpu": -1})), Some("cpu")),
             (with(json!({"cpu": 2000})), Some("cpu")),
             (with(json!({"strategy": "random"})), Some("strategy")),
+            (with(json!({"cmd": ["a\u{0}b"]})), Some("cmd[0]")),
+            (with(json!({"env": {"A=B": "1"}})), Some("env.A=B")),
+            (with(json!({"env": {"": "1"}})), Some("env.")),
+            (with(json!({"env": {"A": "x\u{0}"}})), Some("env.A")),
+            (with(json!({"secret_env": {"A\u{0}": "x"}})), Some("secret_env.A\u{0}")),
+            (with(json!({"labels": {"goat.service": "x"}})), Some("labels.goat.service")),
+            (with(json!({"labels": {"": "x"}})), Some("labels.")),
+            (with(json!({"labels": {"k".repeat(256): "x"}})), Some(&*format!("labels.{}", "k".repeat(256)))),
+            (with(json!({"labels": {"goat": "x", "go": "y", "goats.x": "z", "é": "w"}})), None),
         ];
         agree(&doc, &schema(&doc, "TaskSpec"), &cases, api_task);
     }

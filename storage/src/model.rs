@@ -38,15 +38,18 @@ pub struct TaskSpec {
     pub image: String,
     /// Command and arguments; empty means the image's default. No NUL.
     #[serde(default)]
+    #[schema(schema_with = field_schemas::cmd)]
     pub cmd: Vec<String>,
     /// Environment variables: names not empty, without `=`; no NUL anywhere.
     #[serde(default)]
+    #[schema(schema_with = field_schemas::env)]
     pub env: BTreeMap<String, String>,
     /// Environment variables whose values are secret: given to the
     /// container like `env`, but never shown by a read, an event or a log
     /// (the API answers [`SECRET_PLACEHOLDER`] for each value). Only the
     /// worker that runs the task, and a backup, hold them in clear.
     #[serde(default)]
+    #[schema(schema_with = field_schemas::secret_env)]
     pub secret_env: BTreeMap<String, String>,
     /// CPU reserved, in cores (0.5 = half a core). A scheduling reservation,
     /// enforced on the node as a relative weight (CPU shares) unless
@@ -78,6 +81,7 @@ pub struct TaskSpec {
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
+    #[schema(schema_with = field_schemas::labels)]
     pub labels: BTreeMap<String, String>,
     /// How to rank the nodes the task fits on; absent = the cluster's
     /// default (`goat manager --scheduler`).
@@ -778,6 +782,61 @@ pub struct ServiceSpec {
 
 /// The most replicas a service may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
+
+/// The schemas of the spec's fields whose rules `#[schema(...)]` cannot
+/// state (map keys, array items), as `validate::validate_spec` checks them.
+mod field_schemas {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+
+    fn text_without_nul() -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^\x00]*$"))
+    }
+
+    fn variables(description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^=\x00]+$"))))
+            .additional_properties(Some(text_without_nul()))
+            .description(Some(description))
+            .into()
+    }
+
+    pub fn cmd() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(text_without_nul())
+            .description(Some("Command and arguments; empty means the image's default. No NUL."))
+            .into()
+    }
+
+    pub fn env() -> RefOr<Schema> {
+        variables("Environment variables: names not empty, without `=`; no NUL anywhere.")
+    }
+
+    pub fn secret_env() -> RefOr<Schema> {
+        variables(
+            "Environment variables whose values are secret: given to the container like `env`, but never shown \
+             by a read, an event or a log (the API answers `<secret>` for each value). Same rules as `env`; a \
+             name may not be in both.",
+        )
+    }
+
+    pub fn labels() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(255))
+                    // Not starting with `goat.` (reserved), without lookahead.
+                    .pattern(Some(r"^(?:[^g]|g(?:[^o]|$)|go(?:[^a]|$)|goa(?:[^t]|$)|goat(?:[^.]|$))")),
+            ))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some("Labels: keys of 1 to 255 characters, not starting with `goat.` (reserved)."))
+            .into()
+    }
+}
 
 /// `TaskSpec::memory` in the OpenAPI document: 0, or 6 MiB to 16 TiB (the
 /// rules of `validate::validate_spec`).

@@ -232,7 +232,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     }
 
     for key in spec.labels.keys() {
-        if key.is_empty() || key.len() > 255 {
+        if key.is_empty() || key.chars().count() > 255 {
             return Err(FieldError::new(format!("labels.{key}"), "label keys must be 1 to 255 characters"));
         }
         if key.starts_with("goat.") {
