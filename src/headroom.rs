@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::Scheduler;
 
 /// The plan for one node's loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeLoss {
     /// The node assumed lost.
     pub node: String,
@@ -34,8 +34,9 @@ pub struct NodeLoss {
 }
 
 /// One task of the lost node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Move {
+    #[schema(value_type = uuid::Uuid)]
     pub task: TaskId,
     pub name: String,
     /// The node it would be placed on.

@@ -77,6 +77,9 @@ async fn metrics_show_raft_api_and_task_series_and_the_api_is_described() {
         .await
         .expect("openapi JSON");
     assert!(doc["paths"]["/v1/events"]["get"].is_object(), "{doc}");
+    // It is the committed one (the generated document; see docs/api.md).
+    let committed: Value = serde_json::from_str(include_str!("../docs/openapi.json")).expect("docs/openapi.json");
+    assert!(doc == committed, "the served document differs from docs/openapi.json");
 
     // A bad resume point is a 400 naming it.
     let bad = cluster.http.get(format!("{}/v1/events?index=soon", cluster.url(follower))).send().await.unwrap();

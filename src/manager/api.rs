@@ -18,20 +18,27 @@ use super::{internal, members, nodes, tasks};
 pub use super::tasks::{task_id_for_key, task_page, DEFAULT_PAGE, MAX_PAGE, NEXT_HEADER};
 
 /// The public API in one table, one line per method and path: it builds the
-/// router, and a test checks it against `docs/openapi.json` both ways (a
-/// route added here must be documented there).
+/// router and the OpenAPI document's paths. Each handler carries its
+/// operation (`#[utoipa::path]`: parameters, body, answers); the document
+/// is built from the handlers listed here, and a test checks that each
+/// handler's method and path are its line's (`openapi.rs`).
 /// A route may add `, limit BYTES` to accept bodies larger than
 /// [`MAX_BODY_BYTES`].
 macro_rules! public_api {
-    ($($method:ident $path:literal => $handler:expr $(, limit $limit:expr)?;)*) => {
+    ($($method:ident $path:literal => $($handler:ident)::+ $(, limit $limit:expr)?;)*) => {
         /// `(method, path)` of every public route.
-        #[cfg_attr(not(test), allow(dead_code))] // read by the OpenAPI test
         pub const PUBLIC_ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
 
         fn public_router() -> Router<Arc<Manager>> {
             Router::new()
-                $(.route($path, limited(axum::routing::$method($handler), MAX_BODY_BYTES $(.max($limit))?)))*
+                $(.route($path, limited(axum::routing::$method($($handler)::+), MAX_BODY_BYTES $(.max($limit))?)))*
         }
+
+        /// The operations of the routes above, as their handlers describe
+        /// them.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($($handler)::+),*))]
+        struct Operations;
     };
 }
 
@@ -65,7 +72,7 @@ public_api! {
     delete "/v1/nodes/{name}/drain" => nodes::undrain;
     get "/v1/events" => super::events::stream;
     get "/v1/metrics" => members::metrics;
-    get "/v1/openapi.json" => super::openapi::document;
+    get "/v1/openapi.json" => openapi_json;
     get "/v1/snapshot" => super::snapshot::save;
     post "/v1/snapshot/restore" => super::snapshot::restore, limit super::snapshot::MAX_RESTORE_BYTES;
     post "/v1/gc" => super::gc::run;
@@ -89,6 +96,23 @@ pub fn router(manager: Arc<Manager>, extra: Router) -> Router {
         .merge(extra)
         .layer(axum::middleware::from_fn_with_state(manager, super::auth::authenticate))
         .layer(axum::middleware::from_fn(crate::metrics::track_requests))
+}
+
+/// The OpenAPI document of the public API: the operations of the table
+/// above, completed by [`super::openapi::complete`] (security, roles,
+/// the errors every route shares). `docs/openapi.json` is this, committed.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    super::openapi::complete(Operations::openapi())
+}
+
+/// `GET /v1/openapi.json`: [`openapi`], rendered once.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "observability", summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the public API.", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| super::openapi::render(&openapi())).clone();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn not_found() -> ApiError {

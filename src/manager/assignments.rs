@@ -39,8 +39,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Leadership, Manager};
-use super::error::ApiError;
-use super::extract::forwarded;
+use super::error::{ApiError, ErrorCode};
+use super::extract::{check_version, forwarded};
 pub use crate::control::assignments::{must_answer, reply_at, version_of, version_on};
 
 /// How long a poll waits when it does not say.
@@ -50,8 +50,6 @@ pub const MAX_WAIT: Millis = Millis(30_000);
 /// The wait a follower relays a poll with: its relay to the leader times
 /// out after 10 s.
 const RELAYED_WAIT: Millis = Millis(8_000);
-/// The longest `after` accepted (a version is 16 hex digits).
-const MAX_VERSION_LEN: usize = 64;
 
 /// Waits until `node`'s list in `state` differs from `after` (its answer),
 /// or until `until` passes or `closing` is cancelled (`None`).
@@ -82,26 +80,41 @@ pub async fn wait_for_change(
 }
 
 /// `?after=VERSION&wait=DURATION`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PollQuery {
-    /// The version of the list the worker holds.
+    /// The version of the list the worker holds (an earlier answer's
+    /// `version`: 1 to 64 hex digits).
+    #[param(min_length = 1, max_length = 64, pattern = r"^[0-9a-fA-F]{1,64}$")]
     pub after: Option<String>,
-    /// How long to wait for a change (default 10 s, at most 30 s).
+    /// How long to wait for a change (default 10 s; a wait over 30 s is cut
+    /// to 30 s).
     pub wait: Option<Millis>,
 }
 
 fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQuery, ApiError> {
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
-    if let Some(after) = &query.after {
-        if after.len() > MAX_VERSION_LEN || !after.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::field("invalid_field", "after", "must be a version from an earlier answer (hex)"));
-        }
-    }
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    check_version(query.after.as_deref())?;
     Ok(query)
 }
 
 /// `GET /v1/nodes/{name}/assignments[?after=VERSION][&wait=DURATION]`.
+#[utoipa::path(
+    get,
+    path = "/v1/nodes/{name}/assignments",
+    tag = "nodes",
+    summary = "A worker's long poll on its assignments (cluster token only)",
+    params(crate::manager::params::NodeNamePath, PollQuery),
+    responses(
+        (status = 200, description = "The node's assignments and their version.", body = HeartbeatReply),
+        (status = 304, description = "Unchanged: the list still has version `after` at the end of the wait."),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        (status = 503, description = "This manager holds its limit of polls (`busy`), or its leadership is not confirmed (`unavailable`); retry after `Retry-After`.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn poll(
     State(m): State<Arc<Manager>>,
     Path(name): Path<String>,
@@ -119,7 +132,11 @@ pub async fn poll(
         Leadership::Unconfirmed { ack_age, .. } => return Err(super::nodes::unconfirmed(ack_age)),
         Leadership::Follower => {
             if headers.contains_key("x-goat-forwarded-by") {
-                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    ErrorCode::NotLeader,
+                    "this manager does not lead",
+                ));
             }
             let after = query.after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
             let path = format!("/v1/nodes/{name}/assignments?wait={}ms{after}", wait.min(RELAYED_WAIT).0);

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{consistent, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
@@ -156,7 +156,7 @@ pub async fn authenticate(State(m): State<Arc<Manager>>, mut request: Request, n
         };
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "{} {} needs {}; this token has the {has} role",
                 request.method(),
@@ -170,7 +170,7 @@ pub async fn authenticate(State(m): State<Arc<Manager>>, mut request: Request, n
     next.run(request).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     role: Role,
@@ -179,7 +179,7 @@ struct NewToken {
 }
 
 /// A token as listings show it: no secret, no hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TokenView {
     id: String,
     name: String,
@@ -193,6 +193,15 @@ impl From<&ApiToken> for TokenView {
     }
 }
 
+/// What `POST /v1/tokens` answers: the token and its secret, shown this once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CreatedToken {
+    #[serde(flatten)]
+    token: TokenView,
+    /// `goat_` and 64 hex digits: send it as `Authorization: Bearer <secret>`.
+    secret: String,
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut buf);
@@ -201,10 +210,20 @@ fn random_hex(bytes: usize) -> String {
 
 /// `POST /v1/tokens` (admin): `201` with the token and its secret, shown
 /// this once.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Create an API token",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token and its secret (shown this once).", body = CreatedToken),
+    ),
+)]
 pub async fn create(State(m): State<Arc<Manager>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let new: NewToken = parse(body)?;
     if new.name.len() > 128 || new.name.chars().any(char::is_control) {
-        return Err(ApiError::field("invalid_field", "name", "at most 128 characters, no control characters"));
+        return Err(ApiError::field(ErrorCode::InvalidField, "name", "at most 128 characters, no control characters"));
     }
     let secret = format!("goat_{}", random_hex(32));
     let token = ApiToken {
@@ -221,12 +240,18 @@ pub async fn create(State(m): State<Arc<Manager>>, body: Result<Bytes, BytesReje
         other => return Err(ApiError::internal(format!("unexpected result {other:?}"))),
     }
     tracing::info!(token = %view.id, role = view.role.as_str(), name = %view.name, "created an API token");
-    let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
-    body["secret"] = serde_json::Value::String(secret);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok((StatusCode::CREATED, Json(CreatedToken { token: view, secret })).into_response())
 }
 
 /// `GET /v1/tokens` (admin): every token, without secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "List the API tokens",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The tokens, without secrets.", body = Vec<TokenView>)),
+)]
 pub async fn list(
     State(m): State<Arc<Manager>>,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
@@ -240,9 +265,20 @@ pub async fn list(
 
 /// `DELETE /v1/tokens/{id}` (admin): `204`; the token stops working on each
 /// manager as it applies the revocation.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revoke an API token",
+    params(crate::manager::params::TokenIdPath),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such token.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn revoke(State(m): State<Arc<Manager>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::field("invalid_field", "id", "must be a token id (hex)"));
+        return Err(ApiError::field(ErrorCode::InvalidField, "id", "must be a token id (hex)"));
     }
     match m.propose(Command::RevokeToken { id: id.clone() }).await? {
         CommandResult::Done => {}

@@ -13,11 +13,111 @@ use serde::Serialize;
 
 use crate::control::{Error, ErrorKind};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong, for a person (the field first when one is at fault).
     pub error: String,
-    pub code: &'static str,
+    pub code: ErrorCode,
+    /// The request's field at fault, as a JSON path (`ports[1].container`),
+    /// a query parameter or a header name; absent when not one field's fault.
     pub field: Option<String>,
+    /// With `body_too_large`: the route's limit, in bytes (that answer is
+    /// written by `goat_raft::limits::too_large`, before the route runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// Every `code` an error answer may carry: the enum is the only way to
+/// build an [`ApiError`], so the OpenAPI document lists them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not valid JSON, not an object, or empty.
+    BadJson,
+    /// 400: the body could not be read.
+    BadBody,
+    /// 413: the body is over the route's limit.
+    BodyTooLarge,
+    /// 400: a field of the body or a path parameter is wrong (`field` names it).
+    InvalidField,
+    /// 400: a header is wrong (`field` names it).
+    InvalidHeader,
+    /// 400: the query string is wrong (an unknown or malformed parameter).
+    InvalidQuery,
+    /// 401: no token, or an unknown one.
+    Unauthorized,
+    /// 403: the token's role is too small for the route.
+    Forbidden,
+    /// 404: no such route, task, node, service, member or token.
+    NotFound,
+    /// 409: the request conflicts with the current state.
+    Conflict,
+    /// 422: the request is well-formed but refused by the state machine.
+    Invalid,
+    /// 421: a worker's call reached a manager that does not lead.
+    NotLeader,
+    /// 421: a forwarded request reached the leader itself.
+    NotForwarded,
+    /// 503: a leadership hand-over ended with the old leader elected again (retry).
+    LeadsAgain,
+    /// 503: no leader, or this manager is shutting down (see `Retry-After`).
+    Unavailable,
+    /// 503: this manager is at its limit of streams or polls (see `Retry-After`).
+    Busy,
+    /// 500: a bug; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadBody,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::InvalidField,
+        ErrorCode::InvalidHeader,
+        ErrorCode::InvalidQuery,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Invalid,
+        ErrorCode::NotLeader,
+        ErrorCode::NotForwarded,
+        ErrorCode::LeadsAgain,
+        ErrorCode::Unavailable,
+        ErrorCode::Busy,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadBody => "bad_body",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidHeader => "invalid_header",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::NotForwarded => "not_forwarded",
+            ErrorCode::LeadsAgain => "leads_again",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 #[derive(Debug)]
@@ -29,29 +129,33 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorBody { error: message.into(), code, field: None }, retry_after: None }
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody { error: message.into(), code, field: None, limit: None },
+            retry_after: None,
+        }
     }
 
-    pub fn field(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub fn field(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> ApiError {
         let field = field.into();
         let message = message.into();
         let error = if field.is_empty() { message } else { format!("{field}: {message}") };
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            body: ErrorBody { error, code, field: Some(field).filter(|f| !f.is_empty()) },
+            body: ErrorBody { error, code, field: Some(field).filter(|f| !f.is_empty()), limit: None },
             retry_after: None,
         }
     }
 
     pub fn not_found(what: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, what)
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(Duration::from_secs(1)),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message)
         }
     }
 
@@ -59,20 +163,20 @@ impl ApiError {
     pub fn busy(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(Duration::from_secs(5)),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy, message)
         }
     }
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong cluster token")
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong cluster token")
     }
 
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message.to_string())
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message.to_string())
     }
 }
 
@@ -84,8 +188,8 @@ impl From<Error> for ApiError {
         match e.kind {
             ErrorKind::NotFound => ApiError::not_found(e.reason),
             ErrorKind::Conflict | ErrorKind::Stale => ApiError::conflict(e.reason),
-            ErrorKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.reason),
-            ErrorKind::NotLeader => ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", e.reason),
+            ErrorKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid, e.reason),
+            ErrorKind::NotLeader => ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotLeader, e.reason),
             ErrorKind::Unavailable => ApiError::unavailable(e.reason),
             ErrorKind::Internal => ApiError::internal(e.reason),
         }
@@ -101,7 +205,7 @@ impl From<Refusal> for ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> ApiError {
-        ApiError::field("invalid_field", e.field, e.message)
+        ApiError::field(ErrorCode::InvalidField, e.field, e.message)
     }
 }
 
@@ -135,7 +239,7 @@ mod tests {
         ];
         for (kind, status, code) in cases {
             let e = ApiError::from(Error::new(kind, "why"));
-            assert_eq!((e.status, e.body.code, e.body.error.as_str()), (status, code, "why"), "{kind:?}");
+            assert_eq!((e.status, e.body.code.as_str(), e.body.error.as_str()), (status, code, "why"), "{kind:?}");
         }
         assert!(ApiError::from(Error::unavailable("x")).retry_after.is_some());
     }

@@ -29,10 +29,11 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Send the events after this index.
     pub index: Option<u64>,
@@ -46,7 +47,11 @@ fn resume_point(query: &EventsQuery, headers: &HeaderMap) -> Result<Option<u64>,
     let Some(value) = headers.get("last-event-id") else { return Ok(None) };
     let text = value.to_str().unwrap_or_default().trim();
     text.parse().map(Some).map_err(|_| {
-        ApiError::field("invalid_field", "Last-Event-ID", format!("{text:?} is not an event index (an integer)"))
+        ApiError::field(
+            ErrorCode::InvalidField,
+            "Last-Event-ID",
+            format!("{text:?} is not an event index (an integer)"),
+        )
     })
 }
 
@@ -175,12 +180,27 @@ impl Follower {
 }
 
 /// `GET /v1/events[?index=N]`.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "observability",
+    summary = "Follow task and node events (server-sent events)",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, minimum = 0, description = "Resume after this event index (`index` wins)."),
+    ),
+    responses(
+        (status = 200, description = "An SSE stream: first `event: open` (its `id` the resume point), then task and node events, each with its index as `id`.", content_type = "text/event-stream", body = String),
+        (status = 503, description = "This manager serves its limit of streams (`busy`), or is shutting down.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn stream(
     State(m): State<Arc<Manager>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     let resume = resume_point(&query, &headers)?;
     let permit = m
         .stream_permit()

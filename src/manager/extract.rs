@@ -11,13 +11,16 @@ use openraft::ServerState;
 use serde::Deserialize;
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// `?stale=true` reads from local state without asking the leader.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadOptions {
+    /// Answer from this manager's state without asking the leader (may lag).
     #[serde(default)]
+    #[param(value_type = Option<bool>)]
     pub stale: bool,
     /// For `GET /v1/tasks`: only tasks in this state.
     #[serde(default)]
@@ -25,6 +28,7 @@ pub struct ReadOptions {
     /// For `GET /v1/tasks`: at most this many tasks (default
     /// `tasks::DEFAULT_PAGE`, at most `tasks::MAX_PAGE`).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 5000)]
     pub limit: Option<usize>,
     /// For `GET /v1/tasks`: only tasks whose id comes after this one (the
     /// `X-Goat-Next` cursor of the previous page).
@@ -35,7 +39,28 @@ pub struct ReadOptions {
 pub fn read_options(
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Result<ReadOptions, ApiError> {
-    query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))
+    query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))
+}
+
+/// The most hex digits of a version (`after`) of the long polls.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// Checks the `after` of a long poll: the `version` of an earlier answer,
+/// 1 to [`MAX_VERSION_LEN`] hex digits. An empty `after=` is refused, not
+/// read as absent: it is no version a manager ever answered.
+pub fn check_version(after: Option<&str>) -> Result<(), ApiError> {
+    match after {
+        Some(after)
+            if after.is_empty() || after.len() > MAX_VERSION_LEN || !after.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "after",
+                "must be a version from an earlier answer (1 to 64 hex digits)",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Makes this manager's state current unless the client accepts stale data.
@@ -50,7 +75,7 @@ pub async fn consistent(manager: &Manager, options: &ReadOptions) -> Result<(), 
 /// Relays a request to the leader and its answer back.
 pub async fn forwarded(m: &Manager, method: reqwest::Method, path: &str, body: Bytes) -> Result<Response, ApiError> {
     let Some((status, bytes)) = m.forward_to_leader(method, path, body).await? else {
-        return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_forwarded", "this manager leads"));
+        return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotForwarded, "this manager leads"));
     };
     Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::clock::now_ms;
 use crate::control::Error;
 
@@ -131,31 +131,63 @@ pub async fn gc_loop(manager: Arc<Manager>, term: u64, token: CancellationToken)
 }
 
 /// `?older_than=DURATION`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GcQuery {
     /// Collect tasks finished longer ago than this (default: the
     /// manager's `--task-retention`).
     pub older_than: Option<Millis>,
 }
 
+/// What `POST /v1/gc` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Collected {
+    /// How many finished tasks were removed.
+    pub collected: u64,
+    /// Tasks finished before this time (ms since the epoch) were removed.
+    #[schema(value_type = u64)]
+    pub cutoff: Timestamp,
+}
+
 /// `POST /v1/gc[?older_than=DURATION]` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/gc",
+    tag = "maintenance",
+    summary = "Collect finished tasks now",
+    params(GcQuery),
+    responses((status = 200, description = "How many tasks were removed, and the cutoff.", body = Collected)),
+)]
 pub async fn run(
     State(m): State<Arc<Manager>>,
     query: Result<Query<GcQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     let retention = query.older_than.map_or(m.task_retention(), |d| d.as_duration());
     // Look at the current state: a follower catches up first.
     m.linearize().await?;
     let cut = cutoff(now_ms(), retention);
     let removed = collect(&m, cut, |command| m.propose(command)).await?;
     tracing::info!(removed, cutoff = cut, "collected finished tasks on request");
-    Ok(Json(serde_json::json!({"collected": removed, "cutoff": cut})).into_response())
+    Ok(Json(Collected { collected: removed, cutoff: cut }).into_response())
 }
 
 /// `DELETE /v1/nodes/{name}` (admin): `204`, or `409` if the node
 /// is not down or still holds live tasks.
+#[utoipa::path(
+    delete,
+    path = "/v1/nodes/{name}",
+    tag = "nodes",
+    summary = "Remove a down node",
+    params(crate::manager::params::NodeNamePath),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "The node is not down, or still holds live tasks.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn remove_node(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     m.linearize().await?;

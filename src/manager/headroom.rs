@@ -9,25 +9,39 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{consistent, ReadOptions};
 use crate::headroom::{node_loss, NoPlan, NodeLoss};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HeadroomQuery {
     /// The node assumed lost (default: the busiest).
     #[serde(default)]
     pub node: Option<String>,
+    /// Answer from this manager's state without asking the leader (may lag).
     #[serde(default)]
+    #[param(value_type = Option<bool>)]
     pub stale: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/headroom",
+    tag = "cluster",
+    summary = "Would a node's tasks find a place if it died now",
+    params(HeadroomQuery),
+    responses(
+        (status = 200, description = "The plan.", body = NodeLoss),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn headroom(
     State(m): State<Arc<Manager>>,
     query: Result<Query<HeadroomQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<NodeLoss>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
     let applied = m.state().read();
     match node_loss(&applied.state, query.node.as_deref(), m.default_strategy()) {

@@ -11,7 +11,7 @@ use axum::Json;
 use goat_raft::{codec, Command, CommandResult};
 
 use super::cluster::{InternalStatus, Manager, ProposeError};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 type Shared = State<Arc<Manager>>;
 
@@ -19,7 +19,7 @@ type Shared = State<Arc<Manager>>;
 pub async fn propose(State(m): Shared, body: Bytes) -> Response {
     let command: Command = match codec::decode(&body) {
         Ok(c) => c,
-        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadBody, e.to_string()).into_response(),
     };
     // A leader loop's decision is committed by the leader that took it or
     // not at all (`Manager::propose_as_leader`): never taken from another.
@@ -45,7 +45,7 @@ pub async fn read_index(State(m): Shared) -> Response {
     match m.read_index().await {
         Ok(index) => codec::encode(&index).into_response(),
         Err(ProposeError::NotLeader) => {
-            ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "not the leader").into_response()
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotLeader, "not the leader").into_response()
         }
         Err(ProposeError::Failed(e)) => ApiError::unavailable(e).into_response(),
     }

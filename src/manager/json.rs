@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// The largest request body the public API accepts, unless a route says
 /// otherwise: a task spec at its size cap
@@ -20,30 +20,30 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The route's body limit answers with its own limit named.
-            ApiError::new(status, "body_too_large", "request body is over this route's limit")
+            ApiError::new(status, ErrorCode::BodyTooLarge, "request body is over this route's limit")
         } else {
-            ApiError::new(status, "bad_body", rejection.body_text())
+            ApiError::new(status, ErrorCode::BadBody, rejection.body_text())
         }
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::field("bad_json", "", "request body is empty: expected a JSON object"));
+        return Err(ApiError::field(ErrorCode::BadJson, "", "request body is empty: expected a JSON object"));
     }
     // serde would accept a struct written as an array; the API takes objects.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::field("bad_json", "", "request body must be a JSON object"));
+        return Err(ApiError::field(ErrorCode::BadJson, "", "request body must be a JSON object"));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() { "bad_json" } else { "invalid_field" };
+        let code = if inner.is_syntax() || inner.is_eof() { ErrorCode::BadJson } else { ErrorCode::InvalidField };
         // serde's message carries "at line L column C"; keep it, it helps.
         ApiError::field(code, field, inner.to_string())
     })?;
     deserializer
         .end()
-        .map_err(|e| ApiError::field("bad_json", "", format!("trailing data after the JSON value: {e}")))?;
+        .map_err(|e| ApiError::field(ErrorCode::BadJson, "", format!("trailing data after the JSON value: {e}")))?;
     Ok(value)
 }
 

@@ -13,13 +13,13 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{forwarded, role_name};
 use super::json::parse;
 
 type Shared = State<Arc<Manager>>;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthView {
     status: &'static str,
     id: u64,
@@ -33,6 +33,13 @@ pub struct HealthView {
     purged: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "cluster",
+    summary = "This manager's role, term and indexes (no token needed)",
+    responses((status = 200, description = "This manager.", body = HealthView)),
+)]
 pub async fn health(State(m): Shared) -> Json<HealthView> {
     let metrics = m.raft().metrics().borrow().clone();
     Json(HealthView {
@@ -47,7 +54,7 @@ pub async fn health(State(m): Shared) -> Json<HealthView> {
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MemberView {
     id: u64,
     addr: String,
@@ -58,7 +65,7 @@ pub struct MemberView {
     last_applied: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ClusterView {
     id: u64,
     leader: Option<u64>,
@@ -66,6 +73,13 @@ pub struct ClusterView {
     members: Vec<MemberView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    summary = "The leader, term and members",
+    responses((status = 200, description = "The cluster as this manager sees it.", body = ClusterView)),
+)]
 pub async fn cluster(State(m): Shared) -> Json<ClusterView> {
     let metrics = m.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
@@ -91,22 +105,42 @@ pub async fn cluster(State(m): Shared) -> Json<ClusterView> {
     Json(ClusterView { id: m.id(), leader: metrics.current_leader, term: metrics.current_term, members })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewMember {
     id: u64,
     addr: String,
 }
 
+/// What `POST /v1/cluster/members` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AddedMember {
+    id: u64,
+    addr: String,
+    /// Always true: the member is a voter when the answer is sent.
+    voter: bool,
+}
+
 /// Adds a manager: first as a learner that catches up, then as a voter.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members",
+    tag = "cluster",
+    summary = "Add a manager (learner, then voter)",
+    request_body = NewMember,
+    responses(
+        (status = 200, description = "Added as a voter.", body = AddedMember),
+        (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let raw = body.as_ref().map(|b| b.clone()).unwrap_or_default();
     let member: NewMember = parse(body)?;
     if member.id == 0 {
-        return Err(ApiError::field("invalid_field", "id", "must be a positive integer"));
+        return Err(ApiError::field(ErrorCode::InvalidField, "id", "must be a positive integer"));
     }
     if member.addr.trim().is_empty() || member.addr.contains('/') {
-        return Err(ApiError::field("invalid_field", "addr", "must be HOST:PORT"));
+        return Err(ApiError::field(ErrorCode::InvalidField, "addr", "must be HOST:PORT"));
     }
     if !m.is_leader() {
         return forwarded(&m, reqwest::Method::POST, "/v1/cluster/members", raw).await;
@@ -116,12 +150,25 @@ pub async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -
     let change = ChangeMembers::AddVoterIds([member.id].into());
     m.raft().change_membership(change, false).await.map_err(|e| ApiError::conflict(e.to_string()))?;
     tracing::info!(member = member.id, addr = %member.addr, "added a manager");
-    Ok((StatusCode::OK, Json(serde_json::json!({"id": member.id, "addr": member.addr, "voter": true}))).into_response())
+    Ok((StatusCode::OK, Json(AddedMember { id: member.id, addr: member.addr, voter: true })).into_response())
 }
 
 /// Removes a manager from the group (voter or learner).
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/members/{id}",
+    tag = "cluster",
+    summary = "Remove a manager",
+    params(crate::manager::params::MemberIdPath),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 404, description = "No such manager.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id: u64 = id.parse().map_err(|_| ApiError::field("invalid_field", "id", "must be a positive integer"))?;
+    let id: u64 =
+        id.parse().map_err(|_| ApiError::field(ErrorCode::InvalidField, "id", "must be a positive integer"))?;
     if !m.is_leader() {
         return forwarded(&m, reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), Bytes::new()).await;
     }
@@ -139,6 +186,15 @@ pub async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<R
 }
 
 /// `GET /v1/metrics`: Prometheus text exposition format.
+#[utoipa::path(
+    get,
+    path = "/v1/metrics",
+    tag = "observability",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Text exposition format 0.0.4.", content_type = "text/plain; version=0.0.4", body = String),
+    ),
+)]
 pub async fn metrics(State(m): Shared) -> Response {
     let body = crate::metrics::render(m.raft(), m.state(), m.activity());
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()

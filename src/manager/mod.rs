@@ -24,7 +24,8 @@
 //! - [`events`]: the event stream (`GET /v1/events`, server-sent events).
 //! - [`gc`]: collecting finished tasks after `--task-retention`, removing
 //!   down nodes.
-//! - [`openapi`]: the API's OpenAPI document.
+//! - [`openapi`]: the API's OpenAPI document, generated; [`params`]: the
+//!   path and query parameters it states.
 //! - [`verify`]: state fingerprints, to prove the managers agree.
 //! - [`headroom`]: would a node's tasks find a place if it died now.
 
@@ -44,6 +45,7 @@ pub mod leader;
 pub mod members;
 pub mod nodes;
 pub mod openapi;
+pub mod params;
 pub mod service_loop;
 pub mod services;
 pub mod snapshot;

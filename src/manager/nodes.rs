@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::cluster::LeaderHost;
 use super::cluster::{Leadership, Manager};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
@@ -39,6 +39,19 @@ pub use crate::control::nodes::{
 pub const MAX_HEARTBEAT_BYTES: usize = 4 << 20;
 
 /// `POST /v1/nodes/{name}/heartbeat`.
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{name}/heartbeat",
+    tag = "nodes",
+    summary = "A worker's heartbeat (cluster token only)",
+    params(crate::manager::params::NodeNamePath),
+    request_body = Heartbeat,
+    responses(
+        (status = 200, description = "Every task the node should hold.", body = HeartbeatReply),
+        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn heartbeat(
     State(m): State<Arc<Manager>>,
     Path(name): Path<String>,
@@ -53,7 +66,11 @@ pub async fn heartbeat(
         HeartbeatRoute::Refuse(e) => return Err(e),
         HeartbeatRoute::Forward => {
             if headers.contains_key("x-goat-forwarded-by") {
-                return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    ErrorCode::NotLeader,
+                    "this manager does not lead",
+                ));
             }
             return forwarded(&m, reqwest::Method::POST, &format!("/v1/nodes/{name}/heartbeat"), raw).await;
         }
@@ -128,6 +145,17 @@ pub fn unconfirmed(ack_age: Option<std::time::Duration>) -> ApiError {
 
 /// `PUT /v1/nodes/{name}/drain`: the node takes no new tasks and its tasks
 /// are moved to other nodes.
+#[utoipa::path(
+    put,
+    path = "/v1/nodes/{name}/drain",
+    tag = "nodes",
+    summary = "Drain a node",
+    params(crate::manager::params::NodeNamePath),
+    responses(
+        (status = 200, description = "The node, `draining`; its tasks are moved elsewhere.", body = Node),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     // Read the current placement (not a follower's possibly older view):
@@ -150,6 +178,17 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
 /// -disable`, kubectl's `uncordon`): the node takes tasks again. Tasks moved
 /// away stay where they went; a node that is down stays down until it
 /// reports, then comes back `ready`.
+#[utoipa::path(
+    delete,
+    path = "/v1/nodes/{name}/drain",
+    tag = "nodes",
+    summary = "End a drain",
+    params(crate::manager::params::NodeNamePath),
+    responses(
+        (status = 200, description = "The node, ready again.", body = Node),
+        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     m.linearize().await?;
@@ -163,7 +202,7 @@ pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) ->
     Ok((StatusCode::OK, Json(node)).into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     #[serde(flatten)]
     node: Node,
@@ -172,6 +211,14 @@ pub struct NodeView {
 }
 
 /// `GET /v1/nodes`.
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "nodes",
+    summary = "List worker nodes",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "Every node, with what is allocated on it.", body = Vec<NodeView>)),
+)]
 pub async fn list_nodes(
     State(m): State<Arc<Manager>>,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,

@@ -21,8 +21,8 @@ use goat_storage::Millis;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::Manager;
-use super::error::ApiError;
-use super::extract::{consistent, read_options, ReadOptions};
+use super::error::{ApiError, ErrorCode};
+use super::extract::{check_version, consistent, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
 use crate::control::service::{counts, placement_reason, VersionCounts};
@@ -30,10 +30,11 @@ use crate::control::service::{counts, placement_reason, VersionCounts};
 type Shared = State<Arc<Manager>>;
 
 /// One version as `GET /v1/services/{name}` shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub version: u64,
     pub template: TaskSpec,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
     pub desired: u32,
     pub live: u32,
@@ -43,7 +44,7 @@ pub struct VersionView {
 }
 
 /// A service with its counts, as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub name: String,
     pub replicas: u32,
@@ -55,7 +56,9 @@ pub struct ServiceView {
     pub deployment: Option<Deployment>,
     /// Why it is not placed in full, if it is not.
     pub reason: Option<String>,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 
@@ -131,6 +134,19 @@ async fn apply(m: &Manager, spec: ServiceSpec) -> Result<Response, ApiError> {
 
 /// `POST /v1/services`: create a service, or apply a changed spec to it
 /// (the same spec again changes nothing).
+#[utoipa::path(
+    post,
+    path = "/v1/services",
+    tag = "services",
+    summary = "Create a service or apply a changed spec (same spec: no-op)",
+    request_body = ServiceSpec,
+    responses(
+        (status = 201, description = "Created.", body = ServiceView),
+        (status = 200, description = "Applied (or unchanged).", body = ServiceView),
+        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn create(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let spec = parse_spec(body)?;
     apply(&m, spec).await
@@ -146,7 +162,7 @@ pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, Ap
     if let Some(template) = value.get_mut("template").and_then(|t| t.as_object_mut()) {
         if template.contains_key("name") {
             return Err(ApiError::field(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "template.name",
                 "must be absent: the service names its copies",
             ));
@@ -156,12 +172,26 @@ pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, Ap
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        ApiError::field("invalid_field", field, e.into_inner().to_string())
+        ApiError::field(ErrorCode::InvalidField, field, e.into_inner().to_string())
     })
 }
 
 /// `PUT /v1/services/{name}`: like `POST /v1/services`; the body's `name`
 /// must be the path's.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}",
+    tag = "services",
+    summary = "Apply a spec to the service of that name",
+    params(crate::manager::params::ServiceNamePath),
+    request_body = ServiceSpec,
+    responses(
+        (status = 201, description = "Created.", body = ServiceView),
+        (status = 200, description = "Applied (or unchanged).", body = ServiceView),
+        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn put(
     State(m): Shared,
     Path(name): Path<String>,
@@ -170,12 +200,24 @@ pub async fn put(
     check_name("name", &name)?;
     let spec = parse_spec(body)?;
     if spec.name != name {
-        return Err(ApiError::field("invalid_field", "name", format!("must be {name:?}, the name in the path")));
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "name",
+            format!("must be {name:?}, the name in the path"),
+        ));
     }
     apply(&m, spec).await
 }
 
 /// `GET /v1/services`.
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    summary = "List services with their counts",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The services.", body = Vec<ServiceView>)),
+)]
 pub async fn list(State(m): Shared, query: Result<Query<ReadOptions>, QueryRejection>) -> Result<Response, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
@@ -186,6 +228,17 @@ pub async fn list(State(m): Shared, query: Result<Query<ReadOptions>, QueryRejec
 }
 
 /// `GET /v1/services/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}",
+    tag = "services",
+    summary = "A service: versions, counts, deployment",
+    params(crate::manager::params::ServiceNamePath, crate::manager::params::Stale),
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn get(
     State(m): Shared,
     Path(name): Path<String>,
@@ -199,13 +252,26 @@ pub async fn get(
     Ok(Json(view(&applied.state, service, now_ms())).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Scale {
     replicas: u32,
 }
 
 /// `POST /v1/services/{name}/scale` with `{"replicas": N}`.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/scale",
+    tag = "services",
+    summary = "Change the replica count",
+    params(crate::manager::params::ServiceNamePath),
+    request_body = Scale,
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn scale(
     State(m): Shared,
     Path(name): Path<String>,
@@ -214,13 +280,29 @@ pub async fn scale(
     check_name("name", &name)?;
     let scale: Scale = parse(body)?;
     if scale.replicas > MAX_REPLICAS {
-        return Err(ApiError::field("invalid_field", "replicas", format!("must be between 0 and {MAX_REPLICAS}")));
+        return Err(ApiError::field(
+            ErrorCode::InvalidField,
+            "replicas",
+            format!("must be between 0 and {MAX_REPLICAS}"),
+        ));
     }
     let service = service_of(m.propose(Command::ScaleService { name, replicas: scale.replicas, at: now_ms() }).await?)?;
     Ok(answer(&m, StatusCode::OK, &service))
 }
 
 /// `POST /v1/services/{name}/rollback`: the previous version comes back.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/rollback",
+    tag = "services",
+    summary = "Bring the previous version back",
+    params(crate::manager::params::ServiceNamePath),
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "No previous version.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn rollback(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let service = service_of(m.propose(Command::RollbackService { name, at: now_ms() }).await?)?;
@@ -229,6 +311,18 @@ pub async fn rollback(State(m): Shared, Path(name): Path<String>) -> Result<Resp
 
 /// `POST /v1/services/{name}/promote`: a deployment paused on its canaries
 /// goes on.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/promote",
+    tag = "services",
+    summary = "Promote a deployment paused on its canaries",
+    params(crate::manager::params::ServiceNamePath),
+    responses(
+        (status = 200, description = "The service.", body = ServiceView),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 409, description = "No deployment waits on its canaries.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn promote(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let service = service_of(m.propose(Command::PromoteService { name, at: now_ms() }).await?)?;
@@ -236,6 +330,17 @@ pub async fn promote(State(m): Shared, Path(name): Path<String>) -> Result<Respo
 }
 
 /// `DELETE /v1/services/{name}`: removes the service and stops every copy.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}",
+    tag = "services",
+    summary = "Remove a service and stop every copy",
+    params(crate::manager::params::ServiceNamePath),
+    responses(
+        (status = 202, description = "The removed service.", body = Service),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn delete(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     check_name("name", &name)?;
     let service = service_of(m.propose(Command::DeleteService { name, at: now_ms() }).await?)?;
@@ -243,8 +348,9 @@ pub async fn delete(State(m): Shared, Path(name): Path<String>) -> Result<Respon
 }
 
 /// One healthy copy, where clients reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoint {
+    #[schema(value_type = uuid::Uuid)]
     pub task: TaskId,
     pub node: String,
     /// The node's advertised address (its name if it advertises none).
@@ -255,7 +361,7 @@ pub struct Endpoint {
     pub generation: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoints {
     pub service: String,
     /// A fingerprint of the list: pass it as `after` to wait for a change.
@@ -298,39 +404,55 @@ pub fn endpoints(state: &ClusterState, name: &str) -> Option<Endpoints> {
 }
 
 /// `?after=VERSION&wait=DURATION&stale=BOOL`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EndpointsQuery {
+    /// The `version` of an earlier answer (1 to 64 hex digits): with
+    /// `wait`, answer when the endpoints differ from that version.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[0-9a-fA-F]{1,64}$")]
     pub after: Option<String>,
+    /// How long to wait for a change from `after` (none: answer now; a
+    /// wait over 30 s is cut to 30 s).
     pub wait: Option<Millis>,
+    /// Answer from this manager's state without asking the leader (may lag).
     #[serde(default)]
+    #[param(value_type = Option<bool>)]
     pub stale: bool,
 }
 
-/// The longest wait accepted.
+/// The longest wait: a longer one is cut to this, as the workers'
+/// assignment poll does (a long poll may answer before its `wait`; any
+/// duration the OpenAPI document allows is accepted).
 const MAX_WAIT: Millis = Millis(30_000);
 
 /// `GET /v1/services/{name}/endpoints[?after=VERSION&wait=DURATION]`: the
 /// healthy copies; with `wait`, answers once the list differs from
 /// `after` (or at once if it already does), else after `wait` with the same
 /// list.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/endpoints",
+    tag = "services",
+    summary = "Healthy copies (task, node, address, port); `wait` long-polls for a change from `after`",
+    params(crate::manager::params::ServiceNamePath, EndpointsQuery),
+    responses(
+        (status = 200, description = "The endpoints.", body = Endpoints),
+        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        (status = 503, description = "This manager holds its limit of polls (`busy`), has no leader (`unavailable`) or is shutting down; retry after `Retry-After`.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn list_endpoints(
     State(m): Shared,
     Path(name): Path<String>,
     query: Result<Query<EndpointsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_name("name", &name)?;
-    let query = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
-    if let Some(after) = &query.after {
-        if after.len() > 64 || !after.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::field("invalid_field", "after", "must be a version from an earlier answer (hex)"));
-        }
-    }
-    if query.wait.is_some_and(|w| w.0 > MAX_WAIT.0) {
-        return Err(ApiError::field("invalid_field", "wait", format!("must be at most {MAX_WAIT}")));
-    }
+    let query =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    check_version(query.after.as_deref())?;
     consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
-    let wait = query.wait.unwrap_or(Millis(0));
+    let wait = query.wait.unwrap_or(Millis(0)).min(MAX_WAIT);
     let _permit = if wait.0 > 0 {
         Some(
             m.poll_permit()

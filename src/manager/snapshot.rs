@@ -20,7 +20,7 @@ use goat_raft::CommandResult;
 use goat_storage::backup::Backup;
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{consistent, forwarded, read_options, ReadOptions};
 use crate::clock::now_ms;
 
@@ -28,6 +28,14 @@ use crate::clock::now_ms;
 pub use goat_raft::limits::MAX_RESTORE_BYTES;
 
 /// `GET /v1/snapshot`.
+#[utoipa::path(
+    get,
+    path = "/v1/snapshot",
+    tag = "maintenance",
+    summary = "Save a backup of the cluster state",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The backup.", body = Backup)),
+)]
 pub async fn save(
     State(m): State<Arc<Manager>>,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
@@ -38,7 +46,31 @@ pub async fn save(
     Ok(Json(Backup::of(&applied.state, applied.last_applied.map(|l| l.index), now_ms())))
 }
 
+/// What `POST /v1/snapshot/restore` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Restored {
+    /// Always true.
+    pub restored: bool,
+    /// Tasks in the restored state.
+    pub tasks: usize,
+    /// Nodes in the restored state.
+    pub nodes: usize,
+}
+
 /// `POST /v1/snapshot/restore` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/snapshot/restore",
+    tag = "maintenance",
+    summary = "Restore a backup",
+    request_body = Backup,
+    responses(
+        (status = 200, description = "Restored.", body = Restored),
+        (status = 413, description = "The backup is over the limit.", body = crate::manager::error::ErrorBody),
+        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        (status = 422, description = "The backup lists a task id or a node name twice (code `invalid`).", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn restore(
     State(m): State<Arc<Manager>>,
     headers: HeaderMap,
@@ -47,15 +79,19 @@ pub async fn restore(
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "body_too_large", format!("a backup is limited to {MAX_RESTORE_BYTES} bytes"))
+            ApiError::new(status, ErrorCode::BodyTooLarge, format!("a backup is limited to {MAX_RESTORE_BYTES} bytes"))
         } else {
-            ApiError::new(status, "bad_body", rejection.body_text())
+            ApiError::new(status, ErrorCode::BadBody, rejection.body_text())
         }
     })?;
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
     let backup: Backup = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let field = e.path().to_string();
-        ApiError::field("invalid_field", if field == "." { String::new() } else { field }, e.into_inner().to_string())
+        ApiError::field(
+            ErrorCode::InvalidField,
+            if field == "." { String::new() } else { field },
+            e.into_inner().to_string(),
+        )
     })?;
     backup.check()?;
     // The leader proposes it, so that it can give every restored node a
@@ -64,7 +100,11 @@ pub async fn restore(
     // tasks, before their workers could report).
     if !m.is_leader() {
         if headers.contains_key("x-goat-forwarded-by") {
-            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", "this manager does not lead"));
+            return Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                ErrorCode::NotLeader,
+                "this manager does not lead",
+            ));
         }
         return forwarded(&m, reqwest::Method::POST, "/v1/snapshot/restore", body).await;
     }
@@ -78,5 +118,5 @@ pub async fn restore(
     m.kick_placement();
     let applied = m.state().read().last_applied.map(|l| l.index);
     tracing::warn!(tasks, nodes, ?applied, "restored the cluster state from a backup");
-    Ok(Json(serde_json::json!({"restored": true, "tasks": tasks, "nodes": nodes})).into_response())
+    Ok(Json(Restored { restored: true, tasks, nodes }).into_response())
 }

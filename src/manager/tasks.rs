@@ -13,10 +13,11 @@ use goat_raft::{Command, CommandResult};
 use goat_storage::fsm::RefusalKind;
 use goat_storage::model::{Task, TaskSpec, TaskState};
 use goat_storage::validate::validate_spec;
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{consistent, read_options, ReadOptions};
 use super::json::parse;
 use crate::clock::now_ms;
@@ -73,7 +74,8 @@ fn submission_id(headers: &HeaderMap) -> Result<Uuid, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(Uuid::new_v4());
     };
-    let invalid = || ApiError::field("invalid_header", "Idempotency-Key", "must be 1 to 128 visible ASCII characters");
+    let invalid =
+        || ApiError::field(ErrorCode::InvalidHeader, "Idempotency-Key", "must be 1 to 128 visible ASCII characters");
     let key = value.to_str().map_err(|_| invalid())?;
     if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid());
@@ -90,6 +92,22 @@ pub fn task_id_for_key(key: &str) -> Uuid {
 /// `POST /v1/tasks`: `201` with the new task; with an `Idempotency-Key`
 /// already used for the same spec, `200` with the task it created (and
 /// `409` for another spec).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "Submit a task",
+    request_body = TaskSpec,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128, pattern = r"^[!-~]+$", description = "Makes the submission safe to retry: the same key names the same task (1 to 128 visible ASCII characters)."),
+    ),
+    responses(
+        (status = 201, description = "Committed; the stored task, `pending`.", body = Task),
+        (status = 200, description = "A resend with an Idempotency-Key already used for the same spec: the task it created.", body = Task),
+        (status = 409, description = "The Idempotency-Key was used for another spec.", body = crate::manager::error::ErrorBody),
+        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn submit_task(
     State(m): Shared,
     headers: HeaderMap,
@@ -116,35 +134,65 @@ pub async fn submit_task(
     Ok((status, [(header::LOCATION, location)], Json(task.redacted())).into_response())
 }
 
+/// What `GET /v1/stats` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    /// Tasks by state (states without tasks left out).
+    pub tasks: std::collections::BTreeMap<String, usize>,
+    /// Nodes by status (statuses without nodes left out).
+    pub nodes: std::collections::BTreeMap<String, usize>,
+    /// The log index the counts were read at.
+    pub last_applied: Option<u64>,
+}
+
 /// `GET /v1/stats`: how many tasks are in each state and nodes in each
 /// status, without listing them.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "tasks",
+    summary = "Counts of tasks by state and nodes by status",
+    params(crate::manager::params::Stale),
+    responses((status = 200, description = "The counts.", body = Stats)),
+)]
 pub async fn stats(
     State(m): Shared,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Stats>, ApiError> {
     let options = read_options(query)?;
     consistent(&m, &options).await?;
     let applied = m.state().read();
-    let mut tasks = std::collections::BTreeMap::<&str, usize>::new();
+    let mut tasks = std::collections::BTreeMap::<String, usize>::new();
     for task in applied.state.tasks.values() {
-        *tasks.entry(task.state.as_str()).or_default() += 1;
+        *tasks.entry(task.state.as_str().to_string()).or_default() += 1;
     }
     let mut nodes = std::collections::BTreeMap::<String, usize>::new();
     for node in applied.state.nodes.values() {
         let status = serde_json::to_value(node.status).ok().and_then(|v| v.as_str().map(str::to_string));
         *nodes.entry(status.unwrap_or_default()).or_default() += 1;
     }
-    Ok(Json(serde_json::json!({"tasks": tasks, "nodes": nodes, "last_applied": applied.last_applied.map(|l| l.index)})))
+    Ok(Json(Stats { tasks, nodes, last_applied: applied.last_applied.map(|l| l.index) }))
 }
 
-fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::field("invalid_field", "id", format!("{id:?} is not a task id (a UUID)")))
+pub fn parse_task_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::field(ErrorCode::InvalidField, "id", format!("{id:?} is not a task id (a UUID)")))
 }
 
 /// `GET /v1/tasks[?state=S][&limit=N][&after=ID]`: a JSON array of tasks
 /// in id order, a page at a time; when more follow, the `X-Goat-Next`
 /// header holds the cursor to pass as `after` (and `Link` the next page's
 /// URL).
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "List tasks, a page at a time",
+    params(ReadOptions),
+    responses(
+        (status = 200, description = "A page of tasks (optionally in one state), in id order. When more follow, `X-Goat-Next` holds the cursor to pass as `after` and `Link` the next page.", body = Vec<Task>, headers(("X-Goat-Next" = String, description = "The `after` of the next page."), ("Link" = String, description = "The next page, `rel=\"next\"`."))),
+    ),
+)]
 pub async fn list_tasks(
     State(m): Shared,
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
@@ -152,7 +200,7 @@ pub async fn list_tasks(
     let options = read_options(query)?;
     let limit = options.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::field("invalid_field", "limit", format!("must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::field(ErrorCode::InvalidField, "limit", format!("must be between 1 and {MAX_PAGE}")));
     }
     consistent(&m, &options).await?;
     let (body, next) = {
@@ -175,6 +223,17 @@ pub async fn list_tasks(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "One task, with its event history",
+    params(crate::manager::params::TaskIdPath, crate::manager::params::Stale),
+    responses(
+        (status = 200, description = "The task.", body = Task),
+        (status = 404, description = "No such task.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn get_task(
     State(m): Shared,
     Path(id): Path<String>,
@@ -187,6 +246,17 @@ pub async fn get_task(
     applied.state.tasks.get(&id).map(|t| Json(t.redacted())).ok_or_else(|| ApiError::not_found(format!("no task {id}")))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Stop a task",
+    params(crate::manager::params::TaskIdPath),
+    responses(
+        (status = 202, description = "Desired status set to `stop`; completes when its worker confirms.", body = Task),
+        (status = 404, description = "No such task.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_task_id(&id)?;
     let task = task_of(m.propose(Command::StopTask { task_id: id, at: now_ms() }).await?)?;

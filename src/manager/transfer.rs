@@ -43,26 +43,29 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::forwarded;
 use super::json::parse;
 use crate::control::transfer::{choose_target, NoTarget};
 
 /// The body of `POST /v1/cluster/leader`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     /// The manager to hand over to (default: the most up-to-date follower).
     #[serde(default)]
+    #[schema(value_type = Option<u64>)]
     pub to: Option<NodeId>,
 }
 
 /// What `POST /v1/cluster/leader` answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferView {
     /// The manager that leads now.
+    #[schema(value_type = u64)]
     pub leader: NodeId,
     /// Who led before.
+    #[schema(value_type = u64)]
     pub from: NodeId,
     pub term: u64,
     /// How long the hand-over took, in ms (proposals were held that long).
@@ -77,6 +80,17 @@ pub struct ElectRequest {
 }
 
 /// `POST /v1/cluster/leader` (admin): hands leadership over.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/leader",
+    tag = "cluster",
+    summary = "Hand leadership over (planned failover)",
+    request_body(content = Option<TransferRequest>, description = "Optional; `to` names the manager to hand over to."),
+    responses(
+        (status = 200, description = "The new leader.", body = TransferView),
+        (status = 409, description = "No manager to hand over to, or `to` is not a voter.", body = crate::manager::error::ErrorBody),
+    ),
+)]
 pub async fn transfer(
     State(m): State<std::sync::Arc<Manager>>,
     body: Result<Bytes, BytesRejection>,
@@ -85,7 +99,7 @@ pub async fn transfer(
     let request: TransferRequest =
         if raw.iter().all(|b| b.is_ascii_whitespace()) { TransferRequest::default() } else { parse(body)? };
     if request.to == Some(0) {
-        return Err(ApiError::field("invalid_field", "to", "must be a positive integer"));
+        return Err(ApiError::field(ErrorCode::InvalidField, "to", "must be a positive integer"));
     }
     if !m.is_leader() {
         return forwarded(&m, reqwest::Method::POST, "/v1/cluster/leader", raw).await;
@@ -102,7 +116,7 @@ pub async fn transfer(
 /// target lost its election (a vote refused under a lease, a race with a
 /// timer) and this manager won the next one. Nothing was lost (it was an
 /// ordinary election); the hand-over is tried again.
-const REELECTED: &str = "leads_again";
+const REELECTED: ErrorCode = ErrorCode::LeadsAgain;
 
 /// Hands this manager's leadership to `to` (or the most up-to-date
 /// follower); returns the new leader. See the module's comment. Tried up to
@@ -140,7 +154,11 @@ async fn transfer_once(m: &Manager, to: Option<NodeId>) -> Result<NodeId, ApiErr
         Ok(target) if target == m.id() => return Ok(m.id()),
         Ok(target) => target,
         Err(NoTarget::NotAVoter(id)) => {
-            return Err(ApiError::field("invalid_field", "to", format!("manager {id} is not a voter of this cluster")))
+            return Err(ApiError::field(
+                ErrorCode::InvalidField,
+                "to",
+                format!("manager {id} is not a voter of this cluster"),
+            ))
         }
         Err(NoTarget::Alone) => return Err(ApiError::conflict("no other voter to hand leadership to")),
     };
@@ -255,7 +273,7 @@ fn reelected(target: NodeId, term: u64) -> ApiError {
 pub async fn internal_elect(State(m): State<std::sync::Arc<Manager>>, body: Bytes) -> Response {
     let request: ElectRequest = match codec::decode(&body) {
         Ok(r) => r,
-        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()).into_response(),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadBody, e.to_string()).into_response(),
     };
     let (leader, term, voter) = {
         let metrics = m.raft().metrics();

@@ -21,10 +21,10 @@ use goat_storage::Millis;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::Manager;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// One manager's fingerprint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StateDigest {
     pub id: u64,
     pub role: String,
@@ -38,7 +38,7 @@ pub struct StateDigest {
 }
 
 /// One member, as the answering manager saw it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberDigest {
     pub id: u64,
     pub addr: String,
@@ -49,7 +49,7 @@ pub struct MemberDigest {
 }
 
 /// What `GET /v1/cluster/verify` answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Verdict {
     /// The manager that answered.
     pub id: u64,
@@ -103,10 +103,12 @@ pub async fn internal_state_digest(State(m): State<Arc<Manager>>) -> Response {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyOptions {
-    /// Retry until converged, for at most this long.
+    /// Retry until converged, for at most this long (a wait over 60 s is
+    /// cut to 60 s).
     #[serde(default)]
     pub wait: Option<Millis>,
 }
@@ -144,11 +146,20 @@ async fn gather(m: &Arc<Manager>) -> Vec<MemberDigest> {
 }
 
 /// `GET /v1/cluster/verify[?wait=5s]`.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/verify",
+    tag = "cluster",
+    summary = "Check that every manager holds the same state",
+    params(VerifyOptions),
+    responses((status = 200, description = "Each manager's digest.", body = Verdict)),
+)]
 pub async fn verify(
     State(m): State<Arc<Manager>>,
     query: Result<Query<VerifyOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Verdict>, ApiError> {
-    let options = query.map(|Query(q)| q).map_err(|e| ApiError::field("invalid_query", "query", e.body_text()))?;
+    let options =
+        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
     let wait = options.wait.map(Millis::as_duration).unwrap_or_default().min(Duration::from_secs(60));
     let deadline = Instant::now() + wait;
     loop {

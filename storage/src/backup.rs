@@ -24,7 +24,7 @@ pub const FORMAT: &str = "goat-snapshot";
 pub const VERSION: u32 = 1;
 
 /// A saved copy of the cluster state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
     pub format: String,
@@ -32,6 +32,7 @@ pub struct Backup {
     /// The log index the state was read at (informative).
     pub last_applied: Option<u64>,
     /// When it was taken, in ms since the epoch.
+    #[schema(value_type = u64)]
     pub taken_at: Timestamp,
     pub tasks: Vec<Task>,
     pub nodes: Vec<Node>,

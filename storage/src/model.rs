@@ -33,19 +33,23 @@ pub struct TaskSpec {
     pub name: String,
     /// A local image reference, e.g. `goat-echo:latest`: not empty, no
     /// spaces, at most 255 characters.
-    #[schema(min_length = 1, max_length = 255, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
+    /// (Docker's references are ASCII: other characters are refused.)
+    #[schema(min_length = 1, max_length = 255, pattern = r"^[!-~]+$")]
     pub image: String,
-    /// Command and arguments; empty means the image's default.
+    /// Command and arguments; empty means the image's default. No NUL.
     #[serde(default)]
+    #[schema(schema_with = field_schemas::cmd)]
     pub cmd: Vec<String>,
-    /// Environment variables.
+    /// Environment variables: names not empty, without `=`; no NUL anywhere.
     #[serde(default)]
+    #[schema(schema_with = field_schemas::env)]
     pub env: BTreeMap<String, String>,
     /// Environment variables whose values are secret: given to the
     /// container like `env`, but never shown by a read, an event or a log
     /// (the API answers [`SECRET_PLACEHOLDER`] for each value). Only the
     /// worker that runs the task, and a backup, hold them in clear.
     #[serde(default)]
+    #[schema(schema_with = field_schemas::secret_env)]
     pub secret_env: BTreeMap<String, String>,
     /// CPU reserved, in cores (0.5 = half a core). A scheduling reservation,
     /// enforced on the node as a relative weight (CPU shares) unless
@@ -55,12 +59,13 @@ pub struct TaskSpec {
     pub cpu: f64,
     /// Also cap the container at `cpu` cores (a CFS quota, Docker's
     /// `NanoCpus`), like Nomad's `cpu_hard_limit`. Off by default: a hard
-    /// quota throttles even the container's start.
+    /// quota throttles even the container's start. Needs `cpu` above 0.
     #[serde(default)]
     pub cpu_hard_limit: bool,
-    /// Memory reserved and enforced as the container's limit, in bytes.
+    /// Memory reserved and enforced as the container's limit, in bytes:
+    /// 0 (no limit), or 6 MiB to 16 TiB.
     #[serde(default)]
-    #[schema(maximum = 17_592_186_044_416_u64)]
+    #[schema(schema_with = memory_schema)]
     pub memory: u64,
     /// Disk reserved on the node, in bytes (the image included).
     #[serde(default)]
@@ -76,6 +81,7 @@ pub struct TaskSpec {
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
+    #[schema(schema_with = field_schemas::labels)]
     pub labels: BTreeMap<String, String>,
     /// How to rank the nodes the task fits on; absent = the cluster's
     /// default (`goat manager --scheduler`).
@@ -126,7 +132,7 @@ impl Task {
 }
 
 /// What an API token may do. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Every read: `GET` routes, events, metrics (not backups, not tokens).
@@ -150,7 +156,7 @@ impl Role {
 /// An API token as the cluster keeps it: its secret only as a SHA-256
 /// hash (hex), so the replicated state, snapshots and backups never hold
 /// a usable secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiToken {
     /// A short random id (hex), shown by listings and used to revoke.
     pub id: String,
@@ -159,6 +165,7 @@ pub struct ApiToken {
     pub role: Role,
     /// SHA-256 of the secret, hex.
     pub hash: String,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
 }
 
@@ -210,8 +217,10 @@ pub struct RestartPolicy {
     /// Restarts allowed before the task is reported `failed`; 0 = unlimited.
     pub max_attempts: u32,
     /// Delay before the first restart; doubles each time (with jitter).
+    /// At least 100ms.
     pub initial_delay: Millis,
-    /// Upper bound of the delay.
+    /// Upper bound of the delay: not less than `initial_delay`, and at
+    /// least 1s when `max_attempts` is 0.
     pub max_delay: Millis,
     /// A container that has run this long counts as stable: the attempt
     /// counter and the delay start over.
@@ -241,6 +250,7 @@ pub struct ReschedulePolicy {
     pub attempts: u32,
     pub interval: Millis,
     pub delay: Millis,
+    /// Not less than `delay`.
     pub max_delay: Millis,
 }
 
@@ -256,17 +266,22 @@ impl Default for ReschedulePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// An absolute URL path (`/health`), no spaces.
     #[serde(default)]
+    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f]*$")]
     pub path: Option<String>,
     /// Container port to probe.
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
+    /// Between probes: at least 100ms.
     #[serde(default = "HealthCheck::default_interval")]
     pub interval: Millis,
+    /// A probe's timeout: more than 0.
     #[serde(default = "HealthCheck::default_timeout")]
     pub timeout: Millis,
     /// Consecutive failures that make the task unhealthy.
     #[serde(default = "HealthCheck::default_failure_threshold")]
+    #[schema(minimum = 1)]
     pub failure_threshold: u32,
     /// Grace period after start during which failures do not count.
     #[serde(default)]
@@ -287,7 +302,7 @@ impl HealthCheck {
 
 /// The lifecycle of a task. See [`TaskState::can_become`] for the allowed
 /// transitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Accepted, waiting for a node (`reason` says why, if it waits long).
@@ -369,7 +384,7 @@ impl fmt::Display for TaskState {
 }
 
 /// What the user wants for a task: keep it running, or stop it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DesiredStatus {
     #[default]
@@ -378,7 +393,7 @@ pub enum DesiredStatus {
 }
 
 /// The health of a task as its worker's checks see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// No health check, or not yet decided.
@@ -391,11 +406,12 @@ pub enum Health {
 }
 
 /// One entry of a task's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskEvent {
     /// Its place in the cluster's event stream, the same on every manager
     /// (see [`crate::events`]).
     pub index: u64,
+    #[schema(value_type = u64)]
     pub at: Timestamp,
     pub state: TaskState,
     pub node: Option<String>,
@@ -403,9 +419,9 @@ pub struct TaskEvent {
 }
 
 /// A task as the cluster stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
-    pub id: TaskId,
+    pub id: Uuid,
     pub spec: TaskSpec,
     pub state: TaskState,
     pub desired: DesiredStatus,
@@ -423,10 +439,13 @@ pub struct Task {
     pub container_id: Option<String>,
     /// Published ports as bound on the node: container port → host port.
     pub host_ports: BTreeMap<u16, u16>,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
     pub events: Vec<TaskEvent>,
     /// When the leader rescheduled the task after failures (newest last).
+    #[schema(value_type = Vec<u64>)]
     pub reschedules: Vec<Timestamp>,
     /// The node the task last failed on: placement avoids it if it can.
     pub failed_on: Option<String>,
@@ -434,6 +453,7 @@ pub struct Task {
     pub service: Option<ServiceRef>,
     /// Since when its worker has reported it healthy without a break (the
     /// `at` of that report): what `min_healthy_time` is measured from.
+    #[schema(value_type = Option<u64>)]
     pub healthy_since: Option<Timestamp>,
 }
 
@@ -461,7 +481,7 @@ impl Task {
 }
 
 /// Resources in the units of `TaskSpec`: cores and bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     pub cpu: f64,
@@ -480,7 +500,7 @@ impl Resources {
 /// deadline; otherwise `draining` if an operator drained it, else `ready`.
 /// Whether it is drained is kept apart (`Node::drain`), so a drained node
 /// that goes down and comes back is still drained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Heartbeating; takes tasks if its engine is healthy.
@@ -493,7 +513,7 @@ pub enum NodeStatus {
 
 /// A worker as the cluster stores it. Its liveness deadline lives in the
 /// leader's memory, not here: only changes of status go through Raft.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub name: String,
     pub status: NodeStatus,
@@ -501,7 +521,9 @@ pub struct Node {
     /// Whether the node's Docker engine answered at its last report.
     pub engine_healthy: bool,
     pub engine_error: Option<String>,
+    #[schema(value_type = u64)]
     pub registered_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
     /// An operator drained the node (`PUT /v1/nodes/{name}/drain`): it takes
     /// no task, whether it is up, down or back.
@@ -514,17 +536,18 @@ pub struct Node {
 }
 
 /// One entry of a node's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeEvent {
     /// Its place in the cluster's event stream (see [`crate::events`]).
     pub index: u64,
+    #[schema(value_type = u64)]
     pub at: Timestamp,
     pub status: NodeStatus,
     pub reason: Option<String>,
 }
 
 /// A task's state as a worker observes it on its engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ObservedState {
     /// The worker is creating or starting its container.
@@ -551,10 +574,10 @@ impl ObservedState {
 }
 
 /// One task's status in a heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskReport {
-    pub task_id: TaskId,
+    pub task_id: Uuid,
     pub generation: u64,
     pub state: ObservedState,
     #[serde(default)]
@@ -572,7 +595,7 @@ pub struct TaskReport {
 }
 
 /// The health of a worker's Docker engine.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineStatus {
     pub healthy: bool,
@@ -582,7 +605,7 @@ pub struct EngineStatus {
 
 /// What a worker sends every second or so to
 /// `POST /v1/nodes/{name}/heartbeat` (the first one registers the node).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub capacity: Resources,
@@ -608,9 +631,9 @@ pub struct Heartbeat {
 }
 
 /// One task a node should hold, as the leader answers a heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
-    pub task_id: TaskId,
+    pub task_id: Uuid,
     pub generation: u64,
     pub desired: DesiredStatus,
     pub spec: TaskSpec,
@@ -620,7 +643,7 @@ pub struct Assignment {
 /// assignments): the complete list of tasks the node should hold. A
 /// container of a task not listed here (or listed with a different
 /// generation) is stale and must be stopped and removed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatReply {
     pub assignments: Vec<Assignment>,
     /// How long until the worker should send its next heartbeat.
@@ -688,33 +711,35 @@ mod schema_tests {
 }
 
 /// Which service (and which of its versions) a task is a copy of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceRef {
     pub name: String,
     pub version: u64,
 }
 
 /// How a service's copies spread over nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Spread {
     /// At most this many live copies on one node. Absent: as evenly as the
     /// nodes that can take copies allow, `ceil(replicas / nodes)` (so 1 when
     /// there are at least as many nodes as replicas).
+    #[schema(minimum = 1)]
     pub max_per_node: Option<u32>,
 }
 
 /// How a new version replaces the copies of the old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdatePolicy {
     /// Copies replaced at a time (at least 1): never fewer than
     /// `replicas - max_parallel` healthy copies during an update.
+    #[schema(minimum = 1)]
     pub max_parallel: u32,
     /// A new copy counts once it has been healthy this long.
     pub min_healthy_time: Millis,
     /// A new copy not healthy for `min_healthy_time` this long after it was
-    /// created fails the deployment.
+    /// created fails the deployment. Longer than `min_healthy_time`.
     pub healthy_deadline: Millis,
     /// A failed deployment brings the previous version back.
     pub auto_revert: bool,
@@ -736,15 +761,18 @@ impl Default for UpdatePolicy {
 }
 
 /// What a user applies: the desired shape of a replicated service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unique; the same rules as a task name.
+    #[schema(min_length = 1, max_length = 63, pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")]
     pub name: String,
     /// Copies wanted, 0 to [`MAX_REPLICAS`].
     #[serde(default = "ServiceSpec::default_replicas")]
+    #[schema(maximum = 10_000)]
     pub replicas: u32,
     /// Each copy's task spec, without `name`.
+    #[schema(schema_with = TaskSpec::template_schema)]
     pub template: TaskSpec,
     #[serde(default)]
     pub spread: Spread,
@@ -755,6 +783,96 @@ pub struct ServiceSpec {
 /// The most replicas a service may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
 
+/// The schemas of the spec's fields whose rules `#[schema(...)]` cannot
+/// state (map keys, array items), as `validate::validate_spec` checks them.
+mod field_schemas {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+
+    fn text_without_nul() -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^\x00]*$"))
+    }
+
+    fn variables(description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[^=\x00]+$"))))
+            .additional_properties(Some(text_without_nul()))
+            .description(Some(description))
+            .into()
+    }
+
+    pub fn cmd() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(text_without_nul())
+            .description(Some("Command and arguments; empty means the image's default. No NUL."))
+            .into()
+    }
+
+    pub fn env() -> RefOr<Schema> {
+        variables("Environment variables: names not empty, without `=`; no NUL anywhere.")
+    }
+
+    pub fn secret_env() -> RefOr<Schema> {
+        variables(
+            "Environment variables whose values are secret: given to the container like `env`, but never shown \
+             by a read, an event or a log (the API answers `<secret>` for each value). Same rules as `env`; a \
+             name may not be in both.",
+        )
+    }
+
+    pub fn labels() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(255))
+                    // Not starting with `goat.` (reserved), without lookahead.
+                    .pattern(Some(r"^(?:[^g]|g(?:[^o]|$)|go(?:[^a]|$)|goa(?:[^t]|$)|goat(?:[^.]|$))")),
+            ))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some("Labels: keys of 1 to 255 characters, not starting with `goat.` (reserved)."))
+            .into()
+    }
+}
+
+/// `TaskSpec::memory` in the OpenAPI document: 0, or 6 MiB to 16 TiB (the
+/// rules of `validate::validate_spec`).
+fn memory_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).enum_values(Some([0])).description(Some("no limit")))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+                .minimum(Some(crate::validate::MIN_MEMORY as f64))
+                .maximum(Some(crate::validate::MAX_MEMORY as f64))
+                .description(Some("bytes")),
+        )
+        .description(Some(
+            "Memory reserved and enforced as the container's limit, in bytes: 0 (no limit), or 6 MiB to 16 TiB.",
+        ))
+        .into()
+}
+
+impl TaskSpec {
+    /// The schema of a service's `template`: a task spec without `name`
+    /// (the service names its copies; a `name` there is refused).
+    pub fn template_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let mut schema = <TaskSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.properties.shift_remove("name");
+            object.required.retain(|r| r != "name");
+        }
+        schema
+    }
+}
+
 impl ServiceSpec {
     fn default_replicas() -> u32 {
         1
@@ -762,15 +880,16 @@ impl ServiceSpec {
 }
 
 /// One version of a service: its copies' task spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceVersion {
     pub version: u64,
     pub template: TaskSpec,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
 }
 
 /// A deployment's state. See [`DeploymentState::can_become`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     /// Replacing old copies with new ones, `max_parallel` at a time.
@@ -849,7 +968,7 @@ impl fmt::Display for DeploymentState {
 }
 
 /// The roll-out of one version over the copies of others.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deployment {
     /// The version being replaced (what a revert brings back).
     pub from: u64,
@@ -859,7 +978,9 @@ pub struct Deployment {
     /// Canaries were promoted (or there were none to wait for).
     pub promoted: bool,
     pub reason: Option<String>,
+    #[schema(value_type = u64)]
     pub started_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 
@@ -867,7 +988,7 @@ pub struct Deployment {
 pub const MAX_VERSIONS_KEPT: usize = 10;
 
 /// A service as the cluster stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Service {
     pub name: String,
     pub replicas: u32,
@@ -879,7 +1000,9 @@ pub struct Service {
     pub current: u64,
     /// The latest deployment, ended or not.
     pub deployment: Option<Deployment>,
+    #[schema(value_type = u64)]
     pub created_at: Timestamp,
+    #[schema(value_type = u64)]
     pub updated_at: Timestamp,
 }
 

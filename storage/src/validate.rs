@@ -12,6 +12,8 @@ use crate::Millis;
 /// (a unit mistake), not a real request.
 pub const MAX_CPU: f64 = 1024.0;
 pub const MAX_MEMORY: u64 = 16 << 40; // 16 TiB
+/// The least memory limit Docker takes (0 is no limit).
+pub const MIN_MEMORY: u64 = 6 << 20; // 6 MiB
 pub const MAX_DISK: u64 = 1 << 50; // 1 PiB
 /// The most bytes of text one spec may carry in all: its name, image,
 /// `cmd` arguments, `env` names and values, `labels` keys and values and
@@ -110,8 +112,13 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     if image.is_empty() {
         return Err(FieldError::new("image", "must not be empty"));
     }
-    if image.len() > 255 || spec.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(FieldError::new("image", "must be an image reference without spaces, at most 255 characters"));
+    // Docker's references are ASCII: refusing the rest here says so at once
+    // (and keeps the 255 limit in characters what it is in bytes).
+    if spec.image.len() > 255 || !spec.image.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FieldError::new(
+            "image",
+            "must be an image reference: visible ASCII characters, no spaces, at most 255",
+        ));
     }
     for (i, arg) in spec.cmd.iter().enumerate() {
         if arg.contains('\0') {
@@ -147,7 +154,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     if spec.memory > MAX_MEMORY {
         return Err(FieldError::new("memory", "is more than the limit of 16 TiB (memory is in bytes)"));
     }
-    if spec.memory != 0 && spec.memory < 6 << 20 {
+    if spec.memory != 0 && spec.memory < MIN_MEMORY {
         return Err(FieldError::new("memory", "must be 0 (no limit) or at least 6 MiB (memory is in bytes)"));
     }
     if spec.disk > MAX_DISK {
@@ -225,7 +232,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     }
 
     for key in spec.labels.keys() {
-        if key.is_empty() || key.len() > 255 {
+        if key.is_empty() || key.chars().count() > 255 {
             return Err(FieldError::new(format!("labels.{key}"), "label keys must be 1 to 255 characters"));
         }
         if key.starts_with("goat.") {
