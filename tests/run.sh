@@ -12,6 +12,11 @@ cd "$ROOT"
 
 GOAT_SKIP_ETCD=1 bash deploy/install-deps.sh
 bash deploy/build-images.sh
+# The images were just built: the test binaries use them as they are instead
+# of running build-images.sh again from inside `cargo test`, whose
+# environment made cargo rebuild the static binaries from ring up (about as
+# long as the first build).
+export GOAT_REUSE_IMAGES=1
 
 # Integration tests start several processes each; two at a time keeps this
 # 2-core machine responsive enough for sub-second Raft timeouts.
