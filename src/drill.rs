@@ -1141,11 +1141,7 @@ async fn remove_service(deployment: &Deployment, name: Option<&str>) {
     }
 }
 
-async fn rounds(
-    deployment: &Arc<Deployment>,
-    args: &DrillArgs,
-    probe: Option<probe::Probe>,
-) -> anyhow::Result<Report> {
+async fn rounds(deployment: &Arc<Deployment>, args: &DrillArgs, probe: Option<probe::Probe>) -> anyhow::Result<Report> {
     let ids: Vec<u64> = deployment.managers.keys().copied().collect();
     let worker_drill = matches!(args.scenario, Scenario::KillWorker | Scenario::PartitionWorker);
     // A leader partition must not touch the workers' tasks: watch a few.

@@ -33,8 +33,8 @@ use goat_storage::Millis;
 
 use load::{run_load, LoadResult};
 use procs::{wait_leader, BenchCluster, EtcdCluster, GoatCluster};
-use stats::{median, ms};
 pub use services::ServicesBenchArgs;
+use stats::{median, ms};
 pub use tasks::TasksBenchArgs;
 
 #[derive(Debug, Clone, clap::Args)]

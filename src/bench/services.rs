@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
 use super::tasks::{
-    docker_cli, labeled, raw_one, raw_start, ratio, remove_labeled, secs, swarm_running, wait_service_containers_gone,
+    docker_cli, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running, wait_service_containers_gone,
     TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
 };
 
@@ -105,7 +105,10 @@ impl Figures {
 }
 
 pub async fn services_bench(args: ServicesBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.replicas > 0 && args.update_replicas > 0, "--replicas and --update-replicas must be at least 1");
+    anyhow::ensure!(
+        args.replicas > 0 && args.update_replicas > 0,
+        "--replicas and --update-replicas must be at least 1"
+    );
     anyhow::ensure!(args.max_parallel > 0, "--max-parallel must be at least 1");
     let temp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
@@ -633,8 +636,9 @@ mod tests {
 
     #[test]
     fn the_bench_service_is_a_valid_service_spec() {
-        let spec: goat_storage::model::ServiceSpec =
-            serde_json::from_value(goat_spec(&args(), GOAT_SERVICE, 50, V2_TAG)).expect("a ServiceSpec");
+        // Read as `POST /v1/services` reads it.
+        let body = serde_json::to_vec(&goat_spec(&args(), GOAT_SERVICE, 50, V2_TAG)).expect("JSON");
+        let spec = crate::manager::services::parse_spec(Ok(body.into())).expect("a service spec");
         assert_eq!(spec.replicas, 50);
         assert_eq!(spec.update.max_parallel, 2);
         assert_eq!(spec.update.min_healthy_time, Millis(0));

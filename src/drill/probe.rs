@@ -166,7 +166,8 @@ impl Probe {
         let accounting = Arc::new(Mutex::new(Accounting::new(service)));
         // None until the first answer of `/endpoints`.
         let list: Arc<Mutex<Option<Vec<String>>>> = Arc::default();
-        let follower = tokio::spawn(follow(client, service.to_string(), list.clone(), accounting.clone(), stop.clone()));
+        let follower =
+            tokio::spawn(follow(client, service.to_string(), list.clone(), accounting.clone(), stop.clone()));
         let sender = tokio::spawn(send(list, accounting.clone(), stop.clone(), started, rate));
         Probe { stop, started, accounting, handles: vec![follower, sender] }
     }
