@@ -9,8 +9,8 @@
 //! that the body comes back verbatim (the echo image does that). A request
 //! whose first attempt fails (refused, timed out, an error status, a wrong
 //! body) is tried once more on another copy, preferring one on another
-//! address (a machine that lost one copy likely lost them all); it counts
-//! as failed only if that retry fails too.
+//! node (a machine that lost one copy likely lost them all); it counts as
+//! failed only if that retry fails too.
 //!
 //! Reported ([`Figures`]): requests, failed after the retry, retried (what
 //! a client without a retry would have seen fail), and the longest gap
@@ -119,24 +119,35 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
-/// Which copies request `n` tries: the `n`th (round-robin), then one at
-/// another address if there is one, else the next copy (None: only one).
-pub fn targets(endpoints: &[String], n: usize) -> Option<(usize, Option<usize>)> {
+/// One copy as the probe reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The node it runs on.
+    pub node: String,
+    /// `ADDRESS:PORT`.
+    pub addr: String,
+}
+
+/// Which copies request `n` tries: the `n`th (round-robin), then one on
+/// another node if there is one (several nodes may share an address, as
+/// the compose deployment's workers do), else the next copy (None: only
+/// one).
+pub fn targets(endpoints: &[Target], n: usize) -> Option<(usize, Option<usize>)> {
     if endpoints.is_empty() {
         return None;
     }
     let first = n % endpoints.len();
-    let host = |e: &str| e.rsplit_once(':').map_or(e, |(h, _)| h).to_string();
     let other = (1..endpoints.len())
         .map(|k| (first + k) % endpoints.len())
-        .find(|i| host(&endpoints[*i]) != host(&endpoints[first]))
+        .find(|i| endpoints[*i].node != endpoints[first].node)
         .or_else(|| (endpoints.len() > 1).then_some((first + 1) % endpoints.len()));
     Some((first, other))
 }
 
-/// `ADDRESS:PORT` of every copy an `/endpoints` answer lists (copies with
-/// no published port are left out: a client cannot reach them).
-pub fn addresses(answer: &Value) -> Vec<String> {
+/// Every copy an `/endpoints` answer lists, `ADDRESS:PORT` with its node
+/// (copies with no published port are left out: a client cannot reach
+/// them).
+pub fn addresses(answer: &Value) -> Vec<Target> {
     answer["endpoints"]
         .as_array()
         .into_iter()
@@ -144,7 +155,8 @@ pub fn addresses(answer: &Value) -> Vec<String> {
         .filter_map(|e| {
             let port = e["port"].as_u64().filter(|p| *p > 0)?;
             let address = e["address"].as_str().filter(|a| !a.is_empty())?;
-            Some(if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") })
+            let addr = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
+            Some(Target { node: e["node"].as_str().unwrap_or_default().to_string(), addr })
         })
         .collect()
 }
@@ -165,7 +177,7 @@ impl Probe {
         let started = Instant::now();
         let accounting = Arc::new(Mutex::new(Accounting::new(service)));
         // None until the first answer of `/endpoints`.
-        let list: Arc<Mutex<Option<Vec<String>>>> = Arc::default();
+        let list: Arc<Mutex<Option<Vec<Target>>>> = Arc::default();
         let follower =
             tokio::spawn(follow(client, service.to_string(), list.clone(), accounting.clone(), stop.clone()));
         let sender = tokio::spawn(send(list, accounting.clone(), stop.clone(), started, rate));
@@ -198,7 +210,7 @@ impl Drop for Probe {
 async fn follow(
     client: Client,
     service: String,
-    list: Arc<Mutex<Option<Vec<String>>>>,
+    list: Arc<Mutex<Option<Vec<Target>>>>,
     accounting: Arc<Mutex<Accounting>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -235,7 +247,7 @@ async fn follow(
 
 /// Sends echo requests at `rate`, each retried once on another copy.
 async fn send(
-    list: Arc<Mutex<Option<Vec<String>>>>,
+    list: Arc<Mutex<Option<Vec<Target>>>>,
     accounting: Arc<Mutex<Accounting>>,
     stop: Arc<AtomicBool>,
     started: Instant,
@@ -258,11 +270,11 @@ async fn send(
         };
         let body = format!("{{\"Msg\":\"goat drill probe {n}\"}}");
         n += 1;
-        let first_error = echo(&http, &endpoints[first], &body).await.err();
+        let first_error = echo(&http, &endpoints[first].addr, &body).await.err();
         let error = match (&first_error, other) {
             (None, _) => None,
             (Some(e), None) => Some(e.clone()),
-            (Some(_), Some(i)) => echo(&http, &endpoints[i], &body).await.err(),
+            (Some(_), Some(i)) => echo(&http, &endpoints[i].addr, &body).await.err(),
         };
         if let Ok(mut a) = accounting.lock() {
             a.request(at(), first_error.is_some(), error);
@@ -361,16 +373,19 @@ mod tests {
         assert_eq!((f.endpoint_changes, f.min_endpoints), (2, Some(2)));
     }
 
+    fn t(node: &str, addr: &str) -> Target {
+        Target { node: node.into(), addr: addr.into() }
+    }
+
     #[test]
-    fn the_retry_prefers_another_address() {
-        let list: Vec<String> =
-            ["10.0.0.1:3001", "10.0.0.1:3002", "10.0.0.2:3001"].iter().map(|s| s.to_string()).collect();
+    fn the_retry_prefers_another_node() {
+        let list = vec![t("w1", "10.0.0.1:3001"), t("w1", "10.0.0.1:3002"), t("w2", "10.0.0.1:3003")];
         assert_eq!(targets(&list, 0), Some((0, Some(2))));
         assert_eq!(targets(&list, 1), Some((1, Some(2))));
         assert_eq!(targets(&list, 2), Some((2, Some(0))));
         assert_eq!(targets(&list, 5), Some((2, Some(0))));
-        // All on one address: the next copy.
-        let one: Vec<String> = ["h:1", "h:2"].iter().map(|s| s.to_string()).collect();
+        // All on one node: the next copy.
+        let one = vec![t("w1", "h:1"), t("w1", "h:2")];
         assert_eq!(targets(&one, 1), Some((1, Some(0))));
         assert_eq!(targets(&one[..1], 7), Some((0, None)));
         assert_eq!(targets(&[], 0), None);
@@ -383,7 +398,7 @@ mod tests {
             {"task": "t2", "node": "w2", "address": "::1", "port": 32769},
             {"task": "t3", "node": "w3", "address": "w3", "port": 0},
         ]});
-        assert_eq!(addresses(&answer), vec!["172.20.0.1:32768", "[::1]:32769"]);
+        assert_eq!(addresses(&answer), vec![t("w1", "172.20.0.1:32768"), t("w2", "[::1]:32769")]);
         assert!(addresses(&serde_json::json!({})).is_empty());
     }
 }
