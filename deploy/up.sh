@@ -49,7 +49,20 @@ if [ ! -s "$GOAT_TLS_DIR/ca.crt" ]; then
 fi
 CURL=(curl -s --cacert "$GOAT_TLS_DIR/ca.crt" --cert "$GOAT_TLS_DIR/client.crt" --key "$GOAT_TLS_DIR/client.key")
 
+# The tasks' ports are published on this host, and the workers run in
+# containers: they advertise the cluster network's gateway (this host's
+# address on it) so that /v1/services/NAME/endpoints lists addresses a
+# client reaches, from the host or from a container on that network. The
+# network exists once compose created it (`up --no-start`), before any
+# container starts.
 echo "==> starting project $COMPOSE_PROJECT_NAME with $(compose_version)"
+if [ -z "${GOAT_WORKER_ADVERTISE:-}" ]; then
+  compose up --no-start --remove-orphans >/dev/null
+  GOAT_WORKER_ADVERTISE="$(docker network inspect -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' \
+    "$COMPOSE_PROJECT_NAME-net" | awk '{print $1}')"
+  echo "==> workers advertise $GOAT_WORKER_ADVERTISE (the gateway of $COMPOSE_PROJECT_NAME-net)"
+fi
+export GOAT_WORKER_ADVERTISE
 compose up -d --remove-orphans
 
 API="https://${GOAT_API_BIND:-127.0.0.1}:${GOAT_API_PORT1:-7101}"

@@ -25,6 +25,7 @@
 
 mod driver;
 pub mod gate;
+pub mod probe;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,7 +131,8 @@ pub struct DrillArgs {
     pub settle: Millis,
     /// Limits the report must meet, e.g. 'leaderless<1s,lost=0,copies<=1'
     /// (measures: leaderless, first_write, moved, unavailable, lost,
-    /// copies, refused, linearizable, consistent, converged). Exit 1 if one
+    /// copies, refused, linearizable, consistent, converged; with
+    /// --probe-service: app_failed, app_gap, app_requests). Exit 1 if one
     /// fails.
     #[arg(long = "assert", value_parser = gate::parse_arg)]
     pub assertions: Option<gate::Assertions>,
@@ -144,6 +146,31 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The application probe: follow this service's endpoints
+    /// (`/v1/services/NAME/endpoints?wait=`) and send it echo requests
+    /// (`POST /`, the body must come back) throughout the drill, each
+    /// retried once on another copy; reports failed requests and the
+    /// longest gap without an answer. A service of that name that does not
+    /// exist is created (`--probe-replicas` copies of `--probe-image`) and
+    /// removed afterwards; an existing one is left as it is.
+    #[arg(long, value_name = "NAME")]
+    pub probe_service: Option<String>,
+    /// Copies of the service the probe creates.
+    #[arg(long, default_value_t = 3)]
+    pub probe_replicas: u32,
+    /// The image of the service the probe creates: it must echo `POST /`
+    /// on port 7777 and answer `GET /health` there (goat-echo does).
+    #[arg(long, default_value = "goat-echo:latest")]
+    pub probe_image: String,
+    /// The probe's requests per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub probe_rate: f64,
+    /// kill-worker: also remove the containers the killed worker started
+    /// (`docker rm -f`, label goat.node=NODE), as the loss of its machine
+    /// would; by default they keep running, as after a crash of the agent
+    /// alone.
+    #[arg(long)]
+    pub remove_containers: bool,
     /// The deployment's TLS files (deploy/up.sh prints them).
     #[command(flatten)]
     pub tls: goat_raft::tls::TlsArgs,
@@ -995,6 +1022,10 @@ async fn worker_round(deployment: &Arc<Deployment>, args: &DrillArgs, echo: &[St
         Scenario::PartitionWorker => Some(driver.cut(&member, false).await?),
         _ => {
             driver.kill(&member).await?;
+            if args.remove_containers {
+                let removed = driver.remove_task_containers(&node).await?;
+                eprintln!("{}: killed, {removed} of its containers removed", round.victim);
+            }
             None
         }
     };
@@ -1023,13 +1054,94 @@ pub async fn drill(args: &DrillArgs) -> anyhow::Result<Report> {
 
 async fn drill_with(args: &DrillArgs, recorder: &Recorder) -> anyhow::Result<Report> {
     let deployment = Arc::new(Deployment::discover(args, recorder.clone()).await?);
-    let result = rounds(&deployment, args).await;
+    let mut created = None;
+    let probe = match &args.probe_service {
+        Some(name) => match probed_service(&deployment, args, name, &mut created).await {
+            Ok(()) => Some(probe::Probe::start(deployment.client.clone(), name, args.probe_rate)),
+            Err(e) => {
+                remove_service(&deployment, created.as_deref()).await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let result = rounds(&deployment, args, probe).await;
     // Whatever happened: no rule, pause or stopped member left behind.
     deployment.driver.cleanup().await;
+    remove_service(&deployment, created.as_deref()).await;
     result
 }
 
-async fn rounds(deployment: &Arc<Deployment>, args: &DrillArgs) -> anyhow::Result<Report> {
+/// The probe's service: an existing one, or one created now (`created`
+/// names it, to remove it afterwards); waits until its current version has
+/// every copy healthy.
+async fn probed_service(
+    deployment: &Deployment,
+    args: &DrillArgs,
+    name: &str,
+    created: &mut Option<String>,
+) -> anyhow::Result<()> {
+    let client = &deployment.client;
+    let path = format!("/v1/services/{name}");
+    match client.get(&path).json_answer::<Value>().await {
+        Ok(_) => eprintln!("probe: service {name} exists: probing it as it is"),
+        Err(e) if e.is_not_found() => {
+            let spec = json!({
+                "name": name,
+                "replicas": args.probe_replicas,
+                "template": {
+                    "image": args.probe_image, "cpu": 0.01, "memory": 32 << 20,
+                    "ports": [{"container": 7777}], "labels": {"drill": deployment.run},
+                    "health_check": {"path": "/health", "port": 7777, "interval": "1s"}
+                }
+            });
+            client
+                .post("/v1/services")
+                .json(&spec)
+                .json_answer::<Value>()
+                .await
+                .with_context(|| format!("creating the probe's service {name}"))?;
+            *created = Some(name.to_string());
+            eprintln!("probe: created service {name} ({} copies of {})", args.probe_replicas, args.probe_image);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading service {name}"))),
+    }
+    let deadline = Instant::now() + args.settle.as_duration();
+    loop {
+        let service: Value = client.get(&path).json_answer().await?;
+        let current = &service["current"];
+        let healthy = service["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| &v["version"] == current)
+            .and_then(|v| v["healthy"].as_u64())
+            .unwrap_or(0);
+        let replicas = service["replicas"].as_u64().unwrap_or(0);
+        if replicas > 0 && healthy >= replicas {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "service {name}: {healthy} of {replicas} copies healthy after {:?}{}",
+                args.settle.as_duration(),
+                service["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `DELETE /v1/services/{name}` of the service the probe created.
+async fn remove_service(deployment: &Deployment, name: Option<&str>) {
+    let Some(name) = name else { return };
+    let path = format!("/v1/services/{name}");
+    if let Err(e) = deployment.client.delete(path).timeout(Duration::from_secs(30)).send().await {
+        eprintln!("goat drill: removing the probe's service {name}: {e}");
+    }
+}
+
+async fn rounds(deployment: &Arc<Deployment>, args: &DrillArgs, probe: Option<probe::Probe>) -> anyhow::Result<Report> {
     let ids: Vec<u64> = deployment.managers.keys().copied().collect();
     let worker_drill = matches!(args.scenario, Scenario::KillWorker | Scenario::PartitionWorker);
     // A leader partition must not touch the workers' tasks: watch a few.
@@ -1107,6 +1219,10 @@ async fn rounds(deployment: &Arc<Deployment>, args: &DrillArgs) -> anyhow::Resul
     }
     report.acknowledged = acknowledged.len();
     report.max_copies = max_copies;
+    // The application's figures run until every round converged.
+    if let Some(probe) = probe {
+        report.app = Some(probe.finish().await);
+    }
 
     let verdict = deployment.verify(ids[0], args.settle.as_duration()).await?;
     report.consistent = verdict["consistent"].as_bool().unwrap_or(false);
@@ -1220,6 +1336,22 @@ pub fn render(r: &Report) -> String {
     );
     if let Some(copies) = r.max_copies {
         let _ = writeln!(out, "running copies per task after convergence: at most {copies}");
+    }
+    if let Some(app) = &r.app {
+        let _ = writeln!(
+            out,
+            "application {}: {} requests, {} failed after one retry ({} retried), longest gap without an answer {:.0} ms; endpoints changed {} time(s), at least {} listed",
+            app.service,
+            app.requests,
+            app.failed,
+            app.retried,
+            app.longest_gap_ms,
+            app.endpoint_changes,
+            app.min_endpoints.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
+        );
+        for failure in &app.failures {
+            let _ = writeln!(out, "      failed: {failure}");
+        }
     }
     let _ = writeln!(
         out,

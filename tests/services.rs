@@ -329,3 +329,81 @@ async fn a_rolling_update_keeps_enough_copies_healthy_and_a_broken_version_is_re
         e["endpoints"].as_array().into_iter().flatten().filter_map(|e| e["version"].as_u64()).collect();
     assert_eq!(versions, vec![2; replicas as usize], "{e:#}");
 }
+
+/// Running containers of task `id` on this machine's engine (every worker
+/// of the test shares it).
+fn running_containers(task: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=goat.task={task}")])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_in_the_middle_of_an_update_leaves_it_to_the_next_one() {
+    use goat_storage::model::DesiredStatus;
+    let (mut cluster, _workers) = start(3).await;
+    let name = unique("lead");
+    let replicas = 6u64;
+    // One copy at a time, each healthy for 2 s before it counts: the update
+    // lasts long enough to lose its leader in the middle.
+    let update = json!({"max_parallel": 1, "min_healthy_time": "2s", "healthy_deadline": "40s"});
+    apply(&cluster, &service_spec(&name, replicas as u32, json!({"ECHO_VERSION": "1"}), update.clone())).await;
+    wait_service(&cluster, &name, "6 healthy", CONVERGE, |s| healthy_of(s, 1) == replicas).await;
+
+    assert_eq!(apply(&cluster, &service_spec(&name, 6, json!({"ECHO_VERSION": "2"}), update)).await["current"], 2);
+    let during = wait_service(&cluster, &name, "under way", CONVERGE, |s| {
+        assert_ne!(deployment_state(s), "succeeded", "the update ended before the leader could be killed: {s:#}");
+        deployment_state(s) == "running" && healthy_of(s, 2) >= 1
+    })
+    .await;
+    let leader = cluster.wait_leader(CONVERGE).await;
+    cluster.kill(leader);
+    eprintln!("killed leader manager{leader} with {} of 6 copies of version 2 healthy", healthy_of(&during, 2));
+
+    // The next leader finishes it: every copy on version 2.
+    let done = Instant::now() + CONVERGE;
+    loop {
+        let s = get(&cluster, &format!("/v1/services/{name}")).await.unwrap_or(Value::Null);
+        if deployment_state(&s) == "succeeded" && healthy_of(&s, 2) == replicas {
+            assert_eq!(s["current"], 2, "{s:#}");
+            break;
+        }
+        assert!(deployment_state(&s) != "failed", "the update failed after the leader was lost: {s:#}");
+        assert!(Instant::now() < done, "the update did not finish under the next leader: {s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // No copy duplicated or lost: six live tasks, all of version 2, each
+    // with one running container; the replaced copies' containers gone.
+    let survivor = cluster.alive_ids()[0];
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let tasks: Vec<_> = cluster
+            .tasks(survivor, false)
+            .await
+            .into_iter()
+            .filter(|t| t.service.as_ref().is_some_and(|s| s.name == name))
+            .collect();
+        let live: Vec<_> = tasks.iter().filter(|t| t.desired == DesiredStatus::Run).collect();
+        let versions: Vec<u64> = live.iter().filter_map(|t| t.service.as_ref().map(|s| s.version)).collect();
+        assert_eq!(live.len() as u64, replicas, "live copies after the update: {versions:?}");
+        assert!(versions.iter().all(|v| *v == 2), "a copy of version 1 is still wanted: {versions:?}");
+        let per_live: Vec<usize> = live.iter().map(|t| running_containers(&t.id.to_string())).collect();
+        let stale: usize = tasks
+            .iter()
+            .filter(|t| t.desired != DesiredStatus::Run)
+            .map(|t| running_containers(&t.id.to_string()))
+            .sum();
+        assert!(per_live.iter().all(|n| *n <= 1), "a copy runs twice: {per_live:?}");
+        if per_live.iter().all(|n| *n == 1) && stale == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers: {per_live:?} per live copy, {stale} of replaced copies still running"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

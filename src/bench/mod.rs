@@ -11,11 +11,16 @@
 //! `goat-bench tasks` measures task startup on the real Docker engine: N echo
 //! tasks through three managers and a worker, against the same containers
 //! started directly on the engine and against Docker Swarm (see `tasks`).
+//!
+//! `goat-bench services` measures a replicated service on the same engine:
+//! creating 50 copies and a rolling update of 20, against Swarm's `docker
+//! service create/update` and the engine driven directly (see `services`).
 
 mod load;
 mod procs;
 mod raft_planned;
 mod scale;
+mod services;
 mod stats;
 mod tasks;
 
@@ -28,6 +33,7 @@ use goat_storage::Millis;
 
 use load::{run_load, LoadResult};
 use procs::{wait_leader, BenchCluster, EtcdCluster, GoatCluster};
+pub use services::ServicesBenchArgs;
 use stats::{median, ms};
 pub use tasks::TasksBenchArgs;
 
@@ -43,6 +49,9 @@ pub enum BenchKind {
     Raft(RaftBenchArgs),
     /// Tasks on the real engine: N echo tasks, Goat vs raw Docker vs Swarm.
     Tasks(TasksBenchArgs),
+    /// Services on the real engine: a 50-copy service and a rolling update
+    /// of 20, Goat vs Swarm vs raw Docker.
+    Services(ServicesBenchArgs),
     /// Placement throughput with thousands of simulated nodes (no Docker).
     Scheduler(scale::SchedulerBenchArgs),
 }
@@ -87,6 +96,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Raft(args) => raft_bench(args).await,
         BenchKind::Scheduler(args) => scale::run(args).await,
         BenchKind::Tasks(args) => tasks::tasks_bench(args).await,
+        BenchKind::Services(args) => services::services_bench(args).await,
     }
 }
 

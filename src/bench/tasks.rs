@@ -77,10 +77,10 @@ pub struct TasksBenchArgs {
 }
 
 /// Memory reservation and limit of every echo container, in all three systems.
-const MEMORY: u64 = 16 << 20;
-const ECHO_PORT: u16 = 7777;
+pub(super) const MEMORY: u64 = 16 << 20;
+pub(super) const ECHO_PORT: u16 = 7777;
 const NODE: &str = "bench-worker";
-const RAW_LABEL: &str = "goat.bench=raw";
+pub(super) const RAW_LABEL: &str = "goat.bench=raw";
 const RAW_LABEL_KEY: &str = "goat.bench";
 const RAW_LABEL_VALUE: &str = "raw";
 const SWARM_SERVICE: &str = "goat-bench-echo";
@@ -90,16 +90,16 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Starting N containers and stopping them, as one system did it.
 #[derive(Default)]
-struct StartResult {
+pub(super) struct StartResult {
     /// First submit → all running (and healthy where the system checks).
-    all_running: Option<Duration>,
+    pub(super) all_running: Option<Duration>,
     /// Named intermediate milestones, from the same origin.
     phases: Vec<(String, Duration)>,
     /// Stop request → all containers gone.
     all_removed: Option<Duration>,
 }
 
-struct CrashResult {
+pub(super) struct CrashResult {
     method: String,
     times: Vec<Duration>,
 }
@@ -186,7 +186,7 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- raw engine
 
-async fn raw_start(
+pub(super) async fn raw_start(
     docker: &Docker,
     http: &reqwest::Client,
     args: &TasksBenchArgs,
@@ -242,7 +242,7 @@ async fn raw_start(
 /// its `/health` on that port. Returns (started, healthy) times since
 /// `origin`.
 #[allow(clippy::too_many_arguments)]
-async fn raw_one(
+pub(super) async fn raw_one(
     docker: &Docker,
     http: &reqwest::Client,
     args: &TasksBenchArgs,
@@ -325,7 +325,7 @@ async fn raw_crashes(
 }
 
 /// Ids of all containers (running or not) with `label` (`key=value`).
-async fn labeled(docker: &Docker, label: &str) -> anyhow::Result<Vec<String>> {
+pub(super) async fn labeled(docker: &Docker, label: &str) -> anyhow::Result<Vec<String>> {
     labeled_in_state(docker, label, None).await
 }
 
@@ -343,7 +343,7 @@ async fn labeled_in_state(docker: &Docker, label: &str, status: Option<&str>) ->
 }
 
 /// Force-removes every container with `label`, and waits until none is left.
-async fn remove_labeled(docker: &Docker, label: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(super) async fn remove_labeled(docker: &Docker, label: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let ids = labeled(docker, label).await?;
@@ -418,7 +418,7 @@ async fn wait_node_ready(http: &reqwest::Client, url: &str, args: &TasksBenchArg
     }
 }
 
-fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {
+pub(super) fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {
     json!({
         "name": format!("bench-echo-{i}"),
         "image": args.image,
@@ -710,7 +710,7 @@ async fn goat_stop_all(
 // --------------------------------------------------------------------- swarm
 
 /// Runs `docker ARGS` with a deadline; its stdout, or an error with stderr.
-async fn docker_cli(args: &[&str]) -> anyhow::Result<String> {
+pub(super) async fn docker_cli(args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("docker").args(args).kill_on_drop(true).output(),
@@ -774,7 +774,7 @@ impl Drop for SwarmGuard {
     }
 }
 
-async fn wait_service_containers_gone(service: &str, deadline: Instant) -> anyhow::Result<()> {
+pub(super) async fn wait_service_containers_gone(service: &str, deadline: Instant) -> anyhow::Result<()> {
     let filter = format!("label=com.docker.swarm.service.name={service}");
     loop {
         let left = docker_cli(&["ps", "-aq", "--filter", &filter]).await?;
@@ -854,7 +854,7 @@ async fn swarm_measure(http: &reqwest::Client, args: &TasksBenchArgs, result: &m
 }
 
 /// Ids of the service's tasks that are running now.
-async fn swarm_running(service: &str) -> anyhow::Result<Vec<String>> {
+pub(super) async fn swarm_running(service: &str) -> anyhow::Result<Vec<String>> {
     let out = docker_cli(&[
         "service",
         "ps",
@@ -991,11 +991,11 @@ async fn create_crash_service(args: &TasksBenchArgs, publish: &str) -> anyhow::R
 
 // -------------------------------------------------------------------- report
 
-fn secs(d: Duration) -> String {
+pub(super) fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+pub(super) fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()),
         _ => "—".into(),

@@ -626,6 +626,38 @@ impl Driver {
         goat_storage::duration::parse_rfc3339(&text).map(instant_of)
     }
 
+    /// Removes every container worker `node` started (`docker rm -f` of
+    /// the containers labelled `goat.node=NODE`): with a killed agent, what
+    /// the loss of its machine does to the application. Returns how many.
+    pub async fn remove_task_containers(&self, node: &str) -> anyhow::Result<usize> {
+        let filter = format!("label=goat.node={node}");
+        let listed = match &self.inner {
+            Inner::Ssh(hosts) => {
+                let target = hosts.target(&Member::Worker(node.to_string()))?;
+                run(&hosts.ssh(target, &["sudo", "docker", "ps", "-aq", "--filter", &filter])).await?
+            }
+            _ => docker(&["ps", "-aq", "--filter", &filter]).await?,
+        };
+        let ids: Vec<&str> = listed.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut argv = vec!["rm", "-f"];
+        argv.extend(ids.iter().copied());
+        match &self.inner {
+            Inner::Ssh(hosts) => {
+                let target = hosts.target(&Member::Worker(node.to_string()))?;
+                let mut remote = vec!["sudo", "docker"];
+                remote.extend(argv.iter().copied());
+                run(&hosts.ssh(target, &remote)).await?;
+            }
+            _ => {
+                docker(&argv).await?;
+            }
+        }
+        Ok(ids.len())
+    }
+
     /// Running containers of each task (compose, procs: this machine's
     /// engine; ssh: each worker machine's). `None`: not countable.
     pub async fn copies(&self, ids: &[String]) -> anyhow::Result<BTreeMap<String, usize>> {

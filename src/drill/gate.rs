@@ -67,6 +67,13 @@ pub enum Metric {
     Consistent,
     /// 1 if every manager is at one state.
     Converged,
+    /// The application probe: requests that failed after their retry.
+    AppFailed,
+    /// The application probe: the longest time without a successful
+    /// answer (ms).
+    AppGap,
+    /// The application probe: requests sent.
+    AppRequests,
 }
 
 const METRICS: &[(&str, Metric, bool)] = &[
@@ -80,6 +87,9 @@ const METRICS: &[(&str, Metric, bool)] = &[
     ("linearizable", Metric::Linearizable, false),
     ("consistent", Metric::Consistent, false),
     ("converged", Metric::Converged, false),
+    ("app_failed", Metric::AppFailed, false),
+    ("app_gap", Metric::AppGap, true),
+    ("app_requests", Metric::AppRequests, false),
 ];
 
 fn parse_one(text: &str) -> Result<Assertion, String> {
@@ -168,12 +178,17 @@ fn measure(report: &Report, metric: Metric) -> Option<f64> {
         Metric::Linearizable => report.history.as_ref().map(|h| flag(h.linearizable)),
         Metric::Consistent => Some(flag(report.consistent)),
         Metric::Converged => Some(flag(report.converged)),
+        Metric::AppFailed => report.app.as_ref().map(|a| a.failed as f64),
+        Metric::AppGap => report.app.as_ref().map(|a| a.longest_gap_ms),
+        Metric::AppRequests => report.app.as_ref().map(|a| a.requests as f64),
     }
 }
 
 fn shown(metric: Metric, value: f64) -> String {
     match metric {
-        Metric::Leaderless | Metric::FirstWrite | Metric::Moved | Metric::Unavailable => format!("{value:.0} ms"),
+        Metric::Leaderless | Metric::FirstWrite | Metric::Moved | Metric::Unavailable | Metric::AppGap => {
+            format!("{value:.0} ms")
+        }
         Metric::Linearizable | Metric::Consistent | Metric::Converged => (value == 1.0).to_string(),
         _ => format!("{value}"),
     }
@@ -190,6 +205,11 @@ pub fn evaluate(report: &Report, assertions: &[Assertion]) -> Vec<Checked> {
                     assertion: a.text.clone(),
                     passed: a.op.holds(v, a.limit),
                     actual: format!("{name} = {}", shown(a.metric, v)),
+                },
+                None if name.starts_with("app_") => Checked {
+                    assertion: a.text.clone(),
+                    passed: false,
+                    actual: format!("{name}: not measured without --probe-service"),
                 },
                 None => Checked {
                     assertion: a.text.clone(),
@@ -366,6 +386,27 @@ mod tests {
         let cases = cases_for_error();
         assert_eq!(cases.len(), 1);
         assert!(junit("goat drill", &cases, "").contains("failures=\"1\""));
+    }
+
+    #[test]
+    fn application_figures_gate_too() {
+        let mut r = report();
+        let wanted = parse("app_failed=0,app_gap<2s,app_requests>100").unwrap();
+        let unmeasured = evaluate(&r, &wanted);
+        assert!(unmeasured.iter().all(|c| !c.passed), "no probe, nothing measured: {unmeasured:?}");
+        assert!(unmeasured[0].actual.contains("--probe-service"), "{}", unmeasured[0].actual);
+        r.app = Some(crate::drill::probe::Figures {
+            requests: 500,
+            failed: 0,
+            retried: 4,
+            longest_gap_ms: 2400.0,
+            ..Default::default()
+        });
+        let checked = evaluate(&r, &wanted);
+        assert!(checked[0].passed);
+        assert!(!checked[1].passed);
+        assert_eq!(checked[1].actual, "app_gap = 2400 ms");
+        assert!(checked[2].passed);
     }
 
     fn cases_for_error() -> Vec<Case> {

@@ -71,6 +71,11 @@ pub struct Report {
     /// The most running containers of one task after convergence (worker
     /// drills): must be at most 1.
     pub max_copies: Option<usize>,
+    /// The application probe (`--probe-service`): what a client of the
+    /// service saw from before the first failure until the last round
+    /// converged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<super::probe::Figures>,
     /// `GET /v1/cluster/verify` after the last round.
     pub consistent: bool,
     pub converged: bool,

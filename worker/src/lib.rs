@@ -212,7 +212,13 @@ pub async fn run(args: WorkerConfig, shutdown: impl std::future::Future<Output =
             capacity,
             interval: args.heartbeat_interval.as_duration().max(Duration::from_millis(100)),
             tls: args.tls.load()?,
-            advertise: args.advertise.clone().or_else(|| local_address_towards(&args.managers[0])),
+            // An empty --advertise (compose passes GOAT_ADVERTISE="" when it
+            // has none to give) means the default.
+            advertise: args
+                .advertise
+                .clone()
+                .filter(|a| !a.trim().is_empty())
+                .or_else(|| local_address_towards(&args.managers[0])),
         };
         let save = move |list: &[goat_storage::model::Assignment]| {
             if let Err(e) = store.set_assignments(list) {
