@@ -528,7 +528,8 @@ impl Client {
             };
             if std::time::Instant::now() >= deadline {
                 return Err(Error::NoAnswer(format!(
-                    "managers {among:?} agreed on no leader within {timeout:?}; they named {seen:?}"
+                    "the managers at {among:?} (indices of the client's addresses) agreed on no leader within \
+                     {timeout:?}; they named {seen:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
