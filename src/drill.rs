@@ -328,28 +328,11 @@ impl Deployment {
         self.client.health_of(self.index[&id], timeout).await.ok()
     }
 
-    /// The leader every answering manager in `among` agrees on, if any.
-    async fn agreed_leader(&self, among: &[u64]) -> Option<u64> {
-        let mut seen = BTreeSet::new();
-        for id in among {
-            let health = self.health(*id, Duration::from_millis(500)).await?;
-            seen.insert(health.leader?);
-        }
-        let leader = *seen.iter().next()?;
-        (seen.len() == 1 && among.contains(&leader)).then_some(leader)
-    }
-
+    /// Waits until every manager in `among` names the same leader among
+    /// them ([`Client::wait_leader`], each health asked within 500 ms).
     async fn wait_leader(&self, among: &[u64], timeout: Duration) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(leader) = self.agreed_leader(among).await {
-                return Ok(leader);
-            }
-            if Instant::now() > deadline {
-                bail!("managers {among:?} agreed on no leader within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let indices: Vec<usize> = among.iter().map(|id| self.index[id]).collect();
+        Ok(self.client.wait_leader(&indices, Duration::from_millis(500), timeout).await?)
     }
 
     async fn verify(&self, id: u64, wait: Duration) -> anyhow::Result<Value> {

@@ -16,8 +16,13 @@ pub mod drill;
 pub mod echo;
 pub mod headroom;
 pub mod history;
+pub mod launch;
 pub mod manager;
 pub mod metrics;
+/// The test harness (process and compose clusters, workers, fixtures):
+/// only with the `testing` feature, which the integration tests enable.
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use control::{reschedule, scheduler, Error, ErrorKind};
 pub use goat_worker::shutdown_signal;

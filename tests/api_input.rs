@@ -5,6 +5,9 @@
 mod common;
 
 use common::{spec, Cluster};
+use goat_storage::model::{Task, TaskSpec};
+// `Value` where the raw JSON is the point: malformed bodies and the error
+// body's shape (`error`, `field`).
 use serde_json::{json, Value};
 
 async fn post_raw(cluster: &Cluster, body: impl Into<reqwest::Body>) -> (u16, Value) {
@@ -118,7 +121,7 @@ async fn internal_routes_need_the_cluster_token() {
     assert_eq!(status, 401);
     let after = cluster.health(1).await;
     assert_eq!(before.term, after.term, "no request reached Raft");
-    let nodes: Vec<Value> =
+    let nodes: Vec<goat::client::NodeView> =
         cluster.http.get(format!("{}/v1/nodes", cluster.url(1))).send().await.expect("GET").json().await.expect("json");
     assert!(nodes.is_empty(), "no node registered without the token");
 }
@@ -130,7 +133,8 @@ async fn internal_routes_need_the_cluster_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
     let cluster = Cluster::start(3, &[]).await;
-    let submit = |manager: u64, key: &'static str, body: Value| {
+    // The answer as JSON (a task, or an error body whose `field` is checked).
+    let submit = |manager: u64, key: &'static str, body: TaskSpec| {
         let request = cluster
             .http
             .post(format!("{}/v1/tasks", cluster.url(manager)))
@@ -148,7 +152,7 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
     for manager in [1, 2, 3] {
         let (status, again) = submit(manager, "run-42", spec("once")).await;
         assert_eq!(status, 200, "{again}");
-        assert_eq!(again["id"], created["id"]);
+        assert_eq!(typed(&again).id, typed(&created).id);
     }
     let tasks = cluster.tasks(2, false).await;
     assert_eq!(tasks.iter().filter(|t| t.spec.name == "once").count(), 1);
@@ -159,5 +163,10 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
     assert_eq!((status, answer["field"].as_str()), (400, Some("Idempotency-Key")), "{answer}");
     let (status, other) = submit(3, "run-43", spec("once")).await;
     assert_eq!(status, 201, "{other}");
-    assert_ne!(other["id"], created["id"]);
+    assert_ne!(typed(&other).id, typed(&created).id);
+}
+
+/// A task answer as the model type.
+fn typed(answer: &Value) -> Task {
+    serde_json::from_value(answer.clone()).unwrap_or_else(|e| panic!("not a task ({e}): {answer}"))
 }

@@ -5,14 +5,31 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::worker::WorkerProc;
 use common::{anonymous, client_with_token, goat_bin, spec, Cluster, TOKEN};
+use goat::client::{ClusterView, NodeView};
+use goat_storage::model::Task;
 use reqwest::Method;
+// `Value` for what these tests are about: any route's status and error body
+// (`code`, `field`), with bodies of every shape; answers that have a model
+// type are read as it (`typed`). A new token's answer has none (the
+// handler adds the secret to the listing's JSON).
 use serde_json::{json, Value};
+
+/// An answer read as its model type.
+fn typed<T: serde::de::DeserializeOwned>(answer: Value) -> T {
+    serde_json::from_value(answer.clone()).unwrap_or_else(|e| panic!("not the expected JSON ({e}): {answer}"))
+}
+
+/// A request body from a typed value.
+fn json_body(value: &impl serde::Serialize) -> Option<Value> {
+    Some(serde_json::to_value(value).expect("serializes"))
+}
 
 /// Sends `method url` with `body` through `http`; returns status and JSON.
 async fn call(http: &reqwest::Client, method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
@@ -121,7 +138,7 @@ async fn every_route_class_needs_its_role() {
         assert_eq!(call(&read, Method::GET, &url(path), None).await.0, 200, "read GET {path}");
     }
     let forbidden: &[(Method, &str, Option<Value>)] = &[
-        (Method::POST, "/v1/tasks", Some(spec("r"))),
+        (Method::POST, "/v1/tasks", json_body(&spec("r"))),
         (Method::GET, "/v1/snapshot", None),
         (Method::GET, "/v1/tokens", None),
         (Method::PUT, "/v1/nodes/w1/drain", None),
@@ -135,21 +152,22 @@ async fn every_route_class_needs_its_role() {
 
     // submit: tasks, with a secret; nothing else.
     let mut secret_spec = spec("with-secret");
-    secret_spec["env"] = json!({"PLAIN": "visible"});
-    secret_spec["secret_env"] = json!({"API_KEY": "hunter2-very-secret"});
-    let (status, task) = call(&submit, Method::POST, &url("/v1/tasks"), Some(secret_spec)).await;
+    secret_spec.env = [("PLAIN".to_string(), "visible".to_string())].into();
+    secret_spec.secret_env = [("API_KEY".to_string(), "hunter2-very-secret".to_string())].into();
+    let (status, task) = call(&submit, Method::POST, &url("/v1/tasks"), json_body(&secret_spec)).await;
     assert_eq!(status, 201, "{task}");
-    assert_eq!(task["spec"]["secret_env"]["API_KEY"], "<secret>", "{task}");
-    assert_eq!(task["spec"]["env"]["PLAIN"], "visible");
-    let task_id = task["id"].as_str().expect("id").to_string();
+    let task: Task = typed(task);
+    assert_eq!(task.spec.secret_env.get("API_KEY").map(String::as_str), Some("<secret>"), "{task:?}");
+    assert_eq!(task.spec.env.get("PLAIN").map(String::as_str), Some("visible"));
+    let task_id = task.id.to_string();
     let (_, both) = call(
         &submit,
         Method::POST,
         &url("/v1/tasks"),
-        Some({
+        json_body(&{
             let mut s = spec("both");
-            s["env"] = json!({"K": "a"});
-            s["secret_env"] = json!({"K": "b"});
+            s.env = [("K".to_string(), "a".to_string())].into();
+            s.secret_env = [("K".to_string(), "b".to_string())].into();
             s
         }),
     )
@@ -170,7 +188,8 @@ async fn every_route_class_needs_its_role() {
     }
     let (status, members) = call(&read, Method::GET, &url("/v1/cluster"), None).await;
     assert_eq!(status, 200);
-    assert_eq!(members["members"].as_array().map(Vec::len), Some(3), "no member changed: {members}");
+    let members: ClusterView = typed(members);
+    assert_eq!(members.members.len(), 3, "no member changed: {members:?}");
 
     // Secrets never in reads: one task, the list, the event stream's history.
     for path in [format!("/v1/tasks/{task_id}"), "/v1/tasks".to_string()] {
@@ -279,8 +298,9 @@ async fn an_anonymous_member_add_changes_nothing_and_sends_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, view) = call(&cluster.http, Method::GET, &format!("{}/v1/cluster", cluster.url(leader)), None).await;
-    let ids: Vec<u64> = view["members"].as_array().expect("members").iter().filter_map(|m| m["id"].as_u64()).collect();
-    assert_eq!(ids, [1, 2, 3], "the membership is unchanged: {view}");
+    let view: ClusterView = typed(view);
+    let ids: Vec<u64> = view.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [1, 2, 3], "the membership is unchanged: {view:?}");
     assert_eq!(foreign.connections.load(Ordering::SeqCst), 0, "nothing connected to the foreign address");
     assert_eq!(foreign.bytes.load(Ordering::SeqCst), 0);
 }
@@ -397,29 +417,21 @@ async fn with_tls_a_member_not_signed_by_the_ca_never_receives_a_request() {
 
     // A worker over TLS (no Docker needed to heartbeat: its engine is
     // reported unhealthy).
-    let worker_dir = tempfile::tempdir().expect("worker dir");
-    let managers: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
-    let mut worker = Command::new(goat_bin())
-        .args(["worker", "--name", "w-tls", "--managers", &managers.join(","), "--token", TOKEN])
-        .args(["--tls-ca", &ca_file, "--tls-cert", &file("w-tls.crt"), "--tls-key", &file("w-tls.key")])
-        .args(["--docker-socket", "/nonexistent/docker.sock"])
-        .arg("--data-dir")
-        .arg(worker_dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn goat worker");
+    let (worker_cert, worker_key) = (file("w-tls.crt"), file("w-tls.key"));
+    let tls = ["--tls-ca", &ca_file, "--tls-cert", &worker_cert, "--tls-key", &worker_key];
+    let mut worker = WorkerProc::for_cluster_with("w-tls", &cluster, "/nonexistent/docker.sock", &tls);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, nodes) = call(&cluster.http, Method::GET, &format!("{}/v1/nodes", cluster.url(leader)), None).await;
-        if nodes.as_array().is_some_and(|n| n.iter().any(|n| n["name"] == "w-tls")) {
+        if serde_json::from_value::<Vec<NodeView>>(nodes.clone())
+            .is_ok_and(|n| n.iter().any(|n| n.node.name == "w-tls"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the TLS worker never registered: {nodes}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
+    worker.kill();
 
     // An admin adds a member at a foreign address with a self-signed
     // certificate. The request may wait (the learner never catches up):

@@ -9,13 +9,18 @@
 
 mod common;
 
-use goat_storage::model::{Health, Task, TaskState};
+use goat::client::{HealthView, NodeView};
+use goat_storage::model::{Health, Node, NodeStatus, ReschedulePolicy, RestartPolicy, Task, TaskState};
+use goat_storage::Millis;
+use serde::de::DeserializeOwned;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::worker::{unique, wait_echo, WorkerProc, DOCKER_SOCKET};
 use common::{free_port, goat_bin, spec, Cluster, TOKEN};
+// `Value` only for the CLI's own summaries that no model type describes
+// (`members --json`, `snapshot save/restore --json`).
 use serde_json::{json, Value};
 
 /// Exit codes, as documented in docs/operations.md.
@@ -31,9 +36,10 @@ struct Output {
 }
 
 impl Output {
-    fn json(&self) -> Value {
+    /// `--json` output as the model type it prints.
+    fn json<T: DeserializeOwned>(&self) -> T {
         serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+            .unwrap_or_else(|e| panic!("not the expected JSON ({e}): {}\n{}", self.stdout, self.stderr))
     }
 }
 
@@ -99,7 +105,7 @@ async fn every_command_against_a_real_cluster() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let task: Task = serde_json::from_value(out.json()).expect("`goat run --json` prints the task");
+    let task: Task = out.json();
     assert_eq!(task.state, TaskState::Running, "{task:#?}");
     assert_eq!(task.health, Health::Healthy);
     assert_eq!(task.node.as_deref(), Some(node.as_str()));
@@ -108,13 +114,13 @@ async fn every_command_against_a_real_cluster() {
     let short = &id[..8];
 
     // status: the list, the table, one task by prefix with its history.
-    let list = ok(&addr, &["status", "--json"]).await.json();
-    assert!(list.as_array().expect("a list").iter().any(|t| t["id"] == id.as_str()));
+    let list: Vec<Task> = ok(&addr, &["status", "--json"]).await.json();
+    assert!(list.iter().any(|t| t.id.to_string() == id));
     let table = ok(&addr, &["status"]).await.stdout;
     assert!(table.starts_with("ID") && table.contains("RESTARTS"), "{table}");
     let row = table.lines().find(|l| l.starts_with(short)).unwrap_or_else(|| panic!("no row for {short}: {table}"));
     assert!(row.contains("running") && row.contains(&name) && row.contains("->7777"), "{row}");
-    assert_eq!(ok(&addr, &["status", short, "--json"]).await.json()["id"], id.as_str());
+    assert_eq!(ok(&addr, &["status", short, "--json"]).await.json::<Task>().id.to_string(), id);
     let details = ok(&addr, &["status", short]).await.stdout;
     assert!(details.contains("Events:") && details.contains("submitted"), "{details}");
     assert_eq!(goat(&addr, &["status", "ffffffff"], None).await.code, NOT_FOUND);
@@ -123,10 +129,10 @@ async fn every_command_against_a_real_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("task.json");
     let mut broken = spec(&unique("cli-missing"));
-    broken["image"] = json!("goat-no-such-image:none");
-    broken["restart_policy"] = json!({"max_attempts": 1, "initial_delay": "100ms"});
-    broken["reschedule_policy"] = json!({"attempts": 0});
-    std::fs::write(&file, broken.to_string()).expect("write spec");
+    broken.image = "goat-no-such-image:none".into();
+    broken.restart_policy = RestartPolicy { max_attempts: 1, initial_delay: Millis(100), ..RestartPolicy::default() };
+    broken.reschedule_policy = ReschedulePolicy { attempts: 0, ..ReschedulePolicy::default() };
+    std::fs::write(&file, serde_json::to_string(&broken).expect("a spec")).expect("write spec");
     let failed = goat(&addr, &["run", "-f", file.to_str().expect("path"), "--wait"], None).await;
     assert_eq!(failed.code, TASK_FAILED, "{}\n{}", failed.stdout, failed.stderr);
     assert_eq!(
@@ -145,30 +151,30 @@ async fn every_command_against_a_real_cluster() {
     assert!(refused.stderr.contains("name"), "{}", refused.stderr);
 
     // nodes, node drain.
-    let nodes = ok(&addr, &["nodes", "--json"]).await.json();
-    let mine = nodes.as_array().expect("nodes").iter().find(|n| n["name"] == node.as_str()).cloned().expect("node");
-    assert_eq!(mine["tasks"], 1, "{mine:#}");
+    let nodes: Vec<NodeView> = ok(&addr, &["nodes", "--json"]).await.json();
+    let mine = nodes.iter().find(|n| n.node.name == node).expect("node");
+    assert_eq!(mine.tasks, 1, "{mine:#?}");
     assert!(ok(&addr, &["nodes"]).await.stdout.contains(&node));
 
     // stop by prefix: the task completes.
     ok(&addr, &["stop", short]).await;
     let path = ["status", &id, "--json"];
     wait_until("completed", Duration::from_secs(60), async || {
-        goat(&addr, &path, None).await.json()["state"] == "completed"
+        goat(&addr, &path, None).await.json::<Task>().state == TaskState::Completed
     })
     .await;
     assert_eq!(goat(&addr, &["stop", "0000000"], None).await.code, NOT_FOUND);
 
     ok(&addr, &["node", "drain", &node]).await;
-    let nodes = ok(&addr, &["nodes", "--json"]).await.json();
-    assert!(nodes.as_array().expect("nodes").iter().any(|n| n["name"] == node.as_str() && n["status"] == "draining"));
+    let nodes: Vec<NodeView> = ok(&addr, &["nodes", "--json"]).await.json();
+    assert!(nodes.iter().any(|n| n.node.name == node && n.node.status == NodeStatus::Draining));
     assert_eq!(goat(&addr, &["node", "drain", "no-such-node"], None).await.code, NOT_FOUND);
-    let undrained = ok(&addr, &["node", "undrain", &node, "--json"]).await.json();
-    assert_eq!((undrained["status"].as_str(), undrained["drain"].as_bool()), (Some("ready"), Some(false)));
+    let undrained: Node = ok(&addr, &["node", "undrain", &node, "--json"]).await.json();
+    assert_eq!((undrained.status, undrained.drain), (NodeStatus::Ready, false));
     assert_eq!(goat(&addr, &["node", "undrain", "no-such-node"], None).await.code, NOT_FOUND);
 
     // members: three, one leader, each with its applied index.
-    let members = ok(&addr, &["members", "--json"]).await.json();
+    let members: Value = ok(&addr, &["members", "--json"]).await.json();
     let list = members["members"].as_array().expect("members").clone();
     assert_eq!(list.len(), 3, "{members:#}");
     assert_eq!(list.iter().filter(|m| m["leader"] == true).count(), 1);
@@ -180,10 +186,10 @@ async fn every_command_against_a_real_cluster() {
     cluster.add_manager(4, addr4.clone(), dir4);
     cluster.spawn_without_peers(4);
     ok(&addr, &["members", "add", "4", &addr4]).await;
-    let list = ok(&addr, &["members", "--json"]).await.json()["members"].as_array().expect("members").clone();
+    let list = ok(&addr, &["members", "--json"]).await.json::<Value>()["members"].as_array().expect("members").clone();
     assert!(list.iter().any(|m| m["id"] == 4 && m["voter"] == true), "{list:#?}");
     ok(&addr, &["members", "remove", "4"]).await;
-    let list = ok(&addr, &["members", "--json"]).await.json()["members"].as_array().expect("members").clone();
+    let list = ok(&addr, &["members", "--json"]).await.json::<Value>()["members"].as_array().expect("members").clone();
     assert_eq!(list.len(), 3, "{list:#?}");
     cluster.kill(4);
 
@@ -218,8 +224,7 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     ok(&addr, &["stop", &ids[3]]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let tasks: Vec<Task> =
-            serde_json::from_value(goat(&addr, &["status", "--json"], None).await.json()).expect("tasks");
+        let tasks: Vec<Task> = goat(&addr, &["status", "--json"], None).await.json();
         // (The stopped task completes at once, or stays placed if it was
         // placed before the stop: its fake node never reports.)
         if tasks.iter().all(|t| t.state == TaskState::Completed || t.node.as_deref() == Some("saved-node")) {
@@ -228,12 +233,12 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
         assert!(Instant::now() < deadline, "tasks not placed within 30s: {tasks:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let before = ok(&addr, &["status", "--json"]).await.json();
+    let before: Vec<Task> = ok(&addr, &["status", "--json"]).await.json();
 
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("backup.json");
     let file = file.to_str().expect("path");
-    let saved = ok(&addr, &["snapshot", "save", file, "--json"]).await.json();
+    let saved: Value = ok(&addr, &["snapshot", "save", file, "--json"]).await.json();
     assert_eq!(saved["tasks"], 4, "{saved:#}");
 
     heartbeats.abort();
@@ -249,7 +254,8 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
         cluster.spawn(id);
     }
     cluster.wait_leader(Duration::from_secs(30)).await;
-    assert_eq!(ok(&addr, &["status", "--json"]).await.json(), json!([]), "a fresh cluster");
+    let fresh: Vec<Task> = ok(&addr, &["status", "--json"]).await.json();
+    assert!(fresh.is_empty(), "a fresh cluster: {fresh:#?}");
     // The leader has led longer than --node-down-after when the restore
     // comes: the restored node still gets a full deadline.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -268,36 +274,35 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
 
     let restored = goat(&addr, &["snapshot", "restore", file, "--json"], Some(TOKEN)).await;
     assert_eq!(restored.code, 0, "{}", restored.stderr);
-    assert_eq!(restored.json()["tasks"], 4);
-    let after = ok(&addr, &["status", "--json"]).await.json();
+    assert_eq!(restored.json::<Value>()["tasks"], 4);
+    let after: Vec<Task> = ok(&addr, &["status", "--json"]).await.json();
     assert_eq!(essentials(&after), essentials(&before), "every task is back as it was");
     // The leader checks deadlines every 500 ms: past a few checks, the node
     // is still within the deadline the restore gave it.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let nodes = ok(&addr, &["nodes", "--json"]).await.json();
-    assert_eq!(nodes[0]["status"], "ready", "restored, not yet overdue: {nodes:#}");
-    let placed = after.as_array().expect("tasks").iter().filter(|t| t["node"] == "saved-node").count();
-    assert!(placed >= 3, "{after:#}");
-    assert_eq!(nodes[0]["tasks"].as_u64(), Some(placed as u64), "{nodes:#}");
+    let nodes: Vec<NodeView> = ok(&addr, &["nodes", "--json"]).await.json();
+    assert_eq!(nodes[0].node.status, NodeStatus::Ready, "restored, not yet overdue: {nodes:#?}");
+    let placed = after.iter().filter(|t| t.node.as_deref() == Some("saved-node")).count();
+    assert!(placed >= 3, "{after:#?}");
+    assert_eq!(nodes[0].tasks, placed, "{nodes:#?}");
     for id in 1..=3 {
         cluster.wait_task_count(id, 4, Duration::from_secs(10)).await;
     }
     // The restored cluster takes new work and knows the old tasks.
     cluster.submit(2, &spec("after-restore")).await;
-    assert_eq!(ok(&addr, &["status", &ids[0][..8], "--json"]).await.json()["spec"]["name"], "saved-0");
+    assert_eq!(ok(&addr, &["status", &ids[0][..8], "--json"]).await.json::<Task>().spec.name, "saved-0");
 }
 
 /// What a restore must bring back of each task (the leader may refresh a
-/// pending task's reason meanwhile).
-fn essentials(tasks: &Value) -> Vec<Value> {
-    let mut list: Vec<Value> = tasks
-        .as_array()
-        .expect("tasks")
+/// pending task's reason meanwhile), as JSON so that a difference prints
+/// readably.
+fn essentials(tasks: &[Task]) -> Vec<Value> {
+    let mut list: Vec<(String, Value)> = tasks
         .iter()
-        .map(|t| json!([t["id"], t["spec"], t["state"], t["desired"], t["events"], t["created_at"]]))
+        .map(|t| (t.id.to_string(), json!([t.id, t.spec, t.state, t.desired, t.events, t.created_at])))
         .collect();
-    list.sort_by_key(|t| t[0].to_string());
-    list
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    list.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Three consecutive free ports on loopback.
@@ -359,8 +364,8 @@ async fn goat_dev_runs_the_echo_and_stops_on_ctrl_c() {
         .to_string();
     let tasks = goat(&addrs, &["status", "--json"], Some(&token)).await;
     assert_eq!(tasks.code, 0, "{}", tasks.stderr);
-    let tasks = tasks.json();
-    assert_eq!(tasks[0]["state"], "running", "{tasks:#}");
+    let tasks: Vec<Task> = tasks.json();
+    assert_eq!(tasks[0].state, TaskState::Running, "{tasks:#?}");
     let anonymous = goat(&addrs, &["status"], Some("")).await;
     assert!(anonymous.code != 0 && anonymous.stderr.contains("401"), "{}", anonymous.stderr);
 
@@ -406,18 +411,19 @@ async fn manager_settings_from_a_config_file() {
         .expect("start goat manager");
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{env_port}/v1/health");
-    let mut health = Value::Null;
+    let mut health: Option<HealthView> = None;
     wait_until("the manager answers on the env's port", Duration::from_secs(20), async || {
         match http.get(&url).send().await {
             Ok(r) => {
-                health = r.json().await.unwrap_or(Value::Null);
-                health["leader"].as_u64().is_some()
+                health = r.json().await.ok();
+                health.as_ref().is_some_and(|h| h.leader.is_some())
             }
             Err(_) => false,
         }
     })
     .await;
-    assert_eq!(health["id"], 7, "the flag wins over the file: {health}");
+    let health = health.expect("a health answer");
+    assert_eq!(health.id, 7, "the flag wins over the file: {health:?}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", file_port)).is_err(), "the env wins over the file");
     let _ = manager.kill().await;
 

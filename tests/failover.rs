@@ -17,289 +17,23 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::compose::{docker, Deployment};
+use common::fixtures::from_json;
 use common::free_port;
-use common::worker::ensure_images;
+use goat::client::NodeView;
 use goat::history::{self, Call, Recorder, Seen};
+use goat_storage::model::{Health, NodeStatus, Task, TaskState};
+// `Value` only for what is raw JSON by design: `goat drill --json`'s report
+// (read as another program would) and an error body's shape.
 use serde_json::{json, Value};
 
 /// One deployment at a time: each is five containers on a 2-core machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn root() -> &'static str {
-    env!("CARGO_MANIFEST_DIR")
-}
-
-/// A compose deployment owned by one test.
-struct Deployment {
-    project: String,
-    ports: [u16; 3],
-    token: String,
-    /// Sends the token, over TLS with the deployment's client certificate.
-    http: reqwest::Client,
-    /// `--node-down-after` of its managers.
-    node_down_after: &'static str,
-    /// Where deploy/up.sh writes this deployment's certificates.
-    tls: tempfile::TempDir,
-}
-
-impl Deployment {
-    fn certs(&self) -> std::path::PathBuf {
-        self.tls.path().join("certs")
-    }
-
-    fn env(&self, command: &mut Command) {
-        let certs = self.certs();
-        command
-            .env("COMPOSE_PROJECT_NAME", &self.project)
-            .env("GOAT_TOKEN", &self.token)
-            .env("GOAT_TLS_HOME", self.tls.path())
-            .env("GOAT_TLS_DIR", &certs)
-            .env("GOAT_TLS_CA", certs.join("ca.crt"))
-            .env("GOAT_TLS_CERT", certs.join("client.crt"))
-            .env("GOAT_TLS_KEY", certs.join("client.key"))
-            .env("GOAT_API_PORT1", self.ports[0].to_string())
-            .env("GOAT_API_PORT2", self.ports[1].to_string())
-            .env("GOAT_API_PORT3", self.ports[2].to_string())
-            .env("GOAT_RESTART", "no")
-            .env("GOAT_NODE_DOWN_AFTER", self.node_down_after)
-            .env("GOAT_SKIP_BUILD", "1")
-            .env("GOAT_IMAGE", self.image());
-    }
-
-    /// This deployment's own tag of the image under test: `goat:latest` is
-    /// tagged once the suite has built it, so a rebuild of `goat:latest`
-    /// meanwhile (another worktree's tests) cannot change what runs here.
-    fn image(&self) -> String {
-        format!("goat-failover:{}", self.project)
-    }
-
-    fn start(case: &str) -> Deployment {
-        Deployment::start_with(case, "3s")
-    }
-
-    fn start_with(case: &str, node_down_after: &'static str) -> Deployment {
-        ensure_images();
-        let suffix: u32 = rand::random();
-        let mut deployment = Deployment {
-            project: format!("goatft{}{case}{:06x}", std::process::id() % 1000, suffix & 0xffffff),
-            ports: [free_port(), free_port(), free_port()],
-            token: format!("failover-{suffix:x}"),
-            http: reqwest::Client::new(),
-            tls: tempfile::tempdir().expect("a directory for the certificates"),
-            node_down_after,
-        };
-        let built = std::env::var("GOAT_IMAGE").unwrap_or_else(|_| "goat:latest".into());
-        docker(&["tag", &built, &deployment.image()]);
-        let mut up = Command::new("bash");
-        up.arg(format!("{}/deploy/up.sh", root()));
-        deployment.env(&mut up);
-        let status = up.stdout(Stdio::null()).status().expect("run deploy/up.sh");
-        assert!(status.success(), "deploy/up.sh failed for project {}", deployment.project);
-        // up.sh made the certificates: talk TLS with the client's.
-        let read = |name: &str| std::fs::read(deployment.certs().join(name)).expect("a TLS file from up.sh");
-        let ca = reqwest::Certificate::from_pem(&read("ca.crt")).expect("CA");
-        let identity =
-            reqwest::Identity::from_pem(&[read("client.crt"), read("client.key")].concat()).expect("identity");
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", deployment.token).parse().expect("header"));
-        deployment.http = reqwest::Client::builder()
-            .no_proxy()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .identity(identity)
-            .default_headers(headers)
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client");
-        deployment
-    }
-
-    fn compose(&self, args: &[&str]) {
-        let mut command = Command::new("docker-compose");
-        if Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success()) {
-            command = Command::new("docker");
-            command.arg("compose");
-        }
-        command.args(["--file", &format!("{}/deploy/compose/docker-compose.yml", root()), "--project-name"]);
-        command.arg(&self.project).args(args);
-        self.env(&mut command);
-        let status = command.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("compose");
-        assert!(status.success(), "compose {args:?} failed");
-    }
-
-    fn container(&self, service: &str) -> String {
-        let out = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]);
-        out.lines().next().unwrap_or_else(|| panic!("no container for {service}")).to_string()
-    }
-
-    fn addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.ports[id as usize - 1])
-    }
-
-    fn url(&self, id: u64) -> String {
-        format!("https://{}", self.addr(id))
-    }
-
-    /// Every task as manager `id` holds it.
-    async fn tasks(&self, id: u64) -> Vec<Value> {
-        self.http
-            .get(format!("{}/v1/tasks", self.url(id)))
-            .send()
-            .await
-            .expect("GET tasks")
-            .json()
-            .await
-            .expect("tasks")
-    }
-
-    fn managers_flag(&self) -> String {
-        (1..=3).map(|id| self.addr(id)).collect::<Vec<_>>().join(",")
-    }
-
-    /// `goat drill ... --json` against this deployment; its history (kept
-    /// with `--history`) is checked again here and must be linearizable.
-    fn drill(&self, scenario: &str, extra: &[&str]) -> Value {
-        let file = tempfile::NamedTempFile::new().expect("history file");
-        let mut drill = Command::new(env!("CARGO_BIN_EXE_goat"));
-        self.env(&mut drill);
-        let out = drill
-            .args(["drill", scenario, "--json", "--project", &self.project, "--managers", &self.managers_flag()])
-            .arg("--history")
-            .arg(file.path())
-            .args(extra)
-            .env("GOAT_TOKEN", &self.token)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run goat drill");
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("drill {scenario}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout))
-        });
-        let mut brief = report.clone();
-        brief["history"]["violation"] = Value::Null;
-        println!("drill {scenario}: {}", serde_json::to_string(&brief).unwrap_or_default());
-        let text = std::fs::read_to_string(file.path()).expect("the drill wrote its history");
-        let ops = history::from_json_lines(&text).expect("the history parses");
-        let verdict = history::check(&ops);
-        println!("drill {scenario}: {}", verdict.summary());
-        assert!(verdict.operations > 0, "the drill recorded nothing");
-        assert!(verdict.linearizable, "drill {scenario}: {}", verdict.summary());
-        assert_eq!(report["history"]["operations"], verdict.operations as u64, "the drill checked the same history");
-        report
-    }
-
-    /// A linearizable list of every task through each manager of `on`,
-    /// recorded; then the whole history is checked and must be
-    /// linearizable.
-    async fn check_history(&self, recorder: &Recorder, on: &[u64]) {
-        for id in on {
-            let pending = recorder.begin(&format!("final@manager{id}"), Call::List);
-            let answer =
-                self.http.get(format!("{}/v1/tasks", self.url(*id))).timeout(Duration::from_secs(60)).send().await;
-            match answer {
-                Ok(r) if r.status() == 200 => {
-                    let tasks: Vec<Value> = r.json().await.expect("tasks");
-                    pending.listed(
-                        tasks
-                            .iter()
-                            .filter_map(|t| Some((t["id"].as_str()?.to_string(), history::seen_of_task(t))))
-                            .collect(),
-                    );
-                }
-                _ => pending.unknown(),
-            }
-        }
-        let verdict = history::check(&recorder.operations());
-        println!("{}", verdict.summary());
-        assert!(verdict.operations > 0, "nothing recorded");
-        assert!(verdict.linearizable, "{}", verdict.summary());
-    }
-
-    async fn health(&self, id: u64) -> Option<Value> {
-        let r = self.http.get(format!("{}/v1/health", self.url(id))).timeout(Duration::from_secs(1)).send().await;
-        r.ok()?.json().await.ok()
-    }
-
-    async fn leader(&self, among: &[u64], timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut seen = BTreeSet::new();
-            for id in among {
-                seen.insert(self.health(*id).await.and_then(|h| h["leader"].as_u64()));
-            }
-            if let (1, Some(Some(leader))) = (seen.len(), seen.iter().next()) {
-                if among.contains(leader) {
-                    return *leader;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader among {among:?}: {seen:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn task_ids(&self, id: u64) -> BTreeSet<String> {
-        let url = format!("{}/v1/tasks?stale=true", self.url(id));
-        let tasks: Vec<Value> = self.http.get(url).send().await.expect("GET tasks").json().await.expect("tasks");
-        tasks.iter().filter_map(|t| t["id"].as_str().map(str::to_string)).collect()
-    }
-
-    /// Waits until every manager holds the same state.
-    async fn verify(&self, via: u64) -> Value {
-        let url = format!("{}/v1/cluster/verify?wait=60s", self.url(via));
-        let verdict: Value = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(70))
-            .send()
-            .await
-            .expect("verify")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(verdict["consistent"], true, "managers disagree: {verdict}");
-        assert_eq!(verdict["converged"], true, "managers did not converge: {verdict}");
-        verdict
-    }
-
-    /// Every acknowledged task is held by every manager in `on`.
-    async fn assert_all_present(&self, acked: &[String], on: &[u64]) {
-        for id in on {
-            let held = self.task_ids(*id).await;
-            let missing: Vec<&String> = acked.iter().filter(|t| !held.contains(*t)).collect();
-            assert!(missing.is_empty(), "manager {id} lacks {} acknowledged tasks: {missing:?}", missing.len());
-        }
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        let mut down = Command::new("bash");
-        down.args([&format!("{}/deploy/down.sh", root()), "--volumes"]);
-        self.env(&mut down);
-        let _ = down.stdout(Stdio::null()).stderr(Stdio::null()).status();
-        let _ =
-            Command::new("docker").args(["rmi", &self.image()]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Steady submissions (one every 50 ms, round-robin over `targets`, each
 /// with an `Idempotency-Key`, a read of an earlier one every fourth) until
@@ -332,8 +66,8 @@ impl Load {
                         let pending = recorder.begin(&format!("load@manager{id}"), Call::Read { task: task.clone() });
                         match http.get(format!("{base}/v1/tasks/{task}")).send().await {
                             Ok(r) if r.status() == 404 => pending.saw(Seen::Absent),
-                            Ok(r) if r.status() == 200 => match r.json::<Value>().await {
-                                Ok(t) => pending.saw(history::seen_of_task(&t)),
+                            Ok(r) if r.status() == 200 => match r.json::<Task>().await {
+                                Ok(t) => pending.saw(history::seen_of(&t)),
                                 Err(_) => pending.unknown(),
                             },
                             _ => pending.unknown(),
@@ -353,7 +87,7 @@ impl Load {
                     match answer {
                         Ok(r) if r.status().is_success() => {
                             pending.ok();
-                            Ok(r.json::<Value>().await.ok().and_then(|b| b["id"].as_str().map(str::to_string)))
+                            Ok(r.json::<Task>().await.ok().map(|t| t.id.to_string()))
                         }
                         Ok(r) => {
                             if r.status().is_client_error() {
@@ -487,10 +221,10 @@ async fn a_follower_whose_volume_is_wiped_rejoins_and_catches_up() {
     assert!(failed.is_empty(), "writes failed with one follower gone: {failed:?}");
     let verdict = deployment.verify(leader).await;
     println!(
-        "FIGURES wiped follower manager{follower}: caught up {:.1} s after its restart, {} acknowledged tasks on every manager (index {})",
+        "FIGURES wiped follower manager{follower}: caught up {:.1} s after its restart, {} acknowledged tasks on every manager (index {:?})",
         started.elapsed().as_secs_f64(),
         acked.len(),
-        verdict["managers"][0]["state"]["applied_index"]
+        verdict.managers[0].state.as_ref().and_then(|s| s.applied_index)
     );
     deployment.assert_all_present(&acked, &[1, 2, 3]).await;
     deployment.check_history(&recorder, &[1, 2, 3]).await;
@@ -503,34 +237,26 @@ async fn a_lost_worker_s_tasks_move_and_run_once_when_it_returns() {
     // The echo task through manager 3 answers on its host port, healthy:
     // the containerized worker reaches its task for health checks.
     let port = free_port();
-    let spec = json!({"name": "echo", "image": "goat-echo:latest", "cpu": 0.05, "memory": 32 << 20,
+    let spec = from_json(json!({"name": "echo", "image": "goat-echo:latest", "cpu": 0.05, "memory": 32 << 20,
         "ports": [{"container": 7777, "host": port}],
-        "health_check": {"path": "/health", "port": 7777, "interval": "500ms"}});
-    let created = deployment.http.post(format!("{}/v1/tasks", deployment.url(3))).json(&spec).send().await;
-    let task: Value = created.expect("submit echo").json().await.expect("task");
-    let id = task["id"].as_str().expect("task id").to_string();
+        "health_check": {"path": "/health", "port": 7777, "interval": "500ms"}}));
+    let created = deployment.api.post("/v1/tasks").json(&spec).on(deployment.index(3)).json_answer::<Task>().await;
+    let id = created.expect("submit echo").id.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let task: Value = deployment
-            .http
-            .get(format!("{}/v1/tasks/{id}", deployment.url(1)))
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("task");
-        if task["state"] == "running" && task["health"] == "healthy" {
+        let request = deployment.api.get(format!("/v1/tasks/{id}")).on(deployment.index(1));
+        let task: Task = request.json_answer().await.expect("GET task");
+        if task.state == TaskState::Running && task.health == Health::Healthy {
             break;
         }
-        assert!(Instant::now() < deadline, "echo task not running healthy: {task}");
+        assert!(Instant::now() < deadline, "echo task not running healthy: {task:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let body = r#"{"Msg":"Hello, world!"}"#;
     let echoed =
         deployment.http.post(format!("http://127.0.0.1:{port}/")).body(body).send().await.expect("echo answers");
     assert_eq!(echoed.text().await.expect("echo body"), body);
-    let _ = deployment.http.delete(format!("{}/v1/tasks/{id}", deployment.url(1))).send().await;
+    let _ = deployment.api.delete(format!("/v1/tasks/{id}")).on(deployment.index(1)).send().await;
 
     for scenario in ["kill-worker", "partition-worker"] {
         let report = deployment.drill(scenario, &["--tasks", "4", "--hold", "1s", "--settle", "60s"]);
@@ -579,6 +305,7 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
         .expect("an answer");
     let status = response.status();
     let retry_after = response.headers().get("retry-after").cloned();
+    // The error body's shape is what is checked here: raw JSON.
     let body: Value = response.json().await.expect("a JSON error");
     println!("FIGURES no quorum: write answered {status} after {:.1} s: {body}", sent.elapsed().as_secs_f64());
     assert_eq!(status, 503, "{body}");
@@ -737,12 +464,12 @@ impl Drop for Filters {
 
 /// Every `down` event of every node, as manager 2 holds them: `node@index`.
 async fn down_events_on(deployment: &Deployment) -> BTreeSet<String> {
-    let url = format!("{}/v1/nodes", deployment.url(2));
-    let nodes: Vec<Value> = deployment.http.get(url).send().await.expect("GET nodes").json().await.expect("nodes");
+    let nodes: Vec<NodeView> =
+        deployment.api.get("/v1/nodes").on(deployment.index(2)).json_answer().await.expect("GET nodes");
     let mut out = BTreeSet::new();
-    for node in &nodes {
-        for event in node["events"].as_array().into_iter().flatten().filter(|e| e["status"] == "down") {
-            out.insert(format!("{}@{}", node["name"].as_str().unwrap_or_default(), event["index"]));
+    for view in &nodes {
+        for event in view.node.events.iter().filter(|e| e.status == NodeStatus::Down) {
+            out.insert(format!("{}@{}", view.node.name, event.index));
         }
     }
     out
@@ -799,28 +526,22 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     // Four echo tasks, spread over both workers.
     let mut ids = Vec::new();
     for i in 0..4 {
-        let spec = json!({"name": format!("asym-{i}"), "image": "goat-echo:latest", "cpu": 0.01, "memory": 16 << 20,
-            "ports": [{"container": 7777}], "strategy": "spread",
-            "health_check": {"path": "/health", "port": 7777, "interval": "1s"}});
-        let created = deployment.http.post(format!("{}/v1/tasks", deployment.url(1))).json(&spec).send().await;
-        let task: Value = created.expect("submit").json().await.expect("task");
-        ids.push(task["id"].as_str().expect("id").to_string());
+        let spec = from_json(json!({"name": format!("asym-{i}"), "image": "goat-echo:latest", "cpu": 0.01,
+            "memory": 16 << 20, "ports": [{"container": 7777}], "strategy": "spread",
+            "health_check": {"path": "/health", "port": 7777, "interval": "1s"}}));
+        let created = deployment.api.post("/v1/tasks").json(&spec).on(deployment.index(1)).json_answer::<Task>().await;
+        ids.push(created.expect("submit").id.to_string());
     }
-    let placed = |tasks: &[Value]| -> std::collections::BTreeMap<String, (String, u64)> {
+    let placed = |tasks: &[Task]| -> std::collections::BTreeMap<String, (String, u64)> {
         tasks
             .iter()
-            .filter(|t| {
-                ids.iter().any(|i| t["id"] == i.as_str()) && t["state"] == "running" && t["health"] == "healthy"
-            })
-            .map(|t| {
-                let id = t["id"].as_str().unwrap_or_default().to_string();
-                (id, (t["node"].as_str().unwrap_or_default().to_string(), t["generation"].as_u64().unwrap_or(0)))
-            })
+            .filter(|t| ids.contains(&t.id.to_string()) && t.state == TaskState::Running && t.health == Health::Healthy)
+            .map(|t| (t.id.to_string(), (t.node.clone().unwrap_or_default(), t.generation)))
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let before = loop {
-        let tasks: Vec<Value> = deployment.tasks(1).await;
+        let tasks: Vec<Task> = deployment.tasks(1).await;
         let now = placed(&tasks);
         if now.len() == ids.len() {
             break now;
@@ -857,11 +578,10 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
                 failed_over = Some(t0.elapsed());
             }
         }
-        if let Ok(response) = deployment.http.get(format!("{}/v1/nodes?stale=true", deployment.url(2))).send().await {
-            if let Ok(nodes) = response.json::<Vec<Value>>().await {
-                for node in nodes.iter().filter(|n| n["status"] == "down") {
-                    marked_down.insert(node["name"].as_str().unwrap_or_default().to_string());
-                }
+        let request = deployment.api.get("/v1/nodes?stale=true").on(deployment.index(2));
+        if let Ok(nodes) = request.json_answer::<Vec<NodeView>>().await {
+            for view in nodes.iter().filter(|v| v.node.status == NodeStatus::Down) {
+                marked_down.insert(view.node.name.clone());
             }
         }
         max_copies = max_copies.max(task_containers(&ids).values().map(BTreeSet::len).max().unwrap_or(0));
@@ -872,7 +592,7 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
     deployment.verify(2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let tasks: Vec<Value> = deployment.tasks(2).await;
+    let tasks: Vec<Task> = deployment.tasks(2).await;
     let after = placed(&tasks);
     let containers_after = task_containers(&ids);
     let replaced = containers.iter().filter(|(id, c)| containers_after.get(*id) != Some(c)).count();

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
+use goat::client::NodeView;
+use goat_storage::model::NodeStatus;
 use serde_json::{json, Value};
 
 fn beat() -> Value {
@@ -57,21 +59,13 @@ fn heartbeats(cluster: &Cluster, nodes: &[&str], via: &[u64], stop: Arc<AtomicBo
 
 /// `down` events of `nodes`, as manager `id` holds them.
 async fn down_events(cluster: &Cluster, id: u64, nodes: &[&str]) -> Vec<String> {
-    let all: Vec<Value> = cluster
-        .http
-        .get(format!("{}/v1/nodes?stale=true", cluster.url(id)))
-        .send()
-        .await
-        .expect("nodes")
-        .json()
-        .await
-        .expect("json");
+    let request = cluster.api.get("/v1/nodes?stale=true").on(cluster.index(id));
+    let all: Vec<NodeView> = request.json_answer().await.expect("nodes");
     all.iter()
-        .filter(|n| nodes.iter().any(|name| n["name"] == *name))
+        .filter(|n| nodes.contains(&n.node.name.as_str()))
         .flat_map(|n| {
-            let name = n["name"].as_str().unwrap_or_default().to_string();
-            let events = n["events"].as_array().cloned().unwrap_or_default();
-            events.into_iter().filter(|e| e["status"] == "down").map(move |e| format!("{name}: {e}"))
+            let name = &n.node.name;
+            n.node.events.iter().filter(|e| e.status == NodeStatus::Down).map(move |e| format!("{name}: {e:?}"))
         })
         .collect()
 }
@@ -86,16 +80,9 @@ async fn a_leader_without_its_quorum_marks_no_node_down_and_sends_workers_on() {
     let beating = heartbeats(&cluster, &nodes, &followers, stop.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let all: Vec<Value> = cluster
-            .http
-            .get(format!("{}/v1/nodes", cluster.url(leader)))
-            .send()
-            .await
-            .expect("nodes")
-            .json()
-            .await
-            .expect("json");
-        if nodes.iter().all(|name| all.iter().any(|n| n["name"] == *name && n["status"] == "ready")) {
+        let request = cluster.api.get("/v1/nodes").on(cluster.index(leader));
+        let all: Vec<NodeView> = request.json_answer().await.expect("nodes");
+        if nodes.iter().all(|name| all.iter().any(|n| n.node.name == *name && n.node.status == NodeStatus::Ready)) {
             break;
         }
         assert!(Instant::now() < deadline, "nodes not registered: {all:?}");

@@ -5,10 +5,13 @@
 
 mod common;
 
-use goat_storage::model::{NodeStatus, TaskState};
+use goat_storage::model::{HeartbeatReply, NodeStatus, Task, TaskState};
+use goat_storage::Millis;
 use std::time::{Duration, Instant};
 
 use common::{spec, Cluster, TOKEN};
+// `Value` for error bodies (`error`, `code`, `limit`: their shape is what is
+// checked) and `POST /v1/gc`'s count, which has no model type.
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -199,7 +202,7 @@ async fn streams_and_polls_are_capped() {
 
     // A registered node, and its current list version to wait on.
     let heartbeat = json!({"capacity": {"cpu": 1.0, "memory": 1 << 30, "disk": 0}, "engine": {"healthy": true}});
-    let reply: Value = cluster
+    let reply: HeartbeatReply = cluster
         .http
         .post(format!("{url}/v1/nodes/w1/heartbeat"))
         .bearer_auth(TOKEN)
@@ -210,7 +213,8 @@ async fn streams_and_polls_are_capped() {
         .json()
         .await
         .expect("JSON");
-    let version = reply["version"].as_str().expect("a version").to_string();
+    let version = reply.version;
+    assert!(!version.is_empty(), "a version");
     let poll = |wait: &str| {
         cluster.http.get(format!("{url}/v1/nodes/w1/assignments?after={version}&wait={wait}")).bearer_auth(TOKEN).send()
     };
@@ -251,10 +255,10 @@ async fn task_lists_are_paged() {
             cluster.http.get(format!("{}/v1/tasks?limit=10{after}", cluster.url(2))).send().await.expect("GET");
         assert_eq!(response.status(), 200);
         let next = response.headers().get("x-goat-next").map(|v| v.to_str().unwrap().to_string());
-        let page: Vec<Value> = response.json().await.expect("a JSON array");
+        let page: Vec<Task> = response.json().await.expect("a page of tasks");
         assert!(page.len() <= 10);
         pages += 1;
-        seen.extend(page.iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        seen.extend(page.iter().map(|t| t.id.to_string()));
         match next {
             Some(next) => {
                 assert_eq!(Some(next.as_str()), seen.last().map(String::as_str));
@@ -276,7 +280,7 @@ async fn task_lists_are_paged() {
         .output()
         .expect("goat status");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let listed: Vec<Task> = serde_json::from_slice(&out.stdout).expect("the tasks");
     assert_eq!(listed.len(), 25);
 }
 
@@ -360,7 +364,7 @@ async fn down_nodes_can_be_removed() {
     let beat = || cluster.http.post(format!("{url}/v1/nodes/w1/heartbeat")).bearer_auth(TOKEN).json(&heartbeat).send();
     assert_eq!(beat().await.expect("heartbeat").status(), 200);
     let mut task = spec("stays");
-    task["disconnect_window"] = json!("1h");
+    task.disconnect_window = Some(Millis(3_600_000));
     let id = cluster.submit(1, &task).await.id.to_string();
     let remove = |token: bool| {
         let client = if token { &cluster.http } else { &cluster.anon };

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::worker::{ensure_images, host_port, unique, wait_echo, wait_node, wait_task, WorkerProc, DOCKER_SOCKET};
 use common::Cluster;
-use goat_storage::model::{Health, NodeStatus, Task, TaskState};
-use serde_json::{json, Value};
+use goat_storage::model::{Health, NodeStatus, Task, TaskSpec, TaskState};
+use goat_storage::Millis;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const BODY: &str = r#"{"Msg":"Hello, world!"}"#;
@@ -23,15 +23,22 @@ async fn cluster() -> Cluster {
     Cluster::start(3, &["--node-down-after", "3s"]).await
 }
 
-fn echo_spec() -> Value {
-    json!({
-        "name": unique("echo"),
-        "image": "goat-echo:latest",
-        "cpu": 0.1,
-        "memory": 64 << 20,
-        "ports": [{"container": 7777}],
-        "health_check": {"path": "/health", "port": 7777, "interval": "500ms", "start_period": "2s"}
-    })
+/// The echo app under a fresh name (the harness's fixture).
+fn echo_spec() -> TaskSpec {
+    common::echo_spec(&unique("echo"))
+}
+
+/// Two workers, both ready, and the echo task running on one of them: the
+/// workers, the task's id and the task as it first ran.
+async fn two_workers_and_an_echo(cluster: &Cluster) -> (WorkerProc, WorkerProc, String, Task) {
+    let a = WorkerProc::for_cluster(&unique("wa"), cluster, DOCKER_SOCKET);
+    let b = WorkerProc::for_cluster(&unique("wb"), cluster, DOCKER_SOCKET);
+    for w in [&a, &b] {
+        wait_node(cluster, &w.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
+    }
+    let id = cluster.submit(1, &echo_spec()).await.id.to_string();
+    let first = wait_task(cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    (a, b, id, first)
 }
 
 /// Running containers of task `id` on this engine, whatever node made them.
@@ -73,12 +80,7 @@ async fn settle_copies(id: &str) -> usize {
 async fn a_crashed_machine_s_tasks_run_elsewhere_and_are_not_duplicated_when_it_returns() {
     ensure_images();
     let cluster = cluster().await;
-    let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
-    let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
-    let task = cluster.submit(1, &echo_spec()).await;
-    let id = task.id.to_string();
-    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let (mut a, mut b, id, first) = two_workers_and_an_echo(&cluster).await;
     let node = first.node.clone().expect("node");
     let (lost, other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
 
@@ -107,12 +109,7 @@ async fn a_crashed_machine_s_tasks_run_elsewhere_and_are_not_duplicated_when_it_
 async fn a_partitioned_worker_s_stale_copies_are_stopped_when_it_returns() {
     ensure_images();
     let cluster = cluster().await;
-    let mut a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
-    let mut b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
-    let task = cluster.submit(1, &echo_spec()).await;
-    let id = task.id.to_string();
-    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let (mut a, mut b, id, first) = two_workers_and_an_echo(&cluster).await;
     let node = first.node.clone().expect("node");
     let (cut, _other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
 
@@ -140,13 +137,13 @@ async fn tasks_with_a_disconnect_window_wait_for_their_node_and_move_only_once_i
     // Two tasks on one node: one waits far longer than this test lasts for
     // its node to come back, the other only 2 s.
     let mut long = echo_spec();
-    long["disconnect_window"] = json!("10m");
+    long.disconnect_window = Some(Millis(600_000));
     let long = cluster.submit(1, &long).await.id.to_string();
     let first = wait_task(&cluster, &long, "running", CONVERGE, |t| t.state == TaskState::Running).await;
     let node = first.node.clone().expect("node");
     let (cut, other) = if node == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
     let mut short = echo_spec();
-    short["disconnect_window"] = json!("2s");
+    short.disconnect_window = Some(Millis(2_000));
     // Bin-packing puts it on the fuller node, the same one.
     let short = cluster.submit(1, &short).await.id.to_string();
     let short_first = wait_task(&cluster, &short, "running", CONVERGE, |t| t.state == TaskState::Running).await;
@@ -185,13 +182,7 @@ async fn tasks_with_a_disconnect_window_wait_for_their_node_and_move_only_once_i
 async fn draining_a_node_moves_its_tasks() {
     ensure_images();
     let cluster = cluster().await;
-    let a = WorkerProc::for_cluster(&unique("wa"), &cluster, DOCKER_SOCKET);
-    let b = WorkerProc::for_cluster(&unique("wb"), &cluster, DOCKER_SOCKET);
-    wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
-    wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
-    let task = cluster.submit(1, &echo_spec()).await;
-    let id = task.id.to_string();
-    let first = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
+    let (_a, _b, id, first) = two_workers_and_an_echo(&cluster).await;
     let node = first.node.clone().expect("node");
 
     let response = cluster.api.put(format!("/v1/nodes/{node}/drain")).on(1).send().await.expect("PUT drain");

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::worker::{unique, wait_task, WorkerProc, DOCKER_SOCKET};
 use common::{free_port, goat_bin, spec, Cluster};
+// `Value` only for raw JSON: the OpenAPI document and an error body.
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(60);

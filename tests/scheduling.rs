@@ -5,65 +5,37 @@
 
 mod common;
 
-use goat_storage::model::{NodeStatus, TaskState};
+use goat::headroom::NodeLoss;
+use goat_storage::model::{NodeStatus, PortMapping, Task, TaskSpec, TaskState};
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::worker::{ensure_images, unique, wait_node, wait_task, WorkerProc, DOCKER_SOCKET};
 use common::{goat_bin, Cluster, TOKEN};
 use futures::stream::{self, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
 /// A worker that reports less memory than the machine has.
-struct SmallWorker {
-    name: String,
-    child: Child,
-    _dir: tempfile::TempDir,
+/// A worker offering only `memory` to tasks (`goat worker --memory`).
+fn small_worker(cluster: &Cluster, name: &str, memory: &str) -> WorkerProc {
+    WorkerProc::for_cluster_with(name, cluster, DOCKER_SOCKET, &["--memory", memory])
 }
 
-impl SmallWorker {
-    fn start(cluster: &Cluster, name: &str, memory: &str) -> SmallWorker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let managers: Vec<String> = cluster.managers.iter().map(|m| m.addr.clone()).collect();
-        let child = Command::new(goat_bin())
-            .args(["worker", "--name", name, "--managers", &managers.join(","), "--token", TOKEN])
-            .args(["--docker-socket", DOCKER_SOCKET, "--memory", memory])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn goat worker");
-        SmallWorker { name: name.to_string(), child, _dir: dir }
-    }
-}
-
-impl Drop for SmallWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let out =
-            Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=goat.node={}", self.name)]).output();
-        if let Ok(out) = out {
-            for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
-    }
-}
-
-fn sleeper(name: &str, memory: u64) -> Value {
-    json!({"name": name, "image": "goat-echo:latest", "cpu": 0.01, "memory": memory, "ports": [{"container": 7777}]})
+fn sleeper(name: &str, memory: u64) -> TaskSpec {
+    let mut spec = common::spec(name);
+    spec.memory = memory;
+    spec.ports = vec![PortMapping { container: 7777, host: None }];
+    spec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_too_big_for_every_node_waits_with_a_reason_until_room_appears() {
     ensure_images();
     let cluster = Cluster::start(3, &[]).await;
-    let small = SmallWorker::start(&cluster, &unique("small"), "256MiB");
+    let small = small_worker(&cluster, &unique("small"), "256MiB");
     wait_node(&cluster, &small.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
 
     let task = cluster.submit(1, &sleeper(&unique("big"), 1 << 30)).await;
@@ -76,7 +48,7 @@ async fn a_task_too_big_for_every_node_waits_with_a_reason_until_room_appears() 
     assert!(reason.contains("1.0 GiB"), "{reason}");
 
     // A node with room joins: the task is placed there.
-    let big = SmallWorker::start(&cluster, &unique("big"), "2GiB");
+    let big = small_worker(&cluster, &unique("big"), "2GiB");
     let placed = wait_task(&cluster, &id, "running", CONVERGE, |t| t.state == TaskState::Running).await;
     assert_eq!(placed.node.as_deref(), Some(big.name.as_str()));
 }
@@ -102,8 +74,8 @@ async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
             if response.status() != 201 {
                 return None;
             }
-            let task: Value = response.json().await.ok()?;
-            task["id"].as_str().map(str::to_string)
+            let task: Task = response.json().await.ok()?;
+            Some(task.id.to_string())
         }
     };
     let first: Vec<Option<String>> = stream::iter(0..10).map(submit).buffer_unordered(8).collect().await;
@@ -143,8 +115,8 @@ async fn a_leader_killed_during_a_burst_loses_and_duplicates_nothing() {
 async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy_runs_out() {
     ensure_images();
     let cluster = Cluster::start(3, &[]).await;
-    let a = SmallWorker::start(&cluster, &unique("ra"), "4GiB");
-    let b = SmallWorker::start(&cluster, &unique("rb"), "4GiB");
+    let a = small_worker(&cluster, &unique("ra"), "4GiB");
+    let b = small_worker(&cluster, &unique("rb"), "4GiB");
     wait_node(&cluster, &a.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     wait_node(&cluster, &b.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
 
@@ -179,8 +151,8 @@ async fn a_task_that_fails_on_its_node_is_rescheduled_elsewhere_until_its_policy
 async fn plan_node_loss_names_the_task_that_would_find_no_place_and_why() {
     ensure_images();
     let cluster = Cluster::start(3, &[]).await;
-    let small = SmallWorker::start(&cluster, &unique("small"), "256MiB");
-    let big = SmallWorker::start(&cluster, &unique("big"), "2GiB");
+    let small = small_worker(&cluster, &unique("small"), "256MiB");
+    let big = small_worker(&cluster, &unique("big"), "2GiB");
     for worker in [&small, &big] {
         wait_node(&cluster, &worker.name, "ready", CONVERGE, |n| n.node.status == NodeStatus::Ready).await;
     }
@@ -207,10 +179,10 @@ async fn plan_node_loss_names_the_task_that_would_find_no_place_and_why() {
 
     // Without a node: the busiest (the big node, the only one with a task).
     let out = plan(&["--json"]);
-    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
-    assert_eq!(json["node"], big.name.as_str());
-    assert_eq!(json["busiest"], true);
-    assert_eq!(json["fits"], false);
+    let json: NodeLoss = serde_json::from_slice(&out.stdout).expect("a node-loss plan");
+    assert_eq!(json.node, big.name);
+    assert!(json.busiest);
+    assert!(!json.fits);
     // The small node runs nothing: losing it strands nothing.
     let out = plan(&[&small.name]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));

@@ -12,17 +12,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fixtures::echo_image;
 use common::worker::{ensure_images, unique, wait_node, wait_service, WorkerProc, DOCKER_SOCKET};
 use common::Cluster;
+use goat::manager::services::{Endpoints, ServiceView};
+use goat_storage::model::DeploymentState;
+use serde::de::DeserializeOwned;
+// `Value` for request bodies only: a service's `template` is a task spec
+// without a name, which `ServiceSpec` (name required) cannot hold as JSON.
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 /// `--node-down-after` of the managers.
 const NODE_DOWN_AFTER: Duration = Duration::from_secs(3);
-
-fn echo_image() -> String {
-    std::env::var("GOAT_ECHO_IMAGE").unwrap_or_else(|_| "goat-echo:latest".into())
-}
 
 fn service_spec(name: &str, replicas: u32, env: Value, update: Value) -> Value {
     json!({
@@ -56,7 +58,7 @@ async fn start(workers: usize) -> (Cluster, Vec<WorkerProc>) {
 }
 
 /// `POST /v1/services` on the first live manager that answers 2xx.
-async fn apply(cluster: &Cluster, spec: &Value) -> Value {
+async fn apply(cluster: &Cluster, spec: &Value) -> ServiceView {
     for _ in 0..50 {
         for id in cluster.alive_ids() {
             let Ok(resp) = cluster.http.post(format!("{}/v1/services", cluster.url(id))).json(spec).send().await else {
@@ -71,7 +73,7 @@ async fn apply(cluster: &Cluster, spec: &Value) -> Value {
     panic!("no manager accepted the service");
 }
 
-async fn get(cluster: &Cluster, path: &str) -> Option<Value> {
+async fn get<T: DeserializeOwned>(cluster: &Cluster, path: &str) -> Option<T> {
     for id in cluster.alive_ids() {
         let Ok(resp) = cluster.http.get(format!("{}{path}", cluster.url(id))).send().await else { continue };
         if resp.status().is_success() {
@@ -81,31 +83,21 @@ async fn get(cluster: &Cluster, path: &str) -> Option<Value> {
     None
 }
 
-fn healthy_of(service: &Value, version: u64) -> u64 {
-    service["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["version"] == version)
-        .map_or(0, |v| v["healthy"].as_u64().unwrap_or(0))
+fn healthy_of(service: &ServiceView, version: u64) -> u64 {
+    service.versions.iter().find(|v| v.version == version).map_or(0, |v| u64::from(v.healthy))
 }
 
-fn healthy_total(service: &Value) -> u64 {
-    service["versions"].as_array().into_iter().flatten().map(|v| v["healthy"].as_u64().unwrap_or(0)).sum()
+fn healthy_total(service: &ServiceView) -> u64 {
+    service.versions.iter().map(|v| u64::from(v.healthy)).sum()
 }
 
-fn deployment_state(service: &Value) -> &str {
-    service["deployment"]["state"].as_str().unwrap_or("")
+fn deployment_state(service: &ServiceView) -> Option<DeploymentState> {
+    service.deployment.as_ref().map(|d| d.state)
 }
 
 /// Nodes of the endpoints listed.
-fn endpoint_nodes(endpoints: &Value) -> Vec<String> {
-    let mut nodes: Vec<String> = endpoints["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["node"].as_str().map(str::to_string))
-        .collect();
+fn endpoint_nodes(endpoints: Option<&Endpoints>) -> Vec<String> {
+    let mut nodes: Vec<String> = endpoints.into_iter().flat_map(|e| &e.endpoints).map(|e| e.node.clone()).collect();
     nodes.sort();
     nodes
 }
@@ -152,14 +144,9 @@ impl Follower {
                     };
                     match http.get(&url).timeout(Duration::from_secs(8)).send().await {
                         Ok(resp) if resp.status().is_success() => {
-                            let Ok(body) = resp.json::<Value>().await else { continue };
-                            version = body["version"].as_str().unwrap_or("").to_string();
-                            let addrs = body["endpoints"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|e| format!("{}:{}", e["address"].as_str().unwrap_or(""), e["port"]))
-                                .collect();
+                            let Ok(body) = resp.json::<Endpoints>().await else { continue };
+                            version = body.version;
+                            let addrs = body.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect();
                             *list.lock().unwrap() = addrs;
                         }
                         _ => {
@@ -224,11 +211,11 @@ async fn a_lost_worker_is_no_outage_for_a_client_following_the_endpoints() {
     apply(&cluster, &service_spec(&name, 3, json!({}), update)).await;
     // Spread one per worker (the default with as many nodes as replicas).
     wait_service(&cluster, &name, "3 healthy", CONVERGE, |s| healthy_of(s, 1) == 3).await;
-    let endpoints = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.expect("endpoints");
-    let mut nodes = endpoint_nodes(&endpoints);
+    let endpoints: Endpoints = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.expect("endpoints");
+    let mut nodes = endpoint_nodes(Some(&endpoints));
     let mut expected: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
     expected.sort();
-    assert_eq!(nodes, expected, "one copy per worker: {endpoints:#}");
+    assert_eq!(nodes, expected, "one copy per worker: {endpoints:#?}");
 
     let follower = Follower::start(&cluster, &name);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -240,12 +227,12 @@ async fn a_lost_worker_is_no_outage_for_a_client_following_the_endpoints() {
     // Back to 3 healthy copies, none on the lost node.
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let e = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.unwrap_or(Value::Null);
-        nodes = endpoint_nodes(&e);
+        let e: Option<Endpoints> = get(&cluster, &format!("/v1/services/{name}/endpoints")).await;
+        nodes = endpoint_nodes(e.as_ref());
         if nodes.len() == 3 && !nodes.contains(&lost) {
             break;
         }
-        assert!(Instant::now() < deadline, "not back to 3 healthy endpoints: {e:#}");
+        assert!(Instant::now() < deadline, "not back to 3 healthy endpoints: {e:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let recovered = killed_at.elapsed();
@@ -279,55 +266,54 @@ async fn a_rolling_update_keeps_enough_copies_healthy_and_a_broken_version_is_re
     wait_service(&cluster, &name, "6 healthy", CONVERGE, |s| healthy_of(s, 1) == replicas).await;
     // The same spec again is a no-op: no new version.
     let again = apply(&cluster, &v1).await;
-    assert_eq!(again["current"], 1);
-    assert!(again["deployment"].is_null(), "{again:#}");
+    assert_eq!(again.current, 1);
+    assert!(again.deployment.is_none(), "{again:#?}");
 
     // Version 2: rolled out max_parallel at a time.
     let v2 = service_spec(&name, replicas as u32, json!({"ECHO_VERSION": "2"}), update.clone());
     let applied = apply(&cluster, &v2).await;
-    assert_eq!(applied["current"], 2);
+    assert_eq!(applied.current, 2);
     let deadline = Instant::now() + CONVERGE;
     let mut polls = 0;
     loop {
-        let Some(s) = get(&cluster, &format!("/v1/services/{name}")).await else { continue };
+        let Some(s) = get::<ServiceView>(&cluster, &format!("/v1/services/{name}")).await else { continue };
         polls += 1;
         let healthy = healthy_total(&s);
-        assert!(healthy + max_parallel >= replicas, "only {healthy} healthy during the update: {s:#}");
-        if deployment_state(&s) == "succeeded" {
+        assert!(healthy + max_parallel >= replicas, "only {healthy} healthy during the update: {s:#?}");
+        if deployment_state(&s) == Some(DeploymentState::Succeeded) {
             assert_eq!(healthy_of(&s, 2), replicas);
             break;
         }
-        assert_eq!(deployment_state(&s), "running", "{s:#}");
-        assert!(Instant::now() < deadline, "update not done: {s:#}");
+        assert_eq!(deployment_state(&s), Some(DeploymentState::Running), "{s:#?}");
+        assert!(Instant::now() < deadline, "update not done: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(polls > 3, "the update was observed ({polls} polls)");
 
     // Version 3 never starts: the deployment fails and version 2 comes back.
     let v3 = service_spec(&name, replicas as u32, json!({"ECHO_VERSION": "3", "ECHO_FAIL_STARTUP": "1"}), update);
-    assert_eq!(apply(&cluster, &v3).await["current"], 3);
+    assert_eq!(apply(&cluster, &v3).await.current, 3);
     let deadline = Instant::now() + CONVERGE;
     let mut seen_reverting = false;
     loop {
-        let Some(s) = get(&cluster, &format!("/v1/services/{name}")).await else { continue };
+        let Some(s) = get::<ServiceView>(&cluster, &format!("/v1/services/{name}")).await else { continue };
         let healthy = healthy_total(&s);
-        assert!(healthy_of(&s, 2) > 0, "every copy of version 2 stopped: {s:#}");
-        assert!(healthy + max_parallel >= replicas, "only {healthy} healthy: {s:#}");
-        seen_reverting |= deployment_state(&s) == "reverting";
-        if deployment_state(&s) == "reverted" {
-            assert_eq!(s["current"], 2);
+        assert!(healthy_of(&s, 2) > 0, "every copy of version 2 stopped: {s:#?}");
+        assert!(healthy + max_parallel >= replicas, "only {healthy} healthy: {s:#?}");
+        seen_reverting |= deployment_state(&s) == Some(DeploymentState::Reverting);
+        if deployment_state(&s) == Some(DeploymentState::Reverted) {
+            assert_eq!(s.current, 2);
             if healthy_of(&s, 2) == replicas {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "not reverted: {s:#}");
+        assert!(Instant::now() < deadline, "not reverted: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("reverting observed: {seen_reverting}");
-    let e = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.expect("endpoints");
-    let versions: Vec<u64> =
-        e["endpoints"].as_array().into_iter().flatten().filter_map(|e| e["version"].as_u64()).collect();
-    assert_eq!(versions, vec![2; replicas as usize], "{e:#}");
+    let e: Endpoints = get(&cluster, &format!("/v1/services/{name}/endpoints")).await.expect("endpoints");
+    let versions: Vec<u64> = e.endpoints.iter().map(|e| e.version).collect();
+    assert_eq!(versions, vec![2; replicas as usize], "{e:#?}");
 }
 
 /// Running containers of task `id` on this machine's engine (every worker

@@ -6,7 +6,8 @@
 
 mod common;
 
-use goat_storage::model::{Health, Task, TaskState};
+use goat_storage::model::{Health, PortMapping, RestartCondition, RestartPolicy, Task, TaskSpec, TaskState};
+use goat_storage::Millis;
 use std::time::Duration;
 
 use common::worker::{
@@ -14,24 +15,27 @@ use common::worker::{
     DOCKER_SOCKET,
 };
 use common::Cluster;
-use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 const BODY: &str = r#"{"Msg":"Hello, world!"}"#;
 
 /// An echo task with an engine-chosen host port.
-fn echo_spec() -> Value {
-    json!({
-        "name": unique("echo"),
-        "image": "goat-echo:latest",
-        "cpu": 0.1,
-        "memory": 64 << 20,
-        "ports": [{"container": 7777}],
-        "health_check": {"path": "/health", "port": 7777, "interval": "500ms", "timeout": "500ms",
-                         "failure_threshold": 3, "start_period": "2s"},
-        "restart_policy": {"condition": "on-failure", "max_attempts": 0, "initial_delay": "200ms",
-                           "max_delay": "2s", "reset_after": "1m"}
-    })
+/// The echo app under a fresh name, checked every 500 ms (3 failures in
+/// a row make it unhealthy) and restarted on failure, 200 ms to 2 s apart.
+fn echo_spec() -> TaskSpec {
+    let mut spec = common::echo_spec(&unique("echo"));
+    if let Some(check) = spec.health_check.as_mut() {
+        check.timeout = Millis(500);
+        check.failure_threshold = 3;
+    }
+    spec.restart_policy = RestartPolicy {
+        condition: RestartCondition::OnFailure,
+        max_attempts: 0,
+        initial_delay: Millis(200),
+        max_delay: Millis(2_000),
+        reset_after: Millis(60_000),
+    };
+    spec
 }
 
 async fn start_echo(cluster: &Cluster) -> (String, Task) {
@@ -155,7 +159,7 @@ async fn the_worker_repairs_tasks_while_no_manager_is_reachable() {
     let mut worker = WorkerProc::for_cluster(&node, &cluster, DOCKER_SOCKET);
     let port = common::free_port();
     let mut spec = echo_spec();
-    spec["ports"] = json!([{"container": 7777, "host": port}]);
+    spec.ports = vec![PortMapping { container: 7777, host: Some(port) }];
     let task = cluster.submit(1, &spec).await;
     let id = task.id.to_string();
     let running =

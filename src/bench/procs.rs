@@ -12,6 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::load::RequestMaker;
+use crate::launch::{ManagerLaunch, WorkerLaunch};
 
 /// A three-member cluster under test.
 pub trait BenchCluster: RequestMaker {
@@ -37,18 +38,10 @@ fn kill_child(child: &mut Option<Child>) {
 
 /// The `goat` binary the benchmarks start: `GOAT_BIN`, or the `goat` beside
 /// this executable (`target/release/goat-bench` → `target/release/goat`).
-pub fn goat_binary() -> anyhow::Result<std::path::PathBuf> {
-    if let Some(bin) = std::env::var_os("GOAT_BIN") {
-        return Ok(bin.into());
-    }
-    let exe = std::env::current_exe()?;
-    let goat = exe.with_file_name("goat");
-    anyhow::ensure!(goat.exists(), "no goat binary beside {} (build it, or set GOAT_BIN)", exe.display());
-    Ok(goat)
-}
+pub use crate::launch::goat_binary;
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(crate::launch::free_port()?)
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
@@ -73,6 +66,8 @@ pub struct GoatCluster {
     target: usize,
     /// Extra `goat manager` flags for every member.
     extra: Vec<String>,
+    /// The typed client of the members (index = member), for their health.
+    api: crate::client::Client,
 }
 
 impl GoatCluster {
@@ -84,9 +79,11 @@ impl GoatCluster {
     pub fn start_with(dir: &Path, size: usize, extra: &[&str]) -> anyhow::Result<GoatCluster> {
         let addrs: Vec<String> =
             (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
-        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let peers = crate::launch::peers_flag(&addrs);
         let extra = extra.iter().map(|s| s.to_string()).collect();
+        let api = crate::client::Client::builder(&addrs).token(Some(BENCH_TOKEN)).build()?;
         let mut cluster = GoatCluster {
+            api,
             dir: dir.join("goat"),
             addrs,
             peers,
@@ -161,16 +158,16 @@ impl GoatWorker {
         dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<GoatWorker> {
-        let data = dir.join(name);
-        let log = log_file(dir, &format!("{name}.log"))?;
-        let child = Command::new(goat_binary()?)
-            .args(["worker", "--name", name, "--managers", &managers.join(","), "--token", token])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
+        let argv = WorkerLaunch {
+            name: name.to_string(),
+            managers: managers.to_vec(),
+            token: token.to_string(),
+            data_dir: dir.join(name),
+            docker_socket: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+        .argv();
+        let child = crate::launch::command(&goat_binary()?, &argv, &dir.join(format!("{name}.log")), "info")?
             .spawn()
             .context("starting goat worker")?;
         Ok(GoatWorker { child: Some(child) })
@@ -202,15 +199,16 @@ impl BenchCluster for GoatCluster {
     fn client_url(&self, member: usize) -> String {
         format!("http://{}", self.addrs[member])
     }
-    async fn leader(&self, http: &reqwest::Client) -> Option<usize> {
+    /// The first running member that calls itself leader (not
+    /// [`crate::client::Client::agreed_leader`]: a failover is measured to
+    /// the moment a new leader exists, as with etcd below).
+    async fn leader(&self, _http: &reqwest::Client) -> Option<usize> {
         for member in 0..3 {
             if self.children[member].is_none() {
                 continue;
             }
-            let url = format!("{}/v1/health", self.client_url(member));
-            let Ok(response) = http.get(url).timeout(Duration::from_millis(300)).send().await else { continue };
-            let Ok(health) = response.json::<Value>().await else { continue };
-            if health["role"] == "leader" {
+            let Ok(health) = self.api.health_of(member, Duration::from_millis(300)).await else { continue };
+            if health.role == "leader" {
                 return Some(member);
             }
         }
@@ -220,19 +218,18 @@ impl BenchCluster for GoatCluster {
         kill_child(&mut self.children[member]);
     }
     fn start(&mut self, member: usize) -> anyhow::Result<()> {
-        let data = self.dir.join(format!("m{}", member + 1));
-        let log = log_file(&self.dir, &format!("m{}.log", member + 1))?;
-        let child = Command::new(goat_binary()?)
-            .args(["manager", "--id", &(member + 1).to_string(), "--listen", &self.addrs[member]])
-            .args(["--peers", &self.peers, "--token", BENCH_TOKEN])
-            .args(&self.extra)
-            .arg("--data-dir")
-            .arg(&data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting goat manager")?;
+        let argv = ManagerLaunch {
+            id: member as u64 + 1,
+            listen: self.addrs[member].clone(),
+            peers: Some(self.peers.clone()),
+            token: BENCH_TOKEN.to_string(),
+            data_dir: self.dir.join(format!("m{}", member + 1)),
+            extra: self.extra.clone(),
+        }
+        .argv();
+        let log = self.dir.join(format!("m{}.log", member + 1));
+        let child =
+            crate::launch::command(&goat_binary()?, &argv, &log, "warn")?.spawn().context("starting goat manager")?;
         self.children[member] = Some(child);
         Ok(())
     }

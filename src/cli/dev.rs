@@ -29,6 +29,7 @@ use super::commands;
 use super::error::CliError;
 use crate::client::Client;
 use crate::drill::{Proc as DrillProc, ProcsFile};
+use crate::launch::{self, ManagerLaunch, WorkerLaunch};
 
 const ECHO_IMAGE: &str = "goat-echo:latest";
 
@@ -152,28 +153,34 @@ pub async fn run(args: DevArgs, log_json: bool) -> Result<(), CliError> {
     std::fs::create_dir_all(&dir).map_err(|e| CliError::other(format!("creating {}: {e}", dir.display())))?;
     let token = args.token.clone().filter(|t| !t.is_empty()).unwrap_or_else(random_token);
     let addrs: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", args.port_base + i)).collect();
-    let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let peers = launch::peers_flag(&addrs);
     let worker = args.worker_name.clone().unwrap_or_else(|| format!("dev-{}", args.port_base));
 
     let mut procs = Vec::new();
     let mut task_id: Option<String> = None;
     let outcome = async {
         for (i, addr) in addrs.iter().enumerate() {
-            let id = (i + 1).to_string();
-            let data = dir.join(format!("manager{id}"));
-            let argv = ["manager", "--id", &id, "--listen", addr, "--peers", &peers, "--token", &token, "--data-dir"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([data.to_string_lossy().into_owned()])
-                .collect::<Vec<_>>();
+            let id = i as u64 + 1;
+            let argv = ManagerLaunch {
+                id,
+                listen: addr.clone(),
+                peers: Some(peers.clone()),
+                token: token.clone(),
+                data_dir: dir.join(format!("manager{id}")),
+                extra: Vec::new(),
+            }
+            .argv();
             procs.push(spawn(&format!("manager {id}"), &argv, &dir.join(format!("manager{id}.log")), log_json)?);
         }
-        let data = dir.join("worker");
-        let argv: Vec<String> = ["worker", "--name", &worker, "--managers", &addrs.join(","), "--token", &token]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--data-dir".to_string(), data.to_string_lossy().into_owned()])
-            .collect();
+        let argv = WorkerLaunch {
+            name: worker.clone(),
+            managers: addrs.clone(),
+            token: token.clone(),
+            data_dir: dir.join("worker"),
+            docker_socket: None,
+            extra: Vec::new(),
+        }
+        .argv();
         procs.push(spawn("the worker", &argv, &dir.join("worker.log"), log_json)?);
         write_deployment_file(&dir, &token, &addrs, &worker, &procs)?;
         tokio::select! {
@@ -220,10 +227,9 @@ async fn bring_up(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         check_alive(procs)?;
-        if let Ok(health) = client.health().await {
-            if health.leader.is_some() {
-                break;
-            }
+        let all: Vec<usize> = (0..addrs.len()).collect();
+        if client.agreed_leader(&all, Duration::from_secs(2)).await.is_ok() {
+            break;
         }
         if Instant::now() > deadline {
             return Err(CliError::other("no leader after 30s: see the managers' logs"));

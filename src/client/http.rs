@@ -497,6 +497,45 @@ impl Client {
     pub async fn health_of(&self, index: usize, timeout: Duration) -> Result<HealthView, Error> {
         self.get("/v1/health").on(index).timeout(timeout).json_answer().await
     }
+    /// The leader that every manager at `among` (indices) names, when each
+    /// answers its health within `timeout`, they all name the same one and
+    /// it is one of them; otherwise what each said (`None`: no answer or no
+    /// leader), for the caller's message. The one definition of "the
+    /// cluster has a leader" for the tests, `goat dev`, the drills and the
+    /// benchmarks.
+    pub async fn agreed_leader(&self, among: &[usize], timeout: Duration) -> Result<u64, Vec<Option<u64>>> {
+        let mut ids = Vec::new();
+        let mut seen = Vec::new();
+        for index in among {
+            let health = self.health_of(*index, timeout).await.ok();
+            ids.extend(health.as_ref().map(|h| h.id));
+            seen.push(health.and_then(|h| h.leader));
+        }
+        match seen.first() {
+            Some(Some(leader)) if seen.iter().all(|s| *s == Some(*leader)) && ids.contains(leader) => Ok(*leader),
+            _ => Err(seen),
+        }
+    }
+
+    /// Polls [`Client::agreed_leader`] (each health asked within `ask`)
+    /// every 50 ms until the managers at `among` agree, or `timeout` passes.
+    pub async fn wait_leader(&self, among: &[usize], ask: Duration, timeout: Duration) -> Result<u64, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let seen = match self.agreed_leader(among, ask).await {
+                Ok(leader) => return Ok(leader),
+                Err(seen) => seen,
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::NoAnswer(format!(
+                    "the managers at {among:?} (indices of the client's addresses) agreed on no leader within \
+                     {timeout:?}; they named {seen:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `GET /v1/cluster`.
     pub async fn cluster(&self) -> Result<ClusterView, Error> {
         self.get("/v1/cluster").json_answer().await

@@ -28,4 +28,4 @@ mod record;
 
 pub use check::{check, Verdict, Violation};
 pub use op::{from_json_lines, to_json_lines, Call, Operation, Outcome, Seen};
-pub use record::{seen_of_task, Pending, Recorder};
+pub use record::{seen_of, seen_of_task, Pending, Recorder};

@@ -123,6 +123,14 @@ impl Drop for Pending {
     }
 }
 
+/// What a task says of itself: stopped once asked to stop, else live.
+pub fn seen_of(task: &goat_storage::model::Task) -> Seen {
+    match task.desired {
+        goat_storage::model::DesiredStatus::Stop => Seen::Stopped,
+        goat_storage::model::DesiredStatus::Run => Seen::Live,
+    }
+}
+
 /// What a task's JSON (as the API answers it) says of it.
 pub fn seen_of_task(task: &serde_json::Value) -> Seen {
     if task["desired"] == "stop" {

@@ -115,9 +115,13 @@ fn service_of(result: CommandResult) -> Result<Service, ApiError> {
 fn answer(m: &Manager, status: StatusCode, service: &Service) -> Response {
     let applied = m.state.read();
     let now = now_ms();
+    // A follower answers a write the leader applied: its own state may not
+    // have applied it yet, so its stored copy is used only if it is at
+    // least as new as the one the write returned (else a changed spec was
+    // answered with the previous `current`).
     let body = match applied.state.services.get(&service.name) {
-        Some(stored) => view(&applied.state, stored, now),
-        None => view(&applied.state, service, now),
+        Some(stored) if stored.updated_at >= service.updated_at => view(&applied.state, stored, now),
+        _ => view(&applied.state, service, now),
     };
     (status, Json(body)).into_response()
 }

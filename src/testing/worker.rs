@@ -2,19 +2,19 @@
 //! Docker engine, a unix-socket proxy in front of the engine that a test can
 //! cut, and polling helpers. Every container a worker made is removed when
 //! its `WorkerProc` is dropped (found by the `goat.node` label).
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use goat::client::NodeView;
+use crate::client::NodeView;
+use crate::launch::{self, WorkerLaunch};
+use crate::manager::services::ServiceView;
 use goat_storage::model::Task;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use super::{goat_bin, Cluster, TOKEN};
+use super::cluster::{goat_bin, Cluster, TOKEN};
 
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
@@ -51,18 +51,26 @@ pub struct WorkerProc {
     pub dir: PathBuf,
     pub managers: Vec<String>,
     pub socket: String,
+    /// Further `goat worker` flags (`--memory 2GiB`, TLS files).
+    pub extra: Vec<String>,
     pub child: Option<Child>,
     _tmp: tempfile::TempDir,
 }
 
 impl WorkerProc {
     pub fn start(name: &str, managers: Vec<String>, socket: &str) -> WorkerProc {
+        WorkerProc::start_with(name, managers, socket, &[])
+    }
+
+    /// A worker with further `goat worker` flags.
+    pub fn start_with(name: &str, managers: Vec<String>, socket: &str, extra: &[&str]) -> WorkerProc {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut w = WorkerProc {
             name: name.to_string(),
             dir: tmp.path().join("worker"),
             managers,
             socket: socket.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             _tmp: tmp,
         };
@@ -72,25 +80,28 @@ impl WorkerProc {
 
     /// A worker heartbeating to every manager of `cluster`.
     pub fn for_cluster(name: &str, cluster: &Cluster, socket: &str) -> WorkerProc {
+        WorkerProc::for_cluster_with(name, cluster, socket, &[])
+    }
+
+    /// A worker of `cluster` with further `goat worker` flags.
+    pub fn for_cluster_with(name: &str, cluster: &Cluster, socket: &str, extra: &[&str]) -> WorkerProc {
         let managers = cluster.managers.iter().map(|m| m.addr.clone()).collect();
-        WorkerProc::start(name, managers, socket)
+        WorkerProc::start_with(name, managers, socket, extra)
     }
 
     /// Starts (or restarts) the process on the same data dir.
     pub fn spawn(&mut self) {
-        std::fs::create_dir_all(&self.dir).expect("data dir");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log");
-        let child = Command::new(goat_bin())
-            .args(["worker", "--name", &self.name, "--managers", &self.managers.join(","), "--token", TOKEN])
-            .args(["--docker-socket", &self.socket])
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .env("RUST_LOG", "info,goat_worker=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn goat worker");
-        self.child = Some(child);
+        let argv = WorkerLaunch {
+            name: self.name.clone(),
+            managers: self.managers.clone(),
+            token: TOKEN.to_string(),
+            data_dir: self.dir.clone(),
+            docker_socket: Some(self.socket.clone()),
+            extra: self.extra.clone(),
+        }
+        .argv();
+        let command = launch::command(&goat_bin(), &argv, &self.log_path(), "info,goat_worker=debug");
+        self.child = Some(command.expect("the worker's log").spawn().expect("spawn goat worker"));
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -215,7 +226,7 @@ async fn wait_for<T: std::fmt::Debug, F>(
     pred: impl Fn(&T) -> bool,
 ) -> T
 where
-    F: std::future::Future<Output = Result<Option<T>, goat::client::Error>>,
+    F: std::future::Future<Output = Result<Option<T>, crate::client::Error>>,
 {
     let deadline = Instant::now() + timeout;
     let mut last = None;
@@ -259,13 +270,13 @@ pub async fn wait_service(
     name: &str,
     what: &str,
     timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+    pred: impl Fn(&ServiceView) -> bool,
+) -> ServiceView {
     let what = format!("service {name} {what}");
     let path = format!("/v1/services/{name}");
     let get = |i: usize| {
         let request = cluster.api.get(path.clone()).on(i);
-        async move { request.json_answer::<serde_json::Value>().await.map(Some) }
+        async move { request.json_answer::<ServiceView>().await.map(Some) }
     };
     wait_for(cluster, &what, timeout, get, pred).await
 }
@@ -296,7 +307,7 @@ pub fn host_port(task: &Task, container_port: u16) -> Option<u16> {
 /// A plain HTTP client that never goes through a proxy and sends the
 /// cluster token.
 pub fn client() -> reqwest::Client {
-    super::client_with_token(TOKEN, Duration::from_secs(5))
+    super::cluster::client_with_token(TOKEN, Duration::from_secs(5))
 }
 
 /// Waits until `POST http://127.0.0.1:{port}/` echoes `body`.
