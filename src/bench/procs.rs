@@ -228,7 +228,7 @@ impl BenchCluster for GoatCluster {
             .args(&self.extra)
             .arg("--data-dir")
             .arg(&data)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("GOAT_BENCH_MANAGER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
