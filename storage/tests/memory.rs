@@ -101,16 +101,22 @@ fn print_state_memory_per_task() {
     // (as above) and in a scrambled order (random v4 ids, as the API makes).
     let inline_map = |scramble: bool| -> isize {
         let before = live();
-        let map: std::collections::BTreeMap<uuid::Uuid, goat_storage::model::Task> =
-            state.tasks.iter().map(|(id, t)| (scrambled(*id, scramble), (**t).clone())).collect();
+        // One insert at a time, as applying does (`collect` would bulk-build
+        // full nodes from the sorted ids).
+        let mut map = std::collections::BTreeMap::new();
+        for (id, t) in &state.tasks {
+            map.insert(scrambled(*id, scramble), (**t).clone());
+        }
         let used = live() - before;
         drop(map);
         used
     };
     let boxed_map = |scramble: bool| -> isize {
         let before = live();
-        let map: goat_storage::fsm::Tasks =
-            state.tasks.iter().map(|(id, t)| (scrambled(*id, scramble), t.clone())).collect();
+        let mut map = goat_storage::fsm::Tasks::new();
+        for (id, t) in &state.tasks {
+            map.insert(scrambled(*id, scramble), t.clone());
+        }
         let used = live() - before;
         drop(map);
         used
