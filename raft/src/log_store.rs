@@ -318,3 +318,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_storage::mem_engine::MemEngine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    async fn append(store: &mut LogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .append_then(indexes.map(entry).collect(), move |r| {
+                let _ = tx.send(r);
+            })
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    /// `purge` returns once the purge point is written; the rows go later.
+    /// Rows left at or below the purge point (a crash before their deletion)
+    /// never make the log look shorter than the purge point.
+    #[tokio::test]
+    async fn the_log_never_ends_below_its_purge_point() {
+        let log = RaftLog::new(Arc::new(MemEngine::new()));
+        let mut store = LogStore::new(log.clone());
+        append(&mut store, 1..=10).await;
+        store.purge(entry(4).log_id).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+        assert_eq!(store.try_get_log_entries(5..11).await.unwrap().len(), 6);
+
+        // A purge point past every row (a snapshot installed, then purged),
+        // with the rows not yet deleted.
+        log.mark_purged(encode(&entry(12).log_id)).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(12));
+    }
+}

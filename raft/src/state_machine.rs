@@ -437,4 +437,20 @@ mod tests {
         sm.apply([submit(11)]).await.unwrap();
         assert_eq!(sm.shared().read().state.tasks.len(), 11);
     }
+
+    /// The snapshot holds the state as it was when the builder was made,
+    /// whatever is applied before it is built (openraft spawns the build
+    /// beside the worker, which carries on applying).
+    #[tokio::test]
+    async fn a_snapshot_is_the_state_when_its_builder_was_made() {
+        let mut sm = StateMachine::open(StateStore::new(Arc::new(MemEngine::new()))).unwrap();
+        sm.apply((1..=10).map(submit)).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        sm.apply((11..=12).map(submit)).await.unwrap();
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(10));
+        let state: ClusterState = decode(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(state.tasks.len(), 10);
+        assert_eq!(sm.shared().read().state.tasks.len(), 12);
+    }
 }
