@@ -251,13 +251,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// What applying a batch gives back: each entry's result, the new applied
+/// position, the events it produced.
+type AppliedBatch = (Vec<CommandResult>, Option<LogId>, Vec<ClusterEvent>);
+
 impl StateMachine {
     /// Applies `entries` and persists what changed: the blocking part of
     /// [`RaftStateMachine::apply`].
-    fn apply_now(
-        &mut self,
-        entries: Vec<Entry>,
-    ) -> Result<(Vec<CommandResult>, Option<LogId>, Vec<ClusterEvent>), StorageError> {
+    fn apply_now(&mut self, entries: Vec<Entry>) -> Result<AppliedBatch, StorageError> {
         // The write lock covers the pure apply only; encoding and writing
         // what changed happen under a read lock, so heartbeats and the
         // leader's loops keep reading meanwhile (nothing else writes).
