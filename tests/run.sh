@@ -20,4 +20,17 @@ export GOAT_REUSE_IMAGES=1
 
 # Integration tests start several processes each; two at a time keeps this
 # 2-core machine responsive enough for sub-second Raft timeouts.
-cargo test --workspace --no-fail-fast -- --test-threads "${GOAT_TEST_THREADS:-2}"
+#
+# Every test cluster notes its managers' Raft term changes when it is dropped
+# (goat::testing's Cluster): the summary after the tests counts them, so an
+# unplanned election in a test that does not touch its leader shows up.
+export GOAT_TEST_TERM_LOG="${GOAT_TEST_TERM_LOG:-$(mktemp -t goat-terms.XXXXXX)}"
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads "${GOAT_TEST_THREADS:-2}" || status=$?
+if [ -s "$GOAT_TEST_TERM_LOG" ]; then
+  echo
+  echo "Raft term changes per test cluster, per manager (only clusters with some; a test that kills, cuts off, pauses or hands over its leader expects them):"
+  awk '{ n = 0; for (i = 2; i <= NF; i++) if ($i != "-") n += $i; if (n > 0) { print "  " $0; c++ } }
+       END { printf "%d test clusters, %d with term changes\n", NR, c }' "$GOAT_TEST_TERM_LOG"
+fi
+exit "$status"
