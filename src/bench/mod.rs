@@ -100,14 +100,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The 1-minute load average (`/proc/loadavg`), for the report.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// What one system measured.
 struct SystemResult {
     name: &'static str,
@@ -126,7 +118,7 @@ async fn raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let mut results = Vec::new();
-    let load_before = loadavg();
+    let load_before = stats::loadavg();
 
     eprintln!("goat: starting three managers");
     let mut goat = GoatCluster::start(&dir, args.size)?;
@@ -157,7 +149,7 @@ async fn raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
         "\nMachine: {} cores, load average (1 min) {} at the start, {} at the end.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_before,
-        loadavg()
+        stats::loadavg()
     );
     if let Some(planned) = &planned {
         raft_planned::report(&mut report, planned, 16);

@@ -124,10 +124,7 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
 
 /// The 1-minute load average (0 if unknown).
 fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    super::stats::loadavg().parse().unwrap_or(0.0)
 }
 
 /// The highest Raft term any manager reports.

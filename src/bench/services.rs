@@ -127,7 +127,7 @@ pub async fn services_bench(args: ServicesBenchArgs) -> anyhow::Result<()> {
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let load_before = super::loadavg();
+    let load_before = super::stats::loadavg();
 
     let mut results = Vec::new();
     if !args.no_raw {
@@ -177,7 +177,7 @@ pub async fn services_bench(args: ServicesBenchArgs) -> anyhow::Result<()> {
             eprintln!("{}: error: {e}", r.name);
         }
     }
-    let report = report(&results, &args, &load_before, &super::loadavg());
+    let report = report(&results, &args, &load_before, &super::stats::loadavg());
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;

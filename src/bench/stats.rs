@@ -13,3 +13,12 @@ pub fn median(values: &[Duration]) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
+
+/// The 1-minute load average (`/proc/loadavg`) as written there, "?" if
+/// unknown: every report states the load it was measured under.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
