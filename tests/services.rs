@@ -338,10 +338,14 @@ async fn a_leader_killed_in_the_middle_of_an_update_leaves_it_to_the_next_one() 
     apply(&cluster, &service_spec(&name, replicas as u32, json!({"ECHO_VERSION": "1"}), update.clone())).await;
     wait_service(&cluster, &name, "6 healthy", CONVERGE, |s| healthy_of(s, 1) == replicas).await;
 
-    assert_eq!(apply(&cluster, &service_spec(&name, 6, json!({"ECHO_VERSION": "2"}), update)).await["current"], 2);
+    assert_eq!(apply(&cluster, &service_spec(&name, 6, json!({"ECHO_VERSION": "2"}), update)).await.current, 2);
     let during = wait_service(&cluster, &name, "under way", CONVERGE, |s| {
-        assert_ne!(deployment_state(s), "succeeded", "the update ended before the leader could be killed: {s:#}");
-        deployment_state(s) == "running" && healthy_of(s, 2) >= 1
+        assert_ne!(
+            deployment_state(s),
+            Some(DeploymentState::Succeeded),
+            "the update ended before the leader could be killed: {s:#?}"
+        );
+        deployment_state(s) == Some(DeploymentState::Running) && healthy_of(s, 2) >= 1
     })
     .await;
     let leader = cluster.wait_leader(CONVERGE).await;
@@ -351,13 +355,21 @@ async fn a_leader_killed_in_the_middle_of_an_update_leaves_it_to_the_next_one() 
     // The next leader finishes it: every copy on version 2.
     let done = Instant::now() + CONVERGE;
     loop {
-        let s = get(&cluster, &format!("/v1/services/{name}")).await.unwrap_or(Value::Null);
-        if deployment_state(&s) == "succeeded" && healthy_of(&s, 2) == replicas {
-            assert_eq!(s["current"], 2, "{s:#}");
+        let Some(s) = get::<ServiceView>(&cluster, &format!("/v1/services/{name}")).await else {
+            assert!(Instant::now() < done, "no manager answered for the service");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if deployment_state(&s) == Some(DeploymentState::Succeeded) && healthy_of(&s, 2) == replicas {
+            assert_eq!(s.current, 2, "{s:#?}");
             break;
         }
-        assert!(deployment_state(&s) != "failed", "the update failed after the leader was lost: {s:#}");
-        assert!(Instant::now() < done, "the update did not finish under the next leader: {s:#}");
+        assert_ne!(
+            deployment_state(&s),
+            Some(DeploymentState::Failed),
+            "the update failed after the leader was lost: {s:#?}"
+        );
+        assert!(Instant::now() < done, "the update did not finish under the next leader: {s:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

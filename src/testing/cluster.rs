@@ -246,6 +246,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.note_term_changes();
         for m in &mut self.managers {
             if let Some(mut child) = m.child.take() {
                 let _ = child.kill();
@@ -253,6 +254,56 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Raft term changes, counted for a whole test run (issue 13: "zero
+/// unexpected term changes in a full CI run"). Before the managers are
+/// killed, each running one's `goat_raft_term_changes_total` (terms it saw
+/// start after its first, see `goat::metrics::follow`) is printed with the
+/// test's name, and appended to the file `GOAT_TEST_TERM_LOG` names, if set:
+/// one line per cluster, `<test> <changes of manager 1> <of 2> ...` (`-` for
+/// one not running or not answering). A test that kills or replaces its
+/// leader expects some; any other non-zero line is an unplanned election.
+impl Cluster {
+    fn note_term_changes(&self) {
+        if self.scheme != "http" {
+            return; // A TLS cluster: not worth a TLS client here.
+        }
+        let changes: Vec<String> = self
+            .managers
+            .iter()
+            .map(|m| match m.child.is_some().then(|| term_changes(&m.addr)).flatten() {
+                Some(n) => n.to_string(),
+                None => "-".into(),
+            })
+            .collect();
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!("{test} {}", changes.join(" "));
+        eprintln!("raft term changes (per manager): {line}");
+        if let Some(path) = std::env::var_os("GOAT_TEST_TERM_LOG") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
+/// A manager's `goat_raft_term_changes_total`, over plain HTTP/1.0 (a drop
+/// can be outside any runtime, so no async client).
+fn term_changes(addr: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET /v1/metrics HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("goat_raft_term_changes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// The cluster's directory (data of each manager, TLS files).
