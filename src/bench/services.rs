@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
 use super::tasks::{
     docker_cli, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running, wait_service_containers_gone,
-    TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
+    SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -395,68 +395,8 @@ async fn delete(
 
 // --------------------------------------------------------------------- swarm
 
-/// Removes the benchmark's services and leaves a swarm this run made,
-/// whatever happened (also on drop).
-struct SwarmGuard {
-    leave: bool,
-    done: bool,
-}
-
-impl SwarmGuard {
-    fn cleanup_blocking(&mut self) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let run = |args: &[&str]| {
-            let _ = std::process::Command::new("docker")
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        };
-        run(&["service", "rm", SWARM_SERVICE, SWARM_UPDATE_SERVICE]);
-        if self.leave {
-            run(&["swarm", "leave", "--force"]);
-        }
-    }
-
-    async fn cleanup(mut self) -> anyhow::Result<()> {
-        self.done = true;
-        let _ = docker_cli(&["service", "rm", SWARM_SERVICE, SWARM_UPDATE_SERVICE]).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut result = Ok(());
-        for service in [SWARM_SERVICE, SWARM_UPDATE_SERVICE] {
-            if let Err(e) = wait_service_containers_gone(service, deadline).await {
-                result = Err(e);
-            }
-        }
-        if self.leave {
-            docker_cli(&["swarm", "leave", "--force"]).await?;
-        }
-        result
-    }
-}
-
-impl Drop for SwarmGuard {
-    fn drop(&mut self) {
-        self.cleanup_blocking();
-    }
-}
-
 async fn swarm_bench(args: &ServicesBenchArgs, figures: &mut Figures) -> anyhow::Result<()> {
-    let state = docker_cli(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).await?;
-    let leave = match state.trim() {
-        "inactive" => {
-            docker_cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).await?;
-            true
-        }
-        "active" => {
-            eprintln!("swarm: this engine is already in a swarm: using it, not leaving it");
-            false
-        }
-        other => bail!("the engine's swarm state is {other:?}: neither inactive nor active"),
-    };
-    let guard = SwarmGuard { leave, done: false };
+    let guard = SwarmGuard::join([SWARM_SERVICE, SWARM_UPDATE_SERVICE]).await?;
     let measured = swarm_measure(args, figures).await;
     let cleaned = guard.cleanup().await;
     measured.and(cleaned)

@@ -724,19 +724,38 @@ pub(super) async fn docker_cli(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).to_string())
 }
 
-/// Removes the benchmark's services, and leaves the swarm if this run made
-/// it, whatever happened before (also on drop, if the run was cut short).
-struct SwarmGuard {
+/// A swarm for a benchmark: joined (`docker swarm init`) unless the engine
+/// already is in one; on the way out it removes the benchmark's services and
+/// leaves a swarm it made, whatever happened before (also on drop, if the
+/// run was cut short). Used by `goat-bench tasks` and `goat-bench services`.
+pub(super) struct SwarmGuard {
     leave: bool,
     done: bool,
+    services: [&'static str; 2],
 }
 
 impl SwarmGuard {
+    /// Joins a swarm for a benchmark whose Swarm services are `services`.
+    pub(super) async fn join(services: [&'static str; 2]) -> anyhow::Result<SwarmGuard> {
+        let state = docker_cli(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).await?;
+        let leave = match state.trim() {
+            "inactive" => {
+                docker_cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).await?;
+                true
+            }
+            "active" => {
+                eprintln!("swarm: this engine is already in a swarm: using it, not leaving it");
+                false
+            }
+            other => bail!("the engine's swarm state is {other:?}: neither inactive nor active"),
+        };
+        Ok(SwarmGuard { leave, done: false, services })
+    }
+
     fn cleanup_blocking(&mut self) {
-        if self.done {
+        if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.done = true;
         let run = |args: &[&str]| {
             let _ = std::process::Command::new("docker")
                 .args(args)
@@ -744,19 +763,22 @@ impl SwarmGuard {
                 .stderr(std::process::Stdio::null())
                 .status();
         };
-        run(&["service", "rm", SWARM_SERVICE, SWARM_CRASH_SERVICE]);
+        let [a, b] = self.services;
+        run(&["service", "rm", a, b]);
         if self.leave {
             run(&["swarm", "leave", "--force"]);
         }
     }
 
-    async fn cleanup(mut self) -> anyhow::Result<()> {
+    /// Removes the services, waits for their containers to go (before
+    /// leaving the swarm), then leaves a swarm this run made.
+    pub(super) async fn cleanup(mut self) -> anyhow::Result<()> {
         self.done = true;
-        let _ = docker_cli(&["service", "rm", SWARM_SERVICE, SWARM_CRASH_SERVICE]).await;
-        // Wait for the tasks' containers to go before leaving the swarm.
+        let [a, b] = self.services;
+        let _ = docker_cli(&["service", "rm", a, b]).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut result = Ok(());
-        for service in [SWARM_SERVICE, SWARM_CRASH_SERVICE] {
+        for service in self.services {
             if let Err(e) = wait_service_containers_gone(service, deadline).await {
                 result = Err(e);
             }
@@ -789,19 +811,7 @@ pub(super) async fn wait_service_containers_gone(service: &str, deadline: Instan
 }
 
 async fn swarm_bench(http: &reqwest::Client, args: &TasksBenchArgs, result: &mut SystemResult) -> anyhow::Result<()> {
-    let state = docker_cli(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).await?;
-    let leave = match state.trim() {
-        "inactive" => {
-            docker_cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).await?;
-            true
-        }
-        "active" => {
-            eprintln!("swarm: this engine is already in a swarm: using it, not leaving it");
-            false
-        }
-        other => bail!("the engine's swarm state is {other:?}: neither inactive nor active"),
-    };
-    let guard = SwarmGuard { leave, done: false };
+    let guard = SwarmGuard::join([SWARM_SERVICE, SWARM_CRASH_SERVICE]).await?;
     let measured = swarm_measure(http, args, result).await;
     let cleaned = guard.cleanup().await;
     measured.and(cleaned)
