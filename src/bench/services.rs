@@ -39,8 +39,8 @@ use serde_json::{json, Value};
 
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
 use super::tasks::{
-    docker_cli, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running, wait_service_containers_gone,
-    SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
+    docker_cli, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running, swarm_running_tasks,
+    wait_service_containers_gone, SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -492,21 +492,7 @@ async fn swarm_measure(args: &ServicesBenchArgs, figures: &mut Figures) -> anyho
 
 /// Running tasks of `service` whose image is `image`.
 async fn swarm_running_image(service: &str, image: &str) -> anyhow::Result<usize> {
-    let out = docker_cli(&[
-        "service",
-        "ps",
-        service,
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.Image}} {{.CurrentState}}",
-    ])
-    .await?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(i, state)| i.starts_with(image) && state.starts_with("Running"))
-        .count())
+    Ok(swarm_running_tasks(service).await?.iter().filter(|(_, i)| i.starts_with(image)).count())
 }
 
 // -------------------------------------------------------------------- report

@@ -863,8 +863,8 @@ async fn swarm_measure(http: &reqwest::Client, args: &TasksBenchArgs, result: &m
     Ok(())
 }
 
-/// Ids of the service's tasks that are running now.
-pub(super) async fn swarm_running(service: &str) -> anyhow::Result<Vec<String>> {
+/// The service's tasks that are running now, as (task id, image).
+pub(super) async fn swarm_running_tasks(service: &str) -> anyhow::Result<Vec<(String, String)>> {
     let out = docker_cli(&[
         "service",
         "ps",
@@ -872,15 +872,22 @@ pub(super) async fn swarm_running(service: &str) -> anyhow::Result<Vec<String>> 
         "--filter",
         "desired-state=running",
         "--format",
-        "{{.ID}} {{.CurrentState}}",
+        "{{.ID}} {{.Image}} {{.CurrentState}}",
     ])
     .await?;
     Ok(out
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, state)| state.starts_with("Running"))
-        .map(|(id, _)| id.to_string())
+        .filter_map(|l| {
+            let mut fields = l.splitn(3, ' ');
+            let (id, image, state) = (fields.next()?, fields.next()?, fields.next()?);
+            state.starts_with("Running").then(|| (id.to_string(), image.to_string()))
+        })
         .collect())
+}
+
+/// Ids of the service's tasks that are running now.
+pub(super) async fn swarm_running(service: &str) -> anyhow::Result<Vec<String>> {
+    Ok(swarm_running_tasks(service).await?.into_iter().map(|(id, _)| id).collect())
 }
 
 /// One replica with a published port through the routing mesh; crash it and
