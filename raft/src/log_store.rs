@@ -238,6 +238,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some((_, bytes)) => Some(decode::<Entry>(&bytes).map_err(|e| logs_err(ErrorVerb::Read, e))?.log_id),
                 None => last_purged_log_id,
             };
+            // Rows at or below the purge point may be left over (their
+            // deletion runs after the purge point is written, see `purge`):
+            // the log then ends at the purge point.
+            let last_log_id = last_log_id.max(last_purged_log_id);
             Ok(LogState { last_purged_log_id, last_log_id })
         })
         .await
@@ -293,8 +297,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.tail().retain(|index| index > log_id.index);
+        if self.inline {
+            return self.log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e));
+        }
+        // openraft's core awaits this before it does anything else: no
+        // heartbeat, no append, no vote meanwhile. Deleting the ~10,000
+        // entries a snapshot leaves behind (each read back from sled first,
+        // up to 128 KiB apiece) took seconds under load, on every manager
+        // at once since they all snapshot at the same index: followers then
+        // started elections. So only the purge point is written here (a
+        // buffered write, like `save_committed`); the rows go on the
+        // blocking pool, unawaited (see `RaftLog::mark_purged`).
+        self.log.mark_purged(encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e))?;
         let log = self.log.clone();
-        self.blocking(move || log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e)))
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = log.delete_purged(log_id.index) {
+                tracing::warn!(error = %e, upto = log_id.index, "deleting purged log entries failed (they are never read)");
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use goat_storage::mem_engine::MemEngine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    async fn append(store: &mut LogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .append_then(indexes.map(entry).collect(), move |r| {
+                let _ = tx.send(r);
+            })
             .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    /// `purge` returns once the purge point is written; the rows go later.
+    /// Rows left at or below the purge point (a crash before their deletion)
+    /// never make the log look shorter than the purge point.
+    #[tokio::test]
+    async fn the_log_never_ends_below_its_purge_point() {
+        let log = RaftLog::new(Arc::new(MemEngine::new()));
+        let mut store = LogStore::new(log.clone());
+        append(&mut store, 1..=10).await;
+        store.purge(entry(4).log_id).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
+        assert_eq!(store.try_get_log_entries(5..11).await.unwrap().len(), 6);
+
+        // A purge point past every row (a snapshot installed, then purged),
+        // with the rows not yet deleted.
+        log.mark_purged(encode(&entry(12).log_id)).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(12));
     }
 }

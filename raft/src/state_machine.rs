@@ -179,12 +179,44 @@ impl StateMachine {
     }
 }
 
-/// Builds snapshots from a consistent copy of the shared state.
+/// Saves a snapshot of the state as it was when the builder was made.
+///
+/// The state is encoded in [`RaftStateMachine::get_snapshot_builder`], which
+/// openraft awaits on the state-machine worker before it applies anything
+/// else, and on the blocking pool: under a read lock that no writer waits
+/// for (the worker is the only writer, and it is waiting for the encode), so
+/// API readers carry on, and no thread of the Raft runtime is held. Encoding
+/// here, in `build_snapshot`, which openraft spawns beside the worker, held
+/// the read lock on a runtime thread while `apply` blocked the other one
+/// waiting for the write lock: with 100,000 tasks both threads of the Raft
+/// runtime stopped for seconds, on every manager at once (they all snapshot
+/// at the same log index), and followers started elections.
 pub struct SnapshotBuilder {
     store: StateStore,
-    shared: SharedState,
+    encoded: Option<Encoded>,
     seq: u64,
     inline: bool,
+}
+
+/// The state, encoded, and where it stands.
+struct Encoded {
+    data: Vec<u8>,
+    last_log_id: Option<LogId>,
+    last_membership: Membership,
+}
+
+/// Runs `f`, which blocks (takes the state's lock, writes sled), without
+/// holding a worker thread of the Raft runtime: through `block_in_place`,
+/// which hands the thread's other tasks (the Raft core, replication, Goat's
+/// timer) to another thread meanwhile. At once when `inline` (the
+/// simulation's single thread) or outside a multi-threaded runtime (tests).
+fn blocking_section<T>(inline: bool, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if inline || !multi_thread {
+        return f();
+    }
+    tokio::task::block_in_place(f)
 }
 
 /// Runs `f` on the blocking pool, or at once when `inline`.
@@ -203,10 +235,8 @@ async fn off_task<T: Send + 'static>(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Serialize under the read lock: one consistent view, no deep clone.
-        let (data, last_log_id, last_membership) = {
-            let applied = self.shared.read();
-            (encode(&applied.state), applied.last_applied, applied.membership.clone())
+        let Some(Encoded { data, last_log_id, last_membership }) = self.encoded.take() else {
+            return Err(snapshot_err(ErrorVerb::Read, std::io::Error::other("snapshot builder used twice")));
         };
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
@@ -221,19 +251,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
+/// What applying a batch gives back: each entry's result, the new applied
+/// position, the events it produced.
+type AppliedBatch = (Vec<CommandResult>, Option<LogId>, Vec<ClusterEvent>);
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
-        let applied = self.shared.read();
-        Ok((applied.last_applied, applied.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
+impl StateMachine {
+    /// Applies `entries` and persists what changed: the blocking part of
+    /// [`RaftStateMachine::apply`].
+    fn apply_now(&mut self, entries: Vec<Entry>) -> Result<AppliedBatch, StorageError> {
         // The write lock covers the pure apply only; encoding and writing
         // what changed happen under a read lock, so heartbeats and the
         // leader's loops keep reading meanwhile (nothing else writes).
@@ -266,7 +291,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let events = first_event.map(|from| events_of(&applied.state, &dirty, from)).unwrap_or_default();
         self.store.save_changes(&applied.state, dirty, encode(&position)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         drop(applied);
-        self.shared.announce_applied(position.0);
+        Ok((results, position.0, events))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        let applied = self.shared.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Waiting for the write lock (a reader may hold it: a placement
+        // round's look, a long API read) and sled's writes must not hold a
+        // thread of the Raft runtime (see `blocking_section`).
+        let (results, position, events) = blocking_section(self.inline, || self.apply_now(entries))?;
+        self.shared.announce_applied(position);
         if !events.is_empty() {
             // No follower is not an error.
             let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
@@ -276,12 +323,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshots_built += 1;
-        SnapshotBuilder {
-            store: self.store.clone(),
-            shared: self.shared.clone(),
-            seq: self.snapshots_built,
-            inline: self.inline,
-        }
+        // See `SnapshotBuilder`: encode now, off the runtime's threads, while
+        // nothing is applied.
+        let shared = self.shared.clone();
+        let encode_state = move || {
+            let applied = shared.read();
+            Encoded {
+                data: encode(&applied.state),
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+            }
+        };
+        let encoded = if self.inline {
+            Some(encode_state())
+        } else {
+            // A failed encode (a panic) leaves the builder empty and its
+            // build an error; openraft tries again later.
+            tokio::task::spawn_blocking(encode_state).await.ok()
+        };
+        SnapshotBuilder { store: self.store.clone(), encoded, seq: self.snapshots_built, inline: self.inline }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -294,7 +354,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: ClusterState = decode(&data).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        let state: ClusterState =
+            blocking_section(self.inline, || decode(&data)).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         let position: AppliedPosition = (meta.last_log_id, meta.last_membership.clone());
         let stored = StoredSnapshot { meta: encode(meta), data };
         let store = self.store.clone();
@@ -303,12 +364,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(state)
         })
         .await?;
-        let mut applied = self.shared.write();
-        applied.state = state;
-        applied.state.take_dirty();
-        applied.last_applied = meta.last_log_id;
-        applied.membership = meta.last_membership.clone();
-        drop(applied);
+        // The old state is dropped outside the lock (freeing 100,000 tasks
+        // takes a while), and the wait for the lock off the runtime's
+        // threads (see `blocking_section`).
+        blocking_section(self.inline, || {
+            let old = {
+                let mut applied = self.shared.write();
+                let old = std::mem::replace(&mut applied.state, state);
+                applied.state.take_dirty();
+                applied.last_applied = meta.last_log_id;
+                applied.membership = meta.last_membership.clone();
+                old
+            };
+            drop(old);
+        });
         self.shared.announce_applied(meta.last_log_id);
         let _ = self.shared.feed.send(Feed::Reset);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
@@ -316,7 +385,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(stored) = self.store.snapshot().map_err(|e| snapshot_err(ErrorVerb::Read, e))? else {
+        // A read of the whole snapshot (megabytes): on the blocking pool.
+        let store = self.store.clone();
+        let Some(stored) = off_task(self.inline, move || store.snapshot()).await? else {
             return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, BasicNode> =
@@ -366,5 +437,21 @@ mod tests {
         // It carries on applying from there.
         sm.apply([submit(11)]).await.unwrap();
         assert_eq!(sm.shared().read().state.tasks.len(), 11);
+    }
+
+    /// The snapshot holds the state as it was when the builder was made,
+    /// whatever is applied before it is built (openraft spawns the build
+    /// beside the worker, which carries on applying).
+    #[tokio::test]
+    async fn a_snapshot_is_the_state_when_its_builder_was_made() {
+        let mut sm = StateMachine::open(StateStore::new(Arc::new(MemEngine::new()))).unwrap();
+        sm.apply((1..=10).map(submit)).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        sm.apply((11..=12).map(submit)).await.unwrap();
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(10));
+        let state: ClusterState = decode(snapshot.snapshot.get_ref()).unwrap();
+        assert_eq!(state.tasks.len(), 10);
+        assert_eq!(sm.shared().read().state.tasks.len(), 12);
     }
 }

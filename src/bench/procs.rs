@@ -228,8 +228,12 @@ impl BenchCluster for GoatCluster {
         }
         .argv();
         let log = self.dir.join(format!("m{}.log", member + 1));
-        let child =
-            crate::launch::command(&goat_binary()?, &argv, &log, "warn")?.spawn().context("starting goat manager")?;
+        // GOAT_BENCH_MANAGER_LOG tunes the managers' logs (e.g. to keep
+        // "Raft timer woke late" warnings with `--keep`).
+        let rust_log = std::env::var("GOAT_BENCH_MANAGER_LOG").unwrap_or_else(|_| "warn".into());
+        let child = crate::launch::command(&goat_binary()?, &argv, &log, &rust_log)?
+            .spawn()
+            .context("starting goat manager")?;
         self.children[member] = Some(child);
         Ok(())
     }

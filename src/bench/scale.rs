@@ -40,6 +40,10 @@ pub struct SchedulerBenchArgs {
     /// Also write the report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Keep the managers' data and logs of every round (printed), not only
+    /// of a failed one; set `GOAT_BENCH_MANAGER_LOG` for their log filter.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 struct Round {
@@ -52,6 +56,9 @@ struct Round {
     rss_mib: Vec<f64>,
     /// Raft terms started during the round (0 = the same leader throughout).
     elections: u64,
+    /// Each manager's longest Raft timer lateness (ms): how long its Raft
+    /// runtime was stalled at worst (`goat_raft_timer_max_lateness_ms`).
+    stall_ms: Vec<u64>,
     /// The 1-minute load average before and after the round.
     load: (f64, f64),
     /// Unchanged heartbeats with every report and the list back (before).
@@ -75,7 +82,13 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
         let cluster = GoatCluster::start_with(temp.path(), 0, &["--node-down-after", "1h"])?;
         let load_before = load_average();
         let round = match measure(&cluster, &http, nodes, &args).await {
-            Ok(round) => Round { load: (load_before, load_average()), ..round },
+            Ok(round) => {
+                if args.keep {
+                    drop(cluster);
+                    eprintln!("{nodes} nodes: managers' data and logs kept in {}", temp.keep().display());
+                }
+                Round { load: (load_before, load_average()), ..round }
+            }
             Err(e) => {
                 drop(cluster);
                 let kept = temp.keep();
@@ -84,13 +97,14 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
         };
         eprintln!(
             "{nodes} nodes: {} tasks placed in {:?} ({:.0}/s); acknowledged in {:?}; managers' RSS {:?} MiB; \
-             {} election(s); load {:.1} -> {:.1}",
+             {} election(s); longest Raft runtime stall {:?} ms; load {:.1} -> {:.1}",
             round.tasks,
             round.place,
             round.tasks as f64 / round.place.as_secs_f64(),
             round.ack,
             round.rss_mib,
             round.elections,
+            round.stall_ms,
             round.load.0,
             round.load.1
         );
@@ -125,6 +139,24 @@ async fn highest_term(http: &reqwest::Client, cluster: &GoatCluster) -> u64 {
         }
     }
     highest
+}
+
+/// Each manager's `goat_raft_timer_max_lateness_ms` (0 if unreadable).
+async fn timer_stalls(http: &reqwest::Client, cluster: &GoatCluster) -> Vec<u64> {
+    let mut stalls = Vec::new();
+    for addr in cluster.addrs() {
+        let text = match http.get(format!("http://{addr}/v1/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("goat_raft_timer_max_lateness_ms "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        stalls.push(value as u64);
+    }
+    stalls
 }
 
 /// Heartbeats that failed and were sent again (all rounds).
@@ -310,7 +342,21 @@ async fn measure(
 
     let rss_mib = cluster.pids().into_iter().flatten().map(rss_mib).collect();
     let elections = highest_term(http, cluster).await.saturating_sub(term_before);
-    Ok(Round { nodes, tasks: args.tasks, submit, flip, place, ack, rss_mib, elections, load: (0.0, 0.0), full, delta })
+    let stall_ms = timer_stalls(http, cluster).await;
+    Ok(Round {
+        nodes,
+        tasks: args.tasks,
+        submit,
+        flip,
+        place,
+        ack,
+        rss_mib,
+        elections,
+        stall_ms,
+        load: (0.0, 0.0),
+        full,
+        delta,
+    })
 }
 
 /// Rounds of unchanged heartbeats from every node, per measurement.
@@ -364,14 +410,15 @@ fn report(rounds: &[Round]) -> String {
     let _ = writeln!(out, "### Placement with simulated nodes (three managers on loopback)\n");
     let _ = writeln!(
         out,
-        "| nodes | tasks | submit (tasks/s) | nodes turned healthy in | all placed after | placements/s | all acknowledged running after | managers' RSS (MiB) | elections | load avg before → after |"
+        "| nodes | tasks | submit (tasks/s) | nodes turned healthy in | all placed after | placements/s | all acknowledged running after | managers' RSS (MiB) | elections | longest Raft stall (ms) | load avg before → after |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|");
     for r in rounds {
         let rss: Vec<String> = r.rss_mib.iter().map(|m| format!("{m:.0}")).collect();
+        let stalls: Vec<String> = r.stall_ms.iter().map(|m| m.to_string()).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.0} | {:.2} s | {} | {} | {:.1} → {:.1} |",
+            "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.0} | {:.2} s | {} | {} | {} | {:.1} → {:.1} |",
             r.nodes,
             r.tasks,
             r.tasks as f64 / r.submit.as_secs_f64(),
@@ -381,6 +428,7 @@ fn report(rounds: &[Round]) -> String {
             r.ack.as_secs_f64(),
             rss.join(", "),
             r.elections,
+            stalls.join(", "),
             r.load.0,
             r.load.1
         );

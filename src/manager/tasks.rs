@@ -34,7 +34,7 @@ pub const NEXT_HEADER: &str = "x-goat-next";
 /// One page of tasks in id order: up to `limit` tasks after `after` (in
 /// `state`, if given), and the cursor of the next page if there are more.
 pub fn task_page(
-    tasks: &std::collections::BTreeMap<Uuid, Task>,
+    tasks: &goat_storage::fsm::Tasks,
     after: Option<Uuid>,
     state: Option<TaskState>,
     limit: usize,
@@ -42,7 +42,7 @@ pub fn task_page(
     use std::ops::Bound::{Excluded, Unbounded};
     let from = after.map_or(Unbounded, Excluded);
     let mut page = Vec::new();
-    for task in tasks.range((from, Unbounded)).map(|(_, t)| t).filter(|t| state.is_none_or(|s| t.state == s)) {
+    for task in tasks.range((from, Unbounded)).map(|(_, t)| &**t).filter(|t| state.is_none_or(|s| t.state == s)) {
         if page.len() == limit {
             let next = page.last().map(|t: &&Task| t.id);
             return (page, next);

@@ -46,7 +46,7 @@ impl Backup {
             version: VERSION,
             last_applied,
             taken_at,
-            tasks: state.tasks.values().cloned().collect(),
+            tasks: state.tasks.values().map(|t| (**t).clone()).collect(),
             nodes: state.nodes.values().cloned().collect(),
         }
     }

@@ -191,8 +191,8 @@ impl std::fmt::Display for Refusal {
 type Applied = Result<CommandResult, Refusal>;
 
 /// The task `task_id`, or a `NotFound` refusal.
-fn task_mut(tasks: &mut BTreeMap<TaskId, Task>, task_id: TaskId) -> Result<&mut Task, Refusal> {
-    tasks.get_mut(&task_id).ok_or_else(|| Refusal::not_found(format!("no task {task_id}")))
+fn task_mut(tasks: &mut Tasks, task_id: TaskId) -> Result<&mut Task, Refusal> {
+    tasks.get_mut(&task_id).map(|t| &mut **t).ok_or_else(|| Refusal::not_found(format!("no task {task_id}")))
 }
 
 /// The cluster's tasks and nodes: the state every manager converges on.
@@ -203,7 +203,7 @@ fn task_mut(tasks: &mut BTreeMap<TaskId, Task>, task_id: TaskId) -> Result<&mut 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "StoredState")]
 pub struct ClusterState {
-    pub tasks: BTreeMap<TaskId, Task>,
+    pub tasks: Tasks,
     pub nodes: BTreeMap<String, Node>,
     /// API tokens by id (hashes only). A restore leaves them as they are.
     pub tokens: BTreeMap<String, ApiToken>,
@@ -225,10 +225,20 @@ pub struct ClusterState {
     entry_leader: Option<(u64, u64)>,
 }
 
+/// The tasks by id, each in a box of its own.
+///
+/// A `Task` is over 500 bytes, and a B-tree keeps its values inline in
+/// nodes of 11 slots that are on average a third empty (half empty when
+/// the keys come in order): boxed, the empty slots cost 8 bytes each
+/// instead of a whole task (`cargo test -p goat-storage --release --test
+/// memory -- --ignored --nocapture`, docs/benchmarks.md). A `Box` is
+/// encoded as what it holds: the stored and replicated bytes are the same.
+pub type Tasks = BTreeMap<TaskId, Box<Task>>;
+
 /// The serialized form of `ClusterState`: its data without the indexes.
 #[derive(Deserialize)]
 struct StoredState {
-    tasks: BTreeMap<TaskId, Task>,
+    tasks: Tasks,
     nodes: BTreeMap<String, Node>,
     tokens: BTreeMap<String, ApiToken>,
     services: BTreeMap<String, Service>,
@@ -364,7 +374,7 @@ impl Command {
 
 impl ClusterState {
     /// A state from its data, with its indexes built.
-    pub fn from_parts(tasks: BTreeMap<TaskId, Task>, nodes: BTreeMap<String, Node>) -> ClusterState {
+    pub fn from_parts(tasks: Tasks, nodes: BTreeMap<String, Node>) -> ClusterState {
         let mut index = Index::default();
         for (id, task) in &tasks {
             index.add(*id, IndexKey::of(task));
@@ -408,7 +418,7 @@ impl ClusterState {
     /// Re-indexes task `id` after a change (`before`: its index key then):
     /// `apply`'s own bookkeeping and commands that touch several tasks.
     fn reindex(&mut self, id: TaskId, before: Option<IndexKey>) {
-        let after = self.tasks.get(&id).map(IndexKey::of);
+        let after = self.tasks.get(&id).map(|t| IndexKey::of(t));
         if before != after {
             if let Some(key) = &before {
                 self.index.remove(id, key);
@@ -421,7 +431,7 @@ impl ClusterState {
 
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         let touched = command.task_id();
-        let before = touched.and_then(|id| self.tasks.get(&id).map(IndexKey::of));
+        let before = touched.and_then(|id| self.tasks.get(&id).map(|t| IndexKey::of(t)));
         let result = self.apply_one(command);
         if let Some(id) = touched {
             self.reindex(id, before);
@@ -442,7 +452,7 @@ impl ClusterState {
             Some(key) => Excluded(key),
             None => Unbounded,
         };
-        self.index.pending.range((from, Unbounded)).filter_map(|(_, id)| self.tasks.get(id))
+        self.index.pending.range((from, Unbounded)).filter_map(|(_, id)| self.tasks.get(id).map(|t| &**t))
     }
 
     fn apply_one(&mut self, command: &Command) -> CommandResult {
@@ -560,7 +570,7 @@ impl ClusterState {
     /// Replaces the whole state; every key before and after is dirty, so the
     /// store deletes what the backup does not hold.
     fn restore(&mut self, tasks: &[Task], nodes: &[Node]) -> Applied {
-        let new_tasks: BTreeMap<TaskId, Task> = tasks.iter().map(|t| (t.id, t.clone())).collect();
+        let new_tasks: Tasks = tasks.iter().map(|t| (t.id, Box::new(t.clone()))).collect();
         let new_nodes: BTreeMap<String, Node> = nodes.iter().map(|n| (n.name.clone(), n.clone())).collect();
         if new_tasks.len() != tasks.len() || new_nodes.len() != nodes.len() {
             return Err(Refusal::invalid("the backup lists a task id or a node name twice"));
@@ -630,7 +640,7 @@ impl ClusterState {
     /// Non-terminal tasks placed on `node` (from the index: costs what the
     /// node holds, not the size of the store).
     pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.index.by_node.get(node).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.index.by_node.get(node).into_iter().flatten().filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     fn submit(&mut self, task_id: TaskId, spec: &TaskSpec, at: Timestamp) -> Applied {
@@ -638,7 +648,7 @@ impl ClusterState {
         // stored task: forwarding may resend a command whose answer was lost.
         if let Some(existing) = self.tasks.get(&task_id) {
             if existing.spec == *spec {
-                return Ok(CommandResult::Task(Box::new(existing.clone())));
+                return Ok(CommandResult::Task(existing.clone()));
             }
             return Err(Refusal::conflict(format!("task {task_id} already exists")));
         }
@@ -668,7 +678,7 @@ impl ClusterState {
                 reason: Some("submitted".into()),
             }],
         };
-        self.tasks.insert(task_id, task.clone());
+        self.tasks.insert(task_id, Box::new(task.clone()));
         self.dirty.tasks.insert(task_id);
         Ok(CommandResult::Task(Box::new(task)))
     }
@@ -779,7 +789,7 @@ impl ClusterState {
 
     /// Failed tasks that still want to run, for the rescheduler.
     pub fn failed_tasks(&self) -> impl Iterator<Item = &Task> + '_ {
-        self.index.failed.iter().filter_map(|id| self.tasks.get(id))
+        self.index.failed.iter().filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     fn set_pending_reason(&mut self, task_id: TaskId, reason: &Option<String>, at: Timestamp) -> Applied {
@@ -1484,7 +1494,7 @@ mod tests {
         assert_eq!(kind_of(&mut s, old), RefusalKind::Stale);
         let stale = Command::ReportTask { node: "w2".into(), report: report(id, 1, ObservedState::Running), at: 4 };
         assert_eq!(kind_of(&mut s, stale), RefusalKind::Stale);
-        let task = s.tasks[&id].clone();
+        let task = (*s.tasks[&id]).clone();
         let twice = Command::Restore { tasks: vec![task.clone(), task], nodes: vec![] };
         assert_eq!(kind_of(&mut s, twice), RefusalKind::Invalid);
     }

@@ -103,7 +103,22 @@ impl RaftLog {
     /// The purge point goes first: after a crash in between, the leftover
     /// entries lie below it and are never read.
     pub fn purge(&self, upto: u64, purged_log_id: Vec<u8>) -> Result<()> {
-        self.engine.write(Tree::Meta, vec![(LAST_PURGED.to_vec(), Some(purged_log_id))])?;
+        self.mark_purged(purged_log_id)?;
+        self.delete_purged(upto)
+    }
+
+    /// The first half of [`RaftLog::purge`]: records the purge point (a
+    /// buffered write). From then on the entries up to it are never read,
+    /// so the caller may leave their deletion ([`RaftLog::delete_purged`])
+    /// to another thread: no append or truncation touches those indexes
+    /// again, and a crash before it ends leaves only unread rows.
+    pub fn mark_purged(&self, purged_log_id: Vec<u8>) -> Result<()> {
+        self.engine.write(Tree::Meta, vec![(LAST_PURGED.to_vec(), Some(purged_log_id))])
+    }
+
+    /// The second half of [`RaftLog::purge`]: deletes the entries up to
+    /// `upto` inclusive (thousands of rows: it takes a while).
+    pub fn delete_purged(&self, upto: u64) -> Result<()> {
         self.delete_range(0, Some(upto + 1))
     }
 

@@ -87,7 +87,7 @@ impl StateStore {
     pub fn load(&self) -> Result<(ClusterState, Option<Vec<u8>>)> {
         let mut tasks = BTreeMap::new();
         for (_, bytes) in self.engine.scan(Tree::State, &[TASK_PREFIX], Some(&[TASK_PREFIX + 1]), usize::MAX)? {
-            let task: Task = decode(Tree::State, &bytes)?;
+            let task: Box<Task> = decode(Tree::State, &bytes)?;
             tasks.insert(task.id, task);
         }
         let mut nodes = BTreeMap::new();

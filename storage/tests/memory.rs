@@ -96,9 +96,60 @@ fn print_state_memory_per_task() {
         total / tasks as isize,
         std::mem::size_of::<goat_storage::model::Task>(),
     );
+    // The tasks map as it was before tasks were boxed (values inline in the
+    // B-tree's nodes) against the same tasks boxed, with the ids in order
+    // (as above) and in a scrambled order (random v4 ids, as the API makes).
+    let inline_map = |scramble: bool| -> isize {
+        let before = live();
+        // One insert at a time, as applying does (`collect` would bulk-build
+        // full nodes from the sorted ids).
+        let mut map = std::collections::BTreeMap::new();
+        for (id, t) in &state.tasks {
+            map.insert(scrambled(*id, scramble), (**t).clone());
+        }
+        let used = live() - before;
+        drop(map);
+        used
+    };
+    let boxed_map = |scramble: bool| -> isize {
+        let before = live();
+        let mut map = goat_storage::fsm::Tasks::new();
+        for (id, t) in &state.tasks {
+            map.insert(scrambled(*id, scramble), t.clone());
+        }
+        let used = live() - before;
+        drop(map);
+        used
+    };
+    for scramble in [false, true] {
+        let (inline, boxed) = (inline_map(scramble), boxed_map(scramble));
+        println!(
+            "  the tasks map alone, ids {}: {} B per task with tasks inline in the B-tree, {} B boxed ({:.2}x)",
+            if scramble { "scrambled" } else { "in order" },
+            inline / tasks as isize,
+            boxed / tasks as isize,
+            boxed as f64 / inline as f64,
+        );
+    }
+    println!(
+        "  sizes: Task {} B, TaskSpec {} B, TaskEvent {} B",
+        std::mem::size_of::<goat_storage::model::Task>(),
+        std::mem::size_of::<goat_storage::model::TaskSpec>(),
+        std::mem::size_of::<goat_storage::model::TaskEvent>(),
+    );
     let before_events = live();
     for task in state.tasks.values_mut() {
         task.events = Vec::new();
     }
     println!("  of which the tasks' event histories: {} B per task", (before_events - live()) / tasks as isize);
+}
+
+/// `id`, or a value spread over the id space as random v4 ids are (a
+/// bijection, so no two tasks collide).
+fn scrambled(id: uuid::Uuid, scramble: bool) -> uuid::Uuid {
+    if !scramble {
+        return id;
+    }
+    let (hi, lo) = id.as_u64_pair();
+    uuid::Uuid::from_u64_pair(hi, lo.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }

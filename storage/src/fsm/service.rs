@@ -22,7 +22,7 @@ fn supersede(service: &mut Service, by: &str, at: Timestamp) {
 impl ClusterState {
     /// Every task of service `name` still in the store (any state), by id.
     pub fn service_tasks<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.index.by_service.get(name).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.index.by_service.get(name).into_iter().flatten().filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// Why `task` may not go on `node` under its service's explicit
@@ -165,7 +165,7 @@ impl ClusterState {
             .map(|t| t.id)
             .collect();
         for id in ids {
-            let before = self.tasks.get(&id).map(IndexKey::of);
+            let before = self.tasks.get(&id).map(|t| IndexKey::of(t));
             self.stop(id, at)?;
             self.reindex(id, before);
         }
