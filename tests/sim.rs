@@ -95,7 +95,11 @@ fn parse_spec(spec: &str) -> Options {
 fn run_here(opts: Options) -> Report {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("sim runtime");
-    let world = World::new(opts.clone());
+    // Inside the runtime: the world's clock starts at `Instant::now()`,
+    // which outside a runtime is the real clock, not the paused one, and
+    // the gap between the two (a preemption under load) shifted every
+    // virtual timestamp: the same seed then replayed differently.
+    let world = runtime.block_on(async { World::new(opts.clone()) });
     let watched = world.clone();
     let watchdog: u64 = std::env::var("GOAT_SIM_WATCHDOG").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
     std::thread::spawn(move || {

@@ -295,6 +295,19 @@ struct Trace {
     hash: u64,
     events: u64,
     tail: VecDeque<String>,
+    /// Every line, when `GOAT_SIM_TRACE_DIR` names a folder (see
+    /// [`full_trace_file`]).
+    full: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+/// `GOAT_SIM_TRACE_DIR=D`: each run writes its whole trace to
+/// `D/<seed>-<mode>-<pid>.trace`, so that two runs of one seed whose hashes
+/// differ can be compared line by line (`diff`) to find where they part.
+fn full_trace_file() -> Option<std::io::BufWriter<std::fs::File>> {
+    let dir = std::env::var("GOAT_SIM_TRACE_DIR").ok()?;
+    let run = std::env::var("GOAT_SIM_RUN").unwrap_or_else(|_| "here".into()).replace(':', "-");
+    let path = std::path::Path::new(&dir).join(format!("{run}-{}.trace", std::process::id()));
+    std::fs::File::create(path).ok().map(std::io::BufWriter::new)
 }
 
 #[derive(Default)]
@@ -342,7 +355,11 @@ async fn write_local(raft: &Raft, command: Command) -> Result<(CommandResult, u6
 }
 
 impl World {
+    /// Must be called inside the paused runtime: `start` is read from its
+    /// clock (outside any runtime `tokio::time::Instant::now()` is the real
+    /// clock, and every virtual timestamp would be off by a real delay).
     pub fn new(opts: Options) -> Arc<World> {
+        assert!(tokio::runtime::Handle::try_current().is_ok(), "World::new outside the simulation's runtime");
         let slots = (0..opts.managers)
             .map(|_| Slot { engine: MemEngine::new(), running: None, disk_delay: Duration::ZERO, clock_offset_ms: 0 })
             .collect();
@@ -356,7 +373,12 @@ impl World {
             net: Mutex::default(),
             slots: Mutex::new(slots),
             workers: Mutex::new(workers),
-            trace: Mutex::new(Trace { hash: 0xcbf29ce484222325, events: 0, tail: VecDeque::new() }),
+            trace: Mutex::new(Trace {
+                hash: 0xcbf29ce484222325,
+                events: 0,
+                tail: VecDeque::new(),
+                full: full_trace_file(),
+            }),
             checks: Mutex::default(),
             stats: Mutex::default(),
             next_fault: Mutex::new(0),
@@ -385,6 +407,11 @@ impl World {
             t.hash = t.hash.wrapping_mul(0x100000001b3);
         }
         t.events += 1;
+        if let Some(file) = t.full.as_mut() {
+            use std::io::Write;
+            // Best effort: a debugging aid, not part of the verdict.
+            let _ = writeln!(file, "{line}");
+        }
         t.tail.push_back(line);
         if t.tail.len() > 400 {
             t.tail.pop_front();
@@ -944,7 +971,11 @@ impl World {
     }
 
     fn report(&self) -> Report {
-        let trace = lock(&self.trace);
+        let mut trace = lock(&self.trace);
+        if let Some(file) = trace.full.as_mut() {
+            use std::io::Write;
+            let _ = file.flush();
+        }
         let checks = lock(&self.checks);
         let stats = lock(&self.stats);
         let requeued =
