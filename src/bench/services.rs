@@ -27,7 +27,6 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -35,6 +34,7 @@ use bollard::query_parameters::{RemoveContainerOptions, StopContainerOptions};
 use bollard::Docker;
 use goat_storage::Millis;
 use goat_worker::agent::MAX_IN_FLIGHT;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};

@@ -199,7 +199,7 @@ pub(super) async fn raw_start(
     // The worker's parallelism: at most MAX_IN_FLIGHT creates and starts at
     // once (waiting for /health does not hold a slot, as in the worker).
     let permits = tokio::sync::Semaphore::new(MAX_IN_FLIGHT);
-    let ports = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ports = parking_lot::Mutex::new(std::collections::BTreeSet::new());
     let runs = (0..args.tasks).map(|i| raw_one(docker, http, args, i, started, deadline, &permits, &ports));
     let mut running = Vec::new();
     let mut healthy = Vec::new();
@@ -250,7 +250,7 @@ pub(super) async fn raw_one(
     origin: Instant,
     deadline: Instant,
     permits: &tokio::sync::Semaphore,
-    ports: &std::sync::Mutex<std::collections::BTreeSet<u16>>,
+    ports: &parking_lot::Mutex<std::collections::BTreeSet<u16>>,
 ) -> anyhow::Result<(Duration, Duration, String, u16)> {
     let spec: TaskSpec = serde_json::from_value(echo_spec(args, i)).context("the echo spec")?;
     let mut config = ContainerConfig::for_task("bench-raw", TaskId::new_v4(), 1, &spec);
@@ -258,7 +258,7 @@ pub(super) async fn raw_one(
     // Not a worker's container: its own label only.
     config.labels = BTreeMap::from([(RAW_LABEL_KEY.to_string(), RAW_LABEL_VALUE.to_string())]);
     let port = {
-        let mut taken = ports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = ports.lock();
         let port = free_host_port(&taken).context("no free host port")?;
         taken.insert(port);
         port
