@@ -24,6 +24,7 @@
 //! the tasks it submitted before it exits.
 
 mod driver;
+pub use driver::compose_container;
 pub mod gate;
 pub mod probe;
 mod report;

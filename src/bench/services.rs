@@ -37,7 +37,7 @@ use goat_worker::agent::MAX_IN_FLIGHT;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
+use super::procs::{BenchCluster, GoatCluster, GoatWorker};
 use super::tasks::{
     docker_cli, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running, swarm_running_tasks,
     wait_service_containers_gone, SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
@@ -267,7 +267,7 @@ async fn goat_bench(
 ) -> anyhow::Result<()> {
     remove_labeled(docker, &format!("goat.node={NODE}"), args.timeout.as_duration()).await?;
     let cluster = GoatCluster::start(dir, 256)?;
-    let leader = wait_leader(&cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     let url = cluster.client_url(leader);
     let _worker = GoatWorker::start(NODE, cluster.addrs(), cluster.token(), &dir.join("goat"), &[])?;
     wait_ready(http, &url).await?;

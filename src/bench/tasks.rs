@@ -36,7 +36,7 @@ use goat_worker::agent::MAX_IN_FLIGHT;
 use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
 use serde_json::{json, Value};
 
-use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
+use super::procs::{BenchCluster, GoatCluster, GoatWorker};
 use super::stats::{median, ms};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -372,7 +372,7 @@ async fn goat_bench(
 ) -> anyhow::Result<()> {
     remove_labeled(docker, &format!("goat.node={NODE}"), args.timeout.as_duration()).await?;
     let cluster = GoatCluster::start(dir, 256)?;
-    let leader = wait_leader(&cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     let url = cluster.client_url(leader);
     let _worker = GoatWorker::start(NODE, cluster.addrs(), cluster.token(), &dir.join("goat"), &[])?;
     wait_node_ready(http, &url, args).await?;

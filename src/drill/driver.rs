@@ -262,6 +262,26 @@ pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
     run(&argv).await
 }
 
+/// The container of service `service` (`manager1`, `worker2`) in compose
+/// project `project`, by compose's labels: the one lookup of the drill's
+/// compose driver and of the test harness's compose deployments
+/// (`goat::testing::compose`).
+pub async fn compose_container(project: &str, service: &str) -> anyhow::Result<String> {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ])
+    .await?;
+    ids.lines()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("no container for service {service} in compose project {project}"))
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -369,20 +389,7 @@ impl Driver {
 
     async fn container(&self, member: &Member) -> anyhow::Result<String> {
         let Inner::Compose { project } = &self.inner else { bail!("not a compose deployment") };
-        let service = self.label(member);
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ])
-        .await?;
-        ids.lines()
-            .next()
-            .map(str::to_string)
-            .with_context(|| format!("no container for service {service} in compose project {project}"))
+        compose_container(project, &self.label(member)).await
     }
 
     /// Checks the driver can reach every member named.

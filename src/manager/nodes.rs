@@ -48,8 +48,8 @@ pub const MAX_HEARTBEAT_BYTES: usize = 4 << 20;
     request_body = Heartbeat,
     responses(
         (status = 200, description = "Every task the node should hold.", body = HeartbeatReply),
-        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
-        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::BodyOverLimit,
+        crate::manager::error::NotLeader,
     ),
 )]
 pub async fn heartbeat(
@@ -151,7 +151,7 @@ pub fn unconfirmed(ack_age: Option<std::time::Duration>) -> ApiError {
     params(crate::manager::params::NodeNamePath),
     responses(
         (status = 200, description = "The node, `draining`; its tasks are moved elsewhere.", body = Node),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
     ),
 )]
 pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -184,7 +184,7 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
     params(crate::manager::params::NodeNamePath),
     responses(
         (status = 200, description = "The node, ready again.", body = Node),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
     ),
 )]
 pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -18,8 +18,7 @@ use goat_storage::digest::state_digest;
 use goat_storage::engine::Engine;
 use goat_storage::mem_engine::MemEngine;
 use goat_storage::model::{
-    Assignment, DesiredStatus, EngineStatus, Heartbeat, NodeStatus, ObservedState, Resources, Strategy, TaskReport,
-    TaskSpec,
+    Assignment, DesiredStatus, EngineStatus, Heartbeat, NodeStatus, Resources, Strategy, TaskReport, TaskSpec,
 };
 use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
@@ -1102,17 +1101,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
         }
         let tasks = running
             .iter()
-            .map(|(task, generation)| TaskReport {
-                task_id: *task,
-                generation: *generation,
-                state: ObservedState::Running,
-                container_id: Some(format!("c-{generation}-{task}")),
-                exit_code: None,
-                host_ports: BTreeMap::new(),
-                health: Default::default(),
-                restarts: 0,
-                reason: None,
-            })
+            .map(|(task, generation)| TaskReport::running(*task, *generation, format!("c-{generation}-{task}")))
             .collect();
         let hb = Heartbeat {
             capacity,
