@@ -6,6 +6,10 @@
 //! `eventsource-stream` (the HTML spec's parsing rules): it keeps the bytes
 //! of a UTF-8 character that a chunk boundary splits until the rest
 //! arrives, which decoding each chunk on its own would corrupt.
+//!
+//! A stream has no end, so the client's request timeout (which bounds a
+//! whole answer) does not apply to it: it is broken when nothing arrives
+//! for [`IDLE`], not when it has been open for long.
 
 use std::time::Duration;
 
@@ -15,14 +19,35 @@ use goat_storage::events::ClusterEvent;
 
 use super::http::{ApiFailure, Client, Error};
 
-/// The server-sent events of one response, as they arrive.
-type SseStream = BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>;
+/// How long a stream may send nothing (no event, no keep-alive comment:
+/// managers send one every 15 s) before it counts as broken; also the
+/// longest wait for a manager's answer to the request.
+pub const IDLE: Duration = Duration::from_secs(45);
 
-/// Splits a byte stream (a response body's chunks) into server-sent events.
+/// The timeout of the request itself: none in practice (see the module's
+/// doc); [`IDLE`] watches the stream instead.
+const UNBOUNDED: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The server-sent events of one response, as they arrive; the error says
+/// why the response is done (a broken or silent connection, bytes that
+/// are not an event stream).
+type SseStream = BoxStream<'static, Result<Event, EventStreamError<String>>>;
+
+/// Splits a byte stream (a response body's chunks) into server-sent
+/// events; a gap of [`IDLE`] between chunks ends it with an error.
 fn sse_of<B: AsRef<[u8]> + Send + 'static>(
     bytes: impl Stream<Item = Result<B, reqwest::Error>> + Send + 'static,
 ) -> SseStream {
-    bytes.eventsource().boxed()
+    let bytes = Some(bytes.map(|chunk| chunk.map_err(|e| e.to_string())).boxed());
+    let watched = futures::stream::unfold(bytes, |bytes| async move {
+        let mut bytes = bytes?;
+        match tokio::time::timeout(IDLE, bytes.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(bytes))),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("nothing arrived for {IDLE:?}")), None)),
+        }
+    });
+    watched.eventsource().boxed()
 }
 
 /// What [`Events::next`] yields.
@@ -90,7 +115,10 @@ impl Events {
                 (None, _) => self.client.get("/v1/events"),
             };
             let base = self.client.bases()[index].clone();
-            match request.send_streaming(index).await {
+            let sent = tokio::time::timeout(IDLE, request.timeout(UNBOUNDED).send_streaming(index)).await;
+            let sent =
+                sent.map_err(|_| format!("no answer within {IDLE:?}")).and_then(|s| s.map_err(|e| e.to_string()));
+            match sent {
                 Ok(response) if response.status().is_success() => {
                     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE);
                     if !content_type.is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream")) {
@@ -236,6 +264,16 @@ mod tests {
         );
         assert_eq!(events.resume_point(), Some(6));
         assert!(matches!(events.next().await, Err(Error::NoAnswer(_))), "a pinned stream that ends is an error");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_sends_nothing_for_idle_is_broken() {
+        let mut events = events_of(Vec::new());
+        events.stream = Some(sse_of(futures::stream::pending::<Result<Vec<u8>, reqwest::Error>>()));
+        let started = tokio::time::Instant::now();
+        assert!(matches!(events.next().await, Err(Error::NoAnswer(_))), "a pinned stream that breaks is an error");
+        // Paused time: the clock moved exactly as far as the waits asked.
+        assert!(started.elapsed() >= IDLE);
     }
 
     #[tokio::test]
