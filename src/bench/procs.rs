@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
+use goat_storage::model::{Node, NodeStatus};
 use serde_json::{json, Value};
 
 use super::load::RequestMaker;
@@ -141,6 +142,26 @@ impl GoatCluster {
     /// The payload size of a write.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Starts worker `name` for this cluster (on this machine's engine, its
+    /// data and log in `dir`) and waits until it is a ready node: the
+    /// worker, and its node as the API shows it.
+    pub async fn start_worker(&self, name: &str, dir: &Path) -> anyhow::Result<(GoatWorker, Node)> {
+        let worker = GoatWorker::start(name, self.addrs(), self.token(), dir, &[])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.api.nodes().await.unwrap_or_default();
+            if let Some(view) = nodes.into_iter().find(|n| n.node.name == name && n.node.status == NodeStatus::Ready) {
+                return Ok((worker, view.node));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "worker {name} not a ready node within 30 s (see its log in {})",
+                dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
