@@ -24,18 +24,20 @@
 //! the tasks it submitted before it exits.
 
 mod driver;
+pub use driver::compose_container;
 pub mod gate;
 pub mod probe;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use goat_storage::Millis;
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -479,10 +481,10 @@ impl Load {
                     continue;
                 }
                 if i % 4 == 3 {
-                    let target = sent_ids
-                        .lock()
-                        .ok()
-                        .and_then(|s| (!s.is_empty()).then(|| s[rand::random::<usize>() % s.len()].clone()));
+                    let target = {
+                        let s = sent_ids.lock();
+                        (!s.is_empty()).then(|| s[rand::random::<usize>() % s.len()].clone())
+                    };
                     if let Some(task) = target {
                         tokio::spawn(async move {
                             deployment.read(id, &task, Duration::from_secs(15), "load").await;
@@ -495,8 +497,8 @@ impl Load {
                 requests.push(tokio::spawn(async move {
                     let (status, body) = deployment.submit(id, &spec, Duration::from_secs(15), "load").await;
                     let task = body.as_ref().and_then(|b| b["id"].as_str()).map(str::to_string);
-                    if let (Some(task), Ok(mut s)) = (&task, sent_ids.lock()) {
-                        s.push(task.clone());
+                    if let Some(task) = &task {
+                        sent_ids.lock().push(task.clone());
                     }
                     Sent { status, task }
                 }));

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
@@ -28,6 +28,7 @@ use goat_raft::Raft;
 use goat_storage::events::ClusterEvent;
 use goat_storage::model::{NodeStatus, TaskState};
 use openraft::ServerState;
+use parking_lot::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 
 /// The `Content-Type` of the exposition format.
@@ -111,7 +112,7 @@ impl Metrics {
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         let key = RouteKey { route: route.to_string(), method: method.to_string(), status };
         let histogram = {
-            let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let mut requests = self.requests.lock();
             requests.entry(key).or_insert_with(|| Arc::new(Histogram::new(API_BUCKETS))).clone()
         };
         histogram.observe(took);
@@ -405,7 +406,7 @@ pub fn render_with(metrics: &Metrics, s: &Snapshot) -> String {
     out.family("goat_raft_append_duration_seconds", "histogram", "Time for an append to the log to become durable.");
     out.histogram("goat_raft_append_duration_seconds", &[], &metrics.append);
 
-    let requests = metrics.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let requests = metrics.requests.lock().clone();
     out.family("goat_api_requests_total", "counter", "HTTP requests answered, by matched route, method and status.");
     for (key, h) in &requests {
         let status = key.status.to_string();

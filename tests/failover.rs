@@ -209,7 +209,7 @@ async fn a_follower_whose_volume_is_wiped_rejoins_and_catches_up() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let service = format!("manager{follower}");
-    let container = deployment.container(&service);
+    let container = deployment.container(&service).await;
     docker(&["rm", "-f", &container]);
     docker(&["volume", "rm", &format!("{}_{service}", deployment.project)]);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -293,7 +293,7 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
     assert!(!acked.is_empty());
 
     for id in &down {
-        docker(&["stop", "-t", "1", &deployment.container(&format!("manager{id}"))]);
+        docker(&["stop", "-t", "1", &deployment.container(&format!("manager{id}")).await]);
     }
     let sent = Instant::now();
     let response = deployment
@@ -317,7 +317,7 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
 
     // One manager back: a quorum again, nothing lost, writes accepted.
     let back = down[0];
-    docker(&["start", &deployment.container(&format!("manager{back}"))]);
+    docker(&["start", &deployment.container(&format!("manager{back}")).await]);
     let started = Instant::now();
     deployment.leader(&[survivor, back], Duration::from_secs(30)).await;
     let load = Load::start(&deployment, vec![survivor, back], &recorder);
@@ -332,7 +332,7 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
     assert!(!more.is_empty(), "no write accepted once a quorum was back: {failed:?}");
     let all: Vec<String> = acked.iter().chain(&more).cloned().collect();
     deployment.assert_all_present(&all, &[survivor, back]).await;
-    docker(&["start", &deployment.container(&format!("manager{}", down[1]))]);
+    docker(&["start", &deployment.container(&format!("manager{}", down[1])).await]);
     deployment.verify(survivor).await;
     deployment.assert_all_present(&all, &[1, 2, 3]).await;
     deployment.check_history(&recorder, &[1, 2, 3]).await;
@@ -498,13 +498,13 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
         if leader == 1 {
             break;
         }
-        let container = deployment.container(&format!("manager{leader}"));
+        let container = deployment.container(&format!("manager{leader}")).await;
         docker(&["restart", "-t", "1", &container]);
         leader = deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
     }
     assert_eq!(leader, 1, "manager1 did not become the leader");
-    let w1 = deployment.container("worker1");
-    let w2 = deployment.container("worker2");
+    let w1 = deployment.container("worker1").await;
+    let w2 = deployment.container("worker2").await;
     let restarted = unix_now() - 1.0;
     docker(&["restart", "-t", "1", &w1]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -558,14 +558,14 @@ async fn a_leader_reachable_from_one_worker_only_hands_it_to_the_new_leader() {
     // worker2; worker1 still reaches it.
     let mut peers = Vec::new();
     for service in ["manager2", "manager3", "worker2"] {
-        peers.extend(addresses(&deployment.container(service)));
+        peers.extend(addresses(&deployment.container(service).await));
     }
     let _ = &w2;
     // Down events so far (the setup may have restarted a manager).
     let down_before = down_events_on(&deployment).await;
     let cut_at = unix_now();
     let t0 = Instant::now();
-    let mut filters = Filters::cut(&deployment.container("manager1"), &peers);
+    let mut filters = Filters::cut(&deployment.container("manager1").await, &peers);
     let hold = Duration::from_secs(20);
     let (mut failed_over, mut marked_down, mut max_copies) = (None, BTreeSet::new(), 0usize);
     while t0.elapsed() < hold {

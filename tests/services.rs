@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixtures::echo_image;
@@ -17,6 +17,7 @@ use common::worker::{ensure_images, unique, wait_node, wait_service, WorkerProc,
 use common::Cluster;
 use goat::manager::services::{Endpoints, ServiceView};
 use goat_storage::model::DeploymentState;
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 // `Value` for request bodies only: a service's `template` is a task spec
 // without a name, which `ServiceSpec` (name required) cannot hold as JSON.
@@ -147,7 +148,7 @@ impl Follower {
                             let Ok(body) = resp.json::<Endpoints>().await else { continue };
                             version = body.version;
                             let addrs = body.endpoints.iter().map(|e| format!("{}:{}", e.address, e.port)).collect();
-                            *list.lock().unwrap() = addrs;
+                            *list.lock() = addrs;
                         }
                         _ => {
                             i += 1;
@@ -163,7 +164,7 @@ impl Follower {
                 let plain = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(1)).build().unwrap();
                 let mut n = 0usize;
                 while !stop.load(Ordering::SeqCst) {
-                    let endpoints = list.lock().unwrap().clone();
+                    let endpoints = list.lock().clone();
                     if endpoints.is_empty() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -184,7 +185,7 @@ impl Follower {
                     n += 1;
                     requests.fetch_add(1, Ordering::SeqCst);
                     if !ok {
-                        failures.lock().unwrap().push(last_error);
+                        failures.lock().push(last_error);
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -198,7 +199,7 @@ impl Follower {
         for h in self.handles {
             let _ = h.await;
         }
-        let failures = self.failures.lock().unwrap().clone();
+        let failures = self.failures.lock().clone();
         (self.requests.load(Ordering::SeqCst), failures)
     }
 }

@@ -146,14 +146,14 @@ fn sim_child() {
 fn run_children(specs: &[String], jobs: usize) -> Vec<Report> {
     let exe = std::env::current_exe().expect("test binary path");
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<Report>>> = std::sync::Mutex::new(vec![None; specs.len()]);
+    let results: parking_lot::Mutex<Vec<Option<Report>>> = parking_lot::Mutex::new(vec![None; specs.len()]);
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(spec) = specs.get(i) else { return };
                 let report = run_child(&exe, spec);
-                let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                let mut results = results.lock();
                 results[i] = Some(report);
                 let done = results.iter().filter(|r| r.is_some()).count();
                 if done % 500 == 0 && specs.len() > 500 {
@@ -162,12 +162,7 @@ fn run_children(specs: &[String], jobs: usize) -> Vec<Report> {
             });
         }
     });
-    results
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .map(|r| r.expect("every run reported"))
-        .collect()
+    results.into_inner().into_iter().map(|r| r.expect("every run reported")).collect()
 }
 
 fn run_child(exe: &std::path::Path, spec: &str) -> Report {

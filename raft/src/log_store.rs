@@ -14,12 +14,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use goat_storage::raft_log::RaftLog;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use parking_lot::Mutex;
 
 use crate::codec::{decode, encode};
 use crate::{LogId, NodeId, StorageError, TypeConfig};
@@ -151,7 +152,7 @@ impl LogStore {
     ) -> Result<(), StorageError> {
         let rows: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
         let sizes: Vec<usize> = rows.iter().map(|(_, bytes)| bytes.len()).collect();
-        self.tail().insert(&entries, &sizes);
+        self.tail.lock().insert(&entries, &sizes);
         let (observer, started, count) = (self.observer.clone(), Instant::now(), rows.len());
         let done = move |result: Result<(), std::io::Error>| {
             if let (Some(observer), Ok(())) = (&observer, &result) {
@@ -169,13 +170,7 @@ impl LogStore {
 
     /// The decoded tail cache's entries and encoded bytes.
     pub fn tail_usage(&self) -> (usize, usize) {
-        self.tail().usage()
-    }
-
-    fn tail(&self) -> std::sync::MutexGuard<'_, TailCache> {
-        // The cache holds no invariant a panic could break half-way that a
-        // reader would trust: entries are whole or absent.
-        self.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tail.lock().usage()
     }
 }
 
@@ -213,7 +208,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        if let Some(entries) = self.tail().range(from, to) {
+        if let Some(entries) = self.tail.lock().range(from, to) {
             return Ok(entries);
         }
         let log = self.log.clone();
@@ -290,13 +285,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.tail().retain(|index| index < log_id.index);
+        self.tail.lock().retain(|index| index < log_id.index);
         let log = self.log.clone();
         self.blocking(move || log.truncate(log_id.index).map_err(|e| logs_err(ErrorVerb::Delete, e))).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.tail().retain(|index| index > log_id.index);
+        self.tail.lock().retain(|index| index > log_id.index);
         if self.inline {
             return self.log.purge(log_id.index, encode(&log_id)).map_err(|e| logs_err(ErrorVerb::Delete, e));
         }

@@ -60,6 +60,10 @@ const FEED_CAPACITY: usize = 1024;
 /// The applied state, shared between the state machine and the API readers.
 #[derive(Clone)]
 pub struct SharedState {
+    /// std's lock, not parking_lot's like the workspace's others: its
+    /// poisoning is wanted here. A panic inside apply leaves the state half
+    /// changed, and every later reader then stops ([`SharedState::read`])
+    /// rather than serve it.
     applied: Arc<RwLock<Applied>>,
     feed: tokio::sync::broadcast::Sender<Feed>,
     /// The last applied log index, bumped after every applied batch and

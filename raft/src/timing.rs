@@ -36,10 +36,11 @@
 //! decide only *when* an election happens, never what it may decide.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
+use parking_lot::Mutex;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -179,9 +180,7 @@ impl Activity {
 
     /// Counts as hearing a leader now (a request served, a vote granted).
     pub fn touch(&self) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Instant::now();
-        }
+        *self.last.lock() = Instant::now();
     }
 
     /// How long this manager has not heard a leader: zero while one of its
@@ -190,7 +189,7 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
-        self.last.lock().map(|last| last.elapsed()).unwrap_or_default()
+        self.last.lock().elapsed()
     }
 }
 

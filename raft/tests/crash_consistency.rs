@@ -19,7 +19,7 @@
 //! acknowledges before syncing) must be caught.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 
 use goat_raft::log_store::LogStore;
 use goat_raft::state_machine::StateMachine;
@@ -31,6 +31,7 @@ use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, Vote};
+use parking_lot::Mutex;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -209,7 +210,7 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine, 
 
     for step in 0..steps {
         // Crash here: none, a random prefix, or all of the unsynced batches.
-        let facts = acked.lock().unwrap().clone();
+        let facts = acked.lock().clone();
         let unsynced = disk.unsynced_batches();
         for kept in [0, rng.below(unsynced as u64 + 1) as usize, unsynced] {
             let copy = disk.fork();
@@ -234,14 +235,14 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine, 
                 term += 1;
                 let vote = Vote::new(term, 1);
                 log.save_vote(&vote).await.expect("save vote");
-                acked.lock().unwrap().vote = Some(vote);
+                acked.lock().vote = Some(vote);
                 stats.votes += 1;
             }
             1..=4 => {
                 let n = 1 + rng.below(3);
                 let batch: Vec<Entry> = (next..next + n).map(|i| entry(term, i)).collect();
                 {
-                    let mut a = acked.lock().unwrap();
+                    let mut a = acked.lock();
                     for e in &batch {
                         a.written.entry(e.log_id.index).or_default().insert(e.log_id);
                         terms.insert(e.log_id.index, term);
@@ -251,7 +252,7 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine, 
                 let (acked, tx) = (acked.clone(), ack_tx.clone());
                 log.append_then(batch, move |r| {
                     if r.is_ok() {
-                        let mut a = acked.lock().unwrap();
+                        let mut a = acked.lock();
                         for id in ids {
                             a.entries.insert(id.index, id);
                         }
@@ -272,7 +273,7 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine, 
                 wait_all(&mut in_flight);
                 let at = committed + 1 + rng.below(next - 1 - committed);
                 log.truncate(log_id(terms[&at], at)).await.expect("truncate");
-                let mut a = acked.lock().unwrap();
+                let mut a = acked.lock();
                 a.entries.retain(|i, _| *i < at);
                 a.written.retain(|i, _| *i < at);
                 drop(a);
@@ -283,12 +284,12 @@ async fn run(seed: u64, steps: usize, engine: Arc<dyn Engine>, disk: MemEngine, 
             }
             6 => {
                 wait_all(&mut in_flight);
-                let last_acked = acked.lock().unwrap().entries.keys().next_back().copied().unwrap_or(0);
+                let last_acked = acked.lock().entries.keys().next_back().copied().unwrap_or(0);
                 if last_acked > committed {
                     committed += 1 + rng.below(last_acked - committed);
                     let entries = log.try_get_log_entries(1.max(purged + 1)..=committed).await.expect("read");
                     {
-                        let mut a = acked.lock().unwrap();
+                        let mut a = acked.lock();
                         for e in entries {
                             a.committed.insert(e.log_id.index, e);
                         }

@@ -32,7 +32,7 @@ use anyhow::Context;
 use goat_storage::Millis;
 
 use load::{run_load, LoadResult};
-use procs::{wait_leader, BenchCluster, EtcdCluster, GoatCluster};
+use procs::{BenchCluster, EtcdCluster, GoatCluster};
 pub use services::ServicesBenchArgs;
 use stats::{median, ms};
 pub use tasks::TasksBenchArgs;
@@ -171,7 +171,7 @@ async fn measure<C: BenchCluster>(
     http: &reqwest::Client,
     args: &RaftBenchArgs,
 ) -> anyhow::Result<SystemResult> {
-    let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     cluster.set_load_member(leader);
     // Warm up connections, caches and the log.
     run_load(http, cluster, 16, Duration::from_secs(1)).await;
@@ -191,7 +191,7 @@ async fn measure<C: BenchCluster>(
 
     let mut failovers = Vec::new();
     for kill in 0..args.kills {
-        let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
+        let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
         let survivors: Vec<usize> = (0..cluster.members()).filter(|m| *m != leader).collect();
         cluster.kill(leader);
         let killed_at = Instant::now();

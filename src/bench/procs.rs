@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
+use goat_storage::model::{Node, NodeStatus};
 use serde_json::{json, Value};
 
 use super::load::RequestMaker;
@@ -19,8 +20,12 @@ pub trait BenchCluster: RequestMaker {
     fn name(&self) -> &'static str;
     fn members(&self) -> usize;
     fn client_url(&self, member: usize) -> String;
-    /// The member that leads now, if one does.
-    fn leader(&self, http: &reqwest::Client) -> impl std::future::Future<Output = Option<usize>> + Send;
+    /// Waits until the cluster has a leader, and names its member.
+    fn wait_leader(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = anyhow::Result<usize>> + Send;
     fn kill(&mut self, member: usize);
     fn start(&mut self, member: usize) -> anyhow::Result<()>;
     /// The request that counts as "a write was accepted", sent to `member`.
@@ -138,6 +143,26 @@ impl GoatCluster {
     pub fn size(&self) -> usize {
         self.size
     }
+
+    /// Starts worker `name` for this cluster (on this machine's engine, its
+    /// data and log in `dir`) and waits until it is a ready node: the
+    /// worker, and its node as the API shows it.
+    pub async fn start_worker(&self, name: &str, dir: &Path) -> anyhow::Result<(GoatWorker, Node)> {
+        let worker = GoatWorker::start(name, self.addrs(), self.token(), dir, &[])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = self.api.nodes().await.unwrap_or_default();
+            if let Some(view) = nodes.into_iter().find(|n| n.node.name == name && n.node.status == NodeStatus::Ready) {
+                return Ok((worker, view.node));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "worker {name} not a ready node within 30 s (see its log in {})",
+                dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// The cluster token of the managers a benchmark starts (loopback only).
@@ -199,20 +224,15 @@ impl BenchCluster for GoatCluster {
     fn client_url(&self, member: usize) -> String {
         format!("http://{}", self.addrs[member])
     }
-    /// The first running member that calls itself leader (not
-    /// [`crate::client::Client::agreed_leader`]: a failover is measured to
-    /// the moment a new leader exists, as with etcd below).
-    async fn leader(&self, _http: &reqwest::Client) -> Option<usize> {
-        for member in 0..3 {
-            if self.children[member].is_none() {
-                continue;
-            }
-            let Ok(health) = self.api.health_of(member, Duration::from_millis(300)).await else { continue };
-            if health.role == "leader" {
-                return Some(member);
-            }
-        }
-        None
+    /// The leader the running members agree on
+    /// ([`crate::client::Client::wait_leader`], the one wait of Goat's
+    /// tools and tests). Failovers are not timed by it: they are measured
+    /// to the first accepted write.
+    async fn wait_leader(&self, _http: &reqwest::Client, timeout: Duration) -> anyhow::Result<usize> {
+        let running: Vec<usize> = (0..3).filter(|m| self.children[*m].is_some()).collect();
+        let id = self.api.wait_leader(&running, Duration::from_millis(300), timeout).await?;
+        // Member `m` is manager `m + 1` (`start` above).
+        usize::try_from(id).ok().and_then(|id| id.checked_sub(1)).with_context(|| format!("a leader id {id}"))
     }
     fn kill(&mut self, member: usize) {
         kill_child(&mut self.children[member]);
@@ -306,21 +326,17 @@ impl BenchCluster for EtcdCluster {
     fn client_url(&self, member: usize) -> String {
         format!("http://127.0.0.1:{}", self.client_ports[member])
     }
-    async fn leader(&self, http: &reqwest::Client) -> Option<usize> {
-        for member in 0..3 {
-            if self.children[member].is_none() {
-                continue;
+    async fn wait_leader(&self, http: &reqwest::Client, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader(http).await {
+                return Ok(leader);
             }
-            let url = format!("{}/v3/maintenance/status", self.client_url(member));
-            let Ok(response) = http.post(url).body("{}").timeout(Duration::from_millis(300)).send().await else {
-                continue;
-            };
-            let Ok(status) = response.json::<Value>().await else { continue };
-            if status["leader"].is_string() && status["leader"] == status["header"]["member_id"] {
-                return Some(member);
+            if Instant::now() > deadline {
+                bail!("etcd: no leader within {timeout:?}");
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        None
     }
     fn kill(&mut self, member: usize) {
         kill_child(&mut self.children[member]);
@@ -354,28 +370,30 @@ impl BenchCluster for EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// The member that calls itself leader, if one does.
+    async fn leader(&self, http: &reqwest::Client) -> Option<usize> {
+        for member in 0..3 {
+            if self.children[member].is_none() {
+                continue;
+            }
+            let url = format!("{}/v3/maintenance/status", self.client_url(member));
+            let Ok(response) = http.post(url).body("{}").timeout(Duration::from_millis(300)).send().await else {
+                continue;
+            };
+            let Ok(status) = response.json::<Value>().await else { continue };
+            if status["leader"].is_string() && status["leader"] == status["header"]["member_id"] {
+                return Some(member);
+            }
+        }
+        None
+    }
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for member in 0..3 {
             self.kill(member);
         }
-    }
-}
-
-/// Waits until the cluster has a leader.
-pub async fn wait_leader<C: BenchCluster>(
-    cluster: &C,
-    http: &reqwest::Client,
-    timeout: Duration,
-) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(leader) = cluster.leader(http).await {
-            return Ok(leader);
-        }
-        if Instant::now() > deadline {
-            bail!("{}: no leader within {timeout:?}", cluster.name());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

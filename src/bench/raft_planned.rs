@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::future::join_all;
 
-use super::procs::{task_body, wait_leader, BenchCluster, GoatCluster};
+use super::procs::{task_body, BenchCluster, GoatCluster};
 use super::stats::ms;
 
 /// What one window of load saw.
@@ -104,22 +105,6 @@ fn all_up(n: usize) -> Up {
     Arc::new((0..n).map(|_| AtomicBool::new(true)).collect())
 }
 
-/// Waits until `url`'s manager answers its health route and knows a leader.
-async fn wait_back(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{url}/v1/health")).timeout(Duration::from_millis(300)).send().await {
-            if let Ok(h) = r.json::<serde_json::Value>().await {
-                if h["leader"].as_u64().is_some() {
-                    return Ok(());
-                }
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{url} did not come back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// SIGTERMs `member`, waits (without blocking) for it to exit, restarts it
 /// and waits until it is back. The load goes elsewhere meanwhile.
 async fn restart(cluster: &mut GoatCluster, http: &reqwest::Client, up: &Up, member: usize) -> anyhow::Result<()> {
@@ -133,7 +118,11 @@ async fn restart(cluster: &mut GoatCluster, http: &reqwest::Client, up: &Up, mem
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cluster.start(member)?;
-    wait_back(http, &cluster.client_url(member)).await?;
+    // Back: it answers, and agrees with the others on a leader.
+    cluster
+        .wait_leader(http, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("manager {} did not come back", member + 1))?;
     // Caught up enough to serve: give it a moment more before the load
     // uses it again.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -151,7 +140,7 @@ pub async fn measure(
     let to = Endpoints::of(cluster);
     let mut result = PlannedResult::default();
     for n in 0..handovers {
-        let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
+        let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
         let up = all_up(cluster.members());
         up[leader].store(false, Ordering::Relaxed);
         // The peer: the same load through the same members, as long as a
@@ -185,7 +174,7 @@ pub async fn measure(
     }
 
     // Rolling restart: followers first, the leader last.
-    let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     let mut order: Vec<usize> = (0..cluster.members()).filter(|m| *m != leader).collect();
     order.push(leader);
     let up = all_up(cluster.members());

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
-use goat_storage::model::{EngineStatus, Heartbeat, HeartbeatReply, ObservedState, Resources, TaskReport};
+use goat_storage::model::{EngineStatus, Heartbeat, HeartbeatReply, Resources, TaskReport};
 use serde_json::{json, Value};
 
-use super::procs::{wait_leader, BenchCluster, GoatCluster};
+use super::procs::{BenchCluster, GoatCluster};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SchedulerBenchArgs {
@@ -271,7 +271,7 @@ async fn measure(
     nodes: usize,
     args: &SchedulerBenchArgs,
 ) -> anyhow::Result<Round> {
-    let leader = wait_leader(cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     let url = cluster.client_url(leader);
     let term_before = highest_term(http, cluster).await;
     let none = BTreeMap::new();
@@ -313,17 +313,7 @@ async fn measure(
             let reports = reply
                 .assignments
                 .into_iter()
-                .map(|a| TaskReport {
-                    task_id: a.task_id,
-                    generation: a.generation,
-                    state: ObservedState::Running,
-                    container_id: Some(format!("sim-{}", a.task_id)),
-                    exit_code: None,
-                    host_ports: BTreeMap::new(),
-                    health: Default::default(),
-                    restarts: 0,
-                    reason: None,
-                })
+                .map(|a| TaskReport::running(a.task_id, a.generation, format!("sim-{}", a.task_id)))
                 .collect();
             (name, reports)
         })

@@ -27,7 +27,6 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -35,12 +34,13 @@ use bollard::query_parameters::{RemoveContainerOptions, StopContainerOptions};
 use bollard::Docker;
 use goat_storage::Millis;
 use goat_worker::agent::MAX_IN_FLIGHT;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
+use super::procs::{BenchCluster, GoatCluster};
 use super::tasks::{
-    docker_cli, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running, swarm_running_tasks,
-    wait_service_containers_gone, SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
+    docker_cli, engine_and_api, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running,
+    swarm_running_tasks, wait_service_containers_gone, SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -112,21 +112,8 @@ pub async fn services_bench(args: ServicesBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.max_parallel > 0, "--max-parallel must be at least 1");
     let temp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let docker = Docker::connect_with_unix_defaults()
-        .context("connecting to the Docker engine")?
-        .negotiate_version()
-        .await
-        .context("negotiating the Docker API version")?;
-    docker
-        .inspect_image(&args.image)
-        .await
-        .with_context(|| format!("image {} not found locally: run deploy/build-images.sh", args.image))?;
+    let (docker, http) = engine_and_api(&args.image).await?;
     docker_cli(&["tag", &args.image, V2_TAG]).await?;
-    let http = reqwest::Client::builder()
-        .default_headers(crate::client::bearer_headers(super::procs::BENCH_TOKEN))
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()?;
     let load_before = super::stats::loadavg();
 
     let mut results = Vec::new();
@@ -267,10 +254,9 @@ async fn goat_bench(
 ) -> anyhow::Result<()> {
     remove_labeled(docker, &format!("goat.node={NODE}"), args.timeout.as_duration()).await?;
     let cluster = GoatCluster::start(dir, 256)?;
-    let leader = wait_leader(&cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     let url = cluster.client_url(leader);
-    let _worker = GoatWorker::start(NODE, cluster.addrs(), cluster.token(), &dir.join("goat"), &[])?;
-    wait_ready(http, &url).await?;
+    let (_worker, _) = cluster.start_worker(NODE, &dir.join("goat")).await?;
 
     eprintln!("goat: a service of {} copies", args.replicas);
     let started = Instant::now();
@@ -306,23 +292,6 @@ async fn goat_bench(
     figures.update = Some(started.elapsed());
     eprintln!("goat: {} copies updated after {:?}", args.update_replicas, started.elapsed());
     delete(http, &url, GOAT_UPDATE_SERVICE, docker, args).await
-}
-
-async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let nodes: Vec<Value> = match http.get(format!("{url}/v1/nodes")).send().await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        if nodes.iter().any(|n| n["name"] == NODE && n["status"] == "ready") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("worker {NODE} not a ready node within 30 s (see its log in the data dir)");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn apply(http: &reqwest::Client, url: &str, spec: &Value) -> anyhow::Result<Value> {

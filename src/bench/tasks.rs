@@ -36,7 +36,7 @@ use goat_worker::agent::MAX_IN_FLIGHT;
 use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
 use serde_json::{json, Value};
 
-use super::procs::{wait_leader, BenchCluster, GoatCluster, GoatWorker};
+use super::procs::{BenchCluster, GoatCluster};
 use super::stats::{median, ms};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -123,20 +123,7 @@ pub async fn tasks_bench(args: TasksBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.tasks > 0, "--tasks must be at least 1");
     let temp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let docker = Docker::connect_with_unix_defaults()
-        .context("connecting to the Docker engine")?
-        .negotiate_version()
-        .await
-        .context("negotiating the Docker API version")?;
-    docker
-        .inspect_image(&args.image)
-        .await
-        .with_context(|| format!("image {} not found locally: run deploy/build-images.sh", args.image))?;
-    let http = reqwest::Client::builder()
-        .default_headers(crate::client::bearer_headers(super::procs::BENCH_TOKEN))
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let (docker, http) = engine_and_api(&args.image).await?;
 
     let mut results = Vec::new();
     if !args.no_raw {
@@ -199,7 +186,7 @@ pub(super) async fn raw_start(
     // The worker's parallelism: at most MAX_IN_FLIGHT creates and starts at
     // once (waiting for /health does not hold a slot, as in the worker).
     let permits = tokio::sync::Semaphore::new(MAX_IN_FLIGHT);
-    let ports = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ports = parking_lot::Mutex::new(std::collections::BTreeSet::new());
     let runs = (0..args.tasks).map(|i| raw_one(docker, http, args, i, started, deadline, &permits, &ports));
     let mut running = Vec::new();
     let mut healthy = Vec::new();
@@ -250,7 +237,7 @@ pub(super) async fn raw_one(
     origin: Instant,
     deadline: Instant,
     permits: &tokio::sync::Semaphore,
-    ports: &std::sync::Mutex<std::collections::BTreeSet<u16>>,
+    ports: &parking_lot::Mutex<std::collections::BTreeSet<u16>>,
 ) -> anyhow::Result<(Duration, Duration, String, u16)> {
     let spec: TaskSpec = serde_json::from_value(echo_spec(args, i)).context("the echo spec")?;
     let mut config = ContainerConfig::for_task("bench-raw", TaskId::new_v4(), 1, &spec);
@@ -258,7 +245,7 @@ pub(super) async fn raw_one(
     // Not a worker's container: its own label only.
     config.labels = BTreeMap::from([(RAW_LABEL_KEY.to_string(), RAW_LABEL_VALUE.to_string())]);
     let port = {
-        let mut taken = ports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = ports.lock();
         let port = free_host_port(&taken).context("no free host port")?;
         taken.insert(port);
         port
@@ -343,6 +330,26 @@ async fn labeled_in_state(docker: &Docker, label: &str, status: Option<&str>) ->
 }
 
 /// Force-removes every container with `label`, and waits until none is left.
+/// The local Docker engine, with `image` present, and the HTTP client the
+/// engine benchmarks (tasks, services) send Goat's API requests with.
+pub(super) async fn engine_and_api(image: &str) -> anyhow::Result<(Docker, reqwest::Client)> {
+    let docker = Docker::connect_with_unix_defaults()
+        .context("connecting to the Docker engine")?
+        .negotiate_version()
+        .await
+        .context("negotiating the Docker API version")?;
+    docker
+        .inspect_image(image)
+        .await
+        .with_context(|| format!("image {image} not found locally: run deploy/build-images.sh"))?;
+    let http = reqwest::Client::builder()
+        .default_headers(crate::client::bearer_headers(super::procs::BENCH_TOKEN))
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    Ok((docker, http))
+}
+
 pub(super) async fn remove_labeled(docker: &Docker, label: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -372,10 +379,16 @@ async fn goat_bench(
 ) -> anyhow::Result<()> {
     remove_labeled(docker, &format!("goat.node={NODE}"), args.timeout.as_duration()).await?;
     let cluster = GoatCluster::start(dir, 256)?;
-    let leader = wait_leader(&cluster, http, Duration::from_secs(30)).await?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
     let url = cluster.client_url(leader);
-    let _worker = GoatWorker::start(NODE, cluster.addrs(), cluster.token(), &dir.join("goat"), &[])?;
-    wait_node_ready(http, &url, args).await?;
+    let (_worker, node) = cluster.start_worker(NODE, &dir.join("goat")).await?;
+    let (cpu, memory) = (node.capacity.cpu, node.capacity.memory);
+    let (want_cpu, want_memory) = (args.cpu * args.tasks as f64, MEMORY * args.tasks as u64);
+    anyhow::ensure!(
+        cpu >= want_cpu && memory >= want_memory,
+        "the worker offers {cpu} cores and {memory} B; {} tasks need {want_cpu} cores and {want_memory} B",
+        args.tasks
+    );
 
     let mut start = StartResult::default();
     let ids = goat_start_all(docker, http, &url, args, &mut start).await?;
@@ -390,32 +403,6 @@ async fn goat_bench(
     start.all_removed = stopped.as_ref().ok().copied();
     result.start = Some(start);
     stopped.map(|_| ())
-}
-
-/// Waits until the worker is a ready node whose capacity fits all tasks.
-async fn wait_node_ready(http: &reqwest::Client, url: &str, args: &TasksBenchArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let nodes: Vec<Value> = match http.get(format!("{url}/v1/nodes")).send().await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        if let Some(node) = nodes.iter().find(|n| n["name"] == NODE && n["status"] == "ready") {
-            let cpu = node["capacity"]["cpu"].as_f64().unwrap_or(0.0);
-            let memory = node["capacity"]["memory"].as_u64().unwrap_or(0);
-            let (want_cpu, want_memory) = (args.cpu * args.tasks as f64, MEMORY * args.tasks as u64);
-            anyhow::ensure!(
-                cpu >= want_cpu && memory >= want_memory,
-                "the worker offers {cpu} cores and {memory} B; {} tasks need {want_cpu} cores and {want_memory} B",
-                args.tasks
-            );
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("worker {NODE} not a ready node within 30 s (see its log in the data dir)");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 pub(super) fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {

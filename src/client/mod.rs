@@ -18,8 +18,9 @@
 //! [`Request::on`] pins a request to one manager (no failover): for the
 //! drills and tests that talk to a given member.
 //!
-//! `GET /v1/events` is read by [`Events`] (the one SSE parser,
-//! [`sse::SseParser`]), resumed on the next manager when a stream breaks.
+//! `GET /v1/events` is read by [`Events`] (its bytes split into server-sent
+//! events by `eventsource-stream`), resumed on the next manager when a
+//! stream breaks.
 
 mod http;
 pub mod sse;
@@ -29,5 +30,5 @@ pub use http::{
     base_url, bearer_headers, encode_query, error_text, Answer, ApiFailure, Builder, Client, Error, Request,
     IDEMPOTENCY_HEADER, NEXT_HEADER,
 };
-pub use sse::{Events, SseMessage, SseParser, StreamItem};
+pub use sse::{Events, StreamItem};
 pub use views::{ClusterView, HealthView, MemberView, NodeView, Stats};

@@ -143,7 +143,6 @@ pub fn assignments(state: &ClusterState, name: &str) -> Vec<Assignment> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use uuid::Uuid;
 
     fn hb(tasks: Vec<TaskReport>) -> Heartbeat {
@@ -158,17 +157,7 @@ mod tests {
     }
 
     fn running(id: Uuid, generation: u64) -> TaskReport {
-        TaskReport {
-            task_id: id,
-            generation,
-            state: ObservedState::Running,
-            container_id: Some("c".into()),
-            exit_code: None,
-            host_ports: BTreeMap::new(),
-            health: Health::Unknown,
-            restarts: 0,
-            reason: None,
-        }
+        TaskReport::running(id, generation, "c")
     }
 
     /// Node w1 registered, one task placed on it.

@@ -19,10 +19,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// A member of the deployment a failure hits.
@@ -262,6 +262,26 @@ pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
     run(&argv).await
 }
 
+/// The container of service `service` (`manager1`, `worker2`) in compose
+/// project `project`, by compose's labels: the one lookup of the drill's
+/// compose driver and of the test harness's compose deployments
+/// (`goat::testing::compose`).
+pub async fn compose_container(project: &str, service: &str) -> anyhow::Result<String> {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ])
+    .await?;
+    ids.lines()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("no container for service {service} in compose project {project}"))
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -327,7 +347,7 @@ impl Driver {
     /// `goat dev`'s token, for the procs driver.
     pub fn token(&self) -> Option<String> {
         match &self.inner {
-            Inner::Procs { file, .. } => file.lock().ok().map(|f| f.token.clone()).filter(|t| !t.is_empty()),
+            Inner::Procs { file, .. } => Some(file.lock().token.clone()).filter(|t| !t.is_empty()),
             _ => None,
         }
     }
@@ -335,21 +355,17 @@ impl Driver {
     /// The managers' API addresses the driver knows (procs).
     pub fn manager_addrs(&self) -> Option<Vec<String>> {
         match &self.inner {
-            Inner::Procs { file, .. } => file.lock().ok().map(|f| f.managers.iter().map(|p| p.addr.clone()).collect()),
+            Inner::Procs { file, .. } => Some(file.lock().managers.iter().map(|p| p.addr.clone()).collect()),
             _ => None,
         }
     }
 
     fn remember(&self, undo: Undo) {
-        if let Ok(mut list) = self.undo.lock() {
-            list.push(undo);
-        }
+        self.undo.lock().push(undo);
     }
 
     fn forget(&self, undo: &Undo) {
-        if let Ok(mut list) = self.undo.lock() {
-            list.retain(|u| u != undo);
-        }
+        self.undo.lock().retain(|u| u != undo);
     }
 
     /// The worker member of a node name (compose: `PROJECT-SERVICE`).
@@ -373,20 +389,7 @@ impl Driver {
 
     async fn container(&self, member: &Member) -> anyhow::Result<String> {
         let Inner::Compose { project } = &self.inner else { bail!("not a compose deployment") };
-        let service = self.label(member);
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ])
-        .await?;
-        ids.lines()
-            .next()
-            .map(str::to_string)
-            .with_context(|| format!("no container for service {service} in compose project {project}"))
+        compose_container(project, &self.label(member)).await
     }
 
     /// Checks the driver can reach every member named.
@@ -398,7 +401,7 @@ impl Driver {
                 }
             }
             Inner::Procs { file, .. } => {
-                let file = file.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+                let file = file.lock().clone();
                 for id in managers {
                     if !file.managers.iter().any(|p| p.id == *id) {
                         bail!("manager {id} is not in the deployment file");
@@ -416,7 +419,7 @@ impl Driver {
 
     fn proc_of(&self, member: &Member) -> anyhow::Result<Proc> {
         let Inner::Procs { file, .. } = &self.inner else { bail!("not a procs deployment") };
-        let mut file = file.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut file = file.lock();
         file.find_mut(member).cloned().with_context(|| format!("{} is not in the deployment file", member_name(member)))
     }
 
@@ -459,7 +462,7 @@ impl Driver {
             Inner::Compose { .. } => docker(&["start", &self.container(member).await?]).await.map(|_| ()),
             Inner::Procs { dir, file, spawned } => {
                 let proc = self.proc_of(member)?;
-                let exe = file.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.exe.clone();
+                let exe = file.lock().exe.clone();
                 let log = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -474,10 +477,8 @@ impl Driver {
                     .spawn()
                     .with_context(|| format!("starting {} again", proc.name))?;
                 let pid = child.id().context("the new process has no pid")?;
-                if let Ok(mut list) = spawned.lock() {
-                    list.push(child);
-                }
-                let mut file = file.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                spawned.lock().push(child);
+                let mut file = file.lock();
                 if let Some(p) = file.find_mut(member) {
                     p.pid = pid;
                 }
@@ -606,7 +607,7 @@ impl Driver {
 
     /// Undoes every rule and pause still in place (after a failed round).
     pub async fn cleanup(&self) {
-        let pending: Vec<Undo> = self.undo.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
+        let pending: Vec<Undo> = std::mem::take(&mut *self.undo.lock());
         for undo in pending.into_iter().rev() {
             let done = match &undo {
                 Undo::Command(argv) => run(argv).await.map(|_| ()),

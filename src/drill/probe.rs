@@ -19,9 +19,10 @@
 //! accounting ([`Accounting`]) is pure: it is fed times, not clocks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -192,7 +193,7 @@ impl Probe {
             h.abort();
             let _ = h.await;
         }
-        self.accounting.lock().map(|a| a.finish(end)).unwrap_or_default()
+        self.accounting.lock().finish(end)
     }
 }
 
@@ -229,13 +230,9 @@ async fn follow(
                 version = now;
                 let addrs = addresses(&answer);
                 tracing::debug!(service, endpoints = ?addrs, changed, "probe: endpoints");
-                if let Ok(mut a) = accounting.lock() {
-                    a.endpoints(addrs.len(), changed && !first);
-                }
+                accounting.lock().endpoints(addrs.len(), changed && !first);
                 first = false;
-                if let Ok(mut l) = list.lock() {
-                    *l = Some(addrs);
-                }
+                *list.lock() = Some(addrs);
             }
             Err(e) => {
                 tracing::debug!(service, error = %e, "probe: /endpoints did not answer; keeping the last list");
@@ -259,13 +256,11 @@ async fn send(
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let Some(endpoints) = list.lock().ok().and_then(|l| l.clone()) else { continue };
+        let Some(endpoints) = list.lock().clone() else { continue };
         let at = || started.elapsed();
         let Some((first, other)) = targets(&endpoints, n) else {
             // Nothing listed: a failed request (a client has nowhere to go).
-            if let Ok(mut a) = accounting.lock() {
-                a.request(at(), true, Some("no endpoint listed".into()));
-            }
+            accounting.lock().request(at(), true, Some("no endpoint listed".into()));
             continue;
         };
         let body = format!("{{\"Msg\":\"goat drill probe {n}\"}}");
@@ -276,9 +271,7 @@ async fn send(
             (Some(e), None) => Some(e.clone()),
             (Some(_), Some(i)) => echo(&http, &endpoints[i].addr, &body).await.err(),
         };
-        if let Ok(mut a) = accounting.lock() {
-            a.request(at(), first_error.is_some(), error);
-        }
+        accounting.lock().request(at(), first_error.is_some(), error);
     }
 }
 

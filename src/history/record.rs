@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use super::op::{Call, Operation, Outcome, Seen};
 
@@ -61,14 +63,12 @@ impl Recorder {
     }
 
     fn push(&self, op: Operation) {
-        if let Ok(mut ops) = self.inner.ops.lock() {
-            ops.push(op);
-        }
+        self.inner.ops.lock().push(op);
     }
 
     /// Everything recorded so far, by id.
     pub fn operations(&self) -> Vec<Operation> {
-        let mut ops = self.inner.ops.lock().map(|o| o.clone()).unwrap_or_default();
+        let mut ops = self.inner.ops.lock().clone();
         ops.sort_by_key(|o| o.id);
         ops
     }

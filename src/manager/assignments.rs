@@ -110,8 +110,8 @@ fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQue
     responses(
         (status = 200, description = "The node's assignments and their version.", body = HeartbeatReply),
         (status = 304, description = "Unchanged: the list still has version `after` at the end of the wait."),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
-        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
+        crate::manager::error::NotLeader,
         (status = 503, description = "This manager holds its limit of polls (`busy`), or its leadership is not confirmed (`unavailable`); retry after `Retry-After`.", body = crate::manager::error::ErrorBody),
     ),
 )]

@@ -26,7 +26,7 @@
 //! entry too large to replicate before the followers' election timeout.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -35,6 +35,7 @@ use goat_raft::state_machine::SharedState;
 use goat_raft::{bearer, codec, Command, CommandResult, NodeId, Raft, TOKEN_HEADER};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
@@ -343,38 +344,31 @@ impl Manager {
 
     /// Notes a heartbeat from `node`, now (the leader's liveness view).
     pub fn note_seen(&self, node: &str) {
-        if let Ok(mut seen) = self.last_seen.lock() {
-            seen.insert(node.to_string(), tokio::time::Instant::now());
-        }
+        self.last_seen.lock().insert(node.to_string(), tokio::time::Instant::now());
     }
 
     /// Notes `nodes` as heard from now (after a restore).
     pub fn note_seen_all<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
         let now = tokio::time::Instant::now();
-        if let Ok(mut seen) = self.last_seen.lock() {
-            for node in nodes {
-                seen.insert(node.to_string(), now);
-            }
+        let mut seen = self.last_seen.lock();
+        for node in nodes {
+            seen.insert(node.to_string(), now);
         }
     }
 
     /// Forgets `node` (removed from the cluster).
     pub fn forget_seen(&self, node: &str) {
-        if let Ok(mut seen) = self.last_seen.lock() {
-            seen.remove(node);
-        }
+        self.last_seen.lock().remove(node);
     }
 
     /// Forgets every heartbeat (a new leadership counts only its own).
     pub fn clear_seen(&self) {
-        if let Ok(mut seen) = self.last_seen.lock() {
-            seen.clear();
-        }
+        self.last_seen.lock().clear();
     }
 
     /// When each node was last heard from, as of now.
     pub fn seen(&self) -> HashMap<String, tokio::time::Instant> {
-        self.last_seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.last_seen.lock().clone()
     }
 
     /// Wakes the placement loop (a task was submitted, a node reported).
@@ -408,12 +402,11 @@ impl Manager {
     pub fn note_metrics(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
         self.lease.note(metrics);
         let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id);
-        if let Ok(mut since) = self.led_since.lock() {
-            match (*since, leading) {
-                (Some((term, _)), true) if term == metrics.current_term => {}
-                (_, true) => *since = Some((metrics.current_term, Instant::now())),
-                (_, false) => *since = None,
-            }
+        let mut since = self.led_since.lock();
+        match (*since, leading) {
+            (Some((term, _)), true) if term == metrics.current_term => {}
+            (_, true) => *since = Some((metrics.current_term, Instant::now())),
+            (_, false) => *since = None,
         }
     }
 
@@ -804,9 +797,7 @@ impl LeaderLease {
             .millis_since_quorum_ack
             .and_then(|ms| tokio::time::Instant::now().checked_sub(Duration::from_millis(ms)));
         let noted = leading.then_some((metrics.current_term, acked));
-        if let Ok(mut q) = self.noted.lock() {
-            *q = noted;
-        }
+        *self.noted.lock() = noted;
     }
 
     /// Whether this manager leads by `raft`, and whether a quorum confirmed
@@ -820,8 +811,8 @@ impl LeaderLease {
         if !leading {
             return Leadership::Follower;
         }
-        let acked = match self.noted.lock().map(|q| *q) {
-            Ok(Some((noted_term, acked))) if noted_term == term => acked,
+        let acked = match *self.noted.lock() {
+            Some((noted_term, acked)) if noted_term == term => acked,
             _ => None,
         };
         let ack_age = acked.map(|at| at.elapsed());

@@ -28,6 +28,29 @@ pub struct ErrorBody {
     pub limit: Option<u64>,
 }
 
+/// Declares the error answers several routes document alike, for their
+/// `#[utoipa::path(responses(...))]`: each type is one response with the
+/// shared body ([`ErrorBody`], referenced), its status and description
+/// written once here. (The answers every route shares, 400/401/403/503,
+/// are added by `openapi::complete`.)
+macro_rules! error_answers {
+    ($($name:ident: $status:literal, $description:literal;)*) => {$(
+        #[derive(utoipa::IntoResponses)]
+        #[response(status = $status, description = $description)]
+        pub struct $name(pub ErrorBody);
+    )*};
+}
+
+error_answers! {
+    NoSuchService: 404, "No such service.";
+    NoSuchNode: 404, "No such node.";
+    NoSuchTask: 404, "No such task.";
+    BodyOverLimit: 413, "The body is over the limit.";
+    NotLeader: 421, "Relayed to a manager that does not lead.";
+    ServiceConflict: 409, "The change conflicts with the service state.";
+    MembershipRefused: 409, "Raft refused the membership change.";
+}
+
 /// Every `code` an error answer may carry: the enum is the only way to
 /// build an [`ApiError`], so the OpenAPI document lists them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -184,7 +184,7 @@ pub async fn run(
     params(crate::manager::params::NodeNamePath),
     responses(
         (status = 204, description = "Removed."),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
         (status = 409, description = "The node is not down, or still holds live tasks.", body = crate::manager::error::ErrorBody),
     ),
 )]

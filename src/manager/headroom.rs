@@ -34,7 +34,7 @@ pub struct HeadroomQuery {
     params(HeadroomQuery),
     responses(
         (status = 200, description = "The plan.", body = NodeLoss),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
     ),
 )]
 pub async fn headroom(

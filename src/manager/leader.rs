@@ -29,13 +29,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use goat_raft::state_machine::SharedState;
 use goat_raft::{Command, CommandResult, NodeId, Raft};
 use goat_storage::model::Strategy;
 use openraft::ServerState;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -125,9 +126,7 @@ pub async fn supervise<H: LeaderHost>(manager: Arc<H>) {
             let token = CancellationToken::new();
             tracing::info!(term, "became leader: starting the control loops");
             // Liveness counts only heartbeats this leadership received.
-            if let Ok(mut seen) = manager.last_seen().lock() {
-                seen.clear();
-            }
+            manager.last_seen().lock().clear();
             let leading = Leading { term, cancel: token.clone() };
             tokio::spawn(placement_loop(manager.clone(), leading.clone()));
             tokio::spawn(liveness_loop(manager.clone(), leading.clone()));
@@ -229,7 +228,7 @@ async fn place_pending<H: LeaderHost>(
     since: Instant,
 ) -> Result<Round, crate::control::Error> {
     let mut scheduler = {
-        let seen = manager.last_seen().lock().map(|s| s.clone()).unwrap_or_default();
+        let seen = manager.last_seen().lock().clone();
         let applied = manager.state().read();
         if applied.state.pending_tasks().next().is_none() {
             return Ok(Round::Done);
@@ -337,7 +336,7 @@ async fn liveness_loop<H: LeaderHost>(manager: Arc<H>, leading: Leading) {
         let Ok(since) = gate_round(&*manager, &leading, &mut gate) else { return };
         let Some(since) = since else { continue };
         let commands = {
-            let seen = manager.last_seen().lock().map(|s| s.clone()).unwrap_or_default();
+            let seen = manager.last_seen().lock().clone();
             let applied = manager.state().read();
             liveness_commands(&applied.state, manager.now_ms(), |node| {
                 alive(&seen, node, since, manager.node_down_after())

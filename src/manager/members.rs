@@ -130,7 +130,7 @@ pub struct AddedMember {
     request_body = NewMember,
     responses(
         (status = 200, description = "Added as a voter.", body = AddedMember),
-        (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::MembershipRefused,
     ),
 )]
 pub async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
@@ -163,7 +163,7 @@ pub async fn add_member(State(m): Shared, body: Result<Bytes, BytesRejection>) -
     responses(
         (status = 204, description = "Removed."),
         (status = 404, description = "No such manager.", body = crate::manager::error::ErrorBody),
-        (status = 409, description = "Raft refused the membership change.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::MembershipRefused,
     ),
 )]
 pub async fn remove_member(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {

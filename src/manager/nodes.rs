@@ -48,8 +48,8 @@ pub const MAX_HEARTBEAT_BYTES: usize = 4 << 20;
     request_body = Heartbeat,
     responses(
         (status = 200, description = "Every task the node should hold.", body = HeartbeatReply),
-        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
-        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::BodyOverLimit,
+        crate::manager::error::NotLeader,
     ),
 )]
 pub async fn heartbeat(
@@ -108,9 +108,7 @@ pub async fn answer_heartbeat<H: LeaderHost>(m: &H, name: &str, hb: &Heartbeat) 
 }
 
 async fn answer_heartbeat_in<H: LeaderHost>(m: &H, name: &str, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
-    if let Ok(mut seen) = m.last_seen().lock() {
-        seen.insert(name.to_string(), Instant::now());
-    }
+    m.last_seen().lock().insert(name.to_string(), Instant::now());
     // Usually nothing changed: one short look at the state decides and
     // answers. (The lock is the state machine's: hold it briefly.)
     let (commands, unchanged) = {
@@ -153,7 +151,7 @@ pub fn unconfirmed(ack_age: Option<std::time::Duration>) -> ApiError {
     params(crate::manager::params::NodeNamePath),
     responses(
         (status = 200, description = "The node, `draining`; its tasks are moved elsewhere.", body = Node),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
     ),
 )]
 pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -186,7 +184,7 @@ pub async fn drain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> R
     params(crate::manager::params::NodeNamePath),
     responses(
         (status = 200, description = "The node, ready again.", body = Node),
-        (status = 404, description = "No such node.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchNode,
     ),
 )]
 pub async fn undrain(State(m): State<Arc<Manager>>, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -147,8 +147,8 @@ async fn apply(m: &Manager, spec: ServiceSpec) -> Result<Response, ApiError> {
     responses(
         (status = 201, description = "Created.", body = ServiceView),
         (status = 200, description = "Applied (or unchanged).", body = ServiceView),
-        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
-        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::ServiceConflict,
+        crate::manager::error::BodyOverLimit,
     ),
 )]
 pub async fn create(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
@@ -192,8 +192,8 @@ pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, Ap
     responses(
         (status = 201, description = "Created.", body = ServiceView),
         (status = 200, description = "Applied (or unchanged).", body = ServiceView),
-        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
-        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::ServiceConflict,
+        crate::manager::error::BodyOverLimit,
     ),
 )]
 pub async fn put(
@@ -240,7 +240,7 @@ pub async fn list(State(m): Shared, query: Result<Query<ReadOptions>, QueryRejec
     params(crate::manager::params::ServiceNamePath, crate::manager::params::Stale),
     responses(
         (status = 200, description = "The service.", body = ServiceView),
-        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchService,
     ),
 )]
 pub async fn get(
@@ -272,8 +272,8 @@ struct Scale {
     request_body = Scale,
     responses(
         (status = 200, description = "The service.", body = ServiceView),
-        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
-        (status = 409, description = "The change conflicts with the service state.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchService,
+        crate::manager::error::ServiceConflict,
     ),
 )]
 pub async fn scale(
@@ -303,7 +303,7 @@ pub async fn scale(
     params(crate::manager::params::ServiceNamePath),
     responses(
         (status = 200, description = "The service.", body = ServiceView),
-        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchService,
         (status = 409, description = "No previous version.", body = crate::manager::error::ErrorBody),
     ),
 )]
@@ -323,7 +323,7 @@ pub async fn rollback(State(m): Shared, Path(name): Path<String>) -> Result<Resp
     params(crate::manager::params::ServiceNamePath),
     responses(
         (status = 200, description = "The service.", body = ServiceView),
-        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchService,
         (status = 409, description = "No deployment waits on its canaries.", body = crate::manager::error::ErrorBody),
     ),
 )]
@@ -342,7 +342,7 @@ pub async fn promote(State(m): Shared, Path(name): Path<String>) -> Result<Respo
     params(crate::manager::params::ServiceNamePath),
     responses(
         (status = 202, description = "The removed service.", body = Service),
-        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchService,
     ),
 )]
 pub async fn delete(State(m): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -442,7 +442,7 @@ const MAX_WAIT: Millis = Millis(30_000);
     params(crate::manager::params::ServiceNamePath, EndpointsQuery),
     responses(
         (status = 200, description = "The endpoints.", body = Endpoints),
-        (status = 404, description = "No such service.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchService,
         (status = 503, description = "This manager holds its limit of polls (`busy`), has no leader (`unavailable`) or is shutting down; retry after `Retry-After`.", body = crate::manager::error::ErrorBody),
     ),
 )]

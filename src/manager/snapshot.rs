@@ -67,7 +67,7 @@ pub struct Restored {
     responses(
         (status = 200, description = "Restored.", body = Restored),
         (status = 413, description = "The backup is over the limit.", body = crate::manager::error::ErrorBody),
-        (status = 421, description = "Relayed to a manager that does not lead.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NotLeader,
         (status = 422, description = "The backup lists a task id or a node name twice (code `invalid`).", body = crate::manager::error::ErrorBody),
     ),
 )]

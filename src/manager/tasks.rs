@@ -105,7 +105,7 @@ pub fn task_id_for_key(key: &str) -> Uuid {
         (status = 201, description = "Committed; the stored task, `pending`.", body = Task),
         (status = 200, description = "A resend with an Idempotency-Key already used for the same spec: the task it created.", body = Task),
         (status = 409, description = "The Idempotency-Key was used for another spec.", body = crate::manager::error::ErrorBody),
-        (status = 413, description = "The body is over the limit.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::BodyOverLimit,
     ),
 )]
 pub async fn submit_task(
@@ -231,7 +231,7 @@ pub async fn list_tasks(
     params(crate::manager::params::TaskIdPath, crate::manager::params::Stale),
     responses(
         (status = 200, description = "The task.", body = Task),
-        (status = 404, description = "No such task.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchTask,
     ),
 )]
 pub async fn get_task(
@@ -254,7 +254,7 @@ pub async fn get_task(
     params(crate::manager::params::TaskIdPath),
     responses(
         (status = 202, description = "Desired status set to `stop`; completes when its worker confirms.", body = Task),
-        (status = 404, description = "No such task.", body = crate::manager::error::ErrorBody),
+        crate::manager::error::NoSuchTask,
     ),
 )]
 pub async fn stop_task(State(m): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {

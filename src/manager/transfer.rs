@@ -169,7 +169,7 @@ async fn transfer_once(m: &Manager, to: Option<NodeId>) -> Result<NodeId, ApiErr
     // openraft's leader refuses votes while its own vote lease runs (from
     // its election): a young leader waits it out, or the target's vote
     // would be refused.
-    let since = m.led_since.lock().ok().and_then(|s| *s).filter(|(t, _)| *t == term).map(|(_, at)| at);
+    let since = (*m.led_since.lock()).filter(|(t, _)| *t == term).map(|(_, at)| at);
     let lease = m.timing.lease() + Duration::from_millis(10);
     // (Not yet noted, for a leadership just won: the whole lease.)
     let left = match since {

@@ -148,16 +148,9 @@ impl Deployment {
         assert!(status.success(), "compose {args:?} failed");
     }
 
-    pub fn container(&self, service: &str) -> String {
-        let out = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]);
-        out.lines().next().unwrap_or_else(|| panic!("no container for {service}")).to_string()
+    /// The container of compose service `service` (`manager1`, `worker2`).
+    pub async fn container(&self, service: &str) -> String {
+        crate::drill::compose_container(&self.project, service).await.unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn addr(&self, id: u64) -> String {

@@ -163,7 +163,7 @@ pub fn docker_inspect(id: &str, format: &str) -> Option<String> {
 pub struct EngineProxy {
     pub path: PathBuf,
     accept: Option<JoinHandle<()>>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    conns: std::sync::Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -192,7 +192,7 @@ impl EngineProxy {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
                     }
                 });
-                conns.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+                conns.lock().push(handle);
             }
         }));
     }
@@ -202,7 +202,7 @@ impl EngineProxy {
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
-        for conn in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for conn in self.conns.lock().drain(..) {
             conn.abort();
         }
         let _ = std::fs::remove_file(&self.path);

@@ -11,7 +11,8 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 /// The trees of a manager's database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,15 +118,11 @@ impl SledSync {
         }
         // Blobs and snapshots present at open were either synced before or
         // are what the disk kept: count them as seen.
-        let mut seen = sync.lock();
+        let mut seen = sync.seen.lock();
         seen.blobs = list(&dir.join("blobs"), |_| true)?;
         seen.snapshots = list(dir, is_snapshot)?;
         drop(seen);
         Ok(sync)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Flushes `db` (sled's flush, then the syncs above). Blocks until the
@@ -138,7 +135,7 @@ impl SledSync {
     fn sync(&self) -> Result<()> {
         // One sync at a time: the bookkeeping of blobs and snapshots must see
         // the directory as the sync it guards left it.
-        let mut seen = self.lock();
+        let mut seen = self.seen.lock();
         let blob_dir = self.dir.join("blobs");
         let blobs = list(&blob_dir, |_| true)?;
         let new_blobs: Vec<_> = blobs.difference(&seen.blobs).cloned().collect();
@@ -323,7 +320,7 @@ mod tests {
             let e = SledEngine::open(dir.path()).unwrap();
             e.write(Tree::State, vec![(b"s/data".to_vec(), Some(big.clone()))]).unwrap();
             e.flush().unwrap();
-            let synced = e.sync.lock().blobs.len();
+            let synced = e.sync.seen.lock().blobs.len();
             assert!(synced >= 1, "the 1 MiB value was not a blob: sled changed its layout");
             assert_eq!(synced, std::fs::read_dir(dir.path().join("blobs")).unwrap().count());
         }

@@ -14,8 +14,10 @@
 //! power"), and opens a new store on the same handle ("it rebooted").
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crate::engine::{Engine, EngineError, Op, Result, Tree};
 
@@ -80,11 +82,6 @@ impl MemEngine {
         MemEngine::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic elsewhere while holding the lock leaves plain data behind.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Power loss: every write not yet flushed is gone.
     pub fn crash(&self) {
         self.crash_keeping(0);
@@ -93,7 +90,7 @@ impl MemEngine {
     /// Power loss after the disk wrote the first `kept` unsynced batches (in
     /// order) and none of the rest.
     pub fn crash_keeping(&self, kept: usize) {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let unsynced = std::mem::take(&mut inner.unsynced);
         for (tree, ops) in unsynced.iter().take(kept) {
             apply(&mut inner.durable, *tree, ops);
@@ -105,7 +102,7 @@ impl MemEngine {
     /// volatile layers alike): crash the copy to see what a power cut at
     /// this instant would leave, and carry on with the original.
     pub fn fork(&self) -> MemEngine {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let copy = Inner {
             durable: inner.durable.clone(),
             unsynced: inner.unsynced.clone(),
@@ -117,38 +114,38 @@ impl MemEngine {
 
     /// Batches written since the last flush.
     pub fn unsynced_batches(&self) -> usize {
-        self.lock().unsynced.len()
+        self.inner.lock().unsynced.len()
     }
 
     /// Flushes so far.
     pub fn flushes(&self) -> u64 {
-        self.lock().flushes
+        self.inner.lock().flushes
     }
 
     /// Write batches so far.
     pub fn writes(&self) -> u64 {
-        self.lock().writes
+        self.inner.lock().writes
     }
 
     /// Makes every later flush sleep `delay` first (blocking the caller, as a
     /// slow fsync does).
     pub fn set_flush_delay(&self, delay: Duration) {
-        self.lock().flush_delay = delay;
+        self.inner.lock().flush_delay = delay;
     }
 
     /// Makes the next `n` flushes fail, keeping their writes unsynced.
     pub fn fail_flushes(&self, n: u32) {
-        self.lock().failing_flushes = n;
+        self.inner.lock().failing_flushes = n;
     }
 }
 
 impl Engine for MemEngine {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.lock().current.get(&tree.into()).and_then(|t| t.get(key)).cloned())
+        Ok(self.inner.lock().current.get(&tree.into()).and_then(|t| t.get(key)).cloned())
     }
 
     fn write(&self, tree: Tree, ops: Vec<Op>) -> Result<()> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let tree = TreeKey::from(tree);
         apply(&mut inner.current, tree, &ops);
         inner.unsynced.push((tree, ops));
@@ -157,7 +154,7 @@ impl Engine for MemEngine {
     }
 
     fn scan(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let Some(t) = inner.current.get(&tree.into()) else { return Ok(Vec::new()) };
         let rows = t
             .range(from.to_vec()..)
@@ -169,16 +166,16 @@ impl Engine for MemEngine {
     }
 
     fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         Ok(inner.current.get(&tree.into()).and_then(|t| t.last_key_value()).map(|(k, v)| (k.clone(), v.clone())))
     }
 
     fn flush(&self) -> Result<()> {
-        let delay = self.lock().flush_delay;
+        let delay = self.inner.lock().flush_delay;
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.failing_flushes > 0 {
             inner.failing_flushes -= 1;
             return Err(EngineError::Engine("injected flush failure".into()));

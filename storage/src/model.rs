@@ -594,6 +594,25 @@ pub struct TaskReport {
     pub reason: Option<String>,
 }
 
+impl TaskReport {
+    /// `task_id` at `generation` runs in `container_id`, and nothing more
+    /// is known (no ports, health not decided, no restarts): what the
+    /// benchmarks' and the simulation's stand-in workers report.
+    pub fn running(task_id: TaskId, generation: u64, container_id: impl Into<String>) -> TaskReport {
+        TaskReport {
+            task_id,
+            generation,
+            state: ObservedState::Running,
+            container_id: Some(container_id.into()),
+            exit_code: None,
+            host_ports: BTreeMap::new(),
+            health: Health::Unknown,
+            restarts: 0,
+            reason: None,
+        }
+    }
+}
+
 /// The health of a worker's Docker engine.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use goat::manager::cluster::{wait_for_leader_change, Batcher, LeaderHost, LeaderLease, Leadership, ProposeError};
@@ -18,13 +18,13 @@ use goat_storage::digest::state_digest;
 use goat_storage::engine::Engine;
 use goat_storage::mem_engine::MemEngine;
 use goat_storage::model::{
-    Assignment, DesiredStatus, EngineStatus, Heartbeat, NodeStatus, ObservedState, Resources, Strategy, TaskReport,
-    TaskSpec,
+    Assignment, DesiredStatus, EngineStatus, Heartbeat, NodeStatus, Resources, Strategy, TaskReport, TaskSpec,
 };
 use goat_storage::raft_log::RaftLog;
 use goat_storage::state_store::StateStore;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
@@ -332,10 +332,6 @@ pub struct World {
     next_fault: Mutex<u64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn leading(raft: &Raft, id: NodeId) -> (bool, u64) {
     let m = raft.metrics();
     let m = m.borrow();
@@ -391,17 +387,17 @@ impl World {
 
     /// Manager `id`'s wall clock (what `clock::now_ms` reads there).
     pub fn now_ms(&self, id: NodeId) -> u64 {
-        let offset = lock(&self.slots).get(id as usize - 1).map_or(0, |s| s.clock_offset_ms);
+        let offset = self.slots.lock().get(id as usize - 1).map_or(0, |s| s.clock_offset_ms);
         (EPOCH_MS as i64 + self.elapsed_ms() as i64 + offset).max(0) as u64
     }
 
     fn rand<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
-        f(&mut lock(&self.rng))
+        f(&mut self.rng.lock())
     }
 
     pub fn trace(&self, line: impl AsRef<str>) {
         let line = format!("{:>7} {}", self.elapsed_ms(), line.as_ref());
-        let mut t = lock(&self.trace);
+        let mut t = self.trace.lock();
         for b in line.bytes().chain(std::iter::once(b'\n')) {
             t.hash ^= u64::from(b);
             t.hash = t.hash.wrapping_mul(0x100000001b3);
@@ -420,13 +416,13 @@ impl World {
 
     /// The last trace lines and the virtual time (for the watchdog).
     pub fn tail(&self) -> (u64, Vec<String>) {
-        (self.elapsed_ms(), lock(&self.trace).tail.iter().cloned().collect())
+        (self.elapsed_ms(), self.trace.lock().tail.iter().cloned().collect())
     }
 
     fn violation(&self, what: String) {
         self.trace(format!("VIOLATION {what}"));
-        let tail: Vec<String> = lock(&self.trace).tail.iter().cloned().collect();
-        let mut c = lock(&self.checks);
+        let tail: Vec<String> = self.trace.lock().tail.iter().cloned().collect();
+        let mut c = self.checks.lock();
         if c.violations.is_empty() {
             c.first_tail = tail;
         }
@@ -436,11 +432,11 @@ impl World {
     }
 
     fn count_fault(&self, kind: &str) {
-        *lock(&self.stats).faults.entry(kind.to_string()).or_default() += 1;
+        *self.stats.lock().faults.entry(kind.to_string()).or_default() += 1;
     }
 
     pub fn disk_delay(&self, id: NodeId) -> Duration {
-        lock(&self.slots)[id as usize - 1].disk_delay
+        self.slots.lock()[id as usize - 1].disk_delay
     }
 
     pub fn raft_of(&self, id: NodeId) -> Option<Raft> {
@@ -448,29 +444,29 @@ impl World {
     }
 
     fn running(&self, id: NodeId) -> Option<Arc<Running>> {
-        lock(&self.slots).get((id as usize).wrapping_sub(1)).and_then(|s| s.running.clone())
+        self.slots.lock().get((id as usize).wrapping_sub(1)).and_then(|s| s.running.clone())
     }
 
     /// One leg of a message: false if it is lost (cut link, dropped, or the
     /// link was cut while it travelled); otherwise it arrives after a delay.
     pub async fn leg(&self, from: u64, to: u64, kind: &str) -> bool {
         let (cut, loss, extra) = {
-            let net = lock(&self.net);
+            let net = self.net.lock();
             (net.cut(from, to), net.loss(), net.extra_delay_ms.values().copied().max().unwrap_or(0))
         };
-        lock(&self.stats).messages += 1;
+        self.stats.lock().messages += 1;
         if cut {
             self.trace(format!("{kind} {from}->{to} cut"));
             return false;
         }
         let (dropped, delay) = self.rand(|r| (r.gen_bool(loss), r.gen_range(1..=3) + r.gen_range(0..=extra)));
         if dropped {
-            lock(&self.stats).lost += 1;
+            self.stats.lock().lost += 1;
             self.trace(format!("{kind} {from}->{to} dropped"));
             return false;
         }
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        if lock(&self.net).cut(from, to) {
+        if self.net.lock().cut(from, to) {
             self.trace(format!("{kind} {from}->{to} cut in flight"));
             return false;
         }
@@ -480,10 +476,10 @@ impl World {
 
     /// Whether to deliver a request a second time.
     pub fn duplicate(&self) -> bool {
-        let p = lock(&self.net).dup.values().copied().fold(0.0, f64::max);
+        let p = self.net.lock().dup.values().copied().fold(0.0, f64::max);
         let yes = p > 0.0 && self.rand(|r| r.gen_bool(p));
         if yes {
-            lock(&self.stats).duplicated += 1;
+            self.stats.lock().duplicated += 1;
         }
         yes
     }
@@ -491,7 +487,7 @@ impl World {
     // ---- managers -------------------------------------------------------
 
     async fn boot(self: &Arc<Self>, id: NodeId) {
-        let mem = lock(&self.slots)[id as usize - 1].engine.clone();
+        let mem = self.slots.lock()[id as usize - 1].engine.clone();
         let engine: Arc<dyn Engine> = if self.opts.broken_flush { Arc::new(NoSyncEngine(mem)) } else { Arc::new(mem) };
         let log = SimLog {
             inner: LogStore::new(RaftLog::new_inline(engine.clone())).with_inline_io(),
@@ -538,7 +534,7 @@ impl World {
             world: self.clone(),
             legacy: self.opts.mode == Mode::Legacy,
         });
-        lock(&self.slots)[id as usize - 1].running = Some(running.clone());
+        self.slots.lock()[id as usize - 1].running = Some(running.clone());
         tokio::spawn(goat::manager::leader::supervise(running.clone()));
         tokio::spawn(watch_applied(self.clone(), running.clone()));
         tokio::spawn(watch_leaders(self.clone(), running));
@@ -546,7 +542,7 @@ impl World {
     }
 
     async fn kill(self: &Arc<Self>, id: NodeId) {
-        let Some(running) = lock(&self.slots)[id as usize - 1].running.take() else { return };
+        let Some(running) = self.slots.lock()[id as usize - 1].running.take() else { return };
         self.refresh_truth();
         running.stop.cancel();
         let _ = running.raft.shutdown().await;
@@ -554,7 +550,7 @@ impl World {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
-        let engine = lock(&self.slots)[id as usize - 1].engine.clone();
+        let engine = self.slots.lock()[id as usize - 1].engine.clone();
         let unsynced = engine.unsynced_batches();
         let kept = if self.opts.broken_flush { 0 } else { self.rand(|r| r.gen_range(0..=unsynced)) };
         engine.crash_keeping(kept);
@@ -562,7 +558,7 @@ impl World {
     }
 
     fn current_leader(&self) -> Option<NodeId> {
-        let slots = lock(&self.slots);
+        let slots = self.slots.lock();
         slots
             .iter()
             .filter_map(|s| s.running.as_ref())
@@ -585,14 +581,14 @@ impl World {
     fn refresh_truth(&self) {
         let n = self.opts.managers;
         let up: Vec<u64> = {
-            let slots = lock(&self.slots);
+            let slots = self.slots.lock();
             (1..=n).filter(|id| slots[*id as usize - 1].running.is_some()).collect()
         };
-        let net = lock(&self.net);
+        let net = self.net.lock();
         let lossy = net.loss() > 0.0;
         let both = |a: u64, b: u64| !net.cut(a, b) && !net.cut(b, a);
         let majority = (n / 2 + 1) as usize;
-        let mut workers = lock(&self.workers);
+        let mut workers = self.workers.lock();
         let now = Instant::now();
         for (i, w) in workers.iter_mut().enumerate() {
             let addr = WORKER_BASE + i as u64;
@@ -616,7 +612,7 @@ impl World {
 
     fn check_leader(&self, term: u64, id: NodeId) {
         let others = {
-            let mut c = lock(&self.checks);
+            let mut c = self.checks.lock();
             let set = c.leaders.entry(term).or_default();
             if !set.insert(id) {
                 return;
@@ -647,7 +643,7 @@ impl World {
         self.trace(format!("applied {} {index} {}", r.id, &digest[..12]));
         let mut found = Vec::new();
         {
-            let mut c = lock(&self.checks);
+            let mut c = self.checks.lock();
             match c.digests.get(&index) {
                 Some((d, other)) if *d != digest => found.push(format!(
                     "applied states differ at index {index}: manager {other} has {d}, manager {} has {digest}",
@@ -673,10 +669,10 @@ impl World {
             let new_downs: Vec<(String, u64)> =
                 downs.into_iter().filter(|d| c.judged_downs.insert(d.clone())).collect();
             drop(c);
-            let workers = lock(&self.workers);
+            let workers = self.workers.lock();
             let now = Instant::now();
             for (name, index) in new_downs {
-                lock(&self.stats).downs += 1;
+                self.stats.lock().downs += 1;
                 let Some(i) = name.strip_prefix('w').and_then(|n| n.parse::<usize>().ok()) else { continue };
                 if let Some(since) = workers.get(i).and_then(|w| w.heard_since) {
                     if now.duration_since(since) >= self.opts.node_down_after + TRUTH_SLACK {
@@ -912,7 +908,7 @@ impl World {
         self.final_checks().await;
         let report = self.report();
         for id in 1..=n {
-            let running = lock(&self.slots)[id as usize - 1].running.take();
+            let running = self.slots.lock()[id as usize - 1].running.take();
             if let Some(r) = running {
                 r.stop.cancel();
                 let _ = r.raft.shutdown().await;
@@ -924,11 +920,11 @@ impl World {
     /// Ends every fault: links back, no loss, fast disks, workers thawed,
     /// dead managers restarted.
     pub async fn heal(self: &Arc<Self>) {
-        *lock(&self.net) = Net::default();
-        for slot in lock(&self.slots).iter_mut() {
+        *self.net.lock() = Net::default();
+        for slot in self.slots.lock().iter_mut() {
             slot.disk_delay = Duration::ZERO;
         }
-        for w in lock(&self.workers).iter_mut() {
+        for w in self.workers.lock().iter_mut() {
             w.frozen = false;
         }
         for id in 1..=self.opts.managers {
@@ -956,7 +952,7 @@ impl World {
         if !converged {
             self.violation("managers did not converge on one applied index after healing".into());
         }
-        let acked = lock(&self.checks).acked.clone();
+        let acked = self.checks.lock().acked.clone();
         for id in 1..=self.opts.managers {
             let Some(r) = self.running(id) else { continue };
             self.check_applied(&r);
@@ -971,13 +967,13 @@ impl World {
     }
 
     fn report(&self) -> Report {
-        let mut trace = lock(&self.trace);
+        let mut trace = self.trace.lock();
         if let Some(file) = trace.full.as_mut() {
             use std::io::Write;
             let _ = file.flush();
         }
-        let checks = lock(&self.checks);
-        let stats = lock(&self.stats);
+        let checks = self.checks.lock();
+        let stats = self.stats.lock();
         let requeued =
             self.running(1).map_or(0, |r| r.shared.read().state.tasks.values().filter(|t| t.generation > 1).count());
         Report {
@@ -1004,7 +1000,7 @@ impl World {
     // ---- fault actions (used by `faults`) ------------------------------------------
 
     pub fn fault_id(&self) -> u64 {
-        let mut n = lock(&self.next_fault);
+        let mut n = self.next_fault.lock();
         *n += 1;
         *n
     }
@@ -1015,7 +1011,7 @@ impl World {
 
     pub fn set_cuts(&self, fault: u64, cuts: Option<Vec<(u64, u64)>>) {
         {
-            let mut net = lock(&self.net);
+            let mut net = self.net.lock();
             match cuts {
                 Some(c) => net.cuts.insert(fault, c),
                 None => net.cuts.remove(&fault),
@@ -1026,36 +1022,36 @@ impl World {
 
     pub fn set_loss(&self, fault: u64, p: Option<f64>) {
         match p {
-            Some(p) => lock(&self.net).loss.insert(fault, p),
-            None => lock(&self.net).loss.remove(&fault),
+            Some(p) => self.net.lock().loss.insert(fault, p),
+            None => self.net.lock().loss.remove(&fault),
         };
         self.refresh_truth();
     }
 
     pub fn set_dup(&self, fault: u64, p: Option<f64>) {
         match p {
-            Some(p) => lock(&self.net).dup.insert(fault, p),
-            None => lock(&self.net).dup.remove(&fault),
+            Some(p) => self.net.lock().dup.insert(fault, p),
+            None => self.net.lock().dup.remove(&fault),
         };
     }
 
     pub fn set_delay(&self, fault: u64, ms: Option<u64>) {
         match ms {
-            Some(ms) => lock(&self.net).extra_delay_ms.insert(fault, ms),
-            None => lock(&self.net).extra_delay_ms.remove(&fault),
+            Some(ms) => self.net.lock().extra_delay_ms.insert(fault, ms),
+            None => self.net.lock().extra_delay_ms.remove(&fault),
         };
     }
 
     pub fn set_disk_delay(&self, id: NodeId, delay: Duration) {
-        lock(&self.slots)[id as usize - 1].disk_delay = delay;
+        self.slots.lock()[id as usize - 1].disk_delay = delay;
     }
 
     pub fn jump_clock(&self, id: NodeId, by_ms: i64) {
-        lock(&self.slots)[id as usize - 1].clock_offset_ms += by_ms;
+        self.slots.lock()[id as usize - 1].clock_offset_ms += by_ms;
     }
 
     pub fn set_frozen(&self, worker: usize, frozen: bool) {
-        lock(&self.workers)[worker].frozen = frozen;
+        self.workers.lock()[worker].frozen = frozen;
         self.refresh_truth();
     }
 
@@ -1128,7 +1124,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
         tokio::time::sleep(pause).await;
         pause = Duration::from_millis(1_000);
         let (frozen, running) = {
-            let workers = lock(&w.workers);
+            let workers = w.workers.lock();
             (workers[i].frozen, workers[i].running.clone())
         };
         if frozen {
@@ -1136,17 +1132,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
         }
         let tasks = running
             .iter()
-            .map(|(task, generation)| TaskReport {
-                task_id: *task,
-                generation: *generation,
-                state: ObservedState::Running,
-                container_id: Some(format!("c-{generation}-{task}")),
-                exit_code: None,
-                host_ports: BTreeMap::new(),
-                health: Default::default(),
-                restarts: 0,
-                reason: None,
-            })
+            .map(|(task, generation)| TaskReport::running(*task, *generation, format!("c-{generation}-{task}")))
             .collect();
         let hb = Heartbeat {
             capacity,
@@ -1166,7 +1152,7 @@ async fn worker_loop(w: Arc<World>, i: usize) {
                 if now != running {
                     w.trace(format!("w{i} runs {now:?}"));
                 }
-                lock(&w.workers)[i].running = now;
+                w.workers.lock()[i].running = now;
             }
             Err(e) => {
                 w.trace(format!("w{i} heartbeat to {target} failed: {e}"));
@@ -1202,7 +1188,7 @@ async fn client_loop(w: Arc<World>) {
             match w.send_client(to, |at| Command::SubmitTask { task_id, spec, at }).await {
                 Ok(CommandResult::Task(_)) => {
                     w.trace(format!("client ack {task_id} via {to}"));
-                    lock(&w.checks).acked.insert(task_id);
+                    w.checks.lock().acked.insert(task_id);
                     acked.push(task_id);
                     break;
                 }

@@ -16,10 +16,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use goat_storage::model::{Health, HealthCheck};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -121,7 +122,7 @@ impl Monitor {
 
     /// The verdicts on the runs being probed now.
     pub fn verdicts(&self) -> BTreeMap<String, Health> {
-        let verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        let verdicts = self.verdicts.lock();
         verdicts
             .iter()
             .filter(|(id, (started_at, _))| self.probes.get(*id).is_some_and(|(w, _)| w.started_at == *started_at))
@@ -146,7 +147,7 @@ impl Monitor {
             if let Some((_, handle)) = self.probes.remove(&id) {
                 handle.abort();
             }
-            self.verdicts.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.verdicts.lock().remove(&id);
         }
         for (id, w) in wanted {
             if self.probes.contains_key(&id) {
@@ -201,10 +202,7 @@ async fn run_probe(wanted: Wanted, client: reqwest::Client, verdicts: Verdicts, 
         let since_start = Duration::from_millis(crate::agent::unix_ms().saturating_sub(wanted.started_at));
         let before = tracker.health;
         let health = tracker.record(&wanted.check, ok.is_some(), since_start);
-        verdicts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(wanted.container_id.clone(), (wanted.started_at, health));
+        verdicts.lock().insert(wanted.container_id.clone(), (wanted.started_at, health));
         if health != before {
             tracing::info!(?health, failures = tracker.failures, "health changed");
             changed.notify_one();

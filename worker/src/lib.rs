@@ -28,13 +28,14 @@ pub mod runtime;
 mod reconcile_tests;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use goat_storage::model::EngineStatus;
 use goat_storage::worker_state::WorkerStore;
 use goat_storage::Millis;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 

@@ -600,7 +600,7 @@ fn several_tasks_are_handled_independently() {
 async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
     use crate::agent::{Round, Status, Supervisor};
     use goat_storage::model::EngineStatus;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
     let store = WorkerStore::open(dir.path()).unwrap();
@@ -615,7 +615,7 @@ async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
 
     assert!(matches!(sup.round().await, Round::EngineDown { .. }));
     {
-        let s = status.lock().unwrap();
+        let s = status.lock();
         assert!(!s.engine.healthy);
         assert!(s.engine.error.as_deref().unwrap_or("").contains("down"));
     }
@@ -624,7 +624,7 @@ async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
     sup.finish_actions().await;
     sup.round().await;
     {
-        let s = status.lock().unwrap();
+        let s = status.lock();
         assert!(s.engine.healthy);
         assert_eq!(s.reports[0].state, ObservedState::Running);
     }
@@ -641,7 +641,7 @@ async fn the_supervisor_survives_an_engine_outage_and_persists_records() {
 async fn the_supervisor_starts_a_burst_concurrently_without_repeating_actions() {
     use crate::agent::{Status, Supervisor};
     use goat_storage::model::EngineStatus;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
     let store = WorkerStore::open(dir.path()).unwrap();
@@ -662,7 +662,7 @@ async fn the_supervisor_starts_a_burst_concurrently_without_repeating_actions() 
     let creates = engine.with(|s| s.calls.iter().filter(|c| c.starts_with("create")).count());
     assert_eq!(creates, 40, "each task created exactly once");
     assert_eq!(engine.running_ids().len(), 40);
-    let s = status.lock().unwrap();
+    let s = status.lock();
     assert!(s.reports.iter().all(|r| r.state == ObservedState::Running), "{:?}", s.reports);
     // Each got its own host port, chosen by the worker and remembered.
     let ports: std::collections::BTreeSet<u16> = s.reports.iter().map(|r| r.host_ports[&7777]).collect();

@@ -241,7 +241,7 @@ pub struct DockerRuntime {
     /// made in. A round lists the node's containers (one request) and
     /// inspects only those that are new, changed state, exited since (a
     /// `die` event), were acted on, or were last inspected `INSPECT_TTL` ago.
-    inspected: std::sync::Mutex<HashMap<String, Inspected>>,
+    inspected: parking_lot::Mutex<HashMap<String, Inspected>>,
     /// The Docker network task containers join (default: the engine's
     /// default bridge).
     task_network: Option<String>,
@@ -267,7 +267,7 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 impl DockerRuntime {
     pub fn new(socket: &str) -> DockerRuntime {
         let socket = socket.strip_prefix("unix://").unwrap_or(socket).to_string();
-        DockerRuntime { socket, client: Mutex::new(None), inspected: std::sync::Mutex::default(), task_network: None }
+        DockerRuntime { socket, client: Mutex::new(None), inspected: parking_lot::Mutex::default(), task_network: None }
     }
 
     /// Starts task containers on `network` instead of the default bridge
@@ -280,7 +280,7 @@ impl DockerRuntime {
 
     /// Forgets what was inspected about `id`: it is about to change.
     fn invalidate(&self, id: &str) {
-        self.inspected.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.inspected.lock().remove(id);
     }
 
     /// The connected client, connecting and negotiating the API version if
@@ -393,7 +393,7 @@ impl ContainerRuntime for DockerRuntime {
             listed.push((id, format!("{:?}", summary.state)));
         }
         let stale: Vec<(String, String)> = {
-            let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.inspected.lock();
             cache.retain(|id, _| listed.iter().any(|(l, _)| l == id));
             listed
                 .iter()
@@ -412,7 +412,7 @@ impl ContainerRuntime for DockerRuntime {
         .buffer_unordered(INSPECT_PARALLEL)
         .collect()
         .await;
-        let mut cache = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.inspected.lock();
         for item in fresh {
             let (id, state, container) = item?;
             cache.insert(id, Inspected { state, at: std::time::Instant::now(), container });
@@ -605,13 +605,13 @@ pub mod fake {
     //! An in-memory engine for unit tests: containers are records that tests
     //! can make exit, and every call is logged.
 
-    use std::sync::Mutex as StdMutex;
+    use parking_lot::Mutex as SyncMutex;
 
     use super::*;
 
     #[derive(Default)]
     pub struct FakeRuntime {
-        pub state: StdMutex<FakeState>,
+        pub state: SyncMutex<FakeState>,
     }
 
     #[derive(Default)]
@@ -627,7 +627,7 @@ pub mod fake {
 
     impl FakeRuntime {
         pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state.lock();
             f(&mut state)
         }
 

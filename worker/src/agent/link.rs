@@ -1,10 +1,11 @@
 //! The link to the managers: heartbeats, the long poll on the node's
 //! assignments, and the order in which their lists are taken.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use goat_storage::model::{Assignment, Heartbeat, HeartbeatReply, Resources};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::{unix_ms, Status};
@@ -197,7 +198,7 @@ async fn heartbeats(
     // have marked the node down and its tasks `unknown`, so the next
     // heartbeat reports everything again, not only what changed.
     let mut last_accepted: Option<tokio::time::Instant> = None;
-    let changed = status.lock().unwrap_or_else(|e| e.into_inner()).changed.clone();
+    let changed = status.lock().changed.clone();
     // Points the long poll at `manager` with the list held (not before a
     // manager sends versions).
     let aim = |held: &Held<_>, manager: &str| {
@@ -218,7 +219,7 @@ async fn heartbeats(
         // (see `crate::delta`), and the version of the list held, so that
         // an unchanged node's heartbeat and its answer stay small.
         let (heartbeat, all, more) = {
-            let status = status.lock().unwrap_or_else(|e| e.into_inner());
+            let status = status.lock();
             let selection = delta.select(&status.reports);
             let heartbeat = Heartbeat {
                 capacity: config.capacity,
@@ -264,7 +265,7 @@ async fn heartbeats(
         let was_accepted = accepted.is_some();
         match accepted {
             Some(reply) => {
-                status.lock().unwrap_or_else(|e| e.into_inner()).last_manager_contact = Some(unix_ms());
+                status.lock().last_manager_contact = Some(unix_ms());
                 let manager = &config.managers[current];
                 if !connected {
                     tracing::info!(%manager, "heartbeat accepted");
@@ -445,7 +446,7 @@ mod tests {
                         }
                     }
                 }
-                log.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+                log.lock().push(String::from_utf8_lossy(&buf[..n]).to_string());
                 let resp = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -482,12 +483,12 @@ mod tests {
         let (tx, mut rx) = watch::channel(None);
         let stored = Arc::new(Mutex::new(None));
         let keep = stored.clone();
-        let task = tokio::spawn(heartbeat_loop(config, status(), move |a| *keep.lock().unwrap() = Some(a.len()), tx));
+        let task = tokio::spawn(heartbeat_loop(config, status(), move |a| *keep.lock() = Some(a.len()), tx));
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|a| a.is_some())).await.unwrap().unwrap();
         task.abort();
-        assert_eq!(*stored.lock().unwrap(), Some(0));
-        assert!(!failing_seen.lock().unwrap().is_empty());
-        let request = good_seen.lock().unwrap()[0].clone();
+        assert_eq!(*stored.lock(), Some(0));
+        assert!(!failing_seen.lock().is_empty());
+        let request = good_seen.lock()[0].clone();
         assert!(request.starts_with("POST /v1/nodes/n1/heartbeat "), "{request}");
         assert!(request.to_ascii_lowercase().contains("authorization: bearer secret"), "{request}");
         let body = &request[request.find("\r\n\r\n").unwrap() + 4..];
@@ -514,7 +515,7 @@ mod tests {
         task.abort();
         assert!(rx.borrow().is_none(), "a refused node has no assignments");
         // One try, then it waits UNAUTHORIZED_RETRY instead of hammering.
-        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(seen.lock().len(), 1);
     }
 
     #[tokio::test]
@@ -537,13 +538,13 @@ mod tests {
         // The fake manager records the request when it arrives; the loop
         // notes the contact only once it has read the answer. Wait for the
         // second, not the first: asserting right after the first raced.
-        while status.lock().unwrap().last_manager_contact.is_none() {
+        while status.lock().last_manager_contact.is_none() {
             assert!(tokio::time::Instant::now() < deadline, "no first heartbeat accepted");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(seen.lock().unwrap().len(), 1, "a 10 s period: one heartbeat so far");
-        status.lock().unwrap().changed.notify_one();
-        while seen.lock().unwrap().len() < 2 {
+        assert_eq!(seen.lock().len(), 1, "a 10 s period: one heartbeat so far");
+        status.lock().changed.notify_one();
+        while seen.lock().len() < 2 {
             assert!(tokio::time::Instant::now() < deadline, "the change did not send a heartbeat early");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -612,7 +613,7 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let stored = Arc::new(Mutex::new(Vec::new()));
         let keep = stored.clone();
-        let store = move |a: &[Assignment]| keep.lock().unwrap().push(a.len());
+        let store = move |a: &[Assignment]| keep.lock().push(a.len());
         let mut held = Held { order: AssignmentOrder::default(), version: String::new(), assignments: tx, store };
         // The long poll brings two tasks at index 12...
         assert!(held.take(reply(12, "b2", 2), "m1"));
@@ -622,7 +623,7 @@ mod tests {
         assert_eq!(held.version, "b2");
         // The same list again changes nothing and stores nothing.
         assert!(held.take(reply(13, "b2", 2), "m2"));
-        assert_eq!(*stored.lock().unwrap(), [2]);
+        assert_eq!(*stored.lock(), [2]);
     }
 
     #[tokio::test]
@@ -642,7 +643,7 @@ mod tests {
         let task = tokio::spawn(heartbeat_loop(config, status(), |_| {}, tx));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let poll = loop {
-            let found = seen.lock().unwrap().iter().find(|r| r.starts_with("GET ")).cloned();
+            let found = seen.lock().iter().find(|r| r.starts_with("GET ")).cloned();
             if let Some(request) = found {
                 break request;
             }

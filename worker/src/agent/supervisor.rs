@@ -1,12 +1,13 @@
 //! The supervisor: owns this node's containers (see the [agent](super) overview).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use goat_storage::model::{Assignment, DesiredStatus, EngineStatus, ObservedState, Resources, TaskId, TaskReport};
 use goat_storage::worker_state::{TaskRecord, WorkerStore};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -172,7 +173,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 let retry = self.engine_backoff;
                 self.engine_backoff = (self.engine_backoff * 2).min(MAX_ENGINE_BACKOFF);
                 tracing::warn!(%error, retry_in = ?retry, "container engine unavailable");
-                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                let mut status = self.status.lock();
                 let down = EngineStatus { healthy: false, error: Some(error.to_string()) };
                 if status.engine != down {
                     status.engine = down;
@@ -187,7 +188,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
         self.engine_backoff = Duration::from_millis(500);
 
         let now = unix_ms();
-        let last_contact = self.status.lock().unwrap_or_else(|e| e.into_inner()).last_manager_contact;
+        let last_contact = self.status.lock().last_manager_contact;
         let fenced = manager_loss_fence(self.manager_loss_limit, last_contact, self.started_at, now);
         if fenced != self.fenced {
             self.fenced = fenced;
@@ -247,7 +248,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// and the assignments for when a manager answers again.
     fn fence(&mut self, containers: &[Container]) -> Round {
         let reports: Vec<TaskReport> = {
-            let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let status = self.status.lock();
             status
                 .reports
                 .iter()
@@ -393,7 +394,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 usage.disk += a.spec.disk;
             }
         }
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.status.lock();
         for report in reports {
             let old = status.reports.iter().find(|r| r.task_id == report.task_id);
             if old.map(|o| (o.state, o.restarts, &o.reason)) != Some((report.state, report.restarts, &report.reason)) {
