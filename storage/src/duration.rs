@@ -55,12 +55,7 @@ impl utoipa::PartialSchema for Millis {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
         OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(DURATION_PATTERN))
-                    .description(Some("a duration: \"500ms\", \"2s\", \"1.5s\", \"3m\", \"1h\" (at most 365 days)")),
-            )
+            .item(Millis::text())
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::Number)
@@ -73,6 +68,25 @@ impl utoipa::PartialSchema for Millis {
 }
 
 impl utoipa::ToSchema for Millis {}
+
+impl Millis {
+    fn text() -> utoipa::openapi::schema::ObjectBuilder {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(DURATION_PATTERN))
+            .description(Some("a duration: \"500ms\", \"2s\", \"1.5s\", \"3m\", \"1h\" (at most 365 days)"))
+    }
+
+    /// The schema of a duration in a query string (`?wait=2s`): text only,
+    /// as [`Millis::parse`] reads it. A bare number there is text too
+    /// (`?wait=250`, milliseconds), and the pattern already takes it; the
+    /// JSON number branch of [`Millis`]'s schema would let a client send
+    /// `?wait=1e-9`, which is no duration.
+    pub fn query_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        Millis::text().into()
+    }
+}
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
