@@ -80,9 +80,11 @@ for _ in $(seq 1 100); do
 done
 
 echo "==> Schemathesis against docs/openapi.json (seed $SEED, $MAX_EXAMPLES cases per operation and phase)"
-cd "$ROOT"
+# From the report folder: Schemathesis keeps its cache (.schemathesis/) in
+# the working directory.
+cd "$REPORT"
 status=0
-st --no-color run docs/openapi.json \
+st --no-color run "$ROOT/docs/openapi.json" \
   --url "http://$ADDR" \
   --header "Authorization: Bearer $TOKEN" \
   --checks all \

@@ -68,12 +68,13 @@ pub fn integral_floats_to_integers(value: &mut serde_json::Value) -> bool {
     match value {
         Value::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(f64::NAN);
-            // 2^64 and -2^63 as f64, exactly: the ranges' open ends.
+            // 2^64 and -2^63 as f64, both excluded: an integer written out
+            // of range (-2^63 - 1) reads as the nearest f64, the bound.
             let integer = if f.fract() != 0.0 {
                 None
             } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
                 Some(Value::from(f as u64))
-            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+            } else if -9_223_372_036_854_775_808.0 < f && f < 0.0 {
                 Some(Value::from(f as i64))
             } else {
                 None
@@ -116,6 +117,14 @@ mod tests {
         assert_eq!(e.body.field.as_deref(), Some("disk"));
         let e = parse_spec(r#"{"name":"a","image":"b","disk":-1.0}"#).unwrap_err();
         assert_eq!(e.body.field.as_deref(), Some("disk"));
+        // Out of an i64's range, though it reads as the f64 -2^63.
+        let report = r#"{"task_id":"00000000-0000-0000-0000-000000000001","generation":0,"state":"failed","#;
+        let parse_report = |exit: &str| {
+            parse::<goat_storage::model::TaskReport>(Ok(Bytes::from(format!("{report}\"exit_code\":{exit}}}"))))
+        };
+        assert!(parse_report("-9223372036854775809").is_err());
+        assert_eq!(parse_report("-9223372036854775808").unwrap().exit_code, Some(i64::MIN));
+        assert_eq!(parse_report("-1.0").unwrap().exit_code, Some(-1));
     }
 
     #[test]

@@ -776,11 +776,16 @@ mod schema_check {
         }
         // Durations: the pattern is the parser's, and numbers are milliseconds.
         let millis = schema(&doc, "Millis");
-        for text in ["500ms", "2s", "1.5s", ".5s", "1.", "3m", "1h", " 2s ", "250"] {
+        let at_most = [
+            "8760h", "8760.00h", "0008759.999h", "525600m", "525599.5m", "31536000s", "31536000000", "31536000000ms",
+            "9999999999", "\t2s\r\n",
+        ];
+        for text in ["500ms", "2s", "1.5s", ".5s", "1.", "3m", "1h", " 2s ", "250"].into_iter().chain(at_most) {
             assert!(check(&doc, &millis, &json!(text), "d").is_ok(), "{text:?} by the schema");
             assert!(serde_json::from_value::<goat_storage::Millis>(json!(text)).is_ok(), "{text:?} by the parser");
         }
-        for text in ["", "2 s", "1x", "-1s", "1e3", ".", "s", "1h30m"] {
+        let over = ["8761h", "8760.5h", "525601m", "31536001s", "31536000001", "31536000000.1ms", "1385728909203299h"];
+        for text in ["", "2 s", "1x", "-1s", "1e3", ".", "s", "1h30m", "\u{a0}2s", "2s\u{b}"].into_iter().chain(over) {
             assert!(check(&doc, &millis, &json!(text), "d").is_err(), "{text:?} by the schema");
             assert!(serde_json::from_value::<goat_storage::Millis>(json!(text)).is_err(), "{text:?} by the parser");
         }
