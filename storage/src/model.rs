@@ -639,6 +639,7 @@ pub struct Assignment {
     pub task_id: Uuid,
     pub generation: u64,
     pub desired: DesiredStatus,
+    #[schema(schema_with = TaskSpec::stored_schema)]
     pub spec: TaskSpec,
 }
 
@@ -747,7 +748,8 @@ pub struct UpdatePolicy {
     /// A failed deployment brings the previous version back.
     pub auto_revert: bool,
     /// Start this many copies of a new version beside the old ones, then
-    /// wait for `POST /v1/services/{name}/promote`.
+    /// wait for `POST /v1/services/{name}/promote`. At most `replicas`.
+    #[schema(maximum = 10_000)]
     pub canary: u32,
 }
 
