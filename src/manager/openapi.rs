@@ -17,11 +17,11 @@
 
 use axum::http::Method;
 use goat_storage::model::Role;
+use goat_storage::Millis;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::response::ResponseBuilder;
-use goat_storage::Millis;
 use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{
     AdditionalProperties, ArrayItems, KnownFormat, Ref, Schema, SchemaFormat, SchemaType, Type,
 };
@@ -663,6 +663,7 @@ mod schema_check {
             (with(json!({"ports": [{"container": 80, "host": 0}]})), Some("ports[0].host")),
             (with(json!({"health_check": {"port": 0}})), Some("health_check.port")),
             (with(json!({"health_check": {"port": 80, "path": "health"}})), Some("health_check.path")),
+            (with(json!({"health_check": {"port": 80, "path": "/a\u{80}"}})), Some("health_check.path")),
             (
                 with(json!({"health_check": {"port": 80, "failure_threshold": 0}})),
                 Some("health_check.failure_threshold"),
@@ -777,8 +778,16 @@ mod schema_check {
         // Durations: the pattern is the parser's, and numbers are milliseconds.
         let millis = schema(&doc, "Millis");
         let at_most = [
-            "8760h", "8760.00h", "0008759.999h", "525600m", "525599.5m", "31536000s", "31536000000", "31536000000ms",
-            "9999999999", "\t2s\r\n",
+            "8760h",
+            "8760.00h",
+            "0008759.999h",
+            "525600m",
+            "525599.5m",
+            "31536000s",
+            "31536000000",
+            "31536000000ms",
+            "9999999999",
+            "\t2s\r\n",
         ];
         for text in ["500ms", "2s", "1.5s", ".5s", "1.", "3m", "1h", " 2s ", "250"].into_iter().chain(at_most) {
             assert!(check(&doc, &millis, &json!(text), "d").is_ok(), "{text:?} by the schema");
@@ -802,8 +811,8 @@ mod schema_check {
                     let integer = map.get("type").is_some_and(|t| {
                         t == "integer" || t.as_array().is_some_and(|ts| ts.iter().any(|t| t == "integer"))
                     });
-                    let bounded = map.contains_key("enum")
-                        || (map.contains_key("minimum") && map.contains_key("maximum"));
+                    let bounded =
+                        map.contains_key("enum") || (map.contains_key("minimum") && map.contains_key("maximum"));
                     if integer && !bounded {
                         unbounded.push(at.to_string());
                     }

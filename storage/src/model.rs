@@ -268,7 +268,7 @@ impl Default for ReschedulePolicy {
 pub struct HealthCheck {
     /// An absolute URL path (`/health`), no spaces.
     #[serde(default)]
-    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f]*$")]
+    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f-\x9f]*$")]
     pub path: Option<String>,
     /// Container port to probe.
     #[schema(minimum = 1, maximum = 65535)]
