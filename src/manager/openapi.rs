@@ -183,10 +183,8 @@ fn bound_integers_in(schema: &mut Schema) {
                 }
             }
             object.properties.values_mut().for_each(bound_integers);
-            if let Some(additional) = object.additional_properties.as_deref_mut() {
-                if let AdditionalProperties::RefOr(values) = additional {
-                    bound_integers(values);
-                }
+            if let Some(AdditionalProperties::RefOr(values)) = object.additional_properties.as_deref_mut() {
+                bound_integers(values);
             }
             if let Some(names) = object.property_names.as_deref_mut() {
                 bound_integers_in(names);
