@@ -174,7 +174,10 @@ pub async fn authenticate(State(m): State<Arc<Manager>>, mut request: Request, n
 #[serde(deny_unknown_fields)]
 struct NewToken {
     role: Role,
+    /// What the token is for: at most 128 characters, no control
+    /// characters (C0, DEL, C1).
     #[serde(default)]
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     name: String,
 }
 
@@ -222,7 +225,7 @@ fn random_hex(bytes: usize) -> String {
 )]
 pub async fn create(State(m): State<Arc<Manager>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let new: NewToken = parse(body)?;
-    if new.name.len() > 128 || new.name.chars().any(char::is_control) {
+    if new.name.chars().count() > 128 || new.name.chars().any(char::is_control) {
         return Err(ApiError::field(ErrorCode::InvalidField, "name", "at most 128 characters, no control characters"));
     }
     let secret = format!("goat_{}", random_hex(32));

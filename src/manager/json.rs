@@ -33,18 +33,58 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
         return Err(ApiError::field(ErrorCode::BadJson, "", "request body must be a JSON object"));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() { ErrorCode::BadJson } else { ErrorCode::InvalidField };
-        // serde's message carries "at line L column C"; keep it, it helps.
-        ApiError::field(code, field, inner.to_string())
-    })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::field(ErrorCode::BadJson, "", format!("trailing data after the JSON value: {e}")))?;
-    Ok(value)
+    let error = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => {
+            deserializer.end().map_err(|e| {
+                ApiError::field(ErrorCode::BadJson, "", format!("trailing data after the JSON value: {e}"))
+            })?;
+            return Ok(value);
+        }
+        Err(e) => e,
+    };
+    // JSON has one kind of number: `3.0` is the integer 3, as JSON Schema
+    // reads it, but serde refuses it for an integer field. Read the body
+    // again with such numbers made integers, if it has any.
+    if let Ok(mut tree) = serde_json::from_slice::<serde_json::Value>(&body) {
+        if integral_floats_to_integers(&mut tree) {
+            if let Ok(value) = serde_path_to_error::deserialize(tree) {
+                return Ok(value);
+            }
+        }
+    }
+    let path = error.path().to_string();
+    let field = if path == "." { String::new() } else { path };
+    let inner = error.into_inner();
+    let code = if inner.is_syntax() || inner.is_eof() { ErrorCode::BadJson } else { ErrorCode::InvalidField };
+    // serde's message carries "at line L column C"; keep it, it helps.
+    Err(ApiError::field(code, field, inner.to_string()))
+}
+
+/// Rewrites every number of `value` written with a fraction or an
+/// exponent but holding a whole value that fits a `u64` or an `i64`
+/// (`3.0`, `1e3`) as that integer; whether it rewrote any.
+pub fn integral_floats_to_integers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^64 and -2^63 as f64, both excluded: an integer written out
+            // of range (-2^63 - 1) reads as the nearest f64, the bound.
+            let integer = if f.fract() != 0.0 {
+                None
+            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Some(Value::from(f as u64))
+            } else if -9_223_372_036_854_775_808.0 < f && f < 0.0 {
+                Some(Value::from(f as i64))
+            } else {
+                None
+            };
+            integer.map(|integer| *value = integer).is_some()
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |changed, v| integral_floats_to_integers(v) | changed),
+        Value::Object(map) => map.values_mut().fold(false, |changed, v| integral_floats_to_integers(v) | changed),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +107,24 @@ mod tests {
         assert_eq!(e.body.field.as_deref(), Some("ports[0].container"));
         let e = parse_spec(r#"{"name":"a","image":"b","memory":-5}"#).unwrap_err();
         assert_eq!(e.body.field.as_deref(), Some("memory"));
+    }
+
+    #[test]
+    fn whole_numbers_with_a_fraction_are_integers() {
+        let spec = parse_spec(r#"{"name":"a","image":"b","memory":6291456.0,"disk":1e3,"cpu":1.0}"#).unwrap();
+        assert_eq!((spec.memory, spec.disk, spec.cpu), (6_291_456, 1_000, 1.0));
+        let e = parse_spec(r#"{"name":"a","image":"b","disk":1.5}"#).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("disk"));
+        let e = parse_spec(r#"{"name":"a","image":"b","disk":-1.0}"#).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("disk"));
+        // Out of an i64's range, though it reads as the f64 -2^63.
+        let report = r#"{"task_id":"00000000-0000-0000-0000-000000000001","generation":0,"state":"failed","#;
+        let parse_report = |exit: &str| {
+            parse::<goat_storage::model::TaskReport>(Ok(Bytes::from(format!("{report}\"exit_code\":{exit}}}"))))
+        };
+        assert!(parse_report("-9223372036854775809").is_err());
+        assert_eq!(parse_report("-9223372036854775808").unwrap().exit_code, Some(i64::MIN));
+        assert_eq!(parse_report("-1.0").unwrap().exit_code, Some(-1));
     }
 
     #[test]

@@ -17,12 +17,17 @@
 
 use axum::http::Method;
 use goat_storage::model::Role;
+use goat_storage::Millis;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::Ref;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayItems, KnownFormat, Ref, Schema, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi, RefOr};
+use utoipa::Number;
 use utoipa::{PartialSchema, ToSchema};
 
 use super::auth::{self, Access};
@@ -105,6 +110,7 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
         components.responses.insert(name.into(), error(description));
     }
 
+    bound_inputs(&mut doc);
     for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             (Method::GET, &mut item.get),
@@ -120,6 +126,114 @@ pub fn complete(mut doc: OpenApi) -> OpenApi {
         }
     }
     doc
+}
+
+/// The range of each sized integer format: a format names a range, but
+/// only `minimum`/`maximum` state it in a way every JSON Schema validator
+/// (and a fuzzer) reads. Without them a `u32` field reads as any integer
+/// ≥ 0, and 2^40 would be valid by the document but refused by serde. The
+/// formats utoipa names by Rust type (`u32` → `uint32`) are written with
+/// their usual names (utoipa spells them `u-int32`).
+fn integer_range(format: &KnownFormat) -> Option<(&'static str, Number, Number)> {
+    use Number::{Int, UInt};
+    Some(match format {
+        KnownFormat::Int8 => ("int8", Int(i8::MIN.into()), Int(i8::MAX.into())),
+        KnownFormat::Int16 => ("int16", Int(i16::MIN.into()), Int(i16::MAX.into())),
+        KnownFormat::Int32 => ("int32", Int(i32::MIN as isize), Int(i32::MAX as isize)),
+        KnownFormat::Int64 => ("int64", Int(i64::MIN as isize), Int(i64::MAX as isize)),
+        KnownFormat::UInt8 => ("uint8", UInt(0), UInt(u8::MAX.into())),
+        KnownFormat::UInt16 => ("uint16", UInt(0), UInt(u16::MAX.into())),
+        KnownFormat::UInt32 => ("uint32", UInt(0), UInt(u32::MAX as usize)),
+        KnownFormat::UInt64 => ("uint64", UInt(0), UInt(u64::MAX as usize)),
+        _ => return None,
+    })
+}
+
+/// Gives `schema` and every schema inside it the range of its integer
+/// format, where the code did not state a narrower one.
+fn bound_integers(schema: &mut RefOr<Schema>) {
+    if let RefOr::T(schema) = schema {
+        bound_integers_in(schema);
+    }
+}
+
+fn bound_integers_in(schema: &mut Schema) {
+    match schema {
+        Schema::Object(object) => {
+            let integer = match &object.schema_type {
+                SchemaType::Type(t) => *t == Type::Integer,
+                SchemaType::Array(ts) => ts.contains(&Type::Integer),
+                SchemaType::AnyValue => false,
+            };
+            if integer && object.format.is_none() && object.enum_values.is_none() {
+                // utoipa writes every sized integer with a format: one
+                // without is a `usize` (with `minimum: 0`) or an `isize`,
+                // 64 bits here.
+                let unsigned = matches!(object.minimum, Some(Number::UInt(_)))
+                    || matches!(object.minimum, Some(Number::Int(min)) if min >= 0)
+                    || matches!(object.minimum, Some(Number::Float(min)) if min >= 0.0);
+                let format = if unsigned { KnownFormat::UInt64 } else { KnownFormat::Int64 };
+                object.format = Some(SchemaFormat::KnownFormat(format));
+            }
+            if let Some(SchemaFormat::KnownFormat(format)) = &object.format {
+                if let Some((name, min, max)) = integer_range(format) {
+                    object.format = Some(SchemaFormat::Custom(name.into()));
+                    object.minimum.get_or_insert(min);
+                    object.maximum.get_or_insert(max);
+                }
+            }
+            object.properties.values_mut().for_each(bound_integers);
+            if let Some(AdditionalProperties::RefOr(values)) = object.additional_properties.as_deref_mut() {
+                bound_integers(values);
+            }
+            if let Some(names) = object.property_names.as_deref_mut() {
+                bound_integers_in(names);
+            }
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                bound_integers(items);
+            }
+        }
+        Schema::OneOf(one_of) => one_of.items.iter_mut().for_each(bound_integers),
+        Schema::AllOf(all_of) => all_of.items.iter_mut().for_each(bound_integers),
+        Schema::AnyOf(any_of) => any_of.items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
+/// Bounds the integers of every schema of `doc` ([`bound_integers`]), and
+/// writes a duration in a query string as text: there `?wait=250` is text
+/// anyway, and [`Millis`]'s JSON-number branch would let `?wait=1e-9`
+/// through, which [`Millis::parse`] refuses.
+fn bound_inputs(doc: &mut OpenApi) {
+    let millis = RefOr::Ref(Ref::from_schema_name(Millis::name()));
+    if let Some(components) = doc.components.as_mut() {
+        components.schemas.values_mut().for_each(bound_integers);
+    }
+    for item in doc.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in operations.into_iter().flatten() {
+            for parameter in op.parameters.iter_mut().flatten() {
+                if let Some(schema) = parameter.schema.as_mut() {
+                    if parameter.parameter_in == ParameterIn::Query && *schema == millis {
+                        *schema = Millis::query_schema();
+                    }
+                    bound_integers(schema);
+                }
+            }
+            for content in op.request_body.iter_mut().flat_map(|body| body.content.values_mut()) {
+                content.schema.iter_mut().for_each(bound_integers);
+            }
+            for response in op.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    for content in response.content.values_mut() {
+                        content.schema.iter_mut().for_each(bound_integers);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn complete_operation(method: &Method, path: &str, op: &mut Operation) {
@@ -527,6 +641,12 @@ mod schema_check {
                 None,
             ),
             (with(json!({"memory": 0})), None),
+            // JSON has one kind of number: `4096.0` is an integer.
+            (with(json!({"memory": 6291456.0, "disk": 4096.0})), None),
+            (with(json!({"disk": 4096.5})), Some("disk")),
+            // A `u32` is 0 to 2^32 - 1, by the document too.
+            (with(json!({"reschedule_policy": {"attempts": 4294967295u64}})), None),
+            (with(json!({"reschedule_policy": {"attempts": 4294967296u64}})), Some("reschedule_policy.attempts")),
             (with(json!({"image": ""})), Some("image")),
             (with(json!({"image": "  "})), Some("image")),
             (with(json!({"image": "a b"})), Some("image")),
@@ -541,6 +661,7 @@ mod schema_check {
             (with(json!({"ports": [{"container": 80, "host": 0}]})), Some("ports[0].host")),
             (with(json!({"health_check": {"port": 0}})), Some("health_check.port")),
             (with(json!({"health_check": {"port": 80, "path": "health"}})), Some("health_check.path")),
+            (with(json!({"health_check": {"port": 80, "path": "/a\u{80}"}})), Some("health_check.path")),
             (
                 with(json!({"health_check": {"port": 80, "failure_threshold": 0}})),
                 Some("health_check.failure_threshold"),
@@ -588,6 +709,10 @@ mod schema_check {
                 Some("update.max_parallel"),
             ),
             (json!({"name": "", "template": {"image": "x"}}), Some("name")),
+            (
+                json!({"name": "web", "template": {"image": "x"}, "update": {"max_parallel": 4294967296u64}}),
+                Some("update.max_parallel"),
+            ),
         ];
         agree(&doc, &schema(&doc, "ServiceSpec"), &cases, api_service);
     }
@@ -633,16 +758,77 @@ mod schema_check {
             (limit["minimum"].as_u64(), limit["maximum"].as_u64()),
             (Some(1), Some(crate::manager::tasks::MAX_PAGE as u64))
         );
+        // A duration in a query string is text, as `Millis::parse` reads it.
+        for (method, path, name) in [
+            ("get", "/v1/cluster/verify", "wait"),
+            ("post", "/v1/gc", "older_than"),
+            ("get", "/v1/nodes/{name}/assignments", "wait"),
+            ("get", "/v1/services/{name}/endpoints", "wait"),
+        ] {
+            let wait = parameter(&doc, method, path, name);
+            for (text, ok) in [("2s", true), ("250", true), (".5m", true), ("1e-9", false), ("", false), ("-1", false)]
+            {
+                let by_schema = check(&doc, &wait, &json!(text), name).is_ok();
+                let by_api = goat_storage::Millis::parse(text).is_ok();
+                assert_eq!((by_schema, by_api), (ok, ok), "{path} {name}={text:?}");
+            }
+        }
         // Durations: the pattern is the parser's, and numbers are milliseconds.
         let millis = schema(&doc, "Millis");
-        for text in ["500ms", "2s", "1.5s", ".5s", "1.", "3m", "1h", " 2s ", "250"] {
+        let at_most = [
+            "8760h",
+            "8760.00h",
+            "0008759.999h",
+            "525600m",
+            "525599.5m",
+            "31536000s",
+            "31536000000",
+            "31536000000ms",
+            "9999999999",
+            "\t2s\r\n",
+        ];
+        for text in ["500ms", "2s", "1.5s", ".5s", "1.", "3m", "1h", " 2s ", "250"].into_iter().chain(at_most) {
             assert!(check(&doc, &millis, &json!(text), "d").is_ok(), "{text:?} by the schema");
             assert!(serde_json::from_value::<goat_storage::Millis>(json!(text)).is_ok(), "{text:?} by the parser");
         }
-        for text in ["", "2 s", "1x", "-1s", "1e3", ".", "s", "1h30m"] {
+        let over = ["8761h", "8760.5h", "525601m", "31536001s", "31536000001", "31536000000.1ms", "1385728909203299h"];
+        for text in ["", "2 s", "1x", "-1s", "1e3", ".", "s", "1h30m", "\u{a0}2s", "2s\u{b}"].into_iter().chain(over) {
             assert!(check(&doc, &millis, &json!(text), "d").is_err(), "{text:?} by the schema");
             assert!(serde_json::from_value::<goat_storage::Millis>(json!(text)).is_err(), "{text:?} by the parser");
         }
+    }
+
+    /// Every integer the document describes has a range (its Rust type's,
+    /// or a narrower one), so that no integer valid by the document is
+    /// refused by serde as out of range.
+    #[test]
+    fn every_integer_has_a_range() {
+        fn walk(v: &Value, at: &str, unbounded: &mut Vec<String>) {
+            match v {
+                Value::Object(map) => {
+                    let integer = map.get("type").is_some_and(|t| {
+                        t == "integer" || t.as_array().is_some_and(|ts| ts.iter().any(|t| t == "integer"))
+                    });
+                    let bounded =
+                        map.contains_key("enum") || (map.contains_key("minimum") && map.contains_key("maximum"));
+                    if integer && !bounded {
+                        unbounded.push(at.to_string());
+                    }
+                    for (key, v) in map {
+                        walk(v, &format!("{at}/{key}"), unbounded);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        walk(v, &format!("{at}/{i}"), unbounded);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut unbounded = Vec::new();
+        walk(&document(), "", &mut unbounded);
+        assert!(unbounded.is_empty(), "integers without a range: {unbounded:?}");
     }
 
     /// The error body's `code` enum is every code the API can answer with.

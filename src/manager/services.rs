@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::cluster::Manager;
 use super::error::{ApiError, ErrorCode};
 use super::extract::{check_version, consistent, read_options, ReadOptions};
-use super::json::parse;
+use super::json::{integral_floats_to_integers, parse};
 use crate::clock::now_ms;
 use crate::control::service::{counts, placement_reason, VersionCounts};
 
@@ -33,6 +33,7 @@ type Shared = State<Arc<Manager>>;
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub version: u64,
+    #[schema(schema_with = TaskSpec::stored_template_schema)]
     pub template: TaskSpec,
     #[schema(value_type = u64)]
     pub created_at: Timestamp,
@@ -161,7 +162,12 @@ pub async fn create(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Re
 /// before the spec is read, so every other field error names its path
 /// (`template.cpu`).
 pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, ApiError> {
-    let mut value: serde_json::Value = parse(body)?;
+    spec_of(parse(body)?)
+}
+
+/// The service spec a JSON object holds (see [`parse_spec`]).
+fn spec_of(mut value: serde_json::Value) -> Result<ServiceSpec, ApiError> {
+    integral_floats_to_integers(&mut value);
     let name = value.get("name").cloned().unwrap_or_else(|| serde_json::Value::String(String::new()));
     if let Some(template) = value.get_mut("template").and_then(|t| t.as_object_mut()) {
         if template.contains_key("name") {
@@ -180,15 +186,41 @@ pub fn parse_spec(body: Result<Bytes, BytesRejection>) -> Result<ServiceSpec, Ap
     })
 }
 
-/// `PUT /v1/services/{name}`: like `POST /v1/services`; the body's `name`
-/// must be the path's.
+/// The body of `PUT /v1/services/{name}` in the OpenAPI document: a
+/// service spec without `name`, which the path gives. (A rule "the body's
+/// name equals the path's" would span the path and the body, which a JSON
+/// Schema cannot state; so the body has no name.)
+pub struct ServiceSpecByPath;
+
+impl utoipa::PartialSchema for ServiceSpecByPath {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let mut schema = <ServiceSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.properties.shift_remove("name");
+            object.required.retain(|r| r != "name");
+            object.description = Some("A service spec without `name`: the path names the service.".into());
+        }
+        schema
+    }
+}
+
+impl utoipa::ToSchema for ServiceSpecByPath {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <ServiceSpec as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// `PUT /v1/services/{name}`: like `POST /v1/services`, with the name in
+/// the path and not in the body.
 #[utoipa::path(
     put,
     path = "/v1/services/{name}",
     tag = "services",
     summary = "Apply a spec to the service of that name",
     params(crate::manager::params::ServiceNamePath),
-    request_body = ServiceSpec,
+    request_body = ServiceSpecByPath,
     responses(
         (status = 201, description = "Created.", body = ServiceView),
         (status = 200, description = "Applied (or unchanged).", body = ServiceView),
@@ -202,15 +234,14 @@ pub async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_name("name", &name)?;
-    let spec = parse_spec(body)?;
-    if spec.name != name {
-        return Err(ApiError::field(
-            ErrorCode::InvalidField,
-            "name",
-            format!("must be {name:?}, the name in the path"),
-        ));
+    let mut value: serde_json::Value = parse(body)?;
+    if let Some(object) = value.as_object_mut() {
+        if object.contains_key("name") {
+            return Err(ApiError::field(ErrorCode::InvalidField, "name", "must be absent: the path names the service"));
+        }
+        object.insert("name".into(), serde_json::Value::String(name));
     }
-    apply(&m, spec).await
+    apply(&m, spec_of(value)?).await
 }
 
 /// `GET /v1/services`.
@@ -259,6 +290,8 @@ pub async fn get(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Scale {
+    /// Copies wanted, 0 to 10000 (as a spec's `replicas`).
+    #[schema(maximum = 10_000)]
     replicas: u32,
 }
 

@@ -24,7 +24,8 @@ impl Millis {
 
     /// Parses "250ms", "2s", "1.5s", "3m", "1h", or a bare number of ms.
     pub fn parse(text: &str) -> Result<Millis, String> {
-        let text = text.trim();
+        // ASCII blanks only, as the pattern says.
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
         let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         let value: f64 = number
@@ -45,9 +46,22 @@ impl Millis {
     }
 }
 
-/// The pattern of a duration string: a number and an optional unit (`ms`,
-/// `s`, `m`, `h`; none = ms), as [`Millis::parse`] reads it.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m|h)?\s*$";
+/// The pattern of a duration string, as [`Millis::parse`] reads it: a
+/// number and an optional unit (`ms`, `s`, `m`, `h`; none = ms), at most
+/// [`Millis::MAX`] (8760 h = 525600 m = 31536000 s = 31536000000 ms), with
+/// ASCII blanks around. One branch per unit, each a number below the
+/// unit's limit (by its digits), the limit itself, or a fraction below 1.
+pub const DURATION_PATTERN: &str = concat!(
+    r"^[ \t\n\f\r]*(?:",
+    r"(?:0*(?:[0-9]{1,3}|[0-7][0-9]{3}|8[0-6][0-9]{2}|87[0-5][0-9])(?:\.[0-9]*)?|0*8760(?:\.0*)?|\.[0-9]+)h",
+    r"|(?:0*(?:[0-9]{1,5}|[0-4][0-9]{5}|5[01][0-9]{4}|52[0-4][0-9]{3}|525[0-5][0-9]{2})(?:\.[0-9]*)?",
+    r"|0*525600(?:\.0*)?|\.[0-9]+)m",
+    r"|(?:0*(?:[0-9]{1,7}|[0-2][0-9]{7}|30[0-9]{6}|31[0-4][0-9]{5}|315[0-2][0-9]{4}|3153[0-5][0-9]{3})",
+    r"(?:\.[0-9]*)?|0*31536000(?:\.0*)?|\.[0-9]+)s",
+    r"|(?:0*(?:[0-9]{1,10}|[0-2][0-9]{10}|30[0-9]{9}|31[0-4][0-9]{8}|315[0-2][0-9]{7}|3153[0-5][0-9]{6})",
+    r"(?:\.[0-9]*)?|0*31536000000(?:\.0*)?|\.[0-9]+)(?:ms)?",
+    r")[ \t\n\f\r]*$",
+);
 
 /// In the OpenAPI document: a duration string, or a number of
 /// milliseconds, at most [`Millis::MAX`].
@@ -55,12 +69,7 @@ impl utoipa::PartialSchema for Millis {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
         OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(DURATION_PATTERN))
-                    .description(Some("a duration: \"500ms\", \"2s\", \"1.5s\", \"3m\", \"1h\" (at most 365 days)")),
-            )
+            .item(Millis::text())
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::Number)
@@ -73,6 +82,25 @@ impl utoipa::PartialSchema for Millis {
 }
 
 impl utoipa::ToSchema for Millis {}
+
+impl Millis {
+    fn text() -> utoipa::openapi::schema::ObjectBuilder {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(DURATION_PATTERN))
+            .description(Some("a duration: \"500ms\", \"2s\", \"1.5s\", \"3m\", \"1h\" (at most 365 days)"))
+    }
+
+    /// The schema of a duration in a query string (`?wait=2s`): text only,
+    /// as [`Millis::parse`] reads it. A bare number there is text too
+    /// (`?wait=250`, milliseconds), and the pattern already takes it; the
+    /// JSON number branch of [`Millis`]'s schema would let a client send
+    /// `?wait=1e-9`, which is no duration.
+    pub fn query_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        Millis::text().into()
+    }
+}
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

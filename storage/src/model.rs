@@ -268,7 +268,7 @@ impl Default for ReschedulePolicy {
 pub struct HealthCheck {
     /// An absolute URL path (`/health`), no spaces.
     #[serde(default)]
-    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f]*$")]
+    #[schema(pattern = r"^/[^\s\x00-\x1f\x7f-\x9f]*$")]
     pub path: Option<String>,
     /// Container port to probe.
     #[schema(minimum = 1, maximum = 65535)]
@@ -422,6 +422,7 @@ pub struct TaskEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
+    #[schema(schema_with = TaskSpec::stored_schema)]
     pub spec: TaskSpec,
     pub state: TaskState,
     pub desired: DesiredStatus,
@@ -438,6 +439,7 @@ pub struct Task {
     pub health: Health,
     pub container_id: Option<String>,
     /// Published ports as bound on the node: container port → host port.
+    #[schema(schema_with = field_schemas::host_ports)]
     pub host_ports: BTreeMap<u16, u16>,
     #[schema(value_type = u64)]
     pub created_at: Timestamp,
@@ -585,6 +587,7 @@ pub struct TaskReport {
     #[serde(default)]
     pub exit_code: Option<i64>,
     #[serde(default)]
+    #[schema(schema_with = field_schemas::host_ports)]
     pub host_ports: BTreeMap<u16, u16>,
     #[serde(default)]
     pub health: Health,
@@ -655,6 +658,7 @@ pub struct Assignment {
     pub task_id: Uuid,
     pub generation: u64,
     pub desired: DesiredStatus,
+    #[schema(schema_with = TaskSpec::stored_schema)]
     pub spec: TaskSpec,
 }
 
@@ -763,7 +767,8 @@ pub struct UpdatePolicy {
     /// A failed deployment brings the previous version back.
     pub auto_revert: bool,
     /// Start this many copies of a new version beside the old ones, then
-    /// wait for `POST /v1/services/{name}/promote`.
+    /// wait for `POST /v1/services/{name}/promote`. At most `replicas`.
+    #[schema(maximum = 10_000)]
     pub canary: u32,
 }
 
@@ -840,19 +845,55 @@ mod field_schemas {
         )
     }
 
+    fn label_keys() -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255))
+    }
+
+    /// The labels a request may set.
     pub fn labels() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::Object)
             .property_names(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .min_length(Some(1))
-                    .max_length(Some(255))
-                    // Not starting with `goat.` (reserved), without lookahead.
-                    .pattern(Some(r"^(?:[^g]|g(?:[^o]|$)|go(?:[^a]|$)|goa(?:[^t]|$)|goat(?:[^.]|$))")),
+                // Not starting with `goat.` (reserved), without lookahead.
+                label_keys().pattern(Some(r"^(?:[^g]|g(?:[^o]|$)|go(?:[^a]|$)|goa(?:[^t]|$)|goat(?:[^.]|$))")),
             ))
             .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
             .description(Some("Labels: keys of 1 to 255 characters, not starting with `goat.` (reserved)."))
+            .into()
+    }
+
+    /// The labels of a stored task: the user's, and Goat's own on a
+    /// service's copies (`goat.service`, `goat.service.version`).
+    pub fn stored_labels() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(label_keys()))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some(
+                "Labels: the submitted ones, and on a service's copies Goat's own (`goat.service`, \
+                 `goat.service.version`).",
+            ))
+            .into()
+    }
+
+    /// Container port → host port. JSON object keys are strings: here the
+    /// decimal port, 0 to 65535, as serde reads a `u16` key.
+    pub fn host_ports() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        let port = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::UInt16)))
+                .minimum(Some(0))
+                .maximum(Some(u16::MAX))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+                r"^(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+            ))))
+            .additional_properties(Some(port()))
+            .description(Some("Published ports as bound on the node: container port → host port."))
             .into()
     }
 }
@@ -890,6 +931,37 @@ impl TaskSpec {
         }
         schema
     }
+
+    /// The schema of a stored task's `spec` (what reads show): as
+    /// submitted, but a service's copy also carries Goat's own labels,
+    /// which a request may not set.
+    pub fn stored_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        let mut schema = <TaskSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.properties.insert("labels".into(), field_schemas::stored_labels());
+        }
+        schema
+    }
+
+    /// The schema of a stored service version's `template` (what reads
+    /// show): a template whose `name` is always empty (each copy is named
+    /// by the service).
+    pub fn stored_template_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::RefOr;
+        let mut schema = TaskSpec::template_schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            let empty = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(0))
+                .description(Some("Always empty: the service names its copies."));
+            object.properties.shift_insert(0, "name".into(), empty.into());
+            object.required.insert(0, "name".into());
+        }
+        schema
+    }
 }
 
 impl ServiceSpec {
@@ -902,6 +974,7 @@ impl ServiceSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceVersion {
     pub version: u64,
+    #[schema(schema_with = TaskSpec::stored_template_schema)]
     pub template: TaskSpec,
     #[schema(value_type = u64)]
     pub created_at: Timestamp,
