@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use goat_storage::events::ClusterEvent;
 
 use crate::client::StreamItem;
 
@@ -28,24 +28,23 @@ pub struct EventsArgs {
 }
 
 /// One line for a person.
-pub fn describe(event: &Value) -> String {
-    let index = event["index"].as_u64().unwrap_or_default();
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
-    let reason = event["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
-    match event["type"].as_str() {
-        Some("task") => {
-            let id = text(&event["task"]);
-            let from = event["from"].as_str().map(|f| format!("{f} -> ")).unwrap_or_default();
-            let node = event["node"].as_str().map(|n| format!(" on {n}")).unwrap_or_default();
+pub fn describe(event: &ClusterEvent) -> String {
+    let reason = |r: &Option<String>| r.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    match event {
+        ClusterEvent::Task { index, task, name, from, state, node, reason: why, .. } => {
+            let id = task.to_string();
+            let from = from.map(|f| format!("{} -> ", f.as_str())).unwrap_or_default();
+            let node = node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
             format!(
-                "{index} task {} ({}) {from}{}{node}{reason}",
-                text(&event["name"]),
+                "{index} task {name} ({}) {from}{}{node}{}",
                 id.get(..8).unwrap_or(&id),
-                text(&event["state"])
+                state.as_str(),
+                reason(why)
             )
         }
-        Some("node") => format!("{index} node {} {}{reason}", text(&event["node"]), text(&event["status"])),
-        _ => format!("{index} {event}"),
+        ClusterEvent::Node { index, node, status, reason: why, .. } => {
+            format!("{index} node {node} {}{}", status.as_str(), reason(why))
+        }
     }
 }
 
@@ -58,11 +57,10 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         match events.next().await? {
             StreamItem::Open { .. } => {}
             StreamItem::Gap { message } => eprintln!("goat events: {message}"),
-            StreamItem::Event { data, .. } => {
+            StreamItem::Event { event, data } => {
                 if args.client.json {
                     println!("{data}");
                 } else {
-                    let event: Value = serde_json::from_str(&data).unwrap_or_default();
                     println!("{}", describe(&event));
                 }
                 printed += 1;
@@ -80,10 +78,14 @@ mod tests {
 
     #[test]
     fn events_read_as_one_line() {
-        let task = serde_json::json!({"type": "task", "index": 9, "task": "d16c67ea-cd5e-4e4d", "name": "echo",
-            "from": "scheduled", "state": "running", "node": "w1", "reason": null});
+        let task: ClusterEvent = serde_json::from_value(serde_json::json!({"type": "task", "index": 9, "at": 1,
+            "task": "d16c67ea-cd5e-4e4d-8d0e-6f1f4f1b2a3c", "name": "echo", "from": "scheduled", "state": "running",
+            "node": "w1", "reason": null}))
+        .expect("a task event");
         assert_eq!(describe(&task), "9 task echo (d16c67ea) scheduled -> running on w1");
-        let node = serde_json::json!({"type": "node", "index": 3, "node": "w1", "status": "down", "reason": "missed"});
+        let node: ClusterEvent = serde_json::from_value(serde_json::json!({"type": "node", "index": 3, "at": 1,
+            "node": "w1", "status": "down", "reason": "missed"}))
+        .expect("a node event");
         assert_eq!(describe(&node), "3 node w1 down: missed");
     }
 }

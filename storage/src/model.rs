@@ -513,6 +513,17 @@ pub enum NodeStatus {
     Draining,
 }
 
+impl NodeStatus {
+    /// The name the API uses (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+            NodeStatus::Draining => "draining",
+        }
+    }
+}
+
 /// A worker as the cluster stores it. Its liveness deadline lives in the
 /// leader's memory, not here: only changes of status go through Raft.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
