@@ -37,10 +37,10 @@ use goat_worker::agent::MAX_IN_FLIGHT;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::procs::{BenchCluster, GoatCluster};
 use super::tasks::{
-    docker_cli, engine_and_api, labeled, ratio, raw_one, raw_start, remove_labeled, secs, swarm_running,
-    swarm_running_tasks, wait_service_containers_gone, SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY, RAW_LABEL,
+    docker_cli, engine_and_api, goat_on_engine, labeled, ratio, raw_one, raw_start, remove_labeled, secs,
+    swarm_running, swarm_running_tasks, wait_service_containers_gone, SwarmGuard, TasksBenchArgs, ECHO_PORT, MEMORY,
+    RAW_LABEL,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -252,11 +252,7 @@ async fn goat_bench(
     dir: &Path,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    remove_labeled(docker, &format!("goat.node={NODE}"), args.timeout.as_duration()).await?;
-    let cluster = GoatCluster::start(dir, 256)?;
-    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
-    let url = cluster.client_url(leader);
-    let (_worker, _) = cluster.start_worker(NODE, &dir.join("goat")).await?;
+    let (_cluster, url, _worker, _) = goat_on_engine(docker, http, NODE, dir, args.timeout.as_duration()).await?;
 
     eprintln!("goat: a service of {} copies", args.replicas);
     let started = Instant::now();

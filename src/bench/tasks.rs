@@ -30,13 +30,13 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::future::join_all;
 use futures::StreamExt;
-use goat_storage::model::{TaskId, TaskSpec};
+use goat_storage::model::{Node, TaskId, TaskSpec};
 use goat_storage::Millis;
 use goat_worker::agent::MAX_IN_FLIGHT;
 use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
 use serde_json::{json, Value};
 
-use super::procs::{BenchCluster, GoatCluster};
+use super::procs::{BenchCluster, GoatCluster, GoatWorker};
 use super::stats::{median, ms};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -370,6 +370,26 @@ pub(super) async fn remove_labeled(docker: &Docker, label: &str, timeout: Durati
 
 // ---------------------------------------------------------------------- goat
 
+/// The Goat side of a benchmark on the real engine (`tasks`, `services`):
+/// the containers an earlier run of worker `node` left removed, three
+/// managers started in `dir`, and worker `node` ready. Gives the cluster,
+/// the leader's client URL, the worker (killed on drop: keep it) and its
+/// node as the API shows it.
+pub(super) async fn goat_on_engine(
+    docker: &Docker,
+    http: &reqwest::Client,
+    node: &str,
+    dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<(GoatCluster, String, GoatWorker, Node)> {
+    remove_labeled(docker, &format!("goat.node={node}"), timeout).await?;
+    let cluster = GoatCluster::start(dir, 256)?;
+    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
+    let url = cluster.client_url(leader);
+    let (worker, view) = cluster.start_worker(node, &dir.join("goat")).await?;
+    Ok((cluster, url, worker, view))
+}
+
 async fn goat_bench(
     docker: &Docker,
     http: &reqwest::Client,
@@ -377,11 +397,7 @@ async fn goat_bench(
     dir: &Path,
     result: &mut SystemResult,
 ) -> anyhow::Result<()> {
-    remove_labeled(docker, &format!("goat.node={NODE}"), args.timeout.as_duration()).await?;
-    let cluster = GoatCluster::start(dir, 256)?;
-    let leader = cluster.wait_leader(http, Duration::from_secs(30)).await?;
-    let url = cluster.client_url(leader);
-    let (_worker, node) = cluster.start_worker(NODE, &dir.join("goat")).await?;
+    let (_cluster, url, _worker, node) = goat_on_engine(docker, http, NODE, dir, args.timeout.as_duration()).await?;
     let (cpu, memory) = (node.capacity.cpu, node.capacity.memory);
     let (want_cpu, want_memory) = (args.cpu * args.tasks as f64, MEMORY * args.tasks as u64);
     anyhow::ensure!(
