@@ -133,8 +133,14 @@ async fn lock() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
 }
 
-fn f(report: &Value, key: &str) -> f64 {
-    report[key].as_f64().unwrap_or(f64::NAN)
+/// A count of a drill report, `-` when it was not measured.
+fn count(n: Option<usize>) -> String {
+    n.map_or("-".into(), |n| n.to_string())
+}
+
+/// A figure of a drill report, NaN when it was not measured.
+fn f(figure: Option<f64>) -> f64 {
+    figure.unwrap_or(f64::NAN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,26 +155,25 @@ async fn leader_killed_twenty_times_loses_no_acknowledged_task() {
     let junit = std::fs::read_to_string(junit.path()).expect("the drill wrote its JUnit report");
     println!("{}", junit.lines().take(8).collect::<Vec<_>>().join("\n"));
     assert!(junit.contains("failures=\"0\""), "{junit}");
-    assert_eq!(report["assertions"].as_array().map(Vec::len), Some(3), "{report}");
-    let rounds = report["rounds"].as_array().expect("rounds");
-    let firsts: Vec<f64> = rounds.iter().map(|r| f(r, "first_write_ms")).collect();
-    let calls: Vec<f64> = rounds.iter().map(|r| f(r, "failure_call_ms")).collect();
+    assert_eq!(report.assertions.len(), 3, "{report:?}");
+    let firsts: Vec<f64> = report.rounds.iter().map(|r| f(r.first_write_ms)).collect();
+    let calls: Vec<f64> = report.rounds.iter().map(|r| r.failure_call_ms).collect();
     println!(
         "FIGURES kill-leader x{}: first accepted write median {:.0} ms, max {:.0} ms; without a leader median {:.0} ms, max {:.0} ms; {} acknowledged, {} lost; all: {firsts:?}; docker kill took {calls:?}",
         firsts.len(),
-        f(&report, "first_write_median_ms"),
-        f(&report, "first_write_max_ms"),
-        f(&report, "leaderless_median_ms"),
-        f(&report, "leaderless_max_ms"),
-        report["acknowledged"],
-        report["acknowledged_lost"],
+        f(report.first_write_median_ms),
+        f(report.first_write_max_ms),
+        f(report.leaderless_median_ms),
+        f(report.leaderless_max_ms),
+        report.acknowledged,
+        report.acknowledged_lost,
     );
     assert_eq!(firsts.len(), 20);
-    assert!(firsts.iter().all(|f| f.is_finite()), "a round without an accepted write: {report}");
-    assert!(report["acknowledged"].as_u64().unwrap_or(0) > 100, "the load did not run: {report}");
-    assert_eq!(report["acknowledged_lost"], 0, "{report}");
-    assert_eq!(report["consistent"], true, "{report}");
-    assert_eq!(report["converged"], true, "{report}");
+    assert!(firsts.iter().all(|f| f.is_finite()), "a round without an accepted write: {report:?}");
+    assert!(report.acknowledged > 100, "the load did not run: {report:?}");
+    assert_eq!(report.acknowledged_lost, 0, "{report:?}");
+    assert!(report.consistent, "{report:?}");
+    assert!(report.converged, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,22 +181,22 @@ async fn a_cut_off_leader_acknowledges_nothing_and_rejoins_the_same_state() {
     let _turn = lock().await;
     let deployment = Deployment::start("part");
     let report = deployment.drill("partition-leader", &["--hold", "6s"]);
-    let round = &report["rounds"][0];
+    let round = report.rounds.first().expect("a round");
     println!(
         "FIGURES partition-leader: new leader after {:.0} ms, first accepted write {:.0} ms; cut-off leader: {} created, {} errors, applied +{}; {} acknowledged, {} lost",
-        f(round, "leaderless_ms"),
-        f(round, "first_write_ms"),
-        round["isolated_created"],
-        round["isolated_errors"],
-        round["isolated_applied_delta"],
-        report["acknowledged"],
-        report["acknowledged_lost"]
+        f(round.leaderless_ms),
+        f(round.first_write_ms),
+        round.isolated_created,
+        round.isolated_errors,
+        round.isolated_applied_delta.map_or("-".to_string(), |d| d.to_string()),
+        report.acknowledged,
+        report.acknowledged_lost
     );
-    assert_eq!(round["isolated_created"], 0, "the cut-off leader acknowledged a write: {report}");
-    assert!(round["isolated_errors"].as_u64().unwrap_or(0) > 0, "its clients got no answer: {report}");
-    assert_eq!(round["isolated_applied_delta"], 0, "the cut-off leader applied something: {report}");
-    assert!(f(round, "first_write_ms").is_finite(), "the majority accepted no write: {report}");
-    assert_eq!(report["acknowledged_lost"], 0, "{report}");
+    assert_eq!(round.isolated_created, 0, "the cut-off leader acknowledged a write: {report:?}");
+    assert!(round.isolated_errors > 0, "its clients got no answer: {report:?}");
+    assert_eq!(round.isolated_applied_delta, Some(0), "the cut-off leader applied something: {report:?}");
+    assert!(f(round.first_write_ms).is_finite(), "the majority accepted no write: {report:?}");
+    assert_eq!(report.acknowledged_lost, 0, "{report:?}");
     // After reconnecting: one leader, one state everywhere.
     deployment.leader(&[1, 2, 3], Duration::from_secs(30)).await;
     deployment.verify(1).await;
@@ -260,22 +265,22 @@ async fn a_lost_worker_s_tasks_move_and_run_once_when_it_returns() {
 
     for scenario in ["kill-worker", "partition-worker"] {
         let report = deployment.drill(scenario, &["--tasks", "4", "--hold", "1s", "--settle", "60s"]);
-        let round = &report["rounds"][0];
+        let round = report.rounds.first().expect("a round");
         println!(
             "FIGURES {scenario}: {} of {} tasks moved off {} in {:.1} s (node down after 3 s); at most {} running copy per task after it returned; {} acknowledged, {} lost",
-            round["tasks_moved"],
-            round["tasks_to_move"],
-            round["victim"],
-            f(round, "moved_ms") / 1000.0,
-            report["max_copies"],
-            report["acknowledged"],
-            report["acknowledged_lost"]
+            round.tasks_moved,
+            round.tasks_to_move,
+            round.victim,
+            f(round.moved_ms) / 1000.0,
+            count(report.max_copies),
+            report.acknowledged,
+            report.acknowledged_lost
         );
-        assert!(round["tasks_to_move"].as_u64().unwrap_or(0) > 0, "{report}");
-        assert_eq!(round["tasks_moved"], round["tasks_to_move"], "{report}");
-        assert_eq!(report["max_copies"], 1, "{report}");
-        assert_eq!(report["acknowledged_lost"], 0, "{report}");
-        assert_eq!(report["consistent"], true, "{report}");
+        assert!(round.tasks_to_move > 0, "{report:?}");
+        assert_eq!(round.tasks_moved, round.tasks_to_move, "{report:?}");
+        assert_eq!(report.max_copies, Some(1), "{report:?}");
+        assert_eq!(report.acknowledged_lost, 0, "{report:?}");
+        assert!(report.consistent, "{report:?}");
     }
 }
 
@@ -351,24 +356,30 @@ async fn a_leader_cut_off_longer_than_the_node_deadline_decides_nothing() {
     let mut broken = Vec::new();
     for hold in ["12s", "20s", "25s"] {
         let report = deployment.drill("partition-leader", &["--hold", hold, "--tasks", "4", "--rate", "5"]);
-        let round = &report["rounds"][0];
+        let round = report.rounds.first().expect("a round");
         println!(
             "FIGURES partition-leader --hold {hold} (node down after 5 s): {} node(s) marked down, {} task(s) placed again, {} container(s) replaced, at most {} copy per task; new leader after {:.0} ms; {} acknowledged, {} lost",
-            round["nodes_marked_down"],
-            round["generations_changed"],
-            round["containers_restarted"],
-            report["max_copies"],
-            f(round, "leaderless_ms"),
-            report["acknowledged"],
-            report["acknowledged_lost"],
+            count(round.nodes_marked_down),
+            count(round.generations_changed),
+            count(round.containers_restarted),
+            count(report.max_copies),
+            f(round.leaderless_ms),
+            report.acknowledged,
+            report.acknowledged_lost,
         );
-        for key in ["nodes_marked_down", "generations_changed", "containers_restarted"] {
-            if round[key] != 0 {
-                broken.push(format!("--hold {hold}: {key} = {}", round[key]));
+        // Each must be measured, and zero.
+        let disturbed = [
+            ("nodes_marked_down", round.nodes_marked_down),
+            ("generations_changed", round.generations_changed),
+            ("containers_restarted", round.containers_restarted),
+        ];
+        for (key, n) in disturbed {
+            if n != Some(0) {
+                broken.push(format!("--hold {hold}: {key} = {}", count(n)));
             }
         }
-        if report["max_copies"] != 1 || report["acknowledged_lost"] != 0 || report["consistent"] != true {
-            broken.push(format!("--hold {hold}: {report}"));
+        if report.max_copies != Some(1) || report.acknowledged_lost != 0 || !report.consistent {
+            broken.push(format!("--hold {hold}: {report:?}"));
         }
     }
     assert!(broken.is_empty(), "the cut-off leader's decisions were committed: {broken:?}");

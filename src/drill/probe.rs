@@ -35,7 +35,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const POLL_WAIT: &str = "5s";
 
 /// What the probe measured.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Figures {
     /// The service probed.
     pub service: String,

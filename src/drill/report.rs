@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::history::Verdict;
 
 /// What one round measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Round {
     /// The member the failure hit: `manager2`, `worker1` (several: `+`).
     pub victim: String,
@@ -53,7 +54,8 @@ pub struct Round {
 }
 
 /// The whole drill's report.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     pub scenario: String,
     pub driver: String,
@@ -120,7 +122,7 @@ impl Report {
 }
 
 /// One assertion checked against a report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checked {
     pub assertion: String,
     pub passed: bool,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::op::{Call, Operation, Outcome, Seen};
 
 /// The checker's answer.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// Operations in the history.
     pub operations: usize,
@@ -27,7 +27,7 @@ pub struct Verdict {
 }
 
 /// A task whose operations have no linearization.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Violation {
     pub task: String,
     /// The operation no order could place: its answer contradicts every

@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use goat_storage::model::Task;
-use serde_json::Value;
 
 use super::cluster::{free_port, goat_bin};
 use super::worker::ensure_images;
@@ -175,7 +174,7 @@ impl Deployment {
     /// The report stays JSON: it is the drill's output format for other
     /// programs (`drill::Report` is written, never read, by Goat), and the
     /// tests check its keys as such a program would.
-    pub fn drill(&self, scenario: &str, extra: &[&str]) -> Value {
+    pub fn drill(&self, scenario: &str, extra: &[&str]) -> crate::drill::Report {
         let file = tempfile::NamedTempFile::new().expect("history file");
         let mut drill = Command::new(goat_bin());
         self.env(&mut drill);
@@ -188,11 +187,13 @@ impl Deployment {
             .stderr(Stdio::inherit())
             .output()
             .expect("run goat drill");
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        let report: crate::drill::Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("drill {scenario}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout))
         });
         let mut brief = report.clone();
-        brief["history"]["violation"] = Value::Null;
+        if let Some(history) = brief.history.as_mut() {
+            history.violation = None;
+        }
         println!("drill {scenario}: {}", serde_json::to_string(&brief).unwrap_or_default());
         let text = std::fs::read_to_string(file.path()).expect("the drill wrote its history");
         let ops = history::from_json_lines(&text).expect("the history parses");
@@ -200,7 +201,11 @@ impl Deployment {
         println!("drill {scenario}: {}", verdict.summary());
         assert!(verdict.operations > 0, "the drill recorded nothing");
         assert!(verdict.linearizable, "drill {scenario}: {}", verdict.summary());
-        assert_eq!(report["history"]["operations"], verdict.operations as u64, "the drill checked the same history");
+        assert_eq!(
+            report.history.as_ref().map(|h| h.operations),
+            Some(verdict.operations),
+            "the drill checked the same history"
+        );
         report
     }
 
