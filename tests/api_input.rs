@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{spec, Cluster};
+use common::{answer, spec, Answer, Cluster, ErrorCode};
 use goat_storage::model::{Task, TaskSpec};
-// `Value` where the raw JSON is the point: malformed bodies and the error
-// body's shape (`error`, `field`).
+// `json!` where the raw JSON is the point: malformed bodies.
 use serde_json::{json, Value};
 
-async fn post_raw(cluster: &Cluster, body: impl Into<reqwest::Body>) -> (u16, Value) {
+/// `POST /v1/tasks` with a raw body: a task, or the error body.
+async fn post_raw(cluster: &Cluster, body: impl Into<reqwest::Body>) -> Answer<Task> {
     let response = cluster
         .http
         .post(format!("{}/v1/tasks", cluster.url(1)))
@@ -19,9 +19,7 @@ async fn post_raw(cluster: &Cluster, body: impl Into<reqwest::Body>) -> (u16, Va
         .send()
         .await
         .expect("POST");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("every error is JSON");
-    (status, body)
+    answer(response).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +28,8 @@ async fn bad_specs_are_refused_with_the_field_named() {
     let kept = cluster.submit(1, &spec("kept")).await;
 
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"image": "x"}), ""),
+        (json!({"image": "x"}), "name"),
+        (json!({"name": "a", "image": "x", "health_check": {"path": "/"}}), "health_check.port"),
         (json!({"name": "", "image": "x"}), "name"),
         (json!({"name": "bad name", "image": "x"}), "name"),
         (json!({"name": "a", "image": ""}), "image"),
@@ -51,31 +50,58 @@ async fn bad_specs_are_refused_with_the_field_named() {
         (json!({"name": "a", "image": "x", "restart_policy": {"max_delay": 1e30}}), "restart_policy.max_delay"),
         (json!({"name": "a", "image": "x", "restart_policy": {"initial_delay": 0}}), "restart_policy.initial_delay"),
         (
-            json!({"name": "a", "image": "x", "restart_policy": {"max_attempts": 0, "max_delay": "200ms"}}),
-            "restart_policy.max_delay",
+            json!({"name": "a", "image": "x", "restart_policy": {"initial_delay": "99ms"}}),
+            "restart_policy.initial_delay",
         ),
+        (json!({"name": "a", "image": "x", "health_check": {"port": 80, "interval": 99}}), "health_check.interval"),
+        (json!({"name": "a", "image": "x", "health_check": {"port": 80, "timeout": "0.4ms"}}), "health_check.timeout"),
+        (json!({"name": "a", "image": "x", "restart_policy": {"max_delay": 1.5}}), "restart_policy.max_delay"),
         (json!(["not", "an", "object"]), ""),
     ];
     for (body, field) in cases {
-        let (status, answer) = post_raw(&cluster, body.to_string()).await;
-        assert_eq!(status, 400, "{body} -> {answer}");
-        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{answer}");
-        if field.is_empty() {
-            assert!(answer["field"].is_null() || answer["field"] == "", "{body} -> {answer}");
-        } else {
-            assert_eq!(answer["field"], field, "{body} -> {answer}");
-        }
+        let refused = post_raw(&cluster, body.to_string()).await;
+        let error = refused.error();
+        assert!(!error.error.is_empty(), "{body} -> {error:?}");
+        let field = Some(field).filter(|f| !f.is_empty());
+        let code = if field.is_some() { ErrorCode::InvalidField } else { ErrorCode::BadJson };
+        assert_eq!(refused.refusal(), (400, code, field), "{body} -> {error:?}");
+    }
+
+    // Each field valid alone, the combination refused: a rule across
+    // fields, which the OpenAPI schema cannot state, is a 422 `invalid`
+    // naming the field at fault.
+    let across: Vec<(Value, &str)> = vec![
+        (
+            json!({"name": "a", "image": "x", "restart_policy": {"max_attempts": 0, "max_delay": "200ms"}}),
+            "restart_policy.max_delay",
+        ),
+        (
+            json!({"name": "a", "image": "x", "restart_policy": {"initial_delay": "2s", "max_delay": "1s"}}),
+            "restart_policy.max_delay",
+        ),
+        (json!({"name": "a", "image": "x", "ports": [{"container": 80}, {"container": 80}]}), "ports[1].container"),
+        (
+            json!({"name": "a", "image": "x", "ports": [{"container": 80, "host": 8080}, {"container": 81, "host": 8080}]}),
+            "ports[1].host",
+        ),
+        (json!({"name": "a", "image": "x", "cpu_hard_limit": true}), "cpu_hard_limit"),
+        (json!({"name": "a", "image": "x", "env": {"K": "a"}, "secret_env": {"K": "b"}}), "secret_env.K"),
+    ];
+    for (body, field) in across {
+        let refused = post_raw(&cluster, body.to_string()).await;
+        assert_eq!(refused.refusal(), (422, ErrorCode::Invalid, Some(field)), "{body} -> {:?}", refused.error());
     }
 
     for raw in ["", "{", "{\"name\": \"a\",}", "null", "\u{0}"] {
-        let (status, answer) = post_raw(&cluster, raw.to_string()).await;
-        assert_eq!(status, 400, "{raw:?} -> {answer}");
+        let refused = post_raw(&cluster, raw.to_string()).await;
+        assert_eq!(refused.status, 400, "{raw:?} -> {:?}", refused.error());
     }
 
-    // Over 1 MiB: 413, with a JSON body.
+    // Over 1 MiB: 413, with a JSON body naming the limit.
     let huge = json!({"name": "a", "image": "x", "env": {"BIG": "x".repeat(2 << 20)}}).to_string();
-    let (status, answer) = post_raw(&cluster, huge).await;
-    assert_eq!(status, 413, "{answer}");
+    let refused = post_raw(&cluster, huge).await;
+    assert_eq!(refused.refusal(), (413, ErrorCode::BodyTooLarge, None));
+    assert!(refused.error().limit.is_some(), "{:?}", refused.error());
 
     // Bad ids on the task routes.
     let response = cluster.http.get(format!("{}/v1/tasks/not-a-uuid", cluster.url(1))).send().await.expect("GET");
@@ -133,7 +159,7 @@ async fn internal_routes_need_the_cluster_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
     let cluster = Cluster::start(3, &[]).await;
-    // The answer as JSON (a task, or an error body whose `field` is checked).
+    // A task, or an error body.
     let submit = |manager: u64, key: &'static str, body: TaskSpec| {
         let request = cluster
             .http
@@ -141,32 +167,24 @@ async fn a_retried_submission_with_an_idempotency_key_creates_one_task() {
             .header("idempotency-key", key)
             .json(&body)
             .send();
-        async move {
-            let response = request.await.expect("POST");
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.expect("JSON"))
-        }
+        async move { answer::<Task>(request.await.expect("POST")).await }
     };
-    let (first, created) = submit(1, "run-42", spec("once")).await;
-    assert_eq!(first, 201, "{created}");
+    let first = submit(1, "run-42", spec("once")).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let created = first.ok();
     for manager in [1, 2, 3] {
-        let (status, again) = submit(manager, "run-42", spec("once")).await;
-        assert_eq!(status, 200, "{again}");
-        assert_eq!(typed(&again).id, typed(&created).id);
+        let again = submit(manager, "run-42", spec("once")).await;
+        assert_eq!(again.status, 200, "{again:?}");
+        assert_eq!(again.ok().id, created.id);
     }
     let tasks = cluster.tasks(2, false).await;
     assert_eq!(tasks.iter().filter(|t| t.spec.name == "once").count(), 1);
 
-    let (status, answer) = submit(2, "run-42", spec("other")).await;
-    assert_eq!(status, 409, "{answer}");
-    let (status, answer) = submit(1, "bad key", spec("x")).await;
-    assert_eq!((status, answer["field"].as_str()), (400, Some("Idempotency-Key")), "{answer}");
-    let (status, other) = submit(3, "run-43", spec("once")).await;
-    assert_eq!(status, 201, "{other}");
-    assert_ne!(typed(&other).id, typed(&created).id);
-}
-
-/// A task answer as the model type.
-fn typed(answer: &Value) -> Task {
-    serde_json::from_value(answer.clone()).unwrap_or_else(|e| panic!("not a task ({e}): {answer}"))
+    let conflict = submit(2, "run-42", spec("other")).await;
+    assert_eq!(conflict.refusal().0, 409, "{conflict:?}");
+    let bad_key = submit(1, "bad key", spec("x")).await;
+    assert_eq!(bad_key.refusal(), (400, ErrorCode::InvalidHeader, Some("Idempotency-Key")));
+    let other = submit(3, "run-43", spec("once")).await;
+    assert_eq!(other.status, 201, "{other:?}");
+    assert_ne!(other.ok().id, created.id);
 }

@@ -11,19 +11,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::worker::WorkerProc;
-use common::{anonymous, client_with_token, goat_bin, spec, Cluster, TOKEN};
+use common::{anonymous, client_with_token, goat_bin, spec, Cluster, ErrorBody, ErrorCode, TOKEN};
 use goat::client::{ClusterView, NodeView};
+use goat::manager::auth::{CreatedToken, TokenView};
 use goat_storage::model::Task;
 use reqwest::Method;
-// `Value` for what these tests are about: any route's status and error body
-// (`code`, `field`), with bodies of every shape; answers that have a model
-// type are read as it (`typed`). A new token's answer has none (the
-// handler adds the secret to the listing's JSON).
+// `Value` for what these tests are about: any route's status, with bodies
+// of every shape (a raw listing is searched for secrets); answers and error
+// bodies are read as their types (`typed`, `refusal`).
 use serde_json::{json, Value};
 
 /// An answer read as its model type.
 fn typed<T: serde::de::DeserializeOwned>(answer: Value) -> T {
     serde_json::from_value(answer.clone()).unwrap_or_else(|e| panic!("not the expected JSON ({e}): {answer}"))
+}
+
+/// An error answer's code and field.
+fn refusal(answer: &Value) -> (ErrorCode, Option<String>) {
+    let error: ErrorBody = typed(answer.clone());
+    (error.code, error.field)
 }
 
 /// A request body from a typed value.
@@ -48,7 +54,8 @@ async fn token(cluster: &Cluster, role: &str) -> (String, String) {
     let url = format!("{}/v1/tokens", cluster.url(1));
     let (status, body) = call(&cluster.http, Method::POST, &url, Some(json!({"role": role, "name": role}))).await;
     assert_eq!(status, 201, "{body}");
-    (body["id"].as_str().expect("id").to_string(), body["secret"].as_str().expect("secret").to_string())
+    let created: CreatedToken = typed(body);
+    (created.token.id, created.secret)
 }
 
 fn heartbeat() -> Value {
@@ -100,7 +107,7 @@ async fn every_route_class_needs_its_role() {
             // A body that would be a 400 if it were read.
             let (status, body) = call(http, method.clone(), &url(path), Some(json!({"nonsense": true}))).await;
             assert_eq!(status, 401, "{method} {path} as {who}: {body}");
-            assert_eq!(body["code"], "unauthorized", "{method} {path}: a JSON error: {body}");
+            assert_eq!(refusal(&body).0, ErrorCode::Unauthorized, "{method} {path}: a JSON error: {body}");
         }
     }
     let (status, health) = call(&anon, Method::GET, &url("/v1/health"), None).await;
@@ -113,7 +120,7 @@ async fn every_route_class_needs_its_role() {
     let (_, admin) = token(&cluster, "admin").await;
     let (status, listed) = call(&cluster.http, Method::GET, &url("/v1/tokens"), None).await;
     assert_eq!(status, 200);
-    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(typed::<Vec<TokenView>>(listed.clone()).len(), 3, "{listed}");
     let text = listed.to_string();
     assert!(!text.contains(&read) && !text.contains("secret") && !text.contains("hash"), "{text}");
     let (status, _) = call(&cluster.http, Method::POST, &url("/v1/tokens"), Some(json!({"role": "root"}))).await;
@@ -147,7 +154,7 @@ async fn every_route_class_needs_its_role() {
     for (method, path, body) in forbidden {
         let (status, answer) = call(&read, method.clone(), &url(path), body.clone()).await;
         assert_eq!(status, 403, "read {method} {path}: {answer}");
-        assert_eq!(answer["code"], "forbidden", "{answer}");
+        assert_eq!(refusal(&answer).0, ErrorCode::Forbidden, "{answer}");
     }
 
     // submit: tasks, with a secret; nothing else.
@@ -160,7 +167,7 @@ async fn every_route_class_needs_its_role() {
     assert_eq!(task.spec.secret_env.get("API_KEY").map(String::as_str), Some("<secret>"), "{task:?}");
     assert_eq!(task.spec.env.get("PLAIN").map(String::as_str), Some("visible"));
     let task_id = task.id.to_string();
-    let (_, both) = call(
+    let (status, both) = call(
         &submit,
         Method::POST,
         &url("/v1/tasks"),
@@ -172,7 +179,11 @@ async fn every_route_class_needs_its_role() {
         }),
     )
     .await;
-    assert_eq!(both["field"], "secret_env.K", "a name is secret or not: {both}");
+    assert_eq!(
+        (status, refusal(&both)),
+        (422, (ErrorCode::Invalid, Some("secret_env.K".to_string()))),
+        "a name is secret or not (a rule across env and secret_env): {both}"
+    );
     let not_for_submit: &[(Method, &str, Option<Value>)] = &[
         (Method::PUT, "/v1/nodes/w1/drain", None),
         (Method::DELETE, "/v1/nodes/w1/drain", None),

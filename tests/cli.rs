@@ -9,7 +9,9 @@
 
 mod common;
 
+use goat::cli::commands::{Members, SavedSnapshot};
 use goat::client::{HealthView, NodeView};
+use goat::manager::snapshot::Restored;
 use goat_storage::model::{Health, Node, NodeStatus, ReschedulePolicy, RestartPolicy, Task, TaskState};
 use goat_storage::Millis;
 use serde::de::DeserializeOwned;
@@ -19,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::worker::{unique, wait_echo, WorkerProc, DOCKER_SOCKET};
 use common::{free_port, goat_bin, spec, Cluster, TOKEN};
-// `Value` only for the CLI's own summaries that no model type describes
-// (`members --json`, `snapshot save/restore --json`).
+// `Value` only to print what a restore must bring back (`essentials`).
 use serde_json::{json, Value};
 
 /// Exit codes, as documented in docs/operations.md.
@@ -174,11 +175,12 @@ async fn every_command_against_a_real_cluster() {
     assert_eq!(goat(&addr, &["node", "undrain", "no-such-node"], None).await.code, NOT_FOUND);
 
     // members: three, one leader, each with its applied index.
-    let members: Value = ok(&addr, &["members", "--json"]).await.json();
-    let list = members["members"].as_array().expect("members").clone();
-    assert_eq!(list.len(), 3, "{members:#}");
-    assert_eq!(list.iter().filter(|m| m["leader"] == true).count(), 1);
-    assert!(list.iter().all(|m| m["last_applied"].as_u64().is_some() && m["role"] != "unreachable"), "{members:#}");
+    let members: Members = ok(&addr, &["members", "--json"]).await.json();
+    let list = &members.members;
+    assert_eq!(list.len(), 3, "{members:#?}");
+    assert_eq!(list.iter().filter(|m| m.leader).count(), 1);
+    assert_eq!(list.iter().find(|m| m.leader).map(|m| m.id), members.leader, "{members:#?}");
+    assert!(list.iter().all(|m| m.last_applied.is_some() && m.role != "unreachable"), "{members:#?}");
 
     // members add / remove: a fourth manager started without --peers.
     let dir4 = cluster.managers[0].dir.with_file_name("m4");
@@ -186,10 +188,10 @@ async fn every_command_against_a_real_cluster() {
     cluster.add_manager(4, addr4.clone(), dir4);
     cluster.spawn_without_peers(4);
     ok(&addr, &["members", "add", "4", &addr4]).await;
-    let list = ok(&addr, &["members", "--json"]).await.json::<Value>()["members"].as_array().expect("members").clone();
-    assert!(list.iter().any(|m| m["id"] == 4 && m["voter"] == true), "{list:#?}");
+    let list = ok(&addr, &["members", "--json"]).await.json::<Members>().members;
+    assert!(list.iter().any(|m| m.id == 4 && m.voter), "{list:#?}");
     ok(&addr, &["members", "remove", "4"]).await;
-    let list = ok(&addr, &["members", "--json"]).await.json::<Value>()["members"].as_array().expect("members").clone();
+    let list = ok(&addr, &["members", "--json"]).await.json::<Members>().members;
     assert_eq!(list.len(), 3, "{list:#?}");
     cluster.kill(4);
 
@@ -238,8 +240,8 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("backup.json");
     let file = file.to_str().expect("path");
-    let saved: Value = ok(&addr, &["snapshot", "save", file, "--json"]).await.json();
-    assert_eq!(saved["tasks"], 4, "{saved:#}");
+    let saved: SavedSnapshot = ok(&addr, &["snapshot", "save", file, "--json"]).await.json();
+    assert_eq!(saved.tasks, 4, "{saved:#?}");
 
     heartbeats.abort();
 
@@ -274,7 +276,7 @@ async fn snapshot_restores_every_task_into_a_wiped_cluster() {
 
     let restored = goat(&addr, &["snapshot", "restore", file, "--json"], Some(TOKEN)).await;
     assert_eq!(restored.code, 0, "{}", restored.stderr);
-    assert_eq!(restored.json::<Value>()["tasks"], 4);
+    assert_eq!(restored.json::<Restored>().tasks, 4);
     let after: Vec<Task> = ok(&addr, &["status", "--json"]).await.json();
     assert_eq!(essentials(&after), essentials(&before), "every task is back as it was");
     // The leader checks deadlines every 500 ms: past a few checks, the node

@@ -24,13 +24,11 @@ use std::time::{Duration, Instant};
 
 use common::compose::{docker, Deployment};
 use common::fixtures::from_json;
-use common::free_port;
+use common::{answer, free_port, ErrorCode};
 use goat::client::NodeView;
 use goat::history::{self, Call, Recorder, Seen};
 use goat_storage::model::{Health, NodeStatus, Task, TaskState};
-// `Value` only for what is raw JSON by design: `goat drill --json`'s report
-// (read as another program would) and an error body's shape.
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// One deployment at a time: each is five containers on a 2-core machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -308,13 +306,15 @@ async fn without_a_quorum_writes_get_503_and_stale_reads_answer_until_a_manager_
         .send()
         .await
         .expect("an answer");
-    let status = response.status();
     let retry_after = response.headers().get("retry-after").cloned();
-    // The error body's shape is what is checked here: raw JSON.
-    let body: Value = response.json().await.expect("a JSON error");
-    println!("FIGURES no quorum: write answered {status} after {:.1} s: {body}", sent.elapsed().as_secs_f64());
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["code"], "unavailable", "{body}");
+    let refused = answer::<Task>(response).await;
+    let body = refused.error();
+    println!(
+        "FIGURES no quorum: write answered {} after {:.1} s: {body:?}",
+        refused.status,
+        sent.elapsed().as_secs_f64()
+    );
+    assert_eq!((refused.status, body.code), (503, ErrorCode::Unavailable), "{body:?}");
     assert!(retry_after.is_some(), "503 without Retry-After");
     let stale = deployment.http.get(format!("{}/v1/tasks?stale=true", deployment.url(survivor))).send().await;
     assert_eq!(stale.expect("stale read").status(), 200);

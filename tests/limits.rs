@@ -9,10 +9,9 @@ use goat_storage::model::{HeartbeatReply, NodeStatus, Task, TaskState};
 use goat_storage::Millis;
 use std::time::{Duration, Instant};
 
-use common::{spec, Cluster, TOKEN};
-// `Value` for error bodies (`error`, `code`, `limit`: their shape is what is
-// checked) and `POST /v1/gc`'s count, which has no model type.
-use serde_json::{json, Value};
+use common::{answer, spec, Answer, Cluster, ErrorBody, ErrorCode, TOKEN};
+use goat::manager::gc::Collected;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The test that asserts the term holds runs alone (a write lock), the
@@ -40,7 +39,7 @@ fn pid(cluster: &Cluster, id: u64) -> u32 {
 /// Sends the head of a request declaring a `length`-byte body, and none of
 /// the body, then reads the answer: a server that waited for the body would
 /// never answer (the guard below fails the test instead of hanging).
-async fn declare_only(addr: &str, path: &str, length: u64, token: Option<&str>) -> (u16, Value) {
+async fn declare_only(addr: &str, path: &str, length: u64, token: Option<&str>) -> (u16, ErrorBody) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let head = format!(
@@ -62,7 +61,8 @@ async fn declare_only(addr: &str, path: &str, length: u64, token: Option<&str>) 
     let text = String::from_utf8_lossy(&answer).to_string();
     let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{text}"));
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
+    let body = body.trim();
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{status} without an error body ({e}): {body}")))
 }
 
 /// 40 concurrent 250 MB bodies to `/raft/append` without a token: each is
@@ -78,19 +78,20 @@ async fn huge_bodies_are_refused_unread_and_memory_stays_flat() {
     let answers =
         futures::future::join_all((0..40).map(|_| declare_only(&addr, "/raft/append", 250_000_000, None))).await;
     for (status, body) in &answers {
-        assert!(*status == 413 || *status == 401, "{status} {body}");
+        assert!(*status == 413 || *status == 401, "{status} {body:?}");
         if *status == 413 {
-            assert_eq!(body["code"], "body_too_large", "{body}");
-            assert!(body["limit"].as_u64().is_some_and(|l| l < 250_000_000), "{body}");
+            assert_eq!(body.code, ErrorCode::BodyTooLarge, "{body:?}");
+            assert!(body.limit.is_some_and(|l| l < 250_000_000), "{body:?}");
         }
     }
     // Without a token the authentication layer refuses first (401, body
     // unread); with one, the route's limit does (413, body unread).
     let (status, body) = declare_only(&addr, "/v1/tasks", 250_000_000, None).await;
-    assert_eq!(status, 401, "{body}");
+    assert_eq!((status, body.code), (401, ErrorCode::Unauthorized), "{body:?}");
     let (status, body) = declare_only(&addr, "/v1/tasks", 250_000_000, Some(TOKEN)).await;
-    assert_eq!(status, 413, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains(&body["limit"].to_string())), "names the limit: {body}");
+    assert_eq!((status, body.code), (413, ErrorCode::BodyTooLarge), "{body:?}");
+    let limit = body.limit.expect("the limit");
+    assert!(body.error.contains(&limit.to_string()), "names the limit: {body:?}");
     let after = rss_bytes(pid(&cluster, 1));
     eprintln!("manager VmRSS before {} KiB, after {} KiB", before / 1024, after / 1024);
     assert!(after < before + (100 << 20), "RSS grew from {before} to {after} bytes");
@@ -128,36 +129,35 @@ async fn large_concurrent_submissions_neither_pass_nor_cost_an_election() {
         let http = cluster.http.clone();
         let urls: Vec<String> = (0..3).map(|k| format!("{}/v1/tasks", cluster.url(1 + (i as u64 + k) % 3))).collect();
         async move {
-            let mut answer = (0, Value::Null);
+            let mut last: Option<Answer<Task>> = None;
             for attempt in 0..10 {
                 let request = http
                     .post(&urls[attempt % urls.len()])
                     .header("content-type", "application/json")
                     .header("idempotency-key", format!("big-{i}"))
                     .body(body.clone());
-                let response = request.send().await.expect("POST");
-                let status = response.status().as_u16();
-                answer = (status, response.json::<Value>().await.unwrap_or(Value::Null));
-                if status != 503 {
+                let response = answer::<Task>(request.send().await.expect("POST")).await;
+                let unavailable = response.status == 503;
+                last = Some(response);
+                if !unavailable {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            answer
+            last.expect("an answer")
         }
     };
     let huge = futures::future::join_all((0..100).map(|i| post(i, 900_000))).await;
-    for (status, body) in &huge {
-        assert!((400..500).contains(status), "{status} {body}");
-        let error = body["error"].as_str().unwrap_or_default();
-        assert!(error.contains("limit of"), "names the limit: {body}");
+    for refused in &huge {
+        assert!((400..500).contains(&refused.status), "{refused:?}");
+        assert!(refused.error().error.contains("limit of"), "names the limit: {refused:?}");
     }
     let term_refused = term(&cluster, leader).await;
     eprintln!("100 oversized submissions refused; term {term_before} -> {term_refused}");
     // Just under the cap (64 KiB of text in all).
     let near = futures::future::join_all((0..100).map(|i| post(1000 + i, 60_000))).await;
     // 201, or 200 for a resend whose first attempt was stored after all.
-    let refused: Vec<_> = near.iter().filter(|(status, _)| *status != 201 && *status != 200).collect();
+    let refused: Vec<_> = near.iter().filter(|a| a.status != 201 && a.status != 200).collect();
     assert!(refused.is_empty(), "{} of 100 not stored: {refused:?}", refused.len());
     let term_after = term(&cluster, leader).await;
     eprintln!("term idle {idle_before} -> {term_before}, with the writes {term_before} -> {term_after}");
@@ -184,8 +184,9 @@ async fn streams_and_polls_are_capped() {
     let third = open().await.expect("stream 3");
     assert_eq!(third.status(), 503);
     assert!(third.headers().contains_key("retry-after"));
-    let body: Value = third.json().await.expect("JSON");
-    assert!(body["error"].as_str().unwrap_or_default().contains("--max-streams"), "{body}");
+    let body: ErrorBody = third.json().await.expect("an error body");
+    assert_eq!(body.code, ErrorCode::Busy, "{body:?}");
+    assert!(body.error.contains("--max-streams"), "{body:?}");
     drop(first);
     // The slot comes back once the manager sees the stream closed (at its
     // next keep-alive at the latest).
@@ -333,19 +334,13 @@ async fn gc_on_request() {
         // `http` sends the cluster token, `anon` none.
         let client = if token { &cluster.http } else { &cluster.anon };
         let request = client.post(format!("{}/v1/gc{query}", cluster.url(1)));
-        async move {
-            let response = request.send().await.expect("POST /v1/gc");
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        async move { answer::<Collected>(request.send().await.expect("POST /v1/gc")).await }
     };
-    assert_eq!(gc("", false).await.0, 401);
-    let (status, body) = gc("", true).await;
-    assert_eq!((status, body["collected"].as_u64()), (200, Some(0)), "younger than 24 h: kept; {body}");
+    assert_eq!(gc("", false).await.refusal().0, 401);
+    assert_eq!(gc("", true).await.ok().collected, 0, "younger than 24 h: kept");
     assert_eq!(task_status(&cluster, 1, &id).await, 200);
-    assert_eq!(gc("?older_than=soon", true).await.0, 400);
-    let (status, body) = gc("?older_than=0s", true).await;
-    assert_eq!((status, body["collected"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(gc("?older_than=soon", true).await.refusal(), (400, ErrorCode::InvalidQuery, Some("older_than")));
+    assert_eq!(gc("?older_than=0s", true).await.ok().collected, 1);
     assert_eq!(task_status(&cluster, 1, &id).await, 404);
 }
 

@@ -11,8 +11,6 @@ use futures::stream::{self, StreamExt};
 use goat::client::ClusterView;
 use goat::manager::transfer::TransferView;
 use goat_storage::model::Task;
-// `Value` only for error bodies (the `field` they name).
-use serde_json::Value;
 
 fn ids(tasks: &[Task]) -> BTreeSet<String> {
     tasks.iter().map(|t| t.id.to_string()).collect()
@@ -232,8 +230,8 @@ async fn leadership_is_handed_over_under_write_load_without_a_failed_write() {
         .send()
         .await
         .expect("transfer request");
-    assert_eq!(refused.status().as_u16(), 400);
-    assert_eq!(refused.json::<Value>().await.expect("error body")["field"], "to");
+    let refused = common::answer::<goat::manager::transfer::TransferView>(refused).await;
+    assert_eq!(refused.refusal(), (400, common::ErrorCode::InvalidField, Some("to")));
 
     // SIGTERM of the leader hands over before it exits: writes through a
     // survivor keep succeeding, and the survivors agree on a new leader.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use goat_storage::backup::Backup;
 use goat_storage::model::{Health, Task, TaskState};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use super::args::{parse_env, parse_port};
@@ -16,6 +17,10 @@ use super::error::{exit, CliError};
 use super::table::{age, bytes, render};
 use crate::client::Client;
 use crate::clock::now_ms;
+use crate::manager::auth::{CreatedToken, TokenView};
+use crate::manager::members::AddedMember;
+use crate::manager::snapshot::Restored;
+use crate::manager::transfer::TransferView;
 
 pub(crate) fn client(args: &ClientArgs) -> Result<Client, CliError> {
     client_with(args, args.timeout.as_duration())
@@ -326,7 +331,7 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
     let client = client(&args.client)?;
     match &args.action {
         Some(MembersAction::Add { id, addr }) => {
-            let answer: Value =
+            let answer: AddedMember =
                 client.post("/v1/cluster/members").json(&json!({"id": id, "addr": addr})).json_answer().await?;
             if args.client.json {
                 return print_json(&answer);
@@ -347,18 +352,51 @@ pub async fn members(args: MembersArgs) -> Result<(), CliError> {
                 Some(to) => json!({"to": to}),
                 None => json!({}),
             };
-            let answer: serde_json::Value = client.post("/v1/cluster/leader").json(&body).send().await?.json()?;
+            let answer: TransferView = client.post("/v1/cluster/leader").json(&body).send().await?.json()?;
             if args.client.json {
                 return print_json(&answer);
             }
             println!(
                 "manager {} leads (was {}, term {}, {} ms)",
-                answer["leader"], answer["from"], answer["term"], answer["took_ms"]
+                answer.leader, answer.from, answer.term, answer.took_ms
             );
             Ok(())
         }
         None => list_members(&client, &args.client).await,
     }
+}
+
+/// What `goat members --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Members {
+    /// The leader, as the answering manager sees it.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member, as it describes itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    /// Its own role (`leader`, `follower`, `learner`, ...), or
+    /// `unreachable` when it did not answer.
+    pub role: String,
+    pub leader: bool,
+    pub voter: bool,
+    /// Its own last applied index (the answering manager's view of it
+    /// when unreachable).
+    pub last_applied: Option<u64>,
+}
+
+/// What `goat snapshot save FILE --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedSnapshot {
+    pub file: std::path::PathBuf,
+    pub tasks: usize,
+    pub nodes: usize,
+    pub last_applied: Option<u64>,
 }
 
 /// Lists the members, each as it describes itself (its own role and
@@ -373,37 +411,34 @@ async fn list_members(client: &Client, args: &ClientArgs) -> Result<(), CliError
         Duration::from_secs(1),
     )?;
     let healths = futures::future::join_all((0..addrs.len()).map(|i| probe.health_of(i, Duration::from_secs(1)))).await;
-    let list: Vec<Value> = view
+    let members: Vec<MemberStatus> = view
         .members
         .iter()
         .zip(healths)
         .map(|(m, health)| {
             let health = health.ok();
-            let reachable = health.is_some();
-            let role = health.as_ref().map_or(m.role.as_str(), |h| h.role.as_str());
-            let last_applied = health.as_ref().map_or(m.last_applied, |h| h.last_applied);
-            json!({
-                "id": m.id,
-                "addr": m.addr,
-                "role": if reachable { role } else { "unreachable" },
-                "leader": Some(m.id) == leader,
-                "voter": m.voter,
-                "last_applied": last_applied,
-            })
+            MemberStatus {
+                id: m.id,
+                addr: m.addr.clone(),
+                role: health.as_ref().map_or("unreachable", |h| h.role.as_str()).to_string(),
+                leader: Some(m.id) == leader,
+                voter: m.voter,
+                last_applied: health.as_ref().map_or(m.last_applied, |h| h.last_applied),
+            }
         })
         .collect();
     if args.json {
-        return print_json(&json!({"leader": leader, "term": view.term, "members": list}));
+        return print_json(&Members { leader, term: view.term, members });
     }
-    let rows: Vec<Vec<String>> = list
+    let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
             vec![
-                m["id"].to_string(),
-                m["addr"].as_str().unwrap_or("?").to_string(),
-                m["role"].as_str().unwrap_or("?").to_string(),
-                if m["leader"] == true { "*".into() } else { String::new() },
-                m["last_applied"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                m.id.to_string(),
+                m.addr.clone(),
+                m.role.clone(),
+                if m.leader { "*".into() } else { String::new() },
+                m.last_applied.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -428,9 +463,13 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             std::fs::write(&tmp, &body)
                 .and_then(|_| std::fs::rename(&tmp, file))
                 .map_err(|e| CliError::other(format!("writing {}: {e}", file.display())))?;
-            let summary = json!({"file": file, "tasks": backup.tasks.len(), "nodes": backup.nodes.len(), "last_applied": backup.last_applied});
             if args.client.json {
-                return print_json(&summary);
+                return print_json(&SavedSnapshot {
+                    file: file.clone(),
+                    tasks: backup.tasks.len(),
+                    nodes: backup.nodes.len(),
+                    last_applied: backup.last_applied,
+                });
             }
             println!(
                 "saved {} tasks and {} nodes (log index {}) to {}",
@@ -448,7 +487,8 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), CliError> {
             backup.check().map_err(|e| CliError::usage(format!("{}: {}: {}", file.display(), e.field, e.message)))?;
             let timeout = args.client.timeout.as_duration().max(Duration::from_secs(60));
             let client = client_with(&args.client, timeout)?;
-            let answer: Option<Value> = client.post("/v1/snapshot/restore").body(body).send().await?.json_or_empty()?;
+            let answer: Option<Restored> =
+                client.post("/v1/snapshot/restore").body(body).send().await?.json_or_empty()?;
             if args.client.json {
                 return print_json(&answer);
             }
@@ -517,22 +557,22 @@ pub async fn token(args: TokenArgs) -> Result<(), CliError> {
             if !["read", "submit", "admin"].contains(&role.as_str()) {
                 return Err(CliError::usage(format!("--role {role:?}: use read, submit or admin")));
             }
-            let created: Value =
+            let created: CreatedToken =
                 client.post("/v1/tokens").json(&json!({"role": role, "name": name})).json_answer().await?;
             if args.client.json {
                 return print_json(&created);
             }
             println!(
                 "created token {} ({} role{}). Its secret, shown this once:\n\n  {}\n\nUse it with: export GOAT_TOKEN=<secret>",
-                created["id"].as_str().unwrap_or("?"),
-                created["role"].as_str().unwrap_or("?"),
+                created.token.id,
+                created.token.role.as_str(),
                 if name.is_empty() { String::new() } else { format!(", {name}") },
-                created["secret"].as_str().unwrap_or("?"),
+                created.secret,
             );
             Ok(())
         }
         TokenAction::List => {
-            let tokens: Vec<Value> = client.get("/v1/tokens").json_answer().await?;
+            let tokens: Vec<TokenView> = client.get("/v1/tokens").json_answer().await?;
             if args.client.json {
                 return print_json(&tokens);
             }
@@ -541,10 +581,10 @@ pub async fn token(args: TokenArgs) -> Result<(), CliError> {
                 .iter()
                 .map(|t| {
                     vec![
-                        t["id"].as_str().unwrap_or("").to_string(),
-                        t["role"].as_str().unwrap_or("").to_string(),
-                        t["name"].as_str().unwrap_or("").to_string(),
-                        age(now.saturating_sub(t["created_at"].as_u64().unwrap_or(now))),
+                        t.id.clone(),
+                        t.role.as_str().to_string(),
+                        t.name.clone(),
+                        age(now.saturating_sub(t.created_at)),
                     ]
                 })
                 .collect();

@@ -94,8 +94,7 @@ pub struct PollQuery {
 }
 
 fn poll_query(query: Result<Query<PollQuery>, QueryRejection>) -> Result<PollQuery, ApiError> {
-    let query =
-        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query = super::extract::query_of(query)?;
     check_version(query.after.as_deref())?;
     Ok(query)
 }

@@ -182,12 +182,12 @@ struct NewToken {
 }
 
 /// A token as listings show it: no secret, no hash.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct TokenView {
-    id: String,
-    name: String,
-    role: Role,
-    created_at: u64,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: u64,
 }
 
 impl From<&ApiToken> for TokenView {
@@ -197,12 +197,12 @@ impl From<&ApiToken> for TokenView {
 }
 
 /// What `POST /v1/tokens` answers: the token and its secret, shown this once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct CreatedToken {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
     #[serde(flatten)]
-    token: TokenView,
+    pub token: TokenView,
     /// `goat_` and 64 hex digits: send it as `Authorization: Bearer <secret>`.
-    secret: String,
+    pub secret: String,
 }
 
 fn random_hex(bytes: usize) -> String {

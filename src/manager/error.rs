@@ -9,22 +9,23 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use goat_storage::fsm::Refusal;
 use goat_storage::validate::FieldError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::control::{Error, ErrorKind};
 
-/// The body of every error answer.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+/// The body of every error answer (clients and tests read it back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for a person (the field first when one is at fault).
     pub error: String,
     pub code: ErrorCode,
     /// The request's field at fault, as a JSON path (`ports[1].container`),
     /// a query parameter or a header name; absent when not one field's fault.
+    #[serde(default)]
     pub field: Option<String>,
     /// With `body_too_large`: the route's limit, in bytes (that answer is
     /// written by `goat_raft::limits::too_large`, before the route runs).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
 }
 
@@ -49,11 +50,19 @@ error_answers! {
     NotLeader: 421, "Relayed to a manager that does not lead.";
     ServiceConflict: 409, "The change conflicts with the service state.";
     MembershipRefused: 409, "Raft refused the membership change.";
+    TaskRuleAcross: 422, "Valid by the schema, but a rule across fields is broken (code `invalid`, `field` names \
+        the one at fault): a container or host port listed twice; `secret_env` and `env` naming the same \
+        variable; `cpu_hard_limit` without a `cpu` above 0; `restart_policy.max_delay` below `initial_delay`, \
+        or below 1s with `max_attempts` 0; `reschedule_policy.max_delay` below `delay`; more than 64 KiB of \
+        text in all (name, image, cmd, env, secret_env, labels, health_check.path).";
+    ServiceRuleAcross: 422, "Valid by the schema, but a rule across fields is broken (code `invalid`, `field` \
+        names the one at fault): `update.canary` above `replicas`; `update.healthy_deadline` not longer than \
+        `update.min_healthy_time`; or one of a task's (`POST /v1/tasks`) in `template`.";
 }
 
 /// Every `code` an error answer may carry: the enum is the only way to
 /// build an [`ApiError`], so the OpenAPI document lists them all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the body is not valid JSON, not an object, or empty.
@@ -76,7 +85,11 @@ pub enum ErrorCode {
     NotFound,
     /// 409: the request conflicts with the current state.
     Conflict,
-    /// 422: the request is well-formed but refused by the state machine.
+    /// 422: the request is valid by the schema but refused: by a rule
+    /// across fields that JSON Schema cannot state (`field` names the one
+    /// at fault: `update.canary` above `replicas`, a host port listed
+    /// twice, `restart_policy.max_delay` below `initial_delay`), or by the
+    /// state machine.
     Invalid,
     /// 421: a worker's call reached a manager that does not lead.
     NotLeader,
@@ -226,9 +239,18 @@ impl From<Refusal> for ApiError {
     }
 }
 
+/// A rule of one field (which the OpenAPI schema states): 400
+/// `invalid_field`; a rule across fields (which a schema cannot state):
+/// 422 `invalid`. Both name the field.
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> ApiError {
-        ApiError::field(ErrorCode::InvalidField, e.field, e.message)
+        if e.across {
+            let mut error = ApiError::field(ErrorCode::Invalid, e.field, e.message);
+            error.status = StatusCode::UNPROCESSABLE_ENTITY;
+            error
+        } else {
+            ApiError::field(ErrorCode::InvalidField, e.field, e.message)
+        }
     }
 }
 

@@ -48,7 +48,7 @@ fn resume_point(query: &EventsQuery, headers: &HeaderMap) -> Result<Option<u64>,
     let text = value.to_str().unwrap_or_default().trim();
     text.parse().map(Some).map_err(|_| {
         ApiError::field(
-            ErrorCode::InvalidField,
+            ErrorCode::InvalidHeader,
             "Last-Event-ID",
             format!("{text:?} is not an event index (an integer)"),
         )
@@ -199,8 +199,7 @@ pub async fn stream(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let query =
-        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query = super::extract::query_of(query)?;
     let resume = resume_point(&query, &headers)?;
     let permit = m
         .stream_permit()

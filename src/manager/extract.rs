@@ -39,7 +39,24 @@ pub struct ReadOptions {
 pub fn read_options(
     query: Result<Query<ReadOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Result<ReadOptions, ApiError> {
-    query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))
+    query_of(query)
+}
+
+/// A route's query parameters, or a 400 `invalid_query` naming the
+/// parameter at fault (`older_than`), or `query` when it is not one
+/// parameter's fault (an unknown one, a malformed string).
+pub fn query_of<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        let text = e.body_text();
+        // axum reads the query with serde_path_to_error: "Failed to
+        // deserialize query string: older_than: invalid duration ...".
+        let detail = text.split_once("query string: ").map_or(text.as_str(), |(_, d)| d);
+        let parameter = detail
+            .split_once(": ")
+            .map(|(name, _)| name)
+            .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        ApiError::field(ErrorCode::InvalidQuery, parameter.unwrap_or("query"), detail)
+    })
 }
 
 /// The most hex digits of a version (`after`) of the long polls.

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::Manager;
-use super::error::{ApiError, ErrorCode};
+use super::error::ApiError;
 use crate::clock::now_ms;
 use crate::control::Error;
 
@@ -141,7 +141,7 @@ pub struct GcQuery {
 }
 
 /// What `POST /v1/gc` answers.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Collected {
     /// How many finished tasks were removed.
     pub collected: u64,
@@ -163,8 +163,7 @@ pub async fn run(
     State(m): State<Arc<Manager>>,
     query: Result<Query<GcQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let query =
-        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query = super::extract::query_of(query)?;
     let retention = query.older_than.map_or(m.task_retention(), |d| d.as_duration());
     // Look at the current state: a follower catches up first.
     m.linearize().await?;

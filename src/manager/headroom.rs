@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::cluster::Manager;
-use super::error::{ApiError, ErrorCode};
+use super::error::ApiError;
 use super::extract::{consistent, ReadOptions};
 use crate::headroom::{node_loss, NoPlan, NodeLoss};
 
@@ -41,7 +41,7 @@ pub async fn headroom(
     State(m): State<Arc<Manager>>,
     query: Result<Query<HeadroomQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<NodeLoss>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query = super::extract::query_of(query)?;
     consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
     let applied = m.state().read();
     match node_loss(&applied.state, query.node.as_deref(), m.default_strategy()) {

@@ -53,11 +53,17 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
         }
     }
     let path = error.path().to_string();
-    let field = if path == "." { String::new() } else { path };
+    let mut field = if path == "." { String::new() } else { path };
     let inner = error.into_inner();
     let code = if inner.is_syntax() || inner.is_eof() { ErrorCode::BadJson } else { ErrorCode::InvalidField };
     // serde's message carries "at line L column C"; keep it, it helps.
-    Err(ApiError::field(code, field, inner.to_string()))
+    let message = inner.to_string();
+    // A missing field is named by serde's message only ("missing field
+    // `name`"), its path being the object that lacks it: name the field.
+    if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+        field = if field.is_empty() { missing.to_string() } else { format!("{field}.{missing}") };
+    }
+    Err(ApiError::field(code, field, message))
 }
 
 /// Rewrites every number of `value` written with a fraction or an

@@ -113,12 +113,12 @@ struct NewMember {
 }
 
 /// What `POST /v1/cluster/members` answers.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AddedMember {
-    id: u64,
-    addr: String,
+    pub id: u64,
+    pub addr: String,
     /// Always true: the member is a voter when the answer is sent.
-    voter: bool,
+    pub voter: bool,
 }
 
 /// Adds a manager: first as a learner that catches up, then as a voter.

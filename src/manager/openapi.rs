@@ -615,6 +615,26 @@ mod schema_check {
         }
     }
 
+    /// Each case is valid by the schema and refused by a rule across
+    /// fields, which JSON Schema cannot state: a 422 `invalid` naming
+    /// `field` (a schema-driven fuzzer accepts a 422 for valid data).
+    fn refused_across(
+        doc: &Value,
+        schema: &Value,
+        cases: &[(Value, &str)],
+        api: impl Fn(&Value) -> Result<(), ApiError>,
+    ) {
+        for (value, field) in cases {
+            assert_eq!(check(doc, schema, value, ""), Ok(()), "{value}: valid by the schema");
+            let refused = api(value).expect_err("refused");
+            assert_eq!(
+                (refused.status.as_u16(), refused.body.code, refused.body.field.as_deref()),
+                (422, ErrorCode::Invalid, Some(*field)),
+                "{value}"
+            );
+        }
+    }
+
     #[test]
     fn task_specs_valid_by_schema_are_accepted_and_invalid_ones_refused() {
         let doc = document();
@@ -670,6 +690,20 @@ mod schema_check {
             (with(json!({"restart_policy": {"initial_delay": "1x"}})), Some("restart_policy.initial_delay")),
             (with(json!({"restart_policy": {"initial_delay": "-1s"}})), Some("restart_policy.initial_delay")),
             (with(json!({"restart_policy": {"initial_delay": ""}})), Some("restart_policy.initial_delay")),
+            // Durations with a least value state it, in both forms.
+            (with(json!({"restart_policy": {"initial_delay": "99ms"}})), Some("restart_policy.initial_delay")),
+            (with(json!({"restart_policy": {"initial_delay": 99}})), Some("restart_policy.initial_delay")),
+            (with(json!({"restart_policy": {"initial_delay": "0.0995s", "max_delay": "1s"}})), None),
+            (with(json!({"restart_policy": {"initial_delay": 100}})), None),
+            (with(json!({"health_check": {"port": 80, "interval": "0.09s"}})), Some("health_check.interval")),
+            (with(json!({"health_check": {"port": 80, "interval": ".1s"}})), None),
+            (with(json!({"health_check": {"port": 80, "timeout": "0.4ms"}})), Some("health_check.timeout")),
+            (with(json!({"health_check": {"port": 80, "timeout": 0}})), Some("health_check.timeout")),
+            (with(json!({"health_check": {"port": 80, "timeout": "0.5ms"}})), None),
+            // Whole milliseconds as a number; a fraction is a string.
+            (with(json!({"reschedule_policy": {"delay": 1.5}})), Some("reschedule_policy.delay")),
+            (with(json!({"reschedule_policy": {"delay": "1.5ms"}})), None),
+            (with(json!({"reschedule_policy": {"delay": "1.0000000001s"}})), Some("reschedule_policy.delay")),
             (with(json!({"memory": 1})), Some("memory")),
             (with(json!({"cpu": -1})), Some("cpu")),
             (with(json!({"cpu": 2000})), Some("cpu")),
@@ -685,6 +719,17 @@ mod schema_check {
             (with(json!({"labels": {"goat": "x", "go": "y", "goats.x": "z", "é": "w"}})), None),
         ];
         agree(&doc, &schema(&doc, "TaskSpec"), &cases, api_task);
+        let across = [
+            (with(json!({"restart_policy": {"max_attempts": 0, "max_delay": "500ms"}})), "restart_policy.max_delay"),
+            (with(json!({"restart_policy": {"initial_delay": "2s", "max_delay": "1s"}})), "restart_policy.max_delay"),
+            (with(json!({"reschedule_policy": {"delay": "2m", "max_delay": "1m"}})), "reschedule_policy.max_delay"),
+            (with(json!({"ports": [{"container": 80}, {"container": 80}]})), "ports[1].container"),
+            (with(json!({"ports": [{"container": 80, "host": 1}, {"container": 81, "host": 1}]})), "ports[1].host"),
+            (with(json!({"cpu_hard_limit": true})), "cpu_hard_limit"),
+            (with(json!({"env": {"K": "1"}, "secret_env": {"K": "2"}})), "secret_env.K"),
+            (with(json!({"env": {"A": "x".repeat(40_000), "B": "y".repeat(40_000)}})), "env"),
+        ];
+        refused_across(&doc, &schema(&doc, "TaskSpec"), &across, api_task);
     }
 
     #[test]
@@ -715,6 +760,22 @@ mod schema_check {
             ),
         ];
         agree(&doc, &schema(&doc, "ServiceSpec"), &cases, api_service);
+        let across = [
+            (
+                json!({"name": "web", "replicas": 2, "template": {"image": "x"}, "update": {"canary": 3}}),
+                "update.canary",
+            ),
+            (
+                json!({"name": "web", "template": {"image": "x"},
+                       "update": {"min_healthy_time": "1m", "healthy_deadline": "30s"}}),
+                "update.healthy_deadline",
+            ),
+            (
+                json!({"name": "web", "template": {"image": "x", "ports": [{"container": 8}, {"container": 8}]}}),
+                "template.ports[1].container",
+            ),
+        ];
+        refused_across(&doc, &schema(&doc, "ServiceSpec"), &across, api_service);
     }
 
     /// The parameter `name` of `method path`'s operation.

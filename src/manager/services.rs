@@ -150,6 +150,7 @@ async fn apply(m: &Manager, spec: ServiceSpec) -> Result<Response, ApiError> {
         (status = 200, description = "Applied (or unchanged).", body = ServiceView),
         crate::manager::error::ServiceConflict,
         crate::manager::error::BodyOverLimit,
+        crate::manager::error::ServiceRuleAcross,
     ),
 )]
 pub async fn create(State(m): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
@@ -226,6 +227,7 @@ impl utoipa::ToSchema for ServiceSpecByPath {
         (status = 200, description = "Applied (or unchanged).", body = ServiceView),
         crate::manager::error::ServiceConflict,
         crate::manager::error::BodyOverLimit,
+        crate::manager::error::ServiceRuleAcross,
     ),
 )]
 pub async fn put(
@@ -485,8 +487,7 @@ pub async fn list_endpoints(
     query: Result<Query<EndpointsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_name("name", &name)?;
-    let query =
-        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let query = super::extract::query_of(query)?;
     check_version(query.after.as_deref())?;
     consistent(&m, &ReadOptions { stale: query.stale, ..ReadOptions::default() }).await?;
     let wait = query.wait.unwrap_or(Millis(0)).min(MAX_WAIT);

@@ -47,7 +47,7 @@ pub async fn save(
 }
 
 /// What `POST /v1/snapshot/restore` answers.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Restored {
     /// Always true.
     pub restored: bool,

@@ -106,6 +106,7 @@ pub fn task_id_for_key(key: &str) -> Uuid {
         (status = 200, description = "A resend with an Idempotency-Key already used for the same spec: the task it created.", body = Task),
         (status = 409, description = "The Idempotency-Key was used for another spec.", body = crate::manager::error::ErrorBody),
         crate::manager::error::BodyOverLimit,
+        crate::manager::error::TaskRuleAcross,
     ),
 )]
 pub async fn submit_task(

@@ -21,7 +21,7 @@ use goat_storage::Millis;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::Manager;
-use super::error::{ApiError, ErrorCode};
+use super::error::ApiError;
 
 /// One manager's fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -158,8 +158,7 @@ pub async fn verify(
     State(m): State<Arc<Manager>>,
     query: Result<Query<VerifyOptions>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Verdict>, ApiError> {
-    let options =
-        query.map(|Query(q)| q).map_err(|e| ApiError::field(ErrorCode::InvalidQuery, "query", e.body_text()))?;
+    let options = super::extract::query_of(query)?;
     let wait = options.wait.map(Millis::as_duration).unwrap_or_default().min(Duration::from_secs(60));
     let deadline = Instant::now() + wait;
     loop {

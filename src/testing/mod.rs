@@ -17,3 +17,5 @@ pub mod worker;
 
 pub use cluster::*;
 pub use fixtures::{echo_spec, spec};
+pub mod answer;
+pub use answer::{answer, Answer, ErrorBody, ErrorCode};

@@ -81,8 +81,7 @@ impl Backup {
             check_history(&format!("nodes[{i}].events"), node.events.iter().map(|e| e.index), MAX_NODE_EVENTS)?;
         }
         for (i, task) in self.tasks.iter().enumerate() {
-            validate_spec(&task.spec)
-                .map_err(|e| FieldError::new(format!("tasks[{i}].spec.{}", e.field), e.message))?;
+            validate_spec(&task.spec).map_err(|e| e.under(&format!("tasks[{i}].spec")))?;
             if let Some(node) = &task.node {
                 if !names.contains(node.as_str()) {
                     return Err(FieldError::new(

@@ -218,6 +218,7 @@ pub struct RestartPolicy {
     pub max_attempts: u32,
     /// Delay before the first restart; doubles each time (with jitter).
     /// At least 100ms.
+    #[schema(schema_with = field_schemas::initial_delay)]
     pub initial_delay: Millis,
     /// Upper bound of the delay: not less than `initial_delay`, and at
     /// least 1s when `max_attempts` is 0.
@@ -275,9 +276,11 @@ pub struct HealthCheck {
     pub port: u16,
     /// Between probes: at least 100ms.
     #[serde(default = "HealthCheck::default_interval")]
+    #[schema(schema_with = field_schemas::health_interval)]
     pub interval: Millis,
     /// A probe's timeout: more than 0.
     #[serde(default = "HealthCheck::default_timeout")]
+    #[schema(schema_with = field_schemas::health_timeout)]
     pub timeout: Millis,
     /// Consecutive failures that make the task unhealthy.
     #[serde(default = "HealthCheck::default_failure_threshold")]
@@ -737,9 +740,11 @@ mod schema_tests {
         assert_eq!(required, ["name", "image"]);
         // Durations: a string of the parser's pattern, or milliseconds.
         let delay = &c["schemas"]["RestartPolicy"]["properties"]["initial_delay"];
-        assert_eq!(delay["oneOf"][0]["$ref"], "#/components/schemas/Millis", "{delay:#}");
+        let least = crate::duration::duration_pattern(crate::validate::MIN_RESTART_DELAY);
+        assert_eq!(delay["oneOf"][0]["pattern"].as_str(), Some(&*least), "{delay:#}");
+        assert_eq!(delay["oneOf"][1]["minimum"].as_f64(), Some(100.0), "{delay:#}");
         let millis = &c["schemas"]["Millis"]["oneOf"];
-        assert_eq!(millis[0]["pattern"], crate::duration::DURATION_PATTERN, "{millis:#}");
+        assert_eq!(millis[0]["pattern"].as_str(), Some(&*crate::duration::duration_pattern(Millis(0))), "{millis:#}");
         assert_eq!(millis[1]["maximum"].as_f64(), Some(crate::duration::Millis::MAX.0 as f64));
     }
 }
@@ -835,6 +840,30 @@ mod field_schemas {
             .additional_properties(Some(text_without_nul()))
             .description(Some(description))
             .into()
+    }
+
+    /// A duration of at least `min`, with its default and description.
+    fn duration(min: crate::Millis, default: crate::Millis, description: &str) -> RefOr<Schema> {
+        let mut schema = crate::Millis::schema_at_least(min);
+        schema.description = Some(description.to_string());
+        schema.default = Some(serde_json::Value::String(default.to_string()));
+        RefOr::T(Schema::OneOf(schema))
+    }
+
+    pub fn initial_delay() -> RefOr<Schema> {
+        duration(
+            crate::validate::MIN_RESTART_DELAY,
+            crate::model::RestartPolicy::default().initial_delay,
+            "Delay before the first restart; doubles each time (with jitter). At least 100ms.",
+        )
+    }
+
+    pub fn health_interval() -> RefOr<Schema> {
+        duration(crate::validate::MIN_HEALTH_INTERVAL, crate::Millis(1_000), "Between probes: at least 100ms.")
+    }
+
+    pub fn health_timeout() -> RefOr<Schema> {
+        duration(crate::Millis(1), crate::Millis(1_000), "A probe's timeout: more than 0 (at least 1ms).")
     }
 
     pub fn cmd() -> RefOr<Schema> {

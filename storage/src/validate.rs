@@ -16,7 +16,7 @@ pub const MAX_MEMORY: u64 = 16 << 40; // 16 TiB
 pub const MIN_MEMORY: u64 = 6 << 20; // 6 MiB
 pub const MAX_DISK: u64 = 1 << 50; // 1 PiB
 /// The most bytes of text one spec may carry in all: its name, image,
-/// `cmd` arguments, `env` names and values, `labels` keys and values and
+/// `cmd` arguments, `env` and `secret_env` names and values, `labels` keys and values and
 /// health check path together. A spec is replicated to every manager and
 /// sent to its worker on every answer; this keeps one log entry, one
 /// AppendEntries and one heartbeat answer small (see `goat_raft::limits`).
@@ -27,11 +27,28 @@ pub const MAX_SPEC_BYTES: usize = 64 << 10;
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// The rule is across fields (or list items): each is valid alone, the
+    /// combination is not (`update.canary` above `replicas`, a host port
+    /// listed twice). The OpenAPI schema states every rule of one field;
+    /// JSON Schema cannot state these, so the API answers them apart (422
+    /// `invalid` rather than 400 `invalid_field`).
+    pub across: bool,
 }
 
 impl FieldError {
+    /// A rule of the field alone.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError { field: field.into(), message: message.into(), across: false }
+    }
+
+    /// A rule across fields, `field` the one at fault.
+    pub fn across(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into(), across: true }
+    }
+
+    /// The same error, its field under `parent` (`template.image`).
+    pub fn under(self, parent: &str) -> Self {
+        FieldError { field: format!("{parent}.{}", self.field), ..self }
     }
 }
 
@@ -65,6 +82,7 @@ pub fn spec_sizes(spec: &TaskSpec) -> Vec<(&'static str, usize)> {
     let mut sizes = vec![
         ("cmd", spec.cmd.iter().map(String::len).sum()),
         ("env", pairs(&spec.env)),
+        ("secret_env", pairs(&spec.secret_env)),
         ("labels", pairs(&spec.labels)),
         ("name", spec.name.len()),
         ("image", spec.image.len()),
@@ -82,16 +100,15 @@ pub fn check_spec_size(spec: &TaskSpec) -> Result<(), FieldError> {
         return Ok(());
     }
     let (field, largest) = sizes[0];
-    Err(FieldError::new(
+    Err(FieldError::across(
         field,
         format!(
             "the spec carries {total} bytes of text ({field}: {largest}), over the limit of {MAX_SPEC_BYTES} bytes \
-             for name, image, cmd, env, labels and health_check.path together"
+             for name, image, cmd, env, secret_env, labels and health_check.path together"
         ),
     ))
 }
 
-/// Returns the first rule the spec breaks, if any.
 /// The shortest `restart_policy.initial_delay` accepted. Each restart a
 /// worker performs reaches the leader and is committed as a Raft entry, so a
 /// task crashing at once with no delay would commit entries as fast as
@@ -104,6 +121,11 @@ pub const MIN_RESTART_DELAY: Millis = Millis(100);
 /// most, forever.
 pub const MIN_UNLIMITED_MAX_DELAY: Millis = Millis(1_000);
 
+/// The shortest `health_check.interval` accepted: each change of health a
+/// worker sees reaches the leader.
+pub const MIN_HEALTH_INTERVAL: Millis = Millis(100);
+
+/// Returns the first rule the spec breaks, if any.
 pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
     check_spec_size(spec)?;
     check_name("name", &spec.name)?;
@@ -139,7 +161,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         }
     }
     if let Some(key) = spec.secret_env.keys().find(|k| spec.env.contains_key(*k)) {
-        return Err(FieldError::new(format!("secret_env.{key}"), "is also in env: a variable is secret or not"));
+        return Err(FieldError::across(format!("secret_env.{key}"), "is also in env: a variable is secret or not"));
     }
 
     if !spec.cpu.is_finite() || spec.cpu < 0.0 {
@@ -149,7 +171,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         return Err(FieldError::new("cpu", format!("{} cores is more than the limit of {MAX_CPU}", spec.cpu)));
     }
     if spec.cpu_hard_limit && spec.cpu <= 0.0 {
-        return Err(FieldError::new("cpu_hard_limit", "needs a cpu above 0 to cap the container at"));
+        return Err(FieldError::across("cpu_hard_limit", "needs a cpu above 0 to cap the container at"));
     }
     if spec.memory > MAX_MEMORY {
         return Err(FieldError::new("memory", "is more than the limit of 16 TiB (memory is in bytes)"));
@@ -168,7 +190,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
             return Err(FieldError::new(format!("ports[{i}].container"), "must be between 1 and 65535"));
         }
         if !container_ports.insert(port.container) {
-            return Err(FieldError::new(
+            return Err(FieldError::across(
                 format!("ports[{i}].container"),
                 format!("port {} is listed twice", port.container),
             ));
@@ -181,7 +203,10 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
                 ));
             }
             if !host_ports.insert(host) {
-                return Err(FieldError::new(format!("ports[{i}].host"), format!("host port {host} is listed twice")));
+                return Err(FieldError::across(
+                    format!("ports[{i}].host"),
+                    format!("host port {host} is listed twice"),
+                ));
             }
         }
     }
@@ -194,7 +219,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         ));
     }
     if policy.max_attempts == 0 && policy.max_delay < MIN_UNLIMITED_MAX_DELAY {
-        return Err(FieldError::new(
+        return Err(FieldError::across(
             "restart_policy.max_delay",
             format!(
                 "must be at least {MIN_UNLIMITED_MAX_DELAY} when max_attempts is 0 (unlimited), so a crash loop \
@@ -203,12 +228,12 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
         ));
     }
     if policy.max_delay < policy.initial_delay {
-        return Err(FieldError::new("restart_policy.max_delay", "must not be less than initial_delay"));
+        return Err(FieldError::across("restart_policy.max_delay", "must not be less than initial_delay"));
     }
 
     let reschedule = &spec.reschedule_policy;
     if reschedule.max_delay < reschedule.delay {
-        return Err(FieldError::new("reschedule_policy.max_delay", "must not be less than delay"));
+        return Err(FieldError::across("reschedule_policy.max_delay", "must not be less than delay"));
     }
 
     if let Some(check) = &spec.health_check {
@@ -220,8 +245,8 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), FieldError> {
                 return Err(FieldError::new("health_check.path", "must be an absolute URL path such as \"/health\""));
             }
         }
-        if check.interval.0 < 100 {
-            return Err(FieldError::new("health_check.interval", "must be at least 100ms"));
+        if check.interval < MIN_HEALTH_INTERVAL {
+            return Err(FieldError::new("health_check.interval", format!("must be at least {MIN_HEALTH_INTERVAL}")));
         }
         if check.timeout.0 == 0 {
             return Err(FieldError::new("health_check.timeout", "must be more than 0"));
@@ -255,7 +280,7 @@ pub fn validate_service(spec: &crate::model::ServiceSpec) -> Result<(), FieldErr
     }
     let mut template = spec.template.clone();
     template.name = spec.name.clone();
-    validate_spec(&template).map_err(|e| FieldError::new(format!("template.{}", e.field), e.message))?;
+    validate_spec(&template).map_err(|e| e.under("template"))?;
     if spec.spread.max_per_node == Some(0) {
         return Err(FieldError::new("spread.max_per_node", "must be at least 1"));
     }
@@ -264,10 +289,10 @@ pub fn validate_service(spec: &crate::model::ServiceSpec) -> Result<(), FieldErr
         return Err(FieldError::new("update.max_parallel", "must be at least 1"));
     }
     if update.healthy_deadline.0 <= update.min_healthy_time.0 {
-        return Err(FieldError::new("update.healthy_deadline", "must be longer than update.min_healthy_time"));
+        return Err(FieldError::across("update.healthy_deadline", "must be longer than update.min_healthy_time"));
     }
     if update.canary > spec.replicas.max(1) {
-        return Err(FieldError::new("update.canary", "must be at most replicas"));
+        return Err(FieldError::across("update.canary", "must be at most replicas"));
     }
     Ok(())
 }
