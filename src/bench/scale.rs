@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
 use goat_storage::model::{EngineStatus, Heartbeat, HeartbeatReply, Resources, TaskReport};
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::client::{HealthView, Stats};
 
 use super::procs::{BenchCluster, GoatCluster};
 
@@ -133,8 +135,8 @@ async fn highest_term(http: &reqwest::Client, cluster: &GoatCluster) -> u64 {
     for addr in cluster.addrs() {
         let health = http.get(format!("http://{addr}/v1/health")).send().await;
         if let Ok(health) = health {
-            if let Ok(v) = health.json::<Value>().await {
-                highest = highest.max(v["term"].as_u64().unwrap_or(0));
+            if let Ok(v) = health.json::<HealthView>().await {
+                highest = highest.max(v.term);
             }
         }
     }
@@ -228,7 +230,7 @@ async fn heartbeat_all(
     replies.into_iter().collect()
 }
 
-async fn stats(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+async fn stats(http: &reqwest::Client, url: &str) -> anyhow::Result<Stats> {
     Ok(http.get(format!("{url}/v1/stats?stale=true")).send().await?.json().await?)
 }
 
@@ -243,12 +245,12 @@ async fn wait_count(
     let deadline = Instant::now() + timeout;
     loop {
         let s = stats(http, url).await?;
-        let have = s["tasks"][what].as_u64().unwrap_or(0) as usize;
+        let have = s.tasks_in(what);
         if have >= want {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {have} of {want} tasks {what} after {timeout:?}: {s}");
+            bail!("only {have} of {want} tasks {what} after {timeout:?}: {s:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

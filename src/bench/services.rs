@@ -32,10 +32,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bollard::query_parameters::{RemoveContainerOptions, StopContainerOptions};
 use bollard::Docker;
+use goat_storage::model::DeploymentState;
 use goat_storage::Millis;
 use goat_worker::agent::MAX_IN_FLIGHT;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+
+use crate::manager::services::ServiceView;
 
 use super::tasks::{
     docker_cli, engine_and_api, goat_on_engine, labeled, ratio, raw_one, raw_start, remove_labeled, secs,
@@ -230,6 +233,8 @@ async fn raw_update(docker: &Docker, http: &reqwest::Client, args: &ServicesBenc
 
 // ---------------------------------------------------------------------- goat
 
+/// The request body (a template has no `name`: the service names its
+/// copies, so a `ServiceSpec`, whose template has one, is not the body).
 fn goat_spec(args: &ServicesBenchArgs, name: &str, replicas: usize, image: &str) -> Value {
     json!({
         "name": name,
@@ -269,19 +274,20 @@ async fn goat_bench(
         .await?;
     let started = Instant::now();
     let applied = apply(http, &url, &goat_spec(args, GOAT_UPDATE_SERVICE, args.update_replicas, V2_TAG)).await?;
-    anyhow::ensure!(applied["current"] == 2, "the update made no version 2: {applied}");
+    anyhow::ensure!(applied.current == 2, "the update made no version 2: {applied:?}");
     let deadline = started + args.timeout.as_duration();
     loop {
-        let s: Value = http.get(format!("{url}/v1/services/{GOAT_UPDATE_SERVICE}")).send().await?.json().await?;
-        let state = s["deployment"]["state"].as_str().unwrap_or_default();
-        if state == "succeeded" && healthy_of(&s, 2) >= args.update_replicas as u64 {
+        let s = service(http, &url, GOAT_UPDATE_SERVICE).await?;
+        let state = s.deployment.as_ref().map(|d| d.state);
+        if state == Some(DeploymentState::Succeeded) && healthy_of(&s, 2) >= args.update_replicas as u64 {
             break;
         }
-        if state == "failed" || state == "reverting" || state == "reverted" {
-            bail!("the update {state}: {s}");
+        if let Some(state @ (DeploymentState::Failed | DeploymentState::Reverting | DeploymentState::Reverted)) = state
+        {
+            bail!("the update {state:?}: {s:?}");
         }
         if Instant::now() > deadline {
-            bail!("the update did not finish within {:?}: {s}", args.timeout);
+            bail!("the update did not finish within {:?}: {s:?}", args.timeout);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -290,22 +296,20 @@ async fn goat_bench(
     delete(http, &url, GOAT_UPDATE_SERVICE, docker, args).await
 }
 
-async fn apply(http: &reqwest::Client, url: &str, spec: &Value) -> anyhow::Result<Value> {
+async fn apply(http: &reqwest::Client, url: &str, spec: &Value) -> anyhow::Result<ServiceView> {
     let response = http.post(format!("{url}/v1/services")).json(spec).send().await?;
     let status = response.status();
-    let body: Value = response.json().await.context("the service answer is not JSON")?;
-    anyhow::ensure!(status.is_success(), "POST /v1/services: {status}: {body}");
-    Ok(body)
+    let text = response.text().await.context("reading the service answer")?;
+    anyhow::ensure!(status.is_success(), "POST /v1/services: {status}: {text}");
+    serde_json::from_str(&text).with_context(|| format!("the service answer is not a service: {text}"))
 }
 
-fn healthy_of(service: &Value, version: u64) -> u64 {
-    service["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|v| v["version"] == version)
-        .and_then(|v| v["healthy"].as_u64())
-        .unwrap_or(0)
+async fn service(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<ServiceView> {
+    Ok(http.get(format!("{url}/v1/services/{name}")).send().await?.error_for_status()?.json().await?)
+}
+
+fn healthy_of(service: &ServiceView, version: u64) -> u64 {
+    service.versions.iter().find(|v| v.version == version).map_or(0, |v| u64::from(v.healthy))
 }
 
 async fn wait_version_healthy(
@@ -319,7 +323,7 @@ async fn wait_version_healthy(
 ) -> anyhow::Result<()> {
     let mut last = u64::MAX;
     loop {
-        let s: Value = http.get(format!("{url}/v1/services/{name}")).send().await?.json().await?;
+        let s = service(http, url, name).await?;
         let healthy = healthy_of(&s, version);
         if healthy != last {
             last = healthy;
@@ -329,7 +333,7 @@ async fn wait_version_healthy(
             return Ok(());
         }
         if started.elapsed() > timeout {
-            bail!("{name}: {healthy} of {want} healthy after {timeout:?}: {s}");
+            bail!("{name}: {healthy} of {want} healthy after {timeout:?}: {s:?}");
         }
         tokio::time::sleep(POLL).await;
     }

@@ -30,11 +30,11 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::future::join_all;
 use futures::StreamExt;
-use goat_storage::model::{Node, TaskId, TaskSpec};
+use goat_storage::model::{Health, Node, Task, TaskId, TaskSpec, TaskState};
 use goat_storage::Millis;
 use goat_worker::agent::MAX_IN_FLIGHT;
 use goat_worker::runtime::{create_body, free_host_port, ContainerConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::procs::{BenchCluster, GoatCluster, GoatWorker};
 use super::stats::{median, ms};
@@ -239,7 +239,7 @@ pub(super) async fn raw_one(
     permits: &tokio::sync::Semaphore,
     ports: &parking_lot::Mutex<std::collections::BTreeSet<u16>>,
 ) -> anyhow::Result<(Duration, Duration, String, u16)> {
-    let spec: TaskSpec = serde_json::from_value(echo_spec(args, i)).context("the echo spec")?;
+    let spec = echo_spec(args, i);
     let mut config = ContainerConfig::for_task("bench-raw", TaskId::new_v4(), 1, &spec);
     config.name = format!("goat-bench-raw-{i}");
     // Not a worker's container: its own label only.
@@ -421,8 +421,8 @@ async fn goat_bench(
     stopped.map(|_| ())
 }
 
-pub(super) fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {
-    json!({
+pub(super) fn echo_spec(args: &TasksBenchArgs, i: usize) -> TaskSpec {
+    let spec = json!({
         "name": format!("bench-echo-{i}"),
         "image": args.image,
         "cpu": args.cpu,
@@ -430,7 +430,8 @@ pub(super) fn echo_spec(args: &TasksBenchArgs, i: usize) -> Value {
         "memory": MEMORY,
         "ports": [{"container": ECHO_PORT}],
         "health_check": {"path": "/health", "port": ECHO_PORT, "interval": "500ms"},
-    })
+    });
+    serde_json::from_value(spec).expect("the bench's echo spec is a TaskSpec")
 }
 
 /// Submits all tasks at once and waits until all are running and healthy.
@@ -446,9 +447,10 @@ async fn goat_start_all(
     let submits = (0..args.tasks).map(|i| async move {
         let response = http.post(format!("{url}/v1/tasks")).json(&echo_spec(args, i)).send().await?;
         let status = response.status();
-        let body: Value = response.json().await.context("submit answer is not JSON")?;
-        anyhow::ensure!(status.is_success(), "submit of task {i}: {status}: {body}");
-        body["id"].as_str().map(str::to_string).context("submit answer without an id")
+        let text = response.text().await.context("reading a submit answer")?;
+        anyhow::ensure!(status.is_success(), "submit of task {i}: {status}: {text}");
+        let task: Task = serde_json::from_str(&text).with_context(|| format!("submit answer not a task: {text}"))?;
+        Ok(task.id.to_string())
     });
     let ids: Vec<String> = join_all(submits).await.into_iter().collect::<Result<_, _>>()?;
     start.phases.push(("all submitted (201)".into(), started.elapsed()));
@@ -465,9 +467,9 @@ async fn goat_start_all(
     let mut last = (0, 0, 0, 0);
     loop {
         let tasks = goat_tasks(http, url, &ids).await;
-        let placed = tasks.iter().filter(|t| t["node"] == NODE).count();
-        let running = tasks.iter().filter(|t| t["state"] == "running").count();
-        let healthy = tasks.iter().filter(|t| t["state"] == "running" && t["health"] == "healthy").count();
+        let placed = tasks.iter().filter(|t| t.node.as_deref() == Some(NODE)).count();
+        let running = tasks.iter().filter(|t| t.state == TaskState::Running).count();
+        let healthy = tasks.iter().filter(|t| t.state == TaskState::Running && t.health == Health::Healthy).count();
         let containers = labeled_in_state(docker, &node_label, Some("running")).await.map(|c| c.len()).unwrap_or(0);
         let now = started.elapsed();
         for (slot, count) in milestones.iter_mut().zip([placed, containers, running, healthy]) {
@@ -503,10 +505,8 @@ async fn goat_start_all(
     let placements: Vec<Duration> = tasks
         .iter()
         .filter_map(|t| {
-            let created = t["created_at"].as_u64()?;
-            let scheduled =
-                t["events"].as_array()?.iter().find(|e| e["state"] == "scheduled").and_then(|e| e["at"].as_u64())?;
-            Some(Duration::from_millis(scheduled.saturating_sub(created)))
+            let scheduled = t.events.iter().find(|e| e.state == TaskState::Scheduled)?.at;
+            Some(Duration::from_millis(scheduled.saturating_sub(t.created_at)))
         })
         .collect();
     if let Some(max) = placements.iter().max() {
@@ -518,13 +518,13 @@ async fn goat_start_all(
 }
 
 /// Our tasks as the leader has them (an empty list if it does not answer).
-async fn goat_tasks(http: &reqwest::Client, url: &str, ids: &[String]) -> Vec<Value> {
-    let tasks: Vec<Value> =
+async fn goat_tasks(http: &reqwest::Client, url: &str, ids: &[String]) -> Vec<Task> {
+    let tasks: Vec<Task> =
         match http.get(format!("{url}/v1/tasks?limit={}", crate::manager::api::MAX_PAGE)).send().await {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-    tasks.into_iter().filter(|t| t["id"].as_str().is_some_and(|id| ids.iter().any(|i| i == id))).collect()
+    tasks.into_iter().filter(|t| ids.iter().any(|i| *i == t.id.to_string())).collect()
 }
 
 /// Crashes a different task each time (so each is its first restart, with
@@ -539,11 +539,8 @@ async fn goat_crashes(
     args: &TasksBenchArgs,
 ) -> anyhow::Result<(CrashResult, CrashResult)> {
     let tasks = goat_tasks(http, url, ids).await;
-    let picked: Vec<(String, String)> = tasks
-        .iter()
-        .filter_map(|t| Some((t["id"].as_str()?.to_string(), t["container_id"].as_str()?.to_string())))
-        .take(args.crashes)
-        .collect();
+    let picked: Vec<(String, String)> =
+        tasks.iter().filter_map(|t| Some((t.id.to_string(), t.container_id.clone()?))).take(args.crashes).collect();
     anyhow::ensure!(picked.len() >= args.crashes.min(args.tasks), "tasks without a container id: {tasks:?}");
     let mut serving = Vec::new();
     let mut reported = Vec::new();
@@ -560,9 +557,10 @@ async fn goat_crashes(
         let deadline = crashed + args.timeout.as_duration();
         let shown = loop {
             let task = goat_tasks(http, url, std::slice::from_ref(&id)).await;
-            if task.first().is_some_and(|t| {
-                t["state"] == "running" && t["host_ports"][ECHO_PORT.to_string()].as_u64() == Some(u64::from(port))
-            }) {
+            if task
+                .first()
+                .is_some_and(|t| t.state == TaskState::Running && t.host_ports.get(&ECHO_PORT) == Some(&port))
+            {
                 break crashed.elapsed();
             }
             if Instant::now() > deadline {
@@ -1112,8 +1110,7 @@ mod tests {
             dir: None,
             out: None,
         };
-        let spec: goat_storage::model::TaskSpec =
-            serde_json::from_value(echo_spec(&args, 3)).expect("the bench spec parses as a TaskSpec");
+        let spec = echo_spec(&args, 3);
         assert_eq!(spec.name, "bench-echo-3");
         assert_eq!(spec.ports[0].host, None);
         assert_eq!(spec.health_check.map(|h| h.interval), Some(Millis(500)));

@@ -3,12 +3,14 @@
 
 use std::path::Path;
 
+use goat_storage::model::{DeploymentState, Service};
 use serde_json::{json, Value};
 
 use super::args::{ServiceAction, ServiceArgs};
 use super::commands::{client, print_json};
 use super::error::CliError;
 use super::table::render;
+use crate::manager::services::{Endpoints, ServiceView};
 
 /// A service file as the API's JSON: `.toml` files are converted.
 pub fn read_spec(path: &Path) -> Result<Value, CliError> {
@@ -23,45 +25,37 @@ pub fn read_spec(path: &Path) -> Result<Value, CliError> {
     }
 }
 
-fn summary_row(s: &Value) -> Vec<String> {
-    let current = s["current"].as_u64().unwrap_or(0);
-    let versions = s["versions"].as_array().cloned().unwrap_or_default();
-    let cur = versions.iter().find(|v| v["version"].as_u64() == Some(current)).cloned().unwrap_or(json!({}));
-    let deployment = match s["deployment"].as_object() {
-        Some(d) => format!(
-            "v{}→v{} {}",
-            d.get("from").and_then(Value::as_u64).unwrap_or(0),
-            d.get("to").and_then(Value::as_u64).unwrap_or(0),
-            d.get("state").and_then(Value::as_str).unwrap_or("")
-        ),
+fn summary_row(s: &ServiceView) -> Vec<String> {
+    let healthy = s.versions.iter().find(|v| v.version == s.current).map_or(0, |v| v.healthy);
+    let deployment = match &s.deployment {
+        Some(d) => format!("v{}→v{} {}", d.from, d.to, d.state.as_str()),
         None => "-".into(),
     };
     vec![
-        s["name"].as_str().unwrap_or("").to_string(),
-        format!("v{current}"),
-        format!("{}/{}", cur["healthy"].as_u64().unwrap_or(0), s["replicas"].as_u64().unwrap_or(0)),
+        s.name.clone(),
+        format!("v{}", s.current),
+        format!("{healthy}/{}", s.replicas),
         deployment,
-        s["reason"].as_str().unwrap_or("").to_string(),
+        s.reason.clone().unwrap_or_default(),
     ]
 }
 
-fn show(s: &Value) -> String {
+fn show(s: &ServiceView) -> String {
     let mut out = render(&["SERVICE", "VERSION", "HEALTHY", "DEPLOYMENT", "REASON"], &[summary_row(s)]);
-    let rows: Vec<Vec<String>> = s["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| v["live"].as_u64().unwrap_or(0) > 0 || v["desired"].as_u64().unwrap_or(0) > 0)
+    let rows: Vec<Vec<String>> = s
+        .versions
+        .iter()
+        .filter(|v| v.live > 0 || v.desired > 0)
         .map(|v| {
-            ["version", "desired", "live", "placed", "running", "healthy"]
+            [v.version, v.desired.into(), v.live.into(), v.placed.into(), v.running.into(), v.healthy.into()]
                 .iter()
-                .map(|k| v[*k].as_u64().unwrap_or(0).to_string())
+                .map(u64::to_string)
                 .collect()
         })
         .collect();
     out.push('\n');
     out.push_str(&render(&["VERSION", "DESIRED", "LIVE", "PLACED", "RUNNING", "HEALTHY"], &rows));
-    if let Some(reason) = s["deployment"]["reason"].as_str() {
+    if let Some(reason) = s.deployment.as_ref().and_then(|d| d.reason.as_deref()) {
         out.push_str(&format!("\ndeployment: {reason}"));
     }
     out
@@ -70,59 +64,44 @@ fn show(s: &Value) -> String {
 pub async fn run(args: ServiceArgs) -> Result<(), CliError> {
     let c = client(&args.client)?;
     let json_out = args.client.json;
-    let answer = match args.action {
-        ServiceAction::Run { file } => {
-            let spec = read_spec(&file)?;
-            c.post("/v1/services").json(&spec).json_answer::<Value>().await?
-        }
+    let answer: ServiceView = match args.action {
+        // The file goes as it is: the API reads it and names a wrong field.
+        ServiceAction::Run { file } => c.post("/v1/services").json(&read_spec(&file)?).json_answer().await?,
         ServiceAction::Status { name: None, .. } => {
-            let list: Value = c.get("/v1/services").json_answer().await?;
+            let list: Vec<ServiceView> = c.get("/v1/services").json_answer().await?;
             if json_out {
                 return print_json(&list);
             }
-            let rows: Vec<Vec<String>> = list.as_array().into_iter().flatten().map(summary_row).collect();
+            let rows: Vec<Vec<String>> = list.iter().map(summary_row).collect();
             println!("{}", render(&["SERVICE", "VERSION", "HEALTHY", "DEPLOYMENT", "REASON"], &rows));
             return Ok(());
         }
-        ServiceAction::Status { name: Some(name), watch } => {
-            loop {
-                let s: Value = c.get(format!("/v1/services/{name}")).json_answer().await?;
-                if json_out {
-                    return print_json(&s);
-                }
-                if watch {
-                    // Clear the terminal and redraw.
-                    print!("\x1b[2J\x1b[H");
-                }
-                println!("{}", show(&s));
-                let active = s["deployment"]["state"].as_str().is_some_and(|st| st == "running" || st == "reverting");
-                if !watch || !active {
-                    return Ok(());
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        ServiceAction::Status { name: Some(name), watch } => loop {
+            let s: ServiceView = c.get(format!("/v1/services/{name}")).json_answer().await?;
+            if json_out {
+                return print_json(&s);
             }
-        }
+            if watch {
+                // Clear the terminal and redraw.
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{}", show(&s));
+            let active = s
+                .deployment
+                .as_ref()
+                .is_some_and(|d| matches!(d.state, DeploymentState::Running | DeploymentState::Reverting));
+            if !watch || !active {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        },
         ServiceAction::Scale { name, replicas } => {
-            c.post(format!("/v1/services/{name}/scale"))
-                .json(&json!({ "replicas": replicas }))
-                .json_answer::<Value>()
-                .await?
+            c.post(format!("/v1/services/{name}/scale")).json(&json!({ "replicas": replicas })).json_answer().await?
         }
-        ServiceAction::Rollback { name } => c
-            .post(format!("/v1/services/{name}/rollback"))
-            .send()
-            .await?
-            .json_or_empty::<Value>()?
-            .unwrap_or(Value::Null),
-        ServiceAction::Promote { name } => c
-            .post(format!("/v1/services/{name}/promote"))
-            .send()
-            .await?
-            .json_or_empty::<Value>()?
-            .unwrap_or(Value::Null),
+        ServiceAction::Rollback { name } => c.post(format!("/v1/services/{name}/rollback")).json_answer().await?,
+        ServiceAction::Promote { name } => c.post(format!("/v1/services/{name}/promote")).json_answer().await?,
         ServiceAction::Rm { name } => {
-            let gone =
-                c.delete(format!("/v1/services/{name}")).send().await?.json_or_empty::<Value>()?.unwrap_or(Value::Null);
+            let gone: Service = c.delete(format!("/v1/services/{name}")).json_answer().await?;
             if json_out {
                 return print_json(&gone);
             }
@@ -130,20 +109,19 @@ pub async fn run(args: ServiceArgs) -> Result<(), CliError> {
             return Ok(());
         }
         ServiceAction::Endpoints { name } => {
-            let e: Value = c.get(format!("/v1/services/{name}/endpoints")).json_answer().await?;
+            let e: Endpoints = c.get(format!("/v1/services/{name}/endpoints")).json_answer().await?;
             if json_out {
                 return print_json(&e);
             }
-            let rows: Vec<Vec<String>> = e["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows: Vec<Vec<String>> = e
+                .endpoints
+                .iter()
                 .map(|e| {
                     vec![
-                        e["task"].as_str().unwrap_or("").chars().take(8).collect(),
-                        e["node"].as_str().unwrap_or("").to_string(),
-                        format!("{}:{}", e["address"].as_str().unwrap_or(""), e["port"].as_u64().unwrap_or(0)),
-                        format!("v{}", e["version"].as_u64().unwrap_or(0)),
+                        e.task.to_string().chars().take(8).collect(),
+                        e.node.clone(),
+                        format!("{}:{}", e.address, e.port),
+                        format!("v{}", e.version),
                     ]
                 })
                 .collect();

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::manager::services::Endpoints;
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::client::Client;
 
@@ -149,16 +149,15 @@ pub fn targets(endpoints: &[Target], n: usize) -> Option<(usize, Option<usize>)>
 /// Every copy an `/endpoints` answer lists, `ADDRESS:PORT` with its node
 /// (copies with no published port are left out: a client cannot reach
 /// them).
-pub fn addresses(answer: &Value) -> Vec<Target> {
-    answer["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let port = e["port"].as_u64().filter(|p| *p > 0)?;
-            let address = e["address"].as_str().filter(|a| !a.is_empty())?;
+pub fn addresses(answer: &Endpoints) -> Vec<Target> {
+    answer
+        .endpoints
+        .iter()
+        .filter(|e| e.port > 0 && !e.address.is_empty())
+        .map(|e| {
+            let (address, port) = (&e.address, e.port);
             let addr = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
-            Some(Target { node: e["node"].as_str().unwrap_or_default().to_string(), addr })
+            Target { node: e.node.clone(), addr }
         })
         .collect()
 }
@@ -224,11 +223,10 @@ async fn follow(
         } else {
             format!("/v1/services/{service}/endpoints?stale=true&wait={POLL_WAIT}&after={version}")
         };
-        match client.get(path).timeout(Duration::from_secs(8)).json_answer::<Value>().await {
+        match client.get(path).timeout(Duration::from_secs(8)).json_answer::<Endpoints>().await {
             Ok(answer) => {
-                let now = answer["version"].as_str().unwrap_or_default().to_string();
-                let changed = now != version;
-                version = now;
+                let changed = answer.version != version;
+                version = answer.version.clone();
                 let addrs = addresses(&answer);
                 tracing::debug!(service, endpoints = ?addrs, changed, "probe: endpoints");
                 accounting.lock().endpoints(addrs.len(), changed && !first);
@@ -299,6 +297,7 @@ async fn echo(http: &reqwest::Client, target: &str, body: &str) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::services::Endpoint;
 
     fn s(ms: u64) -> Duration {
         Duration::from_millis(ms)
@@ -387,12 +386,26 @@ mod tests {
 
     #[test]
     fn addresses_of_an_endpoints_answer() {
-        let answer = serde_json::json!({"service": "web", "version": "ab", "endpoints": [
-            {"task": "t1", "node": "w1", "address": "172.20.0.1", "port": 32768},
-            {"task": "t2", "node": "w2", "address": "::1", "port": 32769},
-            {"task": "t3", "node": "w3", "address": "w3", "port": 0},
-        ]});
+        let endpoint = |node: &str, address: &str, port: u16| Endpoint {
+            task: uuid::Uuid::new_v4(),
+            node: node.into(),
+            address: address.into(),
+            port,
+            version: 1,
+            generation: 1,
+        };
+        let mut answer = Endpoints {
+            service: "web".into(),
+            version: "ab".into(),
+            endpoints: vec![
+                endpoint("w1", "172.20.0.1", 32768),
+                endpoint("w2", "::1", 32769),
+                endpoint("w3", "w3", 0),
+                endpoint("w4", "", 32770),
+            ],
+        };
         assert_eq!(addresses(&answer), vec![t("w1", "172.20.0.1:32768"), t("w2", "[::1]:32769")]);
-        assert!(addresses(&serde_json::json!({})).is_empty());
+        answer.endpoints.clear();
+        assert!(addresses(&answer).is_empty());
     }
 }
