@@ -52,18 +52,24 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
             }
         }
     }
+    Err(field_error(error))
+}
+
+/// A body serde refused, as a 400 naming the field at fault: its path,
+/// and for a missing field the field itself (serde names it only in its
+/// message, "missing field `name`", the path being the object that lacks
+/// it). Malformed JSON is `bad_json`, a wrong field `invalid_field`.
+pub fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = error.path().to_string();
     let mut field = if path == "." { String::new() } else { path };
     let inner = error.into_inner();
     let code = if inner.is_syntax() || inner.is_eof() { ErrorCode::BadJson } else { ErrorCode::InvalidField };
     // serde's message carries "at line L column C"; keep it, it helps.
     let message = inner.to_string();
-    // A missing field is named by serde's message only ("missing field
-    // `name`"), its path being the object that lacks it: name the field.
     if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
         field = if field.is_empty() { missing.to_string() } else { format!("{field}.{missing}") };
     }
-    Err(ApiError::field(code, field, message))
+    ApiError::field(code, field, message)
 }
 
 /// Rewrites every number of `value` written with a fraction or an

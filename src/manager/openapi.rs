@@ -668,6 +668,8 @@ mod schema_check {
             (with(json!({"reschedule_policy": {"attempts": 4294967295u64}})), None),
             (with(json!({"reschedule_policy": {"attempts": 4294967296u64}})), Some("reschedule_policy.attempts")),
             (with(json!({"image": ""})), Some("image")),
+            (json!({"name": "echo"}), Some("image")),
+            (with(json!({"health_check": {"path": "/"}})), Some("health_check.port")),
             (with(json!({"image": "  "})), Some("image")),
             (with(json!({"image": "a b"})), Some("image")),
             (with(json!({"image": "é"})), Some("image")),
@@ -754,6 +756,9 @@ mod schema_check {
                 Some("update.max_parallel"),
             ),
             (json!({"name": "", "template": {"image": "x"}}), Some("name")),
+            // A missing field is named.
+            (json!({"name": "web"}), Some("template")),
+            (json!({"name": "web", "template": {}}), Some("template.image")),
             (
                 json!({"name": "web", "template": {"image": "x"}, "update": {"max_parallel": 4294967296u64}}),
                 Some("update.max_parallel"),

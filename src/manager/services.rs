@@ -180,11 +180,7 @@ fn spec_of(mut value: serde_json::Value) -> Result<ServiceSpec, ApiError> {
         }
         template.insert("name".into(), name);
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        ApiError::field(ErrorCode::InvalidField, field, e.into_inner().to_string())
-    })
+    serde_path_to_error::deserialize(value).map_err(super::json::field_error)
 }
 
 /// The body of `PUT /v1/services/{name}` in the OpenAPI document: a

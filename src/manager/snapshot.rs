@@ -85,14 +85,7 @@ pub async fn restore(
         }
     })?;
     let mut deserializer = serde_json::Deserializer::from_slice(&body);
-    let backup: Backup = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        ApiError::field(
-            ErrorCode::InvalidField,
-            if field == "." { String::new() } else { field },
-            e.into_inner().to_string(),
-        )
-    })?;
+    let backup: Backup = serde_path_to_error::deserialize(&mut deserializer).map_err(super::json::field_error)?;
     backup.check()?;
     // The leader proposes it, so that it can give every restored node a
     // full heartbeat deadline from now (a leader that has led for a while
