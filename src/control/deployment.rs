@@ -44,8 +44,8 @@ pub fn next(deployment: &Deployment, policy: &UpdatePolicy, progress: &Progress)
                 }
             } else if deployment.state == Running
                 && !deployment.promoted
-                && policy.canary > 0
-                && progress.new_healthy >= policy.canary
+                && policy.canaries(progress.replicas) > 0
+                && progress.new_healthy >= policy.canaries(progress.replicas)
             {
                 Some((Paused, format!("{} canaries healthy: waiting for promote", progress.new_healthy)))
             } else if deployment.state == Running

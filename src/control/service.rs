@@ -155,10 +155,11 @@ pub fn reconcile(service: &Service, tasks: &[&Task], now: Timestamp) -> Plan {
     }
     let n_new = new.len() as u32;
     let in_flight = n_new - proven_new;
-    if !d.promoted && policy.canary > 0 {
+    let canaries = policy.canaries(replicas);
+    if !d.promoted && canaries > 0 {
         // Canaries beside the old copies.
-        if n_new < policy.canary {
-            plan.start = policy.canary - n_new;
+        if n_new < canaries {
+            plan.start = canaries - n_new;
         }
         stop_order(&mut old);
         let surplus = old.len().saturating_sub(replicas as usize);
@@ -443,6 +444,30 @@ mod tests {
         }
         let plan = reconcile(&s, &refs, 1_300);
         assert_eq!((plan.start, plan.stop.len()), (1, 2));
+    }
+
+    /// A service scaled below its `canary` (scale does not change the
+    /// update policy): every copy is a canary, and the deployment pauses
+    /// once they are healthy instead of waiting for canaries it never
+    /// starts.
+    #[test]
+    fn a_service_scaled_below_its_canaries_has_every_copy_a_canary() {
+        let mut d = deploying(DeploymentState::Running);
+        if let Some(d) = d.as_mut() {
+            d.promoted = false;
+        }
+        let mut s = service(1, 2, d);
+        s.update.canary = 3;
+        let old = [healthy(1, 1)];
+        let refs: Vec<&Task> = old.iter().collect();
+        assert_eq!(reconcile(&s, &refs, 200).start, 1, "one canary, not three");
+        let tasks = [healthy(1, 1), task(2, 2, TaskState::Running, Some(200), 200)];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let plan = reconcile(&s, &refs, 1_300);
+        assert_eq!((plan.start, plan.deployment.map(|d| d.0)), (0, Some(DeploymentState::Paused)));
+        s.replicas = 0;
+        let plan = reconcile(&s, &refs, 1_300);
+        assert_eq!((plan.start, plan.deployment.map(|d| d.0)), (0, None), "no copies: no canary started");
     }
 
     #[test]

@@ -788,6 +788,16 @@ pub struct UpdatePolicy {
     pub canary: u32,
 }
 
+impl UpdatePolicy {
+    /// The canaries a deployment of `replicas` copies starts: `canary`, at
+    /// most `replicas`. A spec cannot ask for more (`validate_service`),
+    /// but a service scaled below its `canary` can have fewer copies: then
+    /// every copy is a canary (and with 0 copies there is no canary phase).
+    pub fn canaries(&self, replicas: u32) -> u32 {
+        self.canary.min(replicas)
+    }
+}
+
 impl Default for UpdatePolicy {
     fn default() -> Self {
         UpdatePolicy {
