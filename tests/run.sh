@@ -27,6 +27,18 @@ export GOAT_REUSE_IMAGES=1
 export GOAT_TEST_TERM_LOG="${GOAT_TEST_TERM_LOG:-$(mktemp -t goat-terms.XXXXXX)}"
 status=0
 cargo test --workspace --no-fail-fast -- --test-threads "${GOAT_TEST_THREADS:-2}" || status=$?
+
+# The API against its OpenAPI document, on the goat the tests just built: a
+# schema-driven fuzzer (Schemathesis, installed from PyPI by the script)
+# sends valid and invalid requests to a one-manager cluster and fails on a
+# 5xx, an answer off the document, a valid request refused with a 400 or an
+# invalid one accepted (deploy/fuzz-api.sh; about a minute).
+if [ "${GOAT_SKIP_FUZZ:-0}" != 1 ]; then
+  echo
+  echo "==> the API against docs/openapi.json (deploy/fuzz-api.sh, 25 cases per operation and phase)"
+  GOAT_BIN="$ROOT/target/debug/goat" GOAT_FUZZ_MAX_EXAMPLES="${GOAT_FUZZ_MAX_EXAMPLES:-25}" \
+    bash deploy/fuzz-api.sh || status=$?
+fi
 if [ -s "$GOAT_TEST_TERM_LOG" ]; then
   echo
   echo "Raft term changes per test cluster, per manager (only clusters with some; a test that kills, cuts off, pauses or hands over its leader expects them):"
