@@ -231,7 +231,7 @@ async fn leadership_is_handed_over_under_write_load_without_a_failed_write() {
         .await
         .expect("transfer request");
     let refused = common::answer::<goat::manager::transfer::TransferView>(refused).await;
-    assert_eq!(refused.refusal(), (400, common::ErrorCode::InvalidField, Some("to")));
+    assert_eq!(refused.refusal(), (409, common::ErrorCode::Conflict, Some("to")));
 
     // SIGTERM of the leader hands over before it exits: writes through a
     // survivor keep succeeding, and the survivors agree on a new leader.

@@ -184,6 +184,12 @@ impl ApiError {
         }
     }
 
+    /// The same error with another status (a field error that is not a 400).
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
+    }
+
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, what)
     }
@@ -245,9 +251,7 @@ impl From<Refusal> for ApiError {
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> ApiError {
         if e.across {
-            let mut error = ApiError::field(ErrorCode::Invalid, e.field, e.message);
-            error.status = StatusCode::UNPROCESSABLE_ENTITY;
-            error
+            ApiError::field(ErrorCode::Invalid, e.field, e.message).with_status(StatusCode::UNPROCESSABLE_ENTITY)
         } else {
             ApiError::field(ErrorCode::InvalidField, e.field, e.message)
         }

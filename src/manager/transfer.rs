@@ -153,12 +153,15 @@ async fn transfer_once(m: &Manager, to: Option<NodeId>) -> Result<NodeId, ApiErr
     let target = match choose_target(m.id(), &voters, &matched, to) {
         Ok(target) if target == m.id() => return Ok(m.id()),
         Ok(target) => target,
+        // Valid by the document, refused as the membership stands: a 409,
+        // as the operation documents, naming the field.
         Err(NoTarget::NotAVoter(id)) => {
             return Err(ApiError::field(
-                ErrorCode::InvalidField,
+                ErrorCode::Conflict,
                 "to",
                 format!("manager {id} is not a voter of this cluster"),
-            ))
+            )
+            .with_status(StatusCode::CONFLICT))
         }
         Err(NoTarget::Alone) => return Err(ApiError::conflict("no other voter to hand leadership to")),
     };
