@@ -524,7 +524,13 @@ async fn goat_tasks(http: &reqwest::Client, url: &str, ids: &[String]) -> Vec<Ta
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-    tasks.into_iter().filter(|t| ids.iter().any(|i| *i == t.id.to_string())).collect()
+    tasks
+        .into_iter()
+        .filter(|t| {
+            let id = t.id.to_string();
+            ids.contains(&id)
+        })
+        .collect()
 }
 
 /// Crashes a different task each time (so each is its first restart, with

@@ -34,6 +34,7 @@ pub struct Progress {
 /// The transition due for `deployment` under `policy`, if any, with its reason.
 pub fn next(deployment: &Deployment, policy: &UpdatePolicy, progress: &Progress) -> Option<(DeploymentState, String)> {
     use DeploymentState::*;
+    let canaries = policy.canaries(progress.replicas);
     let due = match deployment.state {
         Running | Paused => {
             if let Some(failure) = &progress.failure {
@@ -44,8 +45,8 @@ pub fn next(deployment: &Deployment, policy: &UpdatePolicy, progress: &Progress)
                 }
             } else if deployment.state == Running
                 && !deployment.promoted
-                && policy.canaries(progress.replicas) > 0
-                && progress.new_healthy >= policy.canaries(progress.replicas)
+                && canaries > 0
+                && progress.new_healthy >= canaries
             {
                 Some((Paused, format!("{} canaries healthy: waiting for promote", progress.new_healthy)))
             } else if deployment.state == Running

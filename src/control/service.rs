@@ -303,6 +303,11 @@ mod tests {
         Some(Deployment { from: 1, to: 2, state, promoted: true, reason: None, started_at: 100, updated_at: 100 })
     }
 
+    /// A deployment of a service with canaries, not promoted yet.
+    fn awaiting_canaries() -> Option<Deployment> {
+        deploying(DeploymentState::Running).map(|d| Deployment { promoted: false, ..d })
+    }
+
     #[test]
     fn a_new_service_starts_its_replicas_and_a_full_one_does_nothing() {
         let s = service(3, 1, None);
@@ -425,10 +430,7 @@ mod tests {
 
     #[test]
     fn canaries_start_beside_the_old_copies_and_wait() {
-        let mut d = deploying(DeploymentState::Running);
-        if let Some(d) = d.as_mut() {
-            d.promoted = false;
-        }
+        let d = awaiting_canaries();
         let mut s = service(3, 2, d);
         s.update.canary = 1;
         let old = [healthy(1, 1), healthy(2, 1), healthy(3, 1)];
@@ -452,10 +454,7 @@ mod tests {
     /// starts.
     #[test]
     fn a_service_scaled_below_its_canaries_has_every_copy_a_canary() {
-        let mut d = deploying(DeploymentState::Running);
-        if let Some(d) = d.as_mut() {
-            d.promoted = false;
-        }
+        let d = awaiting_canaries();
         let mut s = service(1, 2, d);
         s.update.canary = 3;
         let old = [healthy(1, 1)];
